@@ -1,0 +1,3 @@
+from faregate.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,256 @@
+"""Admin and health routes (FastAPI; never on the request path): /key/*, /spend/*, /health/*.
+
+Handlers parse, call one service method, render. Request and response shapes follow LiteLLM's
+proxy so that its runbooks and scripts work unchanged.
+No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
+"""
+
+import asyncio
+import logging
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from faregate.errors import AdminOnly, GatewayError, InvalidRequest, NotFound
+from faregate.keys.admin import KeyAdmin, KeySettings
+from faregate.keys.auth import Authenticator, Caller
+from faregate.keys.tokens import token_of
+from faregate.money import nanos_to_dollars
+from faregate.storage.database import SpendQuery, SqlStorage
+
+log = logging.getLogger("faregate.admin")
+
+
+class KeyFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] | None = None
+    max_budget: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = None
+    duration: str | None = None
+    key_alias: str | None = Field(default=None, max_length=256)
+    metadata: dict[str, Any] | None = None
+    tpm_limit: int | None = Field(default=None, ge=0)
+    rpm_limit: int | None = Field(default=None, ge=0)
+    max_parallel_requests: int | None = Field(default=None, ge=0)
+    blocked: bool | None = None
+
+    def settings(self) -> KeySettings:
+        return KeySettings(**{n: getattr(self, n) for n in KeySettings.__dataclass_fields__})
+
+    def given(self) -> set[str]:
+        return set(self.model_fields_set) & set(KeySettings.__dataclass_fields__)
+
+
+class GenerateKey(KeyFields):
+    key: str | None = Field(default=None, description="A custom key value (sk-...)")
+
+
+class UpdateKey(KeyFields):
+    key: str
+
+
+class KeyRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str
+
+
+class RegenerateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: str | None = None
+    new_key: str | None = None
+
+
+class DeleteKeys(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keys: list[str] | None = None
+    key_aliases: list[str] | None = None
+
+
+def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) -> FastAPI:
+    app = FastAPI(title="faregate admin API", version="1", default_response_class=ORJSONResponse,
+                  docs_url=None, redoc_url=None)
+
+    async def caller(request: Request) -> Caller:
+        headers = request.headers
+        return await auth.caller(headers.get("authorization"),
+                                 headers.get("x-api-key") or headers.get("api-key"))
+
+    async def master(who: Annotated[Caller, Depends(caller)]) -> Caller:
+        if not who.is_master:
+            raise AdminOnly("This route needs the master key; virtual keys may only call the "
+                            "/v1 routes and read their own /key/info", code="admin_only")
+        return who
+
+    Master = Annotated[Caller, Depends(master)]
+    Anyone = Annotated[Caller, Depends(caller)]
+
+    @app.post("/key/generate")
+    async def generate(body: GenerateKey, _: Master) -> dict[str, Any]:
+        key, record = await keys.generate(body.settings(), body.key, body.given())
+        return {"key": key, **keys.view(record)}
+
+    @app.get("/key/info")
+    async def info(who: Anyone, key: str | None = None) -> dict[str, Any]:
+        token = token_of(key) if key else who.key.token
+        if not who.is_master and token != who.key.token:
+            raise AdminOnly("A virtual key may only read its own /key/info", code="admin_only")
+        if who.is_master and key is None:
+            raise InvalidRequest("Pass ?key=sk-... (or the key's hash)", param="key")
+        return {"key": token, "info": keys.view(await keys.info(token))}
+
+    @app.post("/key/update")
+    async def update(body: UpdateKey, _: Master) -> dict[str, Any]:
+        record = await keys.update(token_of(body.key), body.settings(), body.given())
+        return keys.view(record)
+
+    @app.post("/key/delete")
+    async def delete(body: DeleteKeys, _: Master) -> dict[str, Any]:
+        tokens = [token_of(k) for k in body.keys or []]
+        for alias in body.key_aliases or []:
+            record = await storage.get_key_by_alias(alias)
+            if record is not None:
+                tokens.append(record.token)
+        if not tokens:
+            raise NotFound("None of the given keys exist", code="key_not_found")
+        deleted = await keys.delete(tokens)
+        if not deleted:
+            raise NotFound("None of the given keys exist", code="key_not_found")
+        return {"deleted_keys": deleted}
+
+    @app.get("/key/list")
+    async def list_keys(_: Master, page: Annotated[int, Query(ge=1)] = 1,
+                        size: Annotated[int, Query(ge=1, le=1000)] = 100,
+                        return_full_object: bool = False) -> dict[str, Any]:
+        records, total = await keys.list(page, size)
+        return {"keys": [keys.view(r) if return_full_object else r.token for r in records],
+                "total_count": total, "current_page": page,
+                "total_pages": (total + size - 1) // size}
+
+    @app.post("/key/regenerate")
+    async def regenerate(body: RegenerateKey, _: Master) -> dict[str, Any]:
+        if not body.key:
+            raise InvalidRequest("Pass the key to regenerate as 'key'", param="key")
+        new, record = await keys.regenerate(token_of(body.key), body.new_key)
+        return {"key": new, **keys.view(record)}
+
+    @app.post("/key/{key}/regenerate")
+    async def regenerate_path(key: str, _: Master,
+                              body: RegenerateKey | None = None) -> dict[str, Any]:
+        new, record = await keys.regenerate(token_of(key), body.new_key if body else None)
+        return {"key": new, **keys.view(record)}
+
+    @app.post("/key/block")
+    async def block(body: KeyRef, _: Master) -> dict[str, Any]:
+        return keys.view(await keys.set_blocked(token_of(body.key), True))
+
+    @app.post("/key/unblock")
+    async def unblock(body: KeyRef, _: Master) -> dict[str, Any]:
+        return keys.view(await keys.set_blocked(token_of(body.key), False))
+
+    @app.get("/spend/logs")
+    async def spend_logs(who: Anyone, api_key: str | None = None,
+                         request_id: str | None = None, start_date: str | None = None,
+                         end_date: str | None = None,
+                         page: Annotated[int, Query(ge=1)] = 1,
+                         page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+                         ) -> list[dict[str, Any]]:
+        token = token_of(api_key) if api_key else None
+        if not who.is_master:
+            if token is not None and token != who.key.token:
+                raise AdminOnly("A virtual key may only read its own spend logs",
+                                code="admin_only")
+            token = who.key.token
+        rows = await storage.spend_logs(SpendQuery(
+            api_key=token, request_id=request_id, start=_when(start_date, "start_date"),
+            end=_when(end_date, "end_date", end=True), page=page, page_size=page_size))
+        return [_spend_row(r) for r in rows]
+
+    @app.get("/global/spend")
+    async def global_spend(_: Master) -> dict[str, Any]:
+        return {"spend": nanos_to_dollars(await storage.total_spend()), "max_budget": None}
+
+    @app.get("/health/liveliness")
+    @app.get("/health/liveness")
+    async def liveliness() -> Response:
+        return Response(b'"I\'m alive!"', media_type="application/json")
+
+    @app.get("/health/readiness")
+    async def readiness() -> ORJSONResponse:
+        try:
+            await asyncio.wait_for(storage.ping(), 2.0)
+            db = "connected"
+        except Exception as exc:    # any failure means not ready; say which
+            log.warning("readiness: database check failed: %s", type(exc).__name__)
+            db = "disconnected"
+        healthy = db == "connected"
+        return ORJSONResponse({"status": "healthy" if healthy else "unhealthy", "db": db},
+                              status_code=200 if healthy else 503)
+
+    _install_error_handlers(app)
+    return app
+
+
+def _when(value: str | None, param: str, end: bool = False) -> datetime | None:
+    """A day (YYYY-MM-DD; an end day is inclusive) or an ISO 8601 time, as UTC."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest(f"{param} must be YYYY-MM-DD or an ISO 8601 time",
+                             param=param) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _spend_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "request_id": row["request_id"], "call_type": row["call_type"],
+        "api_key": row["api_key"], "spend": nanos_to_dollars(row["spend_nanos"]),
+        "spend_nanos": row["spend_nanos"],
+        "total_tokens": row["prompt_tokens"] + row["completion_tokens"],
+        "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
+        "startTime": row["start_time"].isoformat(), "endTime": row["end_time"].isoformat(),
+        "model": row["model"], "model_group": row["model"], "api_base": row["upstream"],
+        "status": row["status"], "metadata": {"user_api_key_alias": row["key_alias"]},
+    }
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def render(exc: GatewayError) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json",
+                        headers=exc.headers)
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(_: Request, exc: GatewayError) -> Response:
+        return render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+            for e in exc.errors())
+        return render(InvalidRequest(f"Invalid request: {problems}"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 404:
+            return render(NotFound("No such route. The OpenAI routes live under /v1; admin "
+                                   "routes under /key, /spend, /global, /health"))
+        error = GatewayError(str(exc.detail))
+        error.status, error.type = exc.status_code, "invalid_request_error"
+        return render(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        log.exception("unexpected error in an admin route")
+        return render(GatewayError("Internal error in the gateway; see its logs"))

@@ -1,0 +1,93 @@
+"""The composition root: builds every concrete object from Settings and serves them as one ASGI
+app. Hot OpenAI routes are matched by a dict lookup; everything else goes to the admin app.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from faregate.api.admin_routes import build_admin_app
+from faregate.api.openai_routes import OpenAIRoutes
+from faregate.config import Settings
+from faregate.gateway import Gateway
+from faregate.keys.admin import KeyAdmin
+from faregate.keys.auth import Authenticator
+from faregate.keys.directory import KeyDirectory
+from faregate.providers.openai_compat import OpenAICompatible
+from faregate.spend.budgets import Budgets
+from faregate.spend.ledger import LedgerWriter
+from faregate.spend.pricing import PromptBound
+from faregate.storage.database import SqlStorage
+
+log = logging.getLogger("faregate")
+
+# How long a request may wait for other requests' reservations on its key to settle.
+BUDGET_WAIT_S = 30.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Faregate:
+    def __init__(self, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = utc_now) -> None:
+        self.settings = settings
+        self.storage = SqlStorage.from_url(settings.database_url)
+        self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s)
+        self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s)
+        self.budgets = Budgets(now, BUDGET_WAIT_S, self.ledger.record_period)
+        self.auth = Authenticator(settings.master_key, self.directory, now)
+        self.keys = KeyAdmin(self.storage, self.directory, self.budgets, now, settings.models())
+        self.upstream = OpenAICompatible()
+        self.gateway = Gateway(settings.deployments, self.auth, self.budgets, PromptBound(),
+                               self.upstream, self.ledger, now)
+        self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes).routes
+        self.admin = build_admin_app(self.auth, self.keys, self.storage)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            handler = self._routes.get((scope["method"], scope["path"]))
+            if handler is not None:
+                await handler(scope, receive, send)
+            else:
+                await self.admin(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def startup(self) -> None:
+        await self.upstream.open()
+        self.ledger.start()
+
+    async def shutdown(self) -> None:
+        """Flush every spend row, then let go of connections."""
+        try:
+            await self.ledger.close()
+        finally:
+            await self.upstream.close()
+            await self.storage.close()
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                except Exception as exc:
+                    log.exception("shutdown did not finish cleanly")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return

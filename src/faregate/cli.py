@@ -1,0 +1,130 @@
+"""The `faregate` command. It declares commands and calls the same services the API uses."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import uvicorn
+
+from faregate import config, validate
+from faregate.app import Faregate
+from faregate.errors import ConfigError
+from faregate.providers import mock
+from faregate.storage import migrate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="faregate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="LiteLLM-style config.yaml (none: demo model, SQLite)")
+    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--workers", type=int, default=1)
+
+    mig = commands.add_parser("migrate", help="bring the database schema up to date")
+    mig.add_argument("--config")
+
+    mock_cmd = commands.add_parser("mock-upstream", help="run the mock OpenAI-compatible upstream")
+    mock_cmd.add_argument("--host", default="127.0.0.1")
+    mock_cmd.add_argument("--port", type=int, default=8001)
+    mock_cmd.add_argument("--latency-ms", type=float, default=0.0)
+    mock_cmd.add_argument("--api-key", help="require this bearer key")
+
+    val = commands.add_parser("validate", help="run the runbook's validation against a gateway")
+    val.add_argument("--base-url", default="http://127.0.0.1:4000")
+    val.add_argument("--master-key", default=os.environ.get("FAREGATE_MASTER_KEY"))
+    val.add_argument("--model", default="qwen-local")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "migrate":
+            settings = config.load(os.environ, args.config)
+            migrate.upgrade(settings.database_url)
+            print(f"faregate: schema is at revision {migrate.head_revision()}")
+            return 0
+        if args.command == "mock-upstream":
+            print(f"faregate mock upstream on http://{args.host}:{args.port}/v1", flush=True)
+            mock.serve(args.host, args.port, args.latency_ms, args.api_key)
+            return 0
+        if not args.master_key:
+            parser.error("validate needs --master-key (or FAREGATE_MASTER_KEY)")
+        return validate.run(args.base_url, args.master_key, args.model)
+    except ConfigError as exc:
+        print(f"faregate: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ, args.config)
+    if args.workers != 1:
+        raise ConfigError("--workers must be 1 in this version: budgets are exact within one "
+                          "process, and several workers would each keep their own reservations. "
+                          "Sharing them between workers and replicas through Redis is planned")
+    if settings.disable_schema_update:
+        migrate.require_current(settings.database_url)
+    else:
+        migrate.upgrade(settings.database_url)
+    with _demo_upstream(settings) as settings:
+        print(f"faregate: listening on http://{args.host}:{args.port} (OpenAI API under /v1)\n"
+              f"faregate: models: {', '.join(settings.models())}\n"
+              f"faregate: database: {_redacted(settings.database_url)}\n"
+              f"faregate: master key from {settings.master_key_source}", flush=True)
+        uvicorn.run(Faregate(settings), host=args.host, port=args.port, loop="uvloop",
+                    http="httptools", lifespan="on", access_log=False, log_level="warning",
+                    timeout_graceful_shutdown=30)
+    return 0
+
+
+@contextlib.contextmanager
+def _demo_upstream(settings: config.Settings) -> Iterator[config.Settings]:
+    """With no config, serve the demo model from the built-in mock, in its own process."""
+    if not settings.demo_mock:
+        yield settings
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mock_proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
+                             str(port)], stdout=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port)
+        deployments = tuple(dataclasses.replace(d, api_base=f"http://127.0.0.1:{port}/v1")
+                            for d in settings.deployments)
+        print(f"faregate: no --config given: serving the demo model '{config.DEMO_MODEL}' "
+              f"from the built-in mock upstream (pid {mock_proc.pid}, port {port})", flush=True)
+        yield dataclasses.replace(settings, deployments=deployments)
+    finally:
+        mock_proc.terminate()
+        mock_proc.wait(10)
+
+
+def _wait_for_port(port: int, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise ConfigError(f"the demo mock upstream did not start on port {port}")
+
+
+def _redacted(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,276 @@
+"""Settings: parsed once at start-up from a LiteLLM-style config.yaml and the environment.
+
+`load(environ, path)` is the only entry point. Every problem raises ConfigError with a message
+that names the setting, so a bad deployment fails at start, not on the first request.
+Nothing here writes os.environ.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faregate.errors import ConfigError
+from faregate.money import price_to_femtos
+from faregate.secret import Secret
+
+ENV_PREFIX = "os.environ/"
+MASTER_KEY_ENV_NAMES = ("FAREGATE_MASTER_KEY", "LITELLM_MASTER_KEY", "PROXY_MASTER_KEY")
+DEMO_MODEL = "demo"
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+# Chat templates add tokens the client never sent (role markers, default system prompts).
+# The budget's prompt bound adds these; the gateway raises them when an upstream reports more.
+DEFAULT_PROMPT_OVERHEAD_TOKENS = 64
+DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS = 8
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One entry of model_list: a public model name served by one upstream."""
+
+    model_name: str
+    provider: str                 # "openai" = any OpenAI-compatible server (vLLM, gateway, OpenAI)
+    upstream_model: str
+    api_base: str
+    api_key: Secret | None
+    input_femtos: int             # price per prompt token, femto-dollars
+    output_femtos: int            # price per completion token, femto-dollars
+    max_output_tokens: int
+    prompt_overhead_tokens: int
+    per_message_overhead_tokens: int
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Settings:
+    deployments: tuple[Deployment, ...]
+    master_key: Secret
+    master_key_source: str
+    database_url: str
+    disable_schema_update: bool
+    redis_url: str | None
+    data_dir: Path
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    spend_flush_interval_s: float = 0.2
+    key_cache_ttl_s: float = 60.0
+    demo_mock: bool = False       # serve a built-in mock upstream for the demo model
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def models(self) -> list[str]:
+        return list(dict.fromkeys(d.model_name for d in self.deployments))
+
+
+def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
+    """Build Settings from a config file (optional) and the environment."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    extra_env = raw.get("environment_variables") or {}
+    if not isinstance(extra_env, dict):
+        raise ConfigError("environment_variables must be a mapping of NAME: value")
+    env = _Env({**{str(k): str(v) for k, v in extra_env.items()}, **environ})
+
+    general = _mapping(raw.get("general_settings"), "general_settings")
+    data_dir = Path(env.get("FAREGATE_DATA_DIR") or ".faregate")
+
+    model_list = raw.get("model_list")
+    demo = path is None or model_list is None
+    if demo:
+        model_list = [{"model_name": DEMO_MODEL, "litellm_params": {
+            "model": "openai/mock-model", "api_base": "http://127.0.0.1:0/v1",
+            "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}]
+    deployments = _deployments(model_list, env)
+
+    master_key, source = _master_key(general, env, data_dir)
+    database_url = _database_url(general, env, data_dir)
+    redis_url = env.resolve(general.get("redis_url"), "general_settings.redis_url") \
+        or env.get("REDIS_URL")
+    return Settings(
+        deployments=deployments,
+        master_key=master_key,
+        master_key_source=source,
+        database_url=database_url,
+        disable_schema_update=(env.get("DISABLE_SCHEMA_UPDATE") or "").lower() in TRUE_WORDS,
+        redis_url=redis_url or None,
+        data_dir=data_dir,
+        max_request_body_bytes=_positive_int(
+            general.get("max_request_body_bytes", 8 * 1024 * 1024),
+            "general_settings.max_request_body_bytes"),
+        demo_mock=demo,
+    )
+
+
+class _Env:
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = values
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name)
+
+    def resolve(self, value: Any, setting: str) -> Any:
+        """Replace an `os.environ/NAME` reference by the variable's value."""
+        if isinstance(value, str) and value.startswith(ENV_PREFIX):
+            name = value[len(ENV_PREFIX):]
+            if name not in self._values:
+                raise ConfigError(
+                    f"{setting} refers to the environment variable {name}, which is not set")
+            return self._values[name]
+        return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must be a mapping with model_list, general_settings")
+    return raw
+
+
+def _mapping(value: Any, setting: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{setting} must be a mapping")
+    return value
+
+
+def _positive_int(value: Any, setting: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{setting} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(value: Any, setting: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigError(f"{setting} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _deployments(model_list: Any, env: _Env) -> tuple[Deployment, ...]:
+    if not isinstance(model_list, list) or not model_list:
+        raise ConfigError("model_list must be a non-empty list of models")
+    return tuple(_deployment(entry, i, env) for i, entry in enumerate(model_list))
+
+
+def _deployment(entry: Any, index: int, env: _Env) -> Deployment:
+    where = f"model_list[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping with model_name and litellm_params")
+    name = entry.get("model_name")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{where}.model_name must be a non-empty string")
+    where = f"{where} ({name})"
+    params = _mapping(entry.get("litellm_params"), f"{where}.litellm_params")
+    info = _mapping(entry.get("model_info"), f"{where}.model_info")
+
+    model = params.get("model")
+    if not isinstance(model, str) or "/" not in model:
+        raise ConfigError(f"{where}.litellm_params.model must look like 'openai/<upstream model>'")
+    provider, upstream_model = model.split("/", 1)
+    if provider not in {"openai", "hosted_vllm", "vllm"}:
+        raise ConfigError(f"{where}.litellm_params.model: provider {provider!r} is not supported; "
+                          "use openai/<model> for any OpenAI-compatible server")
+    api_base = env.resolve(params.get("api_base"), f"{where}.litellm_params.api_base")
+    if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}.litellm_params.api_base must be an http(s) URL")
+    api_key = env.resolve(params.get("api_key"), f"{where}.litellm_params.api_key")
+
+    prices = {}
+    for setting in ("input_cost_per_token", "output_cost_per_token"):
+        value = params.get(setting, info.get(setting))
+        if value is None:
+            raise ConfigError(
+                f"{where} has no {setting}: a model without a price makes every call cost 0 "
+                "and budgets never bind. Set input_cost_per_token and output_cost_per_token "
+                "in litellm_params (use 0 to declare a free model on purpose)")
+        try:
+            prices[setting] = price_to_femtos(env.resolve(value, setting), f"{where}.{setting}")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    max_out = info.get("max_output_tokens", info.get("max_tokens", DEFAULT_MAX_OUTPUT_TOKENS))
+    return Deployment(
+        model_name=name,
+        provider="openai",
+        upstream_model=upstream_model,
+        api_base=api_base.rstrip("/"),
+        api_key=Secret(str(api_key)) if api_key else None,
+        input_femtos=prices["input_cost_per_token"],
+        output_femtos=prices["output_cost_per_token"],
+        max_output_tokens=_positive_int(max_out, f"{where}.model_info.max_output_tokens"),
+        prompt_overhead_tokens=_non_negative_int(
+            info.get("prompt_overhead_tokens", DEFAULT_PROMPT_OVERHEAD_TOKENS),
+            f"{where}.model_info.prompt_overhead_tokens"),
+        per_message_overhead_tokens=_non_negative_int(
+            info.get("per_message_overhead_tokens", DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS),
+            f"{where}.model_info.per_message_overhead_tokens"),
+        timeout_s=_positive_number(params.get("timeout", 600), f"{where}.litellm_params.timeout"),
+    )
+
+
+def _non_negative_int(value: Any, setting: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{setting} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _master_key(general: dict[str, Any], env: _Env, data_dir: Path) -> tuple[Secret, str]:
+    """Find the master key; mint one only once, ever, for the embedded default.
+
+    A key minted on every start would orphan every virtual key issued before it
+    (the runbook's gotcha), so the minted key is written to the data directory and reused.
+    """
+    configured = general.get("master_key")
+    if configured is not None:
+        value = env.resolve(configured, "general_settings.master_key")
+        source = (f"environment variable {configured[len(ENV_PREFIX):]}"
+                  if str(configured).startswith(ENV_PREFIX) else "general_settings.master_key")
+        return _checked_master(value, source), source
+    for name in MASTER_KEY_ENV_NAMES:
+        if env.get(name):
+            return _checked_master(env.get(name), f"environment variable {name}"), \
+                f"environment variable {name}"
+    key_file = data_dir / "master_key"
+    if not key_file.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("sk-" + secrets.token_urlsafe(32) + "\n")
+    value = key_file.read_text().strip()
+    source = f"file {key_file} (minted once; set FAREGATE_MASTER_KEY to choose your own)"
+    return _checked_master(value, source), source
+
+
+def _checked_master(value: Any, source: str) -> Secret:
+    if not isinstance(value, str) or not value.startswith("sk-") or len(value) < 8:
+        raise ConfigError(f"the master key from {source} must be a string starting with 'sk-'")
+    return Secret(value)
+
+
+def _database_url(general: dict[str, Any], env: _Env, data_dir: Path) -> str:
+    url = env.resolve(general.get("database_url"), "general_settings.database_url") \
+        or env.get("DATABASE_URL")
+    if not url:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(data_dir / 'faregate.db').resolve()}"
+    if not isinstance(url, str) or not url.startswith(("sqlite://", "postgresql://",
+                                                        "postgres://", "postgresql+")):
+        raise ConfigError("database_url (or DATABASE_URL) must be sqlite:///path or "
+                          "postgresql://user:password@host:port/db")
+    return url

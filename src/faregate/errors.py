@@ -1,0 +1,109 @@
+"""The error tree. Raise in the domain, render once at the edge in OpenAI's shape.
+
+    GatewayError                      500 internal_server_error
+    ├── ConfigError                   (start-up only, never rendered to a client)
+    ├── InvalidRequest                400 invalid_request_error / bad_request_error
+    │   └── BodyTooLarge              413
+    ├── AuthError                     401 auth_error
+    │   ├── ExpiredKey                401 expired_key
+    │   └── ModelAccessDenied         401 key_model_access_denied
+    ├── AdminOnly                     403 auth_error
+    ├── NotFound                      404 not_found_error
+    ├── BudgetExceeded                429 budget_exceeded
+    ├── RateLimited                   429 rate_limit_exceeded
+    ├── ServiceUnavailable            503 service_unavailable
+    └── UpstreamError                 status of the upstream (502 when it sent none)
+
+The `type` values follow LiteLLM's proxy so that clients written against it keep working.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+
+class GatewayError(Exception):
+    status = 500
+    type = "internal_server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {
+            "message": self.message,
+            "type": self.type,
+            "param": self.param,
+            "code": self.code if self.code is not None else str(self.status),
+        }})
+
+
+class ConfigError(GatewayError):
+    """A bad setting found at start-up. The message names the setting."""
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class BodyTooLarge(InvalidRequest):
+    status = 413
+
+
+class AuthError(GatewayError):
+    status = 401
+    type = "auth_error"
+
+
+class ExpiredKey(AuthError):
+    type = "expired_key"
+
+
+class ModelAccessDenied(AuthError):
+    type = "key_model_access_denied"
+
+
+class AdminOnly(GatewayError):
+    status = 403
+    type = "auth_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+
+
+class BudgetExceeded(GatewayError):
+    status = 429
+    type = "budget_exceeded"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_exceeded"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed or answered with an error; `status` is what the caller gets."""
+
+    type = "upstream_error"
+
+    def __init__(self, message: str, *, status: int = 502, type: str | None = None,
+                 code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        if type:
+            self.type = type

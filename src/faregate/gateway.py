@@ -1,0 +1,258 @@
+"""THE request path, top-down: authenticate -> parse -> route -> bound -> reserve -> upstream
+-> settle -> ledger. No web framework here: the API, the CLI and the tests share this path.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from faregate.config import Deployment
+from faregate.errors import GatewayError, InvalidRequest, ModelAccessDenied, UpstreamError
+from faregate.keys.auth import Authenticator, Caller
+from faregate.money import tokens_affordable
+from faregate.openai_request import CallType, ParsedRequest, parse
+from faregate.providers.openai_compat import OpenAICompatible
+from faregate.records import SpendRow
+from faregate.spend.budgets import Budgets, Grant
+from faregate.spend.ledger import LedgerWriter
+from faregate.spend.pricing import PromptBound, cost
+
+log = logging.getLogger("faregate.gateway")
+
+UPSTREAM_PATHS = {CallType.CHAT: "/chat/completions", CallType.COMPLETION: "/completions",
+                  CallType.EMBEDDING: "/embeddings"}
+# OpenAI's legacy completions produce 16 tokens when max_tokens is not given.
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+_DONE = b"data: [DONE]"
+
+
+@dataclass(slots=True)
+class Reply:
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    status: int = 200
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """Send `head`, then `events`; always `aclose()` events (that settles the request)."""
+
+    head: bytes                             # complete SSE events, each ending in a blank line
+    events: AsyncGenerator[bytes, None]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Call:
+    """What one admitted request carries from reservation to settlement."""
+
+    request_id: str
+    caller: Caller
+    request: ParsedRequest
+    deployment: Deployment
+    grant: Grant
+    prompt_bound: int
+    started: datetime
+    settled: bool = False
+
+
+class Gateway:
+    def __init__(self, deployments: tuple[Deployment, ...], auth: Authenticator,
+                 budgets: Budgets, bound: PromptBound, upstream: OpenAICompatible,
+                 ledger: LedgerWriter, now: Callable[[], datetime]) -> None:
+        self._routes: dict[str, Deployment] = {}
+        for d in deployments:
+            self._routes.setdefault(d.model_name, d)
+        self._auth = auth
+        self._budgets = budgets
+        self._bound = bound
+        self._upstream = upstream
+        self._ledger = ledger
+        self._now = now
+
+    async def handle(self, call_type: CallType, raw: bytes, authorization: str | None,
+                     api_key: str | None) -> Reply | StreamReply:
+        caller = await self._auth.caller(authorization, api_key)
+        request = parse(raw, call_type)
+        deployment = self._route(request.model, caller)
+        if call_type is CallType.EMBEDDING and request.stream:
+            raise InvalidRequest("Embeddings cannot be streamed", param="stream")
+
+        prompt_bound = self._bound.tokens(deployment, request)
+        wanted = self._wanted_output(request, deployment)
+        least = cost(deployment, prompt_bound, request.n if wanted else 0)
+        grant = await self._budgets.reserve(caller.key, least,
+                                            cost(deployment, prompt_bound, wanted))
+        call = _Call(uuid.uuid4().hex, caller, request, deployment, grant, prompt_bound,
+                     self._now())
+        try:
+            allowed = self._allowed_output(call, wanted)
+            body = self._upstream_body(raw, call, allowed)
+            headers = [(b"x-request-id", call.request_id.encode())]
+            if allowed < wanted and request.max_tokens is not None:
+                headers.append((b"x-faregate-max-tokens-capped", str(allowed // request.n)
+                                .encode()))
+            path = UPSTREAM_PATHS[call_type]
+            if request.stream:
+                # Wait for the first event so that an upstream that fails at once gives the
+                # caller a real HTTP error status rather than a 200 with an error event.
+                events = self._upstream.stream(deployment, path, body)
+                first = await anext(events, None)
+                relay = self._relay(call, first, events)
+                # Started, the relay settles in its `finally` however the stream ends.
+                head = await anext(relay, b"")
+                return StreamReply(head, relay, headers)
+            data = await self._upstream.send(deployment, path, body)
+        except BaseException:
+            self._finish(call, 0, 0, "failure")
+            raise
+        self._settle_reply(call, data)
+        return Reply(data, headers)
+
+    async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
+        return await self._auth.caller(authorization, api_key)
+
+    def models(self, caller: Caller) -> bytes:
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "faregate"}
+                for name in self._routes if caller.may_use(name)]
+        return orjson.dumps({"object": "list", "data": data})
+
+    def _route(self, model: str, caller: Caller) -> Deployment:
+        deployment = self._routes.get(model)
+        if deployment is None:
+            raise InvalidRequest(f"Invalid model name passed in model={model}. Call /v1/models "
+                                 "to see the models your key may use", param="model",
+                                 code="model_not_found")
+        if not caller.may_use(model):
+            raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {model}; it "
+                                    f"may use: {', '.join(caller.key.models)}",
+                                    code="model_access_denied")
+        return deployment
+
+    @staticmethod
+    def _wanted_output(request: ParsedRequest, deployment: Deployment) -> int:
+        if request.call_type is CallType.EMBEDDING:
+            return 0
+        if request.max_tokens is not None:
+            per_choice = request.max_tokens
+        elif request.call_type is CallType.COMPLETION:
+            per_choice = COMPLETION_DEFAULT_MAX_TOKENS
+        else:
+            per_choice = deployment.max_output_tokens
+        return per_choice * request.n
+
+    def _allowed_output(self, call: _Call, wanted: int) -> int:
+        """Output tokens the grant pays for: all that was wanted unless the budget is short."""
+        if call.grant.nanos == 0 or wanted == 0:
+            return wanted
+        d = call.deployment
+        prompt_cost = cost(d, call.prompt_bound, 0)
+        affordable = tokens_affordable(call.grant.nanos - prompt_cost, d.output_femtos)
+        return min(wanted, affordable // call.request.n * call.request.n)
+
+    def _upstream_body(self, raw: bytes, call: _Call, allowed: int) -> bytes:
+        """The client's bytes, unless the gateway must change a field."""
+        request, d = call.request, call.deployment
+        body, changed = request.body, False
+        if d.upstream_model != request.model:
+            body["model"], changed = d.upstream_model, True
+        budgeted = call.grant.nanos > 0
+        if request.call_type is not CallType.EMBEDDING and budgeted and (
+                request.max_tokens is None or allowed < request.max_tokens * request.n):
+            # The reservation only bounds the cost if the upstream is held to it.
+            body[request.max_tokens_field or "max_tokens"] = allowed // request.n
+            changed = True
+        if request.stream and not request.usage_requested:
+            body["stream_options"] = {**(body.get("stream_options") or {}),
+                                      "include_usage": True}
+            changed = True
+        return orjson.dumps(body) if changed else raw
+
+    def _settle_reply(self, call: _Call, data: bytes) -> None:
+        try:
+            usage = orjson.loads(data).get("usage") or {}
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            log.warning("upstream %s answered without a readable usage; charging the bound",
+                        call.deployment.api_base)
+            prompt, completion = call.prompt_bound, self._wanted_output(call.request,
+                                                                        call.deployment)
+            self._finish(call, prompt, completion, "success")
+            return
+        if prompt:
+            self._bound.observe(call.deployment, call.request, prompt)
+        self._finish(call, prompt, completion, "success")
+
+    async def _relay(self, call: _Call, first: bytes | None,
+                     events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+        """Pass a stream through, read its usage, and settle whatever way it ends."""
+        usage: dict[str, int] | None = None
+        produced = 0
+        status = "failure"
+        want_usage = call.request.usage_requested
+        try:
+            async for event in _chain(first, events):
+                if event.startswith(_DONE):
+                    status = "success"
+                elif b'"usage"' in event and b'"usage":null' not in event \
+                        and b'"usage": null' not in event:
+                    chunk = orjson.loads(event[5:])
+                    usage = chunk.get("usage") or usage
+                    if not want_usage:
+                        if not chunk.get("choices"):
+                            continue            # the usage chunk the client did not ask for
+                        chunk.pop("usage", None)
+                        event = b"data: " + orjson.dumps(chunk)
+                else:
+                    produced += 1
+                yield event + b"\n\n"
+        except GatewayError as exc:
+            status = "partial" if produced else "failure"
+            yield b"data: " + exc.body() + b"\n\n"
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            status = "partial"
+            err = UpstreamError(f"The upstream sent a malformed stream event: {exc}")
+            yield b"data: " + err.body() + b"\n\n"
+        finally:
+            if usage and status == "success":
+                prompt = int(usage.get("prompt_tokens") or 0)
+                completion = int(usage.get("completion_tokens") or 0)
+                if prompt:
+                    self._bound.observe(call.deployment, call.request, prompt)
+            else:
+                # Cut short: charge what was produced, the prompt at its bound (never less
+                # than what the upstream may have counted).
+                status = "partial" if produced else status
+                prompt = call.prompt_bound if produced else 0
+                completion = produced
+            await events.aclose()     # closes the upstream response: frees its GPU slot
+            self._finish(call, prompt, completion, status)
+
+    def _finish(self, call: _Call, prompt: int, completion: int, status: str) -> None:
+        if call.settled:
+            return
+        call.settled = True
+        spend = cost(call.deployment, prompt, completion)
+        self._budgets.settle(call.grant, call.caller.key, spend)
+        d = call.deployment
+        self._ledger.record(SpendRow(
+            request_id=call.request_id, api_key=call.caller.key.token,
+            key_alias=call.caller.key.key_alias, model=d.model_name,
+            upstream=f"{d.api_base}#{d.upstream_model}", call_type=call.request.call_type.value,
+            prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
+            start_time=call.started, end_time=self._now(), status=status))
+
+
+async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is None:
+        return
+    yield first
+    async for event in rest:
+        yield event

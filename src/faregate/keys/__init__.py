@@ -1,0 +1,1 @@
+"""Virtual keys: format and hashing, the in-memory directory, authentication, administration."""

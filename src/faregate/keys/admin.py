@@ -1,0 +1,182 @@
+"""Key administration: the business of /key/* (the handlers only parse and render).
+
+Every change lands in the database first, then replaces the directory's entry, so the next
+request on this process sees it at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from faregate.errors import InvalidRequest, NotFound
+from faregate.keys import durations
+from faregate.keys.auth import ALL_MODELS
+from faregate.keys.directory import KeyDirectory
+from faregate.keys.tokens import PREFIX, display_name, hash_key, new_key
+from faregate.money import dollars_to_nanos, nanos_to_dollars
+from faregate.records import KeyRecord
+from faregate.spend.budgets import Budgets
+from faregate.storage.database import DuplicateAlias, SqlStorage
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    """The settable fields of a key, in LiteLLM's names; None = not given."""
+
+    models: list[str] | None = None
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    duration: str | None = None
+    key_alias: str | None = None
+    metadata: dict[str, Any] | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    blocked: bool | None = None
+
+
+class KeyAdmin:
+    def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Budgets,
+                 now: Callable[[], datetime], models: Collection[str]) -> None:
+        self._storage = storage
+        self._directory = directory
+        self._budgets = budgets
+        self._now = now
+        self._models = set(models)
+
+    async def generate(self, settings: KeySettings, key: str | None = None,
+                       given: Collection[str] = ()) -> tuple[str, KeyRecord]:
+        if key is not None and (not key.startswith(PREFIX) or len(key) < 16):
+            raise InvalidRequest("A custom 'key' must start with 'sk-' and be at least 16 "
+                                 "characters long", param="key")
+        key = key or new_key()
+        now = self._now()
+        changes = self._changes(settings, set(given) | {"models"}, now)
+        record = KeyRecord(token=hash_key(key), key_name=display_name(key), created_at=now,
+                           updated_at=now, **changes)
+        if await self._storage.get_key(record.token) is not None:
+            raise InvalidRequest("This key already exists", param="key")
+        try:
+            await self._storage.insert_key(record)
+        except DuplicateAlias:
+            raise InvalidRequest(f"key_alias {record.key_alias!r} is taken by another key",
+                                 param="key_alias") from None
+        self._directory.put(record)
+        return key, record
+
+    async def info(self, token: str) -> KeyRecord:
+        record = await self._storage.get_key(token)
+        if record is None:
+            raise NotFound("No such key. Pass the key (sk-...) or its hash as `key`",
+                           code="key_not_found")
+        return record
+
+    async def update(self, token: str, settings: KeySettings,
+                     given: Collection[str]) -> KeyRecord:
+        await self.info(token)
+        changes = self._changes(settings, set(given), self._now())
+        try:
+            record = await self._storage.update_key(token, changes)
+        except DuplicateAlias:
+            raise InvalidRequest(f"key_alias {settings.key_alias!r} is taken by another key",
+                                 param="key_alias") from None
+        if record is None:
+            raise NotFound("The key was deleted meanwhile", code="key_not_found")
+        self._directory.put(record)
+        if "budget_duration" in changes:
+            self._budgets.change_period(record)
+        return record
+
+    async def set_blocked(self, token: str, blocked: bool) -> KeyRecord:
+        return await self.update(token, KeySettings(blocked=blocked), {"blocked"})
+
+    async def delete(self, tokens: list[str]) -> list[str]:
+        deleted = await self._storage.delete_keys(tokens)
+        for token in tokens:
+            self._directory.forget(token)
+            self._budgets.forget(token)
+        return deleted
+
+    async def regenerate(self, token: str, key: str | None = None) -> tuple[str, KeyRecord]:
+        """A new secret for the same key: settings, spend and ledger stay; the old one dies."""
+        await self.info(token)
+        key = key or new_key()
+        record = await self._storage.replace_token(token, hash_key(key), display_name(key))
+        if record is None:
+            raise NotFound("The key was deleted meanwhile", code="key_not_found")
+        self._directory.forget(token)
+        self._budgets.forget(token)
+        self._directory.put(record)
+        return key, record
+
+    async def list(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:
+        return await self._storage.list_keys(page, page_size)
+
+    def view(self, record: KeyRecord) -> dict[str, Any]:
+        """A key as LiteLLM's API shows it (spend in dollars, for the current budget period)."""
+        return {
+            "token": record.token, "key_name": record.key_name, "key_alias": record.key_alias,
+            "models": list(record.models), "spend": nanos_to_dollars(
+                self._budgets.period_spend(record)),
+            "total_spend": nanos_to_dollars(self._budgets.lifetime_spend(record)),
+            "max_budget": None if record.max_budget_nanos is None
+            else nanos_to_dollars(record.max_budget_nanos),
+            "budget_duration": record.budget_duration,
+            "budget_reset_at": _iso(record.budget_reset_at), "expires": _iso(record.expires),
+            "metadata": record.metadata, "tpm_limit": record.tpm_limit,
+            "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
+            "blocked": record.blocked, "created_at": _iso(record.created_at),
+            "updated_at": _iso(record.updated_at),
+        }
+
+    def _changes(self, s: KeySettings, given: set[str], now: datetime) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if "models" in given:
+            models = s.models or []
+            unknown = [m for m in models if m not in self._models and m != ALL_MODELS]
+            if unknown:
+                raise InvalidRequest(f"Unknown model(s) {unknown}; this gateway serves "
+                                     f"{sorted(self._models)}", param="models")
+            out["models"] = tuple(models)
+        if "max_budget" in given:
+            try:
+                out["max_budget_nanos"] = None if s.max_budget is None else dollars_to_nanos(
+                    s.max_budget, "max_budget")
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="max_budget") from None
+        if "budget_duration" in given:
+            out["budget_duration"] = self._duration(s.budget_duration, "budget_duration")
+            out["budget_reset_at"] = None if s.budget_duration is None \
+                else durations.add(now, s.budget_duration)
+        if "duration" in given:
+            out["expires"] = None if s.duration is None \
+                else durations.add(now, self._duration(s.duration, "duration"))
+        for name in ("tpm_limit", "rpm_limit", "max_parallel_requests"):
+            if name in given:
+                value = getattr(s, name)
+                if value is not None and value < 0:
+                    raise InvalidRequest(f"'{name}' must be >= 0", param=name)
+                out[name] = value
+        if "key_alias" in given:
+            out["key_alias"] = s.key_alias
+        if "metadata" in given:
+            out["metadata"] = s.metadata or {}
+        if "blocked" in given:
+            out["blocked"] = bool(s.blocked)
+        return out
+
+    @staticmethod
+    def _duration(value: str | None, param: str) -> str | None:
+        if value is None:
+            return None
+        try:
+            return durations.validate(value)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=param) from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,69 @@
+"""Who is calling: the master key, a valid virtual key, or nobody (AuthError)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from faregate.errors import AuthError, ExpiredKey
+from faregate.keys.directory import KeyDirectory
+from faregate.keys.tokens import PREFIX, display_name, hash_key
+from faregate.records import KeyRecord
+from faregate.secret import Secret
+
+ALL_MODELS = "all-proxy-models"
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    key: KeyRecord
+    is_master: bool
+
+    def may_use(self, model: str) -> bool:
+        models = self.key.models
+        return not models or model in models or ALL_MODELS in models
+
+
+def bearer(authorization: str | None, api_key: str | None) -> str:
+    """The key from `Authorization: Bearer sk-...` (or `x-api-key`/`api-key`)."""
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("Malformed Authorization header: expected 'Authorization: Bearer "
+                            "sk-...'", code="invalid_auth_header")
+        return value.strip()
+    if api_key:
+        return api_key.strip()
+    raise AuthError("No API key provided. Send your virtual key as 'Authorization: Bearer "
+                    "sk-...'", code="missing_api_key")
+
+
+class Authenticator:
+    def __init__(self, master_key: Secret, directory: KeyDirectory,
+                 now: Callable[[], datetime]) -> None:
+        self._master_key = master_key
+        self._directory = directory
+        self._now = now
+        master = master_key.reveal()
+        self._master = Caller(KeyRecord(token=hash_key(master), key_name=display_name(master),
+                                        key_alias="master"), is_master=True)
+
+    async def caller(self, authorization: str | None, api_key: str | None) -> Caller:
+        presented = bearer(authorization, api_key)
+        if self._master_key.matches(presented):
+            return self._master
+        if not presented.startswith(PREFIX):
+            raise AuthError("Invalid API key format: faregate keys start with 'sk-'",
+                            code="invalid_api_key")
+        key = await self._directory.get(hash_key(presented))
+        if key is None:
+            raise AuthError("Invalid API key: it is unknown or was deleted. Ask your admin "
+                            "for a key from /key/generate", code="invalid_api_key")
+        if key.blocked:
+            raise AuthError(f"Key {key.key_name} is blocked. An admin can lift it with "
+                            "/key/unblock", code="key_blocked")
+        if key.expires is not None and key.expires <= self._now():
+            raise ExpiredKey(f"Key {key.key_name} expired at {key.expires.isoformat()}. "
+                             "Ask your admin for a new key", code="expired_key")
+        return Caller(key, is_master=False)

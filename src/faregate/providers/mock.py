@@ -1,0 +1,372 @@
+"""Mock OpenAI-compatible upstream used for demos, tests and benchmarks.
+
+A raw ASGI app (no framework, orjson, precomputed constant bytes) so that it is
+never the bottleneck when it is the baseline of a benchmark.
+
+Routes (each also served without the ``/v1`` prefix)::
+
+    POST /v1/chat/completions   chat.completion / chat.completion.chunk (SSE)
+    POST /v1/completions        text_completion (optionally SSE)
+    POST /v1/embeddings         8-dim deterministic vectors (float or base64)
+    GET  /v1/models             one model, ``mock-model``
+    GET  /health                {"status": "ok"} (never needs the API key)
+
+Anything else is a 404; a bad body is a 400; both in OpenAI's error shape.
+
+Deterministic usage rule:
+
+* ``words(text) = len(text.split())`` (whitespace-separated words).
+* chat ``prompt_tokens = sum(words(content) + 4 for each message) + 3``; a
+  content that is a list of parts counts the ``text`` of each part (non-text
+  parts count 0), a null or missing content counts 0.  The +4 per message and
+  +3 simulate a chat template, as real servers add.
+* completions ``prompt_tokens = words(prompt)``, summed over a list of strings.
+* embeddings ``prompt_tokens = sum(words(s))`` over the inputs; token-id inputs
+  (a list of ints, or a list of lists of ints) count one token per int.
+* ``completion_tokens = n`` = ``max_completion_tokens`` if given, else
+  ``max_tokens`` if given, else 16 (a non-negative int, at most 1,000,000;
+  anything else is a 400).  The completion text is ``n`` words, ``"mock mock
+  ..."``; streamed, each token chunk carries one word (with a leading space
+  except the first), so the concatenated deltas equal the non-streamed text.
+* ``finish_reason`` is ``"length"`` if a max was given, else ``"stop"``.
+* ``total_tokens = prompt_tokens + completion_tokens``.
+
+Streaming follows OpenAI: chat sends a role chunk, one chunk per token, a chunk
+with an empty delta and the finish_reason, then, only with
+``stream_options.include_usage``, a ``"choices": []`` chunk with the usage
+(the other chunks then carry ``"usage": null``), then ``data: [DONE]``.
+Legacy completions stream the same way without the role chunk.
+
+Hooks: ``latency_ms`` sleeps before answering a generation or embedding request
+(for streams, before the first chunk).  A request header ``x-mock-status: <code>``
+(400-599) on any route answers that status with an OpenAI error, message
+``mock fault <code>``, type ``server_error`` (5xx), ``rate_limit_error`` (429) or
+``invalid_request_error``.  With ``api_key`` set, every route but /health
+requires ``Authorization: Bearer <api_key>`` (checked before the fault hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import itertools
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_COMPLETION_TOKENS = 16
+MAX_COMPLETION_TOKENS = 1_000_000  # keeps a silly max_tokens from eating the RAM
+EMBEDDING_DIM = 8
+
+
+def _error_body(message: str, type_: str, code: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+
+
+_HEALTH = orjson.dumps({"status": "ok"})
+_MODEL = {"id": "mock-model", "object": "model", "created": 0, "owned_by": "faregate-mock"}
+_MODELS = orjson.dumps({"object": "list", "data": [_MODEL]})
+_NOT_FOUND = _error_body("Not found", "invalid_request_error", "not_found")
+_BAD_KEY = _error_body("Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+_BAD_JSON = _error_body("Invalid JSON body", "invalid_request_error")
+_DONE = b"data: [DONE]\n\n"
+_SSE_START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")],
+}
+
+
+class _BadRequest(Exception):
+    """Raised by validation; turned into a 400 in OpenAI's error shape."""
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive) -> bytes:
+    msg = await receive()
+    body: bytes = msg.get("body", b"")
+    if not msg.get("more_body"):  # the common case: one message, no join
+        return body
+    parts = [body]
+    while msg.get("more_body"):
+        msg = await receive()
+        parts.append(msg.get("body", b""))
+    return b"".join(parts)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is not a count
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _model(req: dict[str, Any]) -> str:
+    model = req.get("model")
+    if not isinstance(model, str) or not model:
+        raise _BadRequest("'model' is required and must be a non-empty string")
+    return model
+
+
+def _inputs(value: object, field: str) -> list[Any]:
+    """Normalise a prompt/input to a list of items: strings or token-id lists."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value:
+        if all(isinstance(v, str) for v in value):
+            return value
+        if all(_is_int(v) for v in value):
+            return [value]
+        if all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value):
+            return value
+    raise _BadRequest(f"'{field}' must be a string, a string array or an array of token arrays")
+
+
+def _item_tokens(item: str | list[int]) -> int:
+    return _words(item) if isinstance(item, str) else len(item)
+
+
+def _content_words(content: object) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return _words(content)
+    if isinstance(content, list):
+        total = 0
+        for part in content:
+            if not isinstance(part, dict):
+                raise _BadRequest("'messages[].content' parts must be objects")
+            text = part.get("text")
+            total += _words(text) if isinstance(text, str) else 0
+        return total
+    raise _BadRequest("'messages[].content' must be a string, an array of parts or null")
+
+
+def _max_tokens(req: dict[str, Any]) -> tuple[int, str]:
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = req.get(key)
+        if v is not None:
+            if not _is_int(v) or not 0 <= v <= MAX_COMPLETION_TOKENS:
+                raise _BadRequest(f"'{key}' must be an integer in [0, {MAX_COMPLETION_TOKENS}]")
+            return v, "length"
+    return DEFAULT_COMPLETION_TOKENS, "stop"
+
+
+def _stream_opts(req: dict[str, Any]) -> tuple[bool, bool]:
+    stream = req.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _BadRequest("'stream' must be a boolean")
+    opts = req.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise _BadRequest("'stream_options' must be an object")
+    return bool(stream), bool(stream and opts and opts.get("include_usage") is True)
+
+
+def _embedding(item: str | list[int]) -> list[float]:
+    key = item.encode() if isinstance(item, str) else orjson.dumps(item)
+    digest = hashlib.blake2b(key, digest_size=2 * EMBEDDING_DIM).digest()
+    return [round(h / 32767.5 - 1.0, 6) for h in struct.unpack(f"<{EMBEDDING_DIM}H", digest)]
+
+
+def _choice(
+    chat: bool, stream: bool, text: str | None, finish: str | None, role: bool = False
+) -> dict[str, Any]:
+    """One choices[] entry; text None is the empty closing delta of a stream."""
+    if not chat:
+        return {"text": text or "", "index": 0, "logprobs": None, "finish_reason": finish}
+    if stream:
+        delta = {} if text is None else {"content": text}
+        if role:
+            delta = {"role": "assistant", **delta}
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    message = {"role": "assistant", "content": text, "refusal": None}
+    return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+class MockUpstream:
+    """ASGI callable; all state (options, id counter) lives on the instance."""
+
+    def __init__(self, latency_ms: float = 0.0, api_key: str | None = None) -> None:
+        self.latency_s = max(0.0, latency_ms) / 1000.0
+        self._auth = b"Bearer " + api_key.encode() if api_key is not None else None
+        self._ids = itertools.count(1)
+        # path (without /v1) -> (method, handler or None for constant bodies, constant body)
+        self._routes: dict[str, tuple[str, Callable[..., Awaitable[None]] | None, bytes]] = {
+            "/chat/completions": ("POST", self._chat, b""),
+            "/completions": ("POST", self._completions, b""),
+            "/embeddings": ("POST", self._embeddings, b""),
+            "/models": ("GET", None, _MODELS),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await _lifespan(receive, send)
+            return
+        path: str = scope["path"]
+        auth = fault = None
+        for name, value in scope["headers"]:  # ASGI header names are lowercase
+            if name == b"authorization":
+                auth = value
+            elif name == b"x-mock-status":
+                fault = value
+        if path == "/health" and scope["method"] == "GET":
+            route: tuple[str, Any, bytes] | None = ("GET", None, _HEALTH)
+        else:
+            route = self._routes.get(path[3:] if path.startswith("/v1/") else path)
+            if route is not None and self._auth is not None and auth != self._auth:
+                return await _send_json(send, 401, _BAD_KEY)
+        if route is None or route[0] != scope["method"]:
+            return await _send_json(send, 404, _NOT_FOUND)
+        if fault is not None:
+            return await _send_fault(send, fault)
+        handler = route[1]
+        if handler is None:
+            return await _send_json(send, 200, route[2])
+        try:
+            req = orjson.loads(await _read_body(receive))
+        except orjson.JSONDecodeError:
+            return await _send_json(send, 400, _BAD_JSON)
+        try:
+            if not isinstance(req, dict):
+                raise _BadRequest("The request body must be a JSON object")
+            await handler(req, send)
+        except _BadRequest as exc:
+            await _send_json(send, 400, _error_body(str(exc), "invalid_request_error"))
+
+    async def _sleep(self) -> None:
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+
+    async def _chat(self, req: dict[str, Any], send: Send) -> None:
+        model = _model(req)
+        messages = req.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _BadRequest("'messages' must be a non-empty array")
+        prompt = 3
+        for m in messages:
+            if not isinstance(m, dict):
+                raise _BadRequest("'messages' items must be objects")
+            prompt += _content_words(m.get("content")) + 4
+        await self._generate(send, req, model, prompt, chat=True)
+
+    async def _completions(self, req: dict[str, Any], send: Send) -> None:
+        model = _model(req)
+        prompt = sum(_item_tokens(i) for i in _inputs(req.get("prompt"), "prompt"))
+        await self._generate(send, req, model, prompt, chat=False)
+
+    async def _generate(
+        self, send: Send, req: dict[str, Any], model: str, prompt: int, chat: bool
+    ) -> None:
+        n, finish = _max_tokens(req)
+        stream, include_usage = _stream_opts(req)  # validate everything before sleeping
+        await self._sleep()
+        if chat:
+            obj = "chat.completion.chunk" if stream else "chat.completion"
+        else:
+            obj = "text_completion"
+        cid = f"{'chatcmpl' if chat else 'cmpl'}-mock-{next(self._ids)}"
+        head = {"id": cid, "object": obj, "created": int(time.time()), "model": model}
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        if not stream:
+            choice = _choice(chat, False, " ".join(["mock"] * n), finish)
+            body = orjson.dumps({**head, "choices": [choice], "usage": usage})
+            return await _send_json(send, 200, body)
+
+        tail = {"usage": None} if include_usage else {}
+
+        def event(choices: list[Any], extra: dict[str, Any] | None = None) -> bytes:
+            obj = {**head, "choices": choices, **(tail if extra is None else extra)}
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+        events = [event([_choice(True, True, "", None, role=True)])] if chat else []
+        if n:
+            events.append(event([_choice(chat, True, "mock", None)]))
+            # every later token chunk is identical: serialise it once
+            events.append(event([_choice(chat, True, " mock", None)]) * (n - 1))
+        events.append(event([_choice(chat, True, None, finish)]))
+        if include_usage:
+            events.append(event([], {"usage": usage}))
+        events.append(_DONE)
+        # No per-token delay, so one body write (chunked transfer) is the cheapest correct stream.
+        await send(_SSE_START)
+        await send({"type": "http.response.body", "body": b"".join(events)})
+
+    async def _embeddings(self, req: dict[str, Any], send: Send) -> None:
+        model = _model(req)
+        items = _inputs(req.get("input"), "input")
+        fmt = req.get("encoding_format")
+        if fmt not in (None, "float", "base64"):
+            raise _BadRequest("'encoding_format' must be 'float' or 'base64'")
+        await self._sleep()
+        data = []
+        for i, item in enumerate(items):
+            vec: Any = _embedding(item)
+            if fmt == "base64":  # the openai SDK asks for base64 (float32 LE) by default
+                vec = base64.b64encode(struct.pack(f"<{EMBEDDING_DIM}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vec})
+        tokens = sum(_item_tokens(i) for i in items)
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        body = orjson.dumps({"object": "list", "data": data, "model": model, "usage": usage})
+        await _send_json(send, 200, body)
+
+
+async def _send_fault(send: Send, raw: bytes) -> None:
+    try:
+        code = int(raw)
+    except ValueError:
+        code = 0
+    if not 400 <= code <= 599:
+        msg = "x-mock-status must be an HTTP error status (400-599)"
+        return await _send_json(send, 400, _error_body(msg, "invalid_request_error"))
+    type_ = "rate_limit_error" if code == 429 else "invalid_request_error"
+    if code >= 500:
+        type_ = "server_error"
+    await _send_json(send, code, _error_body(f"mock fault {code}", type_))
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to set up; answer the protocol so servers run with lifespan "on" work too.
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def build_app(latency_ms: float = 0.0, api_key: str | None = None) -> MockUpstream:
+    """Return the mock upstream as an ASGI callable."""
+    return MockUpstream(latency_ms=latency_ms, api_key=api_key)
+
+
+def serve(host: str, port: int, latency_ms: float = 0.0, api_key: str | None = None) -> None:
+    """Run the mock upstream with uvicorn, tuned for throughput (blocks)."""
+    import uvicorn  # local import: the app itself does not need uvicorn
+
+    uvicorn.run(
+        build_app(latency_ms=latency_ms, api_key=api_key),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )

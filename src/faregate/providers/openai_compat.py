@@ -1,0 +1,136 @@
+"""Any OpenAI-compatible upstream (vLLM, an inference gateway, OpenAI) over pooled aiohttp.
+
+The body goes out as the bytes the gateway hands over; responses come back as bytes. Failures
+become UpstreamError with the status the caller should see: the client's own mistakes (4xx) keep
+their status, the upstream's (5xx, bad credentials, timeouts, refused connections) become 502/504.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from faregate.config import Deployment
+from faregate.errors import UpstreamError
+
+
+@dataclass(slots=True)
+class UpstreamReply:
+    status: int
+    body: bytes
+
+
+class OpenAICompatible:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[int, dict[str, str]] = {}
+        self._timeouts: dict[int, aiohttp.ClientTimeout] = {}
+
+    async def open(self) -> None:
+        # One pooled session per process: keep-alive connections to every upstream.
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "OpenAICompatible.open() was not called"
+        return self._session
+
+    def _prepared(self, d: Deployment) -> tuple[dict[str, str], aiohttp.ClientTimeout]:
+        headers = self._headers.get(id(d))
+        if headers is None:
+            headers = {"Content-Type": "application/json"}
+            if d.api_key is not None:
+                headers["Authorization"] = "Bearer " + d.api_key.reveal()
+            self._headers[id(d)] = headers
+            self._timeouts[id(d)] = aiohttp.ClientTimeout(total=d.timeout_s)
+        return headers, self._timeouts[id(d)]
+
+    async def send(self, d: Deployment, path: str, body: bytes) -> bytes:
+        """POST and return the body of a 2xx answer."""
+        headers, timeout = self._prepared(d)
+        try:
+            async with self._http.post(d.api_base + path, data=body, headers=headers,
+                                          timeout=timeout) as resp:
+                data = await resp.read()
+                if resp.status >= 300:
+                    raise upstream_failure(d, resp.status, data)
+                return data
+        except aiohttp.ClientError as exc:
+            raise _connection_failure(d, exc) from None
+        except TimeoutError:
+            raise _timeout(d) from None
+
+    async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncIterator[bytes]:
+        """POST a streaming request and yield its server-sent events, one complete event each."""
+        headers, timeout = self._prepared(d)
+        try:
+            async with self._http.post(d.api_base + path, data=body, headers=headers,
+                                          timeout=timeout) as resp:
+                if resp.status >= 300:
+                    raise upstream_failure(d, resp.status, await resp.read())
+                buffer = b""
+                async for chunk in resp.content.iter_any():
+                    buffer += chunk
+                    if b"\n\n" not in buffer:
+                        continue
+                    *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
+                    for event in events:
+                        if event:
+                            yield event
+                if buffer.strip():
+                    yield buffer
+        except aiohttp.ClientError as exc:
+            raise _connection_failure(d, exc) from None
+        except TimeoutError:
+            raise _timeout(d) from None
+
+
+def upstream_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
+    message = _upstream_message(data)
+    where = f"upstream for model '{d.model_name}'"
+    if status in (401, 403):
+        return UpstreamError(f"The {where} rejected the gateway's credentials ({status}): "
+                             f"{message}. Check litellm_params.api_key.", status=502,
+                             code="upstream_auth_error")
+    if status == 429:
+        return UpstreamError(f"The {where} is rate limiting: {message}", status=429,
+                             type="rate_limit_error", code="upstream_rate_limited")
+    if 400 <= status < 500:
+        return UpstreamError(f"The {where} refused the request: {message}", status=status,
+                             type="invalid_request_error", code=str(status))
+    return UpstreamError(f"The {where} failed with HTTP {status}: {message}", status=502,
+                         code="upstream_error")
+
+
+def _upstream_message(data: bytes) -> str:
+    try:
+        parsed = orjson.loads(data)
+        message = parsed["error"]["message"] if isinstance(parsed.get("error"), dict) \
+            else parsed.get("error") or parsed.get("detail") or parsed.get("message")
+        if message:
+            return str(message)[:500]
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+        pass
+    return data[:200].decode(errors="replace") or "(empty body)"
+
+
+def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
+    return UpstreamError(f"Cannot reach the upstream for model '{d.model_name}' at "
+                         f"{d.api_base}: {type(exc).__name__}", status=502,
+                         code="upstream_unreachable")
+
+
+def _timeout(d: Deployment) -> UpstreamError:
+    return UpstreamError(f"The upstream for model '{d.model_name}' did not answer within "
+                         f"{d.timeout_s:g}s (litellm_params.timeout)", status=504,
+                         type="timeout", code="upstream_timeout")

@@ -1,0 +1,127 @@
+"""Budgets that hold: reserve before the upstream call, settle to the real cost after.
+
+A request reserves an upper bound of its cost against max_budget - spend - open reservations,
+in one step with no await in between, so no interleaving of concurrent requests can overshoot.
+When a key's open reservations are what stands in the way, a request waits for them to settle
+instead of failing: a burst then uses the budget as fully as a sequence of calls would.
+When the budget cannot cover the whole output a request asks for, it gets a smaller grant and
+the gateway caps the upstream's max_tokens to it (see docs/budgets.md).
+
+This store is exact within one process. Replicas share budgets through Redis (a later store
+behind the same two calls).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from faregate.errors import BudgetExceeded
+from faregate.keys import durations
+from faregate.money import nanos_to_dollars
+from faregate.records import KeyRecord
+
+
+@dataclass(slots=True)
+class Account:
+    spend: int                      # lifetime spend this process knows (settled, maybe unflushed)
+    period_base: int
+    reset_at: datetime | None
+    reserved: int = 0
+    settled: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    token: str
+    nanos: int                      # reserved; 0 for keys without a budget
+
+
+NO_BUDGET = Grant("", 0)
+
+
+class Budgets:
+    def __init__(self, now: Callable[[], datetime], wait_timeout_s: float,
+                 on_period_start: Callable[[str, int, datetime | None], None]) -> None:
+        self._now = now
+        self._wait_timeout_s = wait_timeout_s
+        self._on_period_start = on_period_start
+        self._accounts: dict[str, Account] = {}
+
+    def account(self, key: KeyRecord) -> Account:
+        acc = self._accounts.get(key.token)
+        if acc is None:
+            acc = Account(key.spend_nanos, key.period_base_nanos, key.budget_reset_at)
+            self._accounts[key.token] = acc
+        return acc
+
+    def period_spend(self, key: KeyRecord) -> int:
+        acc = self._accounts.get(key.token)
+        return acc.spend - acc.period_base if acc else key.period_spend_nanos
+
+    def lifetime_spend(self, key: KeyRecord) -> int:
+        acc = self._accounts.get(key.token)
+        return acc.spend if acc else key.spend_nanos
+
+    async def reserve(self, key: KeyRecord, least: int, most: int) -> Grant:
+        """Reserve between `least` and `most` nano-dollars, or raise BudgetExceeded."""
+        if key.max_budget_nanos is None:
+            return NO_BUDGET
+        acc = self.account(key)
+        deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
+        while True:
+            self._roll_period(key, acc)
+            spent = acc.spend - acc.period_base
+            available = key.max_budget_nanos - spent - acc.reserved
+            if available >= least:
+                granted = min(most, available)
+                acc.reserved += granted
+                return Grant(key.token, granted)
+            left = deadline - asyncio.get_running_loop().time()
+            if acc.reserved == 0 or key.max_budget_nanos - spent < least or left <= 0:
+                raise BudgetExceeded(
+                    f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
+                    f"max budget: ${nanos_to_dollars(key.max_budget_nanos):.9f}, "
+                    f"reserved by requests in flight: ${nanos_to_dollars(acc.reserved):.9f}, "
+                    f"this request needs at least ${nanos_to_dollars(least):.9f}. "
+                    "Raise max_budget with /key/update or wait for budget_duration to reset it.")
+            async with acc.settled:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(acc.settled.wait(), left)
+
+    def settle(self, grant: Grant, key: KeyRecord, cost: int) -> None:
+        """Release a reservation and book the real cost (also for keys without a budget)."""
+        acc = self.account(key)
+        acc.reserved -= grant.nanos
+        acc.spend += cost
+        if grant.nanos and acc.settled._waiters:
+            asyncio.get_running_loop().create_task(self._wake(acc))
+
+    @staticmethod
+    async def _wake(acc: Account) -> None:
+        async with acc.settled:
+            acc.settled.notify_all()
+
+    def forget(self, token: str) -> None:
+        self._accounts.pop(token, None)
+
+    def _roll_period(self, key: KeyRecord, acc: Account) -> None:
+        if key.budget_duration is None or acc.reset_at is None:
+            return
+        now = self._now()
+        if now < acc.reset_at:
+            return
+        reset_at = acc.reset_at
+        while reset_at <= now:
+            reset_at = durations.add(reset_at, key.budget_duration)
+        acc.period_base, acc.reset_at = acc.spend, reset_at
+        self._on_period_start(key.token, acc.period_base, reset_at)
+
+    def change_period(self, key: KeyRecord) -> None:
+        """Admin changed budget_duration: start a new period from the record's values."""
+        acc = self._accounts.get(key.token)
+        if acc is not None:
+            acc.reset_at = key.budget_reset_at

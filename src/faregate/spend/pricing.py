@@ -1,0 +1,52 @@
+"""Prices and the prompt bound: what a request may cost before it runs, and what it did cost.
+
+The prompt bound is text bytes + a per-message overhead + a per-model overhead (chat templates,
+default system prompts). Upstreams report the real prompt tokens; when they show a larger
+template overhead than configured, the bound learns it (it only ever grows), so budgets hold
+even for a model whose template nobody measured.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from faregate.config import Deployment
+from faregate.money import token_cost
+from faregate.openai_request import ParsedRequest
+
+log = logging.getLogger("faregate.pricing")
+
+# A vision model may spend thousands of tokens on an image whatever its URL's length.
+IMAGE_TOKENS = 4096
+
+
+def cost(deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> int:
+    """Nano-dollars for the tokens an upstream reports."""
+    return (token_cost(prompt_tokens, deployment.input_femtos)
+            + token_cost(completion_tokens, deployment.output_femtos))
+
+
+class PromptBound:
+    def __init__(self) -> None:
+        self._learned: dict[int, int] = {}      # id(deployment) -> template overhead seen
+
+    def _counted(self, deployment: Deployment, request: ParsedRequest) -> int:
+        return (request.text_bytes + request.messages * deployment.per_message_overhead_tokens
+                + request.images * IMAGE_TOKENS)
+
+    def overhead(self, deployment: Deployment) -> int:
+        return max(deployment.prompt_overhead_tokens, self._learned.get(id(deployment), 0))
+
+    def tokens(self, deployment: Deployment, request: ParsedRequest) -> int:
+        """An upper bound on the prompt tokens the upstream will count for this request."""
+        return self._counted(deployment, request) + self.overhead(deployment)
+
+    def observe(self, deployment: Deployment, request: ParsedRequest, prompt_tokens: int) -> None:
+        excess = prompt_tokens - self._counted(deployment, request)
+        if excess > self.overhead(deployment):
+            log.warning("model %s: upstream counted %d prompt tokens, %d more than the bound's "
+                        "overhead of %d; raising the overhead (set model_info."
+                        "prompt_overhead_tokens to at least %d)", deployment.model_name,
+                        prompt_tokens, excess - self.overhead(deployment),
+                        self.overhead(deployment), excess)
+            self._learned[id(deployment)] = excess

@@ -1,0 +1,1 @@
+"""Storage: one SQLAlchemy Core implementation for SQLite and Postgres, and its migrations."""

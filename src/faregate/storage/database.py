@@ -1,0 +1,243 @@
+"""SqlStorage: every query the gateway makes, one method each, on SQLite or Postgres.
+
+Values are always bound parameters. Spend rows are written with their key's aggregate in one
+transaction, and idempotently (a request id already present is skipped), so a key's spend is
+always the sum of its rows, even when a batch is retried.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Select, delete, event, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from faregate.records import KeyRecord, SpendRow
+from faregate.storage.schema import keys, spend_logs
+
+
+def async_url(url: str) -> str:
+    """Map the URLs users write (as in LiteLLM's DATABASE_URL) to async drivers."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        return "postgresql+asyncpg://" + url[len("postgresql://"):]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url[len("sqlite://"):]
+    return url
+
+
+def create_engine(url: str) -> AsyncEngine:
+    sa_url = make_url(async_url(url))
+    if sa_url.get_backend_name() == "sqlite":
+        # One file, many short transactions: WAL lets readers run beside the ledger writer.
+        engine = create_async_engine(sa_url, poolclass=NullPool if sa_url.database in
+                                     (None, "", ":memory:") else None)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(sa_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class SpendQuery:
+    api_key: str | None = None
+    request_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    page: int = 1
+    page_size: int = 100
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything we store is UTC.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _key_from_row(row: Any) -> KeyRecord:
+    return KeyRecord(
+        token=row.token, key_name=row.key_name, key_alias=row.key_alias,
+        models=tuple(orjson.loads(row.models)), max_budget_nanos=row.max_budget_nanos,
+        spend_nanos=row.spend_nanos, period_base_nanos=row.period_base_nanos,
+        budget_duration=row.budget_duration, budget_reset_at=_utc(row.budget_reset_at),
+        expires=_utc(row.expires), metadata=orjson.loads(row.metadata),
+        tpm_limit=row.tpm_limit, rpm_limit=row.rpm_limit,
+        max_parallel_requests=row.max_parallel_requests, blocked=bool(row.blocked),
+        created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
+    )
+
+
+def _key_values(record: KeyRecord) -> dict[str, Any]:
+    return {
+        "token": record.token, "key_name": record.key_name, "key_alias": record.key_alias,
+        "models": orjson.dumps(list(record.models)).decode(),
+        "max_budget_nanos": record.max_budget_nanos, "spend_nanos": record.spend_nanos,
+        "period_base_nanos": record.period_base_nanos, "budget_duration": record.budget_duration,
+        "budget_reset_at": record.budget_reset_at, "expires": record.expires,
+        "metadata": orjson.dumps(record.metadata).decode(), "tpm_limit": record.tpm_limit,
+        "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
+        "blocked": record.blocked, "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+class DuplicateAlias(Exception):
+    pass
+
+
+class SqlStorage:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._insert = (sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert)
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlStorage:
+        return cls(create_engine(url))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # keys
+
+    async def get_key(self, token: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(keys).where(keys.c.token == token))).first()
+        return _key_from_row(row) if row else None
+
+    async def get_key_by_alias(self, alias: str) -> KeyRecord | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(keys).where(keys.c.key_alias == alias))).first()
+        return _key_from_row(row) if row else None
+
+    async def insert_key(self, record: KeyRecord) -> None:
+        async with self.engine.begin() as conn:
+            if record.key_alias is not None and (await conn.execute(
+                    select(keys.c.token).where(keys.c.key_alias == record.key_alias))).first():
+                raise DuplicateAlias(record.key_alias)
+            await conn.execute(keys.insert().values(**_key_values(record)))
+
+    async def update_key(self, token: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """Apply admin changes (KeyRecord field names) and return the new record."""
+        values = {k: v for k, v in _key_values(KeyRecord(token=token, key_name="", **changes))
+                  .items() if k in changes}
+        values["updated_at"] = datetime.now(UTC)
+        async with self.engine.begin() as conn:
+            alias = changes.get("key_alias")
+            if alias is not None and (await conn.execute(select(keys.c.token).where(
+                    keys.c.key_alias == alias, keys.c.token != token))).first():
+                raise DuplicateAlias(alias)
+            await conn.execute(update(keys).where(keys.c.token == token).values(**values))
+            row = (await conn.execute(select(keys).where(keys.c.token == token))).first()
+        return _key_from_row(row) if row else None
+
+    async def replace_token(self, old_token: str, new_token: str,
+                            key_name: str) -> KeyRecord | None:
+        """Regenerate: the key keeps its settings, spend and ledger, under a new secret."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(keys).where(keys.c.token == old_token).values(
+                token=new_token, key_name=key_name, updated_at=datetime.now(UTC)))
+            if result.rowcount == 0:
+                return None
+            await conn.execute(update(spend_logs).where(spend_logs.c.api_key == old_token)
+                               .values(api_key=new_token))
+            row = (await conn.execute(select(keys).where(keys.c.token == new_token))).first()
+        return _key_from_row(row) if row else None
+
+    async def delete_keys(self, tokens: Sequence[str]) -> list[str]:
+        async with self.engine.begin() as conn:
+            found = [r.token for r in await conn.execute(
+                select(keys.c.token).where(keys.c.token.in_(list(tokens))))]
+            if found:
+                await conn.execute(delete(keys).where(keys.c.token.in_(found)))
+        return found
+
+    async def list_keys(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(select(func.count()).select_from(keys))).scalar_one()
+            rows = await conn.execute(select(keys).order_by(keys.c.created_at, keys.c.token)
+                                      .limit(page_size).offset((page - 1) * page_size))
+            return [_key_from_row(r) for r in rows], int(total)
+
+    async def start_budget_period(self, token: str, period_base_nanos: int,
+                                  reset_at: datetime | None) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(update(keys).where(keys.c.token == token).values(
+                period_base_nanos=period_base_nanos, budget_reset_at=reset_at))
+
+    # spend
+
+    async def write_spend(self, rows: Sequence[SpendRow]) -> int:
+        """Insert rows not yet recorded and add their spend to their keys, atomically.
+
+        Returns how many rows were new. Retrying a batch after an error is safe.
+        """
+        if not rows:
+            return 0
+        values = [{
+            "request_id": r.request_id, "api_key": r.api_key, "key_alias": r.key_alias,
+            "model": r.model, "upstream": r.upstream, "call_type": r.call_type,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "spend_nanos": r.spend_nanos, "start_time": r.start_time, "end_time": r.end_time,
+            "status": r.status} for r in rows]
+        by_id = {r.request_id: r for r in rows}
+        async with self.engine.begin() as conn:
+            stmt = (self._insert(spend_logs).values(values)
+                    .on_conflict_do_nothing(index_elements=["request_id"])
+                    .returning(spend_logs.c.request_id))
+            inserted = [r[0] for r in await conn.execute(stmt)]
+            per_key: dict[str, int] = defaultdict(int)
+            for request_id in inserted:
+                per_key[by_id[request_id].api_key] += by_id[request_id].spend_nanos
+            for token in sorted(per_key):   # a fixed order keeps concurrent writers deadlock-free
+                await conn.execute(update(keys).where(keys.c.token == token).values(
+                    spend_nanos=keys.c.spend_nanos + per_key[token]))
+        return len(inserted)
+
+    async def spend_logs(self, query: SpendQuery) -> list[dict[str, Any]]:
+        stmt: Select[Any] = select(spend_logs)
+        if query.api_key is not None:
+            stmt = stmt.where(spend_logs.c.api_key == query.api_key)
+        if query.request_id is not None:
+            stmt = stmt.where(spend_logs.c.request_id == query.request_id)
+        if query.start is not None:
+            stmt = stmt.where(spend_logs.c.start_time >= query.start)
+        if query.end is not None:
+            stmt = stmt.where(spend_logs.c.start_time < query.end)
+        stmt = (stmt.order_by(spend_logs.c.start_time.desc(), spend_logs.c.request_id)
+                .limit(query.page_size).offset((query.page - 1) * query.page_size))
+        async with self.engine.connect() as conn:
+            result = await conn.execute(stmt)
+            out = []
+            for row in result:
+                item = dict(row._mapping)
+                item["start_time"] = _utc(item["start_time"])
+                item["end_time"] = _utc(item["end_time"])
+                out.append(item)
+            return out
+
+    async def total_spend(self) -> int:
+        async with self.engine.connect() as conn:
+            total = (await conn.execute(
+                select(func.coalesce(func.sum(spend_logs.c.spend_nanos), 0)))).scalar_one()
+        return int(total)
