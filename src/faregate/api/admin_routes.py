@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -73,7 +73,7 @@ class DeleteKeys(BaseModel):
 
 
 def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) -> FastAPI:
-    app = FastAPI(title="faregate admin API", version="1", default_response_class=ORJSONResponse,
+    app = FastAPI(title="faregate admin API", version="1",
                   docs_url=None, redoc_url=None)
 
     async def caller(request: Request) -> Caller:
@@ -181,7 +181,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
         return Response(b'"I\'m alive!"', media_type="application/json")
 
     @app.get("/health/readiness")
-    async def readiness() -> ORJSONResponse:
+    async def readiness() -> JSONResponse:
         try:
             await asyncio.wait_for(storage.ping(), 2.0)
             db = "connected"
@@ -189,7 +189,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
             log.warning("readiness: database check failed: %s", type(exc).__name__)
             db = "disconnected"
         healthy = db == "connected"
-        return ORJSONResponse({"status": "healthy" if healthy else "unhealthy", "db": db},
+        return JSONResponse({"status": "healthy" if healthy else "unhealthy", "db": db},
                               status_code=200 if healthy else 503)
 
     _install_error_handlers(app)

@@ -41,7 +41,8 @@ Hooks: ``latency_ms`` sleeps before answering a generation or embedding request
 (for streams, before the first chunk).  A request header ``x-mock-status: <code>``
 (400-599) on any route answers that status with an OpenAI error, message
 ``mock fault <code>``, type ``server_error`` (5xx), ``rate_limit_error`` (429) or
-``invalid_request_error``.  With ``api_key`` set, every route but /health
+``invalid_request_error``; so does a request whose ``model`` is ``fault-<code>``
+(a gateway deployment can point at it).  With ``api_key`` set, every route but /health
 requires ``Authorization: Bearer <api_key>`` (checked before the fault hook).
 """
 
@@ -198,6 +199,9 @@ def _choice(
     return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
 
 
+FAULT_MODEL_PREFIX = "fault-"
+
+
 class MockUpstream:
     """ASGI callable; all state (options, id counter) lives on the instance."""
 
@@ -242,6 +246,9 @@ class MockUpstream:
             req = orjson.loads(await _read_body(receive))
         except orjson.JSONDecodeError:
             return await _send_json(send, 400, _BAD_JSON)
+        if isinstance(req, dict) and str(req.get("model", "")).startswith(FAULT_MODEL_PREFIX):
+            # A deployment can point at model "fault-<status>" to simulate a failing upstream.
+            return await _send_fault(send, req["model"][len(FAULT_MODEL_PREFIX):].encode())
         try:
             if not isinstance(req, dict):
                 raise _BadRequest("The request body must be a JSON object")

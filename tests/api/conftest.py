@@ -1,0 +1,70 @@
+"""An in-process gateway served by a real uvicorn server on a free port, per test.
+
+The gateway runs in the test's event loop, so tests can reach its internals (flush the ledger)
+while clients talk to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from support import MASTER_KEY, env_for, free_port, write_config
+
+from faregate import config
+from faregate.app import Faregate
+
+
+@dataclass
+class RunningGateway:
+    app: Faregate
+    base_url: str
+    http: httpx.AsyncClient
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
+
+    def sdk(self, key: str) -> openai.AsyncOpenAI:
+        """The official openai SDK, pointed at this gateway; closed with the fixture."""
+        client = openai.AsyncOpenAI(api_key=key, base_url=self.base_url + "/v1", max_retries=0)
+        self.clients.append(client)
+        return client
+
+    async def new_key(self, **fields: object) -> str:
+        resp = await self.http.post("/key/generate", json={"models": ["qwen-local"], **fields},
+                                    headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["key"])
+
+    async def admin(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return await self.http.request(method, path, headers={
+            "Authorization": f"Bearer {MASTER_KEY}"}, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def gateway(db_url: str, mock_upstream: str, tmp_path: Path
+                  ) -> AsyncIterator[RunningGateway]:
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream)
+    settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
+    app = Faregate(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
+                                           lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        running = RunningGateway(app, base, http)
+        yield running
+        for client in running.clients:
+            await client.close()
+    server.should_exit = True
+    await task

@@ -1,0 +1,106 @@
+"""The official openai SDK against the gateway over real HTTP, and what each call records."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+from api.conftest import RunningGateway
+
+from support import PRICE_IN, PRICE_OUT
+
+
+def client(gw: RunningGateway, key: str) -> openai.AsyncOpenAI:
+    return gw.sdk(key)
+
+
+def cost_nanos(prompt: int, completion: int) -> int:
+    return round(prompt * PRICE_IN * 1e9) + round(completion * PRICE_OUT * 1e9)
+
+
+async def ledger(gw: RunningGateway, key: str) -> list[dict]:
+    await gw.app.ledger.flush()
+    resp = await gw.admin("GET", "/spend/logs", params={"api_key": key})
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+async def test_chat_completion_is_charged_from_upstream_usage(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0)
+    reply = await client(gateway, key).chat.completions.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hello there"}], max_tokens=5)
+    assert reply.choices[0].message.content == "mock mock mock mock mock"
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (9, 5)
+    rows = await ledger(gateway, key)
+    assert len(rows) == 1
+    assert rows[0]["spend_nanos"] == cost_nanos(9, 5)
+    assert rows[0]["status"] == "success"
+    info = (await gateway.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    assert info["spend"] == pytest.approx(cost_nanos(9, 5) / 1e9)
+
+
+async def test_stream_without_usage_request_hides_the_usage_chunk(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0)
+    stream = await client(gateway, key).chat.completions.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=4,
+        stream=True)
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "mock mock mock mock"
+    assert all(c.choices for c in chunks), "a usage-only chunk leaked to a client that did not ask"
+    assert all(c.usage is None for c in chunks)
+    rows = await ledger(gateway, key)
+    assert [(r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [(8, 4)]
+
+
+async def test_stream_with_usage_request_gets_the_usage_chunk(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0)
+    stream = await client(gateway, key).chat.completions.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=3,
+        stream=True, stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+    rows = await ledger(gateway, key)
+    assert rows[0]["spend_nanos"] == cost_nanos(8, 3)
+
+
+async def test_completions_and_embeddings(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0)
+    sdk = client(gateway, key)
+    text = await sdk.completions.create(model="qwen-local", prompt="one two three", max_tokens=2)
+    assert text.choices[0].text == "mock mock"
+    emb = await sdk.embeddings.create(model="qwen-local", input=["a b", "c"])
+    assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
+    rows = sorted(await ledger(gateway, key), key=lambda r: r["call_type"])
+    assert [(r["call_type"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [
+        ("embedding", 3, 0), ("text_completion", 3, 2)]
+    assert sum(r["spend_nanos"] for r in rows) == cost_nanos(3, 2) + cost_nanos(3, 0)
+
+
+async def test_models_lists_only_what_the_key_may_use(gateway: RunningGateway) -> None:
+    limited = await gateway.new_key()
+    everything = await gateway.new_key(models=[])
+    assert [m.id async for m in client(gateway, limited).models.list()] == ["qwen-local"]
+    assert sorted([m.id async for m in client(gateway, everything).models.list()]) == [
+        "other-model", "qwen-local"]
+
+
+async def test_paths_without_v1_prefix_work(gateway: RunningGateway) -> None:
+    key = await gateway.new_key()
+    resp = await gateway.http.post("/chat/completions", headers={
+        "Authorization": f"Bearer {key}"}, json={
+        "model": "qwen-local", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1})
+    assert resp.status_code == 200
+    assert resp.headers["x-request-id"]
+
+
+async def test_sdk_raises_typed_errors(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=0.0000001)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client(gateway, key).chat.completions.create(
+            model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert caught.value.body["type"] == "budget_exceeded"  # type: ignore[index]
+    with pytest.raises(openai.AuthenticationError):
+        await client(gateway, "sk-not-a-real-key-000").chat.completions.create(
+            model="qwen-local", messages=[{"role": "user", "content": "hi"}])
