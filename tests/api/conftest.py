@@ -10,6 +10,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -46,12 +47,45 @@ class RunningGateway:
             "Authorization": f"Bearer {MASTER_KEY}"}, **kwargs)  # type: ignore[arg-type]
 
 
+class Clock:
+    """Wall time that tests move forward instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, **delta: float) -> None:
+        self.offset += timedelta(**delta)
+
+
 @pytest.fixture
-async def gateway(db_url: str, mock_upstream: str, tmp_path: Path
+def clock() -> Clock:
+    return Clock()
+
+
+FAULTY_MODELS = [
+    {"model_name": "broken-model", "litellm_params": {
+        "model": "openai/fault-500", "api_base": "UPSTREAM",
+        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
+    {"model_name": "limited-model", "litellm_params": {
+        "model": "openai/fault-429", "api_base": "UPSTREAM",
+        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
+    {"model_name": "unreachable-model", "litellm_params": {
+        "model": "openai/x", "api_base": "http://127.0.0.1:9/v1",
+        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
+]
+
+
+@pytest.fixture
+async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
                   ) -> AsyncIterator[RunningGateway]:
-    cfg = write_config(tmp_path / "config.yaml", mock_upstream)
+    faulty = [{**m, "litellm_params": {**m["litellm_params"], "api_base": m["litellm_params"][
+        "api_base"].replace("UPSTREAM", mock_upstream)}} for m in FAULTY_MODELS]
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream, extra_models=faulty)
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
-    app = Faregate(settings)
+    app = Faregate(settings, now=clock.now)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
                                            lifespan="on", log_level="warning"))

@@ -14,9 +14,8 @@ behind the same two calls).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from faregate.errors import BudgetExceeded
@@ -31,7 +30,8 @@ class Account:
     period_base: int
     reset_at: datetime | None
     reserved: int = 0
-    settled: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Resolved (and dropped) at the next settlement; created only when someone waits.
+    settled: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,22 +88,18 @@ class Budgets:
                     f"reserved by requests in flight: ${nanos_to_dollars(acc.reserved):.9f}, "
                     f"this request needs at least ${nanos_to_dollars(least):.9f}. "
                     "Raise max_budget with /key/update or wait for budget_duration to reset it.")
-            async with acc.settled:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(acc.settled.wait(), left)
+            if acc.settled is None:
+                acc.settled = asyncio.get_running_loop().create_future()
+            await asyncio.wait((acc.settled,), timeout=left)
 
     def settle(self, grant: Grant, key: KeyRecord, cost: int) -> None:
         """Release a reservation and book the real cost (also for keys without a budget)."""
         acc = self.account(key)
         acc.reserved -= grant.nanos
         acc.spend += cost
-        if grant.nanos and acc.settled._waiters:
-            asyncio.get_running_loop().create_task(self._wake(acc))
-
-    @staticmethod
-    async def _wake(acc: Account) -> None:
-        async with acc.settled:
-            acc.settled.notify_all()
+        if acc.settled is not None:
+            acc.settled.set_result(None)
+            acc.settled = None
 
     def forget(self, token: str) -> None:
         self._accounts.pop(token, None)

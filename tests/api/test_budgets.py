@@ -1,0 +1,126 @@
+"""Budgets that hold over real HTTP: bursts, the 95% rule, output capping, resets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from api.conftest import Clock, RunningGateway
+
+from support import chat
+
+# The mock reports 8 prompt tokens for "ping" and exactly max_tokens completion tokens:
+# 8 * $0.000001 + 16 * $0.000002 = $0.00004 per call with max_tokens 16.
+CALL_COST = 0.00004
+
+
+async def key_state(gw: RunningGateway, key: str) -> tuple[float, int, float]:
+    """(key spend, ledger rows, ledger sum) after the ledger is flushed."""
+    await gw.app.ledger.flush()
+    info = (await gw.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    rows = (await gw.admin("GET", "/spend/logs", params={"api_key": key,
+                                                         "page_size": 1000})).json()
+    return info["spend"], len(rows), sum(r["spend_nanos"] for r in rows) / 1e9
+
+
+async def test_burst_of_100_never_passes_a_budget_for_10(gateway: RunningGateway) -> None:
+    budget = 10 * CALL_COST
+    key = await gateway.new_key(max_budget=budget)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def call() -> int:
+        resp = await gateway.http.post("/v1/chat/completions", json=chat(), headers=headers)
+        if resp.status_code != 200:
+            assert resp.json()["error"]["type"] == "budget_exceeded"
+        return resp.status_code
+
+    statuses = await asyncio.gather(*(call() for _ in range(100)))
+    spend, rows, ledger_sum = await key_state(gateway, key)
+    assert spend <= budget
+    assert statuses.count(200) >= 8
+    assert statuses.count(200) + statuses.count(429) == 100
+    assert rows == statuses.count(200)
+    assert ledger_sum == pytest.approx(spend)
+
+
+async def test_sequential_calls_without_max_tokens_use_95_percent(
+        gateway: RunningGateway) -> None:
+    budget = 0.01
+    key = await gateway.new_key(max_budget=budget)
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(50):
+        resp = await gateway.http.post("/v1/chat/completions", json=chat(max_tokens=None),
+                                       headers=headers)
+        if resp.status_code == 429:
+            assert resp.json()["error"]["message"].startswith("Budget has been exceeded")
+            break
+        assert resp.status_code == 200, resp.text
+    else:
+        pytest.fail("the budget never ran out")
+    spend, _, ledger_sum = await key_state(gateway, key)
+    assert 0.95 * budget <= spend <= budget
+    assert ledger_sum == pytest.approx(spend)
+
+
+async def test_short_budget_caps_max_tokens_and_says_so(gateway: RunningGateway) -> None:
+    # Room for the prompt bound and ~20 output tokens, not the 1000 asked for.
+    key = await gateway.new_key(max_budget=0.0001)
+    resp = await gateway.http.post("/v1/chat/completions", json=chat(max_tokens=1000),
+                                   headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200
+    allowed = int(resp.headers["x-faregate-max-tokens-capped"])
+    assert 0 < allowed < 1000
+    assert resp.json()["usage"]["completion_tokens"] == allowed
+    spend, _, _ = await key_state(gateway, key)
+    assert spend <= 0.0001
+
+
+async def test_small_max_tokens_is_never_capped_when_the_budget_covers_it(
+        gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1)
+    resp = await gateway.http.post("/v1/chat/completions", json=chat(max_tokens=7),
+                                   headers={"Authorization": f"Bearer {key}"})
+    assert "x-faregate-max-tokens-capped" not in resp.headers
+    assert resp.json()["usage"]["completion_tokens"] == 7
+
+
+async def test_streams_hold_their_reservation_and_settle_at_the_end(
+        gateway: RunningGateway) -> None:
+    budget = 5 * CALL_COST
+    key = await gateway.new_key(max_budget=budget)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def stream() -> int:
+        async with gateway.http.stream("POST", "/v1/chat/completions",
+                                       json=chat(stream=True), headers=headers) as resp:
+            body = b"".join([part async for part in resp.aiter_bytes()])
+            if resp.status_code == 200:
+                assert body.endswith(b"data: [DONE]\n\n")
+            return resp.status_code
+
+    statuses = await asyncio.gather(*(stream() for _ in range(30)))
+    spend, rows, ledger_sum = await key_state(gateway, key)
+    assert spend <= budget
+    assert statuses.count(200) >= 4
+    assert rows == statuses.count(200)
+    assert ledger_sum == pytest.approx(spend)
+
+
+async def test_budget_duration_resets_spend(gateway: RunningGateway, clock: Clock) -> None:
+    key = await gateway.new_key(max_budget=5 * CALL_COST, budget_duration="1h")
+    headers = {"Authorization": f"Bearer {key}"}
+    for _ in range(20):
+        resp = await gateway.http.post("/v1/chat/completions", json=chat(), headers=headers)
+        if resp.status_code == 429:
+            break
+    else:
+        pytest.fail("the budget never ran out")
+    spent_before, _, _ = await key_state(gateway, key)
+    clock.advance(hours=1, seconds=1)
+    after = await gateway.http.post("/v1/chat/completions", json=chat(), headers=headers)
+    assert after.status_code == 200
+    await gateway.app.ledger.flush()
+    info = (await gateway.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    assert info["spend"] == pytest.approx(CALL_COST)           # only this period's call
+    assert info["total_spend"] == pytest.approx(spent_before + CALL_COST)
+    assert info["budget_reset_at"] > clock.now().isoformat()
