@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
@@ -85,10 +87,33 @@ def _serve(args: argparse.Namespace) -> int:
               f"faregate: models: {', '.join(settings.models())}\n"
               f"faregate: database: {_redacted(settings.database_url)}\n"
               f"faregate: master key from {settings.master_key_source}", flush=True)
-        uvicorn.run(Faregate(settings), host=args.host, port=args.port, loop="uvloop",
-                    http="httptools", lifespan="on", access_log=False, log_level="warning",
-                    timeout_graceful_shutdown=30)
-    return 0
+        server = _DrainingServer(uvicorn.Config(
+            Faregate(settings), host=args.host, port=args.port, loop="uvloop",
+            http="httptools", lifespan="on", access_log=False, log_level="warning",
+            timeout_graceful_shutdown=30))
+        server.run()
+    return 0 if server.started else 1
+
+
+class _DrainingServer(uvicorn.Server):
+    """SIGTERM is an orchestrator's ordinary stop: drain, flush the ledger, exit 0.
+
+    uvicorn re-raises the signal after its graceful shutdown, which would make every rolling
+    deploy look like a crash; this keeps its handlers and drops the re-raise.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,204 @@
+"""faregate.spend.ledger.LedgerWriter against a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from faregate.records import KeyRecord, SpendRow
+from faregate.spend.ledger import MAX_BATCH, LedgerWriter
+from faregate.storage import migrate
+from faregate.storage.database import SpendQuery, SqlStorage
+
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+KEY_A, KEY_B = "a" * 64, "b" * 64
+
+
+def row(request_id: str, api_key: str = KEY_A, spend: int = 100, i: int = 0) -> SpendRow:
+    start = T0 + timedelta(seconds=i)
+    return SpendRow(request_id=request_id, api_key=api_key, key_alias=None, model="m",
+                    upstream="http://up/v1#m", call_type="chat_completion", prompt_tokens=10,
+                    completion_tokens=5, spend_nanos=spend, start_time=start,
+                    end_time=start + timedelta(seconds=1), status="success")
+
+
+async def add_key(storage: SqlStorage, token: str) -> None:
+    await storage.insert_key(KeyRecord(token=token, key_name="sk-...x", created_at=T0,
+                                       updated_at=T0))
+
+
+async def key_spend(storage: SqlStorage, token: str) -> int:
+    record = await storage.get_key(token)
+    assert record is not None
+    return record.spend_nanos
+
+
+async def row_sum(storage: SqlStorage, token: str) -> int:
+    rows = await storage.spend_logs(SpendQuery(api_key=token, page_size=10_000))
+    return sum(r["spend_nanos"] for r in rows)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.db'}"
+
+
+@pytest.fixture
+async def storage(url: str) -> AsyncIterator[SqlStorage]:
+    await asyncio.to_thread(migrate.upgrade, url)
+    store = SqlStorage.from_url(url)
+    await add_key(store, KEY_A)
+    await add_key(store, KEY_B)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_flush_writes_rows_and_key_spend_is_their_sum(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=60)
+    spends = {KEY_A: [100, 250, 1], KEY_B: [7, 3_000_000_000_000]}
+    n = 0
+    for token, amounts in spends.items():
+        for amount in amounts:
+            writer.record(row(f"req-{n}", token, amount, n))
+            n += 1
+    assert writer.pending == n
+    assert await storage.total_spend() == 0              # record() alone writes nothing
+
+    await writer.flush()
+    assert writer.pending == 0
+    assert writer.written == n
+    for token, amounts in spends.items():
+        assert await key_spend(storage, token) == sum(amounts)
+        assert await row_sum(storage, token) == sum(amounts)
+    assert await storage.total_spend() == sum(sum(a) for a in spends.values())
+
+
+async def test_close_without_start_writes_everything(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=60)
+    for i in range(5):
+        writer.record(row(f"r{i}", spend=10, i=i))
+    await writer.close()
+    assert writer.pending == 0
+    assert await key_spend(storage, KEY_A) == 50
+
+
+async def test_background_writer_and_close(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=0.01)
+    writer.start()
+    for i in range(20):
+        writer.record(row(f"r{i}", spend=i, i=i))
+        if i % 5 == 0:
+            await asyncio.sleep(0)
+    await writer.close()
+    assert writer.pending == 0
+    assert writer.written == 20
+    assert await key_spend(storage, KEY_A) == sum(range(20)) == await row_sum(storage, KEY_A)
+
+
+async def test_a_full_batch_wakes_the_writer(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=3600)   # the timer alone would never fire
+    writer.start()
+    try:
+        for i in range(MAX_BATCH):
+            writer.record(row(f"r{i}", spend=1, i=i))
+        async with asyncio.timeout(10):
+            while writer.written < MAX_BATCH:
+                await asyncio.sleep(0.005)
+        assert await key_spend(storage, KEY_A) == MAX_BATCH
+    finally:
+        await writer.close()
+
+
+async def test_flush_splits_large_queues_into_batches(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=60)
+    n = 2 * MAX_BATCH + 17
+    for i in range(n):
+        writer.record(row(f"r{i}", KEY_A if i % 2 else KEY_B, spend=3, i=i))
+    await writer.flush()
+    assert writer.written == n
+    assert await storage.total_spend() == 3 * n
+    assert await key_spend(storage, KEY_A) + await key_spend(storage, KEY_B) == 3 * n
+
+
+async def test_recording_the_same_rows_again_changes_nothing(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=60)
+    rows = [row(f"r{i}", spend=40, i=i) for i in range(3)]
+    for r in rows:
+        writer.record(r)
+    await writer.flush()
+    for r in rows:                                       # a retried batch
+        writer.record(r)
+    await writer.flush()
+    assert writer.written == 3
+    assert await key_spend(storage, KEY_A) == 120 == await row_sum(storage, KEY_A)
+
+
+async def test_record_period_reaches_the_key(storage: SqlStorage) -> None:
+    writer = LedgerWriter(storage, flush_interval_s=60)
+    reset_at = T0 + timedelta(days=1)
+    writer.record_period(KEY_A, 12_345, reset_at)
+    writer.record_period(KEY_A, 23_456, reset_at + timedelta(days=1))   # the newest wins
+    await writer.flush()
+    record = await storage.get_key(KEY_A)
+    assert record is not None
+    assert record.period_base_nanos == 23_456
+    assert record.budget_reset_at == reset_at + timedelta(days=1)
+
+
+async def test_rows_survive_a_failed_write(url: str) -> None:
+    store = SqlStorage.from_url(url)                     # no tables yet: writes fail
+    try:
+        writer = LedgerWriter(store, flush_interval_s=60)
+        for i in range(4):
+            writer.record(row(f"r{i}", spend=25, i=i))
+        writer.record_period(KEY_A, 0, T0)
+        with pytest.raises(Exception, match="faregate_spend_logs"):
+            await writer.flush()
+        assert writer.pending == 4
+        assert writer.written == 0
+        with pytest.raises(Exception, match="faregate_spend_logs"):
+            await writer.flush()                         # and again: still nothing lost
+        assert writer.pending == 4
+
+        await asyncio.to_thread(migrate.upgrade, url)
+        await add_key(store, KEY_A)
+        await writer.flush()
+        assert writer.pending == 0
+        assert writer.written == 4
+        assert await key_spend(store, KEY_A) == 100 == await row_sum(store, KEY_A)
+        record = await store.get_key(KEY_A)
+        assert record is not None and record.budget_reset_at == T0   # the period too
+    finally:
+        await store.close()
+
+
+async def test_background_writer_retries_until_the_database_is_back(
+        url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = SqlStorage.from_url(url)
+    writer = LedgerWriter(store, flush_interval_s=0.005)
+    try:
+        with caplog.at_level(logging.ERROR, logger="faregate.ledger"):
+            writer.start()
+            for i in range(3):
+                writer.record(row(f"r{i}", spend=5, i=i))
+            async with asyncio.timeout(10):
+                while "spend ledger write failed" not in caplog.text:
+                    await asyncio.sleep(0.005)
+        assert writer.pending == 3                       # kept for the retry
+        await asyncio.to_thread(migrate.upgrade, url)
+        await add_key(store, KEY_A)
+        async with asyncio.timeout(10):
+            while writer.pending:
+                await asyncio.sleep(0.01)
+        assert writer.written == 3
+        assert await key_spend(store, KEY_A) == 15
+    finally:
+        await writer.close()
+        await store.close()
