@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace) -> int:
         server = _DrainingServer(uvicorn.Config(
             Faregate(settings), host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
-            timeout_graceful_shutdown=30))
+            proxy_headers=False, timeout_graceful_shutdown=30))
         server.run()
     return 0 if server.started else 1
 

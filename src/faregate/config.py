@@ -54,9 +54,9 @@ class Settings:
     deployments: tuple[Deployment, ...]
     master_key: Secret
     master_key_source: str
-    database_url: str
+    database_url: str = field(repr=False)       # may hold a password
     disable_schema_update: bool
-    redis_url: str | None
+    redis_url: str | None = field(repr=False)
     data_dir: Path
     max_request_body_bytes: int = 8 * 1024 * 1024
     spend_flush_interval_s: float = 0.2
@@ -249,9 +249,18 @@ def _master_key(general: dict[str, Any], env: _Env, data_dir: Path) -> tuple[Sec
     key_file = data_dir / "master_key"
     if not key_file.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole under another name, then linked into place: a process starting at the
+        # same moment either wins the link or reads the winner's complete key.
+        draft = data_dir / f".master_key.{os.getpid()}"
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write("sk-" + secrets.token_urlsafe(32) + "\n")
+        try:
+            os.link(draft, key_file)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     value = key_file.read_text().strip()
     source = f"file {key_file} (minted once; set FAREGATE_MASTER_KEY to choose your own)"
     return _checked_master(value, source), source

@@ -4,9 +4,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import os
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -75,6 +76,11 @@ class Gateway:
         self._upstream = upstream
         self._ledger = ledger
         self._now = now
+        # Unique across processes and restarts (the ledger is idempotent by request id), and
+        # cheaper than uuid4: a random per-process prefix and a counter.
+        prefix = os.urandom(8).hex()
+        counter = itertools.count(1)
+        self._next_request_id = lambda: f"{prefix}{next(counter):016x}"
 
     async def handle(self, call_type: CallType, raw: bytes, authorization: str | None,
                      api_key: str | None) -> Reply | StreamReply:
@@ -89,7 +95,7 @@ class Gateway:
         least = cost(deployment, prompt_bound, request.n if wanted else 0)
         grant = await self._budgets.reserve(caller.key, least,
                                             cost(deployment, prompt_bound, wanted))
-        call = _Call(uuid.uuid4().hex, caller, request, deployment, grant, prompt_bound,
+        call = _Call(self._next_request_id(), caller, request, deployment, grant, prompt_bound,
                      self._now())
         try:
             allowed = self._allowed_output(call, wanted)
@@ -102,9 +108,9 @@ class Gateway:
             if request.stream:
                 # Wait for the first event so that an upstream that fails at once gives the
                 # caller a real HTTP error status rather than a 200 with an error event.
-                events = self._upstream.stream(deployment, path, body)
-                first = await anext(events, None)
-                relay = self._relay(call, first, events)
+                blocks = self._upstream.stream(deployment, path, body)
+                first = await anext(blocks, None)
+                relay = self._relay(call, first, blocks)
                 # Started, the relay settles in its `finally` however the stream ends.
                 head = await anext(relay, b"")
                 return StreamReply(head, relay, headers)
@@ -191,48 +197,35 @@ class Gateway:
         self._finish(call, prompt, completion, "success")
 
     async def _relay(self, call: _Call, first: bytes | None,
-                     events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+                     blocks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         """Pass a stream through, read its usage, and settle whatever way it ends."""
-        usage: dict[str, int] | None = None
-        produced = 0
-        status = "failure"
-        want_usage = call.request.usage_requested
+        meter = _StreamMeter(call.request.usage_requested)
         try:
-            async for event in _chain(first, events):
-                if event.startswith(_DONE):
-                    status = "success"
-                elif b'"usage"' in event and b'"usage":null' not in event \
-                        and b'"usage": null' not in event:
-                    chunk = orjson.loads(event[5:])
-                    usage = chunk.get("usage") or usage
-                    if not want_usage:
-                        if not chunk.get("choices"):
-                            continue            # the usage chunk the client did not ask for
-                        chunk.pop("usage", None)
-                        event = b"data: " + orjson.dumps(chunk)
-                else:
-                    produced += 1
-                yield event + b"\n\n"
+            if first is not None:
+                yield meter.pass_on(first)
+                async for block in blocks:
+                    yield meter.pass_on(block)
         except GatewayError as exc:
-            status = "partial" if produced else "failure"
             yield b"data: " + exc.body() + b"\n\n"
-        except (orjson.JSONDecodeError, AttributeError) as exc:
-            status = "partial"
+        except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+            meter.broken = True
             err = UpstreamError(f"The upstream sent a malformed stream event: {exc}")
             yield b"data: " + err.body() + b"\n\n"
         finally:
-            if usage and status == "success":
-                prompt = int(usage.get("prompt_tokens") or 0)
-                completion = int(usage.get("completion_tokens") or 0)
+            await blocks.aclose()     # closes the upstream response: frees its GPU slot
+            if meter.usage is not None and meter.done and not meter.broken:
+                prompt = int(meter.usage.get("prompt_tokens") or 0)
+                completion = int(meter.usage.get("completion_tokens") or 0)
                 if prompt:
                     self._bound.observe(call.deployment, call.request, prompt)
-            else:
-                # Cut short: charge what was produced, the prompt at its bound (never less
+                status = "success"
+            elif meter.produced:
+                # Cut short: charge the chunks produced, the prompt at its bound (never less
                 # than what the upstream may have counted).
-                status = "partial" if produced else status
-                prompt = call.prompt_bound if produced else 0
-                completion = produced
-            await events.aclose()     # closes the upstream response: frees its GPU slot
+                prompt, completion, status = call.prompt_bound, meter.produced, "partial"
+            else:
+                prompt, completion = 0, 0
+                status = "success" if meter.done else "failure"
             self._finish(call, prompt, completion, status)
 
     def _finish(self, call: _Call, prompt: int, completion: int, status: str) -> None:
@@ -250,9 +243,41 @@ class Gateway:
             start_time=call.started, end_time=self._now(), status=status))
 
 
-async def _chain(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    if first is None:
-        return
-    yield first
-    async for event in rest:
-        yield event
+class _StreamMeter:
+    """Reads a relayed stream's usage and counts what it produced, touching JSON only when an
+    event carries usage; hides the usage chunk from a client that did not ask for it."""
+
+    __slots__ = ("_want_usage", "broken", "done", "produced", "usage")
+
+    def __init__(self, want_usage: bool) -> None:
+        self._want_usage = want_usage
+        self.usage: dict[str, int] | None = None
+        self.produced = 0
+        self.done = False
+        self.broken = False
+
+    def pass_on(self, block: bytes) -> bytes:
+        if _DONE in block:
+            self.done = True
+        if b'"usage"' not in block or (b'"usage":{' not in block
+                                        and b'"usage": {' not in block):
+            self.produced += block.count(b"data: {")
+            return block
+        out = []
+        for event in block.split(b"\n\n"):
+            if not event.startswith(b"data: {"):
+                if event:
+                    out.append(event)
+                continue
+            if b'"usage":{' in event or b'"usage": {' in event:
+                chunk = orjson.loads(event[6:])
+                self.usage = chunk.get("usage") or self.usage
+                if not self._want_usage:
+                    if not chunk.get("choices"):
+                        continue            # the usage chunk the client did not ask for
+                    chunk.pop("usage", None)
+                    event = b"data: " + orjson.dumps(chunk)
+            if b'"choices":[]' not in event and b'"choices": []' not in event:
+                self.produced += 1
+            out.append(event)
+        return b"\n\n".join(out) + b"\n\n" if out else b""

@@ -36,7 +36,7 @@ class KeyRecord:
         return replace(self, **changes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SpendRow:
     request_id: str
     api_key: str                          # key hash

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 from api.conftest import Clock, RunningGateway
-
 from support import chat
 
 # The mock reports 8 prompt tokens for "ping" and exactly max_tokens completion tokens:

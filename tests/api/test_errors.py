@@ -7,7 +7,6 @@ from typing import Any
 import httpx
 import pytest
 from api.conftest import Clock, RunningGateway
-
 from support import MASTER_KEY, chat
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from api.conftest import RunningGateway
-
 from support import chat
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from support import MASTER_KEY, env_for, free_port, stop, wait_for_port, write_config
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import httpx
 import yaml
-from e2e.conftest import start_gateway
-
 from conftest import in_thread
-from faregate.storage.database import SpendQuery, SqlStorage
+from e2e.conftest import start_gateway
 from support import MASTER_KEY, chat, env_for, stop, write_config
+
+from faregate.storage.database import SpendQuery, SqlStorage
 
 
 def faregate(*args: str, env: dict[str, str], cwd: Path | None = None

@@ -11,7 +11,6 @@ import httpx
 import openai
 import pytest
 from e2e.conftest import ServedGateway
-
 from support import MASTER_KEY
 
 
@@ -50,8 +49,8 @@ def test_runbook_section_3_curl_commands_unchanged(serve: ServedGateway) -> None
         echo
         for i in $(seq 1 30); do
           curl -s -o /dev/null -w '%{http_code}\\n' $BASE/v1/chat/completions \\
-            -H "Authorization: Bearer $LOW" -H 'Content-Type: application/json' \\
-            -d '{"model":"qwen-local","messages":[{"role":"user","content":"ping"}],"max_tokens":16}'
+          -H "Authorization: Bearer $LOW" -H 'Content-Type: application/json' \\
+          -d '{"model":"qwen-local","messages":[{"role":"user","content":"ping"}],"max_tokens":16}'
         done
         sleep 1
         curl -s $BASE/spend/logs -H "Authorization: Bearer $MASTER"

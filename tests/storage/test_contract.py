@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy.exc import IntegrityError
 
 from faregate.records import KeyRecord, SpendRow
 from faregate.storage.database import DuplicateAlias, SpendQuery, SqlStorage, _key_values
@@ -279,9 +278,6 @@ async def test_key_spend_is_always_the_sum_of_its_rows(storage: SqlStorage) -> N
     assert await storage.total_spend() == sum(r.spend_nanos for b in batches for r in b) + 42
 
 
-@pytest.mark.xfail(reason="BUG: write_spend credits the key with the LAST duplicate of a "
-                   "request_id in one batch while the database keeps the FIRST "
-                   "(database.py:write_spend by_id)", raises=AssertionError, strict=True)
 async def test_duplicate_request_id_within_one_batch(storage: SqlStorage) -> None:
     await storage.insert_key(key(1))
     assert await storage.write_spend([row("dup", token(1), 5), row("dup", token(1), 7)]) == 1
@@ -354,35 +350,45 @@ async def test_naive_reads_come_back_utc(storage: SqlStorage) -> None:
     assert log["end_time"] - log["start_time"] == timedelta(milliseconds=1500)
 
 
-async def test_non_utc_times_keep_their_instant(storage: SqlStorage, db_url: str,
-                                                request: pytest.FixtureRequest) -> None:
-    if db_url.startswith("sqlite"):
-        request.applymarker(pytest.mark.xfail(
-            reason="BUG: on SQLite an aware non-UTC datetime is stored as its wall-clock time "
-                   "and read back as UTC (database.py stores without converting to UTC); "
-                   "/spend/logs start_date=...+02:00 filters by the wrong instant",
-            raises=AssertionError, strict=True))
-    plus2 = timezone(timedelta(hours=2))
-    local = T0.astimezone(plus2)                          # same instant as T0
+PLUS2 = timezone(timedelta(hours=2))
+
+
+async def test_non_utc_spend_times_keep_their_instant(storage: SqlStorage) -> None:
+    await storage.insert_key(key(1))
+    await storage.write_spend([row("r1", token(1), at=T0.astimezone(PLUS2))])
+    (got,) = await storage.spend_logs(SpendQuery(request_id="r1"))
+    assert got["start_time"] == T0 and is_utc(got["start_time"])
+    assert got["end_time"] == T0 + timedelta(milliseconds=1500)
+
+
+async def test_non_utc_key_times_keep_their_instant(storage: SqlStorage) -> None:
+    local = T0.astimezone(PLUS2)                          # same instant as T0
     await storage.insert_key(key(1, expires=local))
-    await storage.write_spend([row("r1", token(1), at=local)])
-    await storage.write_spend([row("r0", token(1), at=T0 - timedelta(minutes=30))])
-    got = await storage.get_key(token(1))
-    assert got is not None and got.expires == T0
-    rows = await storage.spend_logs(SpendQuery(request_id="r1"))
-    assert rows[0]["start_time"] == T0
-    # a filter given in another zone selects by instant
-    since = (T0 - timedelta(minutes=10)).astimezone(plus2)
-    assert [r["request_id"] for r in await storage.spend_logs(SpendQuery(start=since))] == ["r1"]
+    await storage.insert_key(key(2))
+    await storage.update_key(token(2), {"expires": local})
+    await storage.start_budget_period(token(2), 0, local)
+    one, two = await storage.get_key(token(1)), await storage.get_key(token(2))
+    assert one is not None and two is not None
+    assert one.expires == T0
+    assert two.expires == T0
+    assert two.budget_reset_at == T0
+
+
+async def test_spend_filters_in_another_zone_select_by_instant(storage: SqlStorage) -> None:
+    await storage.insert_key(key(1))
+    await storage.write_spend([row("early", token(1), at=T0 - timedelta(minutes=30)),
+                               row("late", token(1), at=T0)])
+    since = (T0 - timedelta(minutes=10)).astimezone(PLUS2)
+    until = (T0 - timedelta(minutes=10)).astimezone(PLUS2)
+    assert [r["request_id"] for r in await storage.spend_logs(SpendQuery(start=since))] == \
+        ["late"]
+    assert [r["request_id"] for r in await storage.spend_logs(SpendQuery(end=until))] == \
+        ["early"]
 
 
 # races
 
 
-@pytest.mark.xfail(reason="BUG: insert_key checks the alias with a SELECT before the INSERT; "
-                   "a concurrent insert of the same alias makes the INSERT fail with "
-                   "IntegrityError instead of DuplicateAlias (admin answers 500, not 400)",
-                   raises=IntegrityError, strict=True)
 async def test_concurrent_duplicate_alias_is_duplicate_alias(db_url: str,
                                                               storage: SqlStorage) -> None:
     other = SqlStorage.from_url(db_url)
@@ -395,5 +401,24 @@ async def test_concurrent_duplicate_alias_is_duplicate_alias(db_url: str,
             assert not attempt.done()
         with pytest.raises(DuplicateAlias):
             await attempt
+    finally:
+        await other.close()
+
+
+async def test_concurrent_alias_update_is_duplicate_alias(db_url: str,
+                                                          storage: SqlStorage) -> None:
+    await storage.insert_key(key(1))
+    await storage.insert_key(key(2))
+    other = SqlStorage.from_url(db_url)
+    try:
+        async with other.engine.begin() as conn:
+            await conn.execute(keys.update().where(keys.c.token == token(1))
+                               .values(key_alias="race"))
+            attempt = asyncio.create_task(storage.update_key(token(2), {"key_alias": "race"}))
+            await asyncio.sleep(0.3)
+            assert not attempt.done()
+        with pytest.raises(DuplicateAlias):
+            await attempt
+        assert (await storage.get_key(token(2))).key_alias is None  # type: ignore[union-attr]
     finally:
         await other.close()

@@ -256,7 +256,7 @@ async def test_wait_timeout_raises_budget_exceeded() -> None:
     holder = await b.reserve(k, 100, 100)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(BudgetExceeded, match="^Budget has been exceeded"):
+    with pytest.raises(BudgetExceeded, match=r"^Budget has been exceeded"):
         await asyncio.wait_for(b.reserve(k, 10, 10), 5.0)
     assert loop.time() - started >= 0.04
     assert b.account(k).reserved == 100                   # the holder's grant is untouched

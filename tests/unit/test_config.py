@@ -279,7 +279,7 @@ def test_master_key_from_env_must_start_with_sk(tmp_path: Path, name: str) -> No
 
 
 def test_master_key_env_reference_in_general_settings_is_checked(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="general_settings.master_key.*MY_KEY"):
+    with pytest.raises(ConfigError, match=r"general_settings\.master_key.*MY_KEY"):
         load(env(tmp_path), write(tmp_path, model_config(general="master_key: os.environ/MY_KEY")))
     with pytest.raises(ConfigError, match="environment variable MY_KEY"):
         load(env(tmp_path, MY_KEY="nope-12345"),
@@ -390,7 +390,7 @@ def test_general_database_url_beats_env(tmp_path: Path) -> None:
 
 
 def test_database_url_reference_to_unset_variable(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="general_settings.database_url.*DATABASE_URL"):
+    with pytest.raises(ConfigError, match=r"general_settings\.database_url.*DATABASE_URL"):
         load_model(tmp_path, general="database_url: os.environ/DATABASE_URL")
 
 
@@ -415,7 +415,7 @@ def test_redis_url(tmp_path: Path) -> None:
 
 
 def test_bad_max_request_body_bytes(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="general_settings.max_request_body_bytes"):
+    with pytest.raises(ConfigError, match=r"general_settings\.max_request_body_bytes"):
         load_model(tmp_path, general="max_request_body_bytes: -1")
 
 

@@ -43,6 +43,14 @@ async def row_sum(storage: SqlStorage, token: str) -> int:
     return sum(r["spend_nanos"] for r in rows)
 
 
+async def flush(writer: LedgerWriter) -> None:
+    await asyncio.wait_for(writer.flush(), 10)      # a writer that never drains fails, not hangs
+
+
+async def close(writer: LedgerWriter) -> None:
+    await asyncio.wait_for(writer.close(), 10)
+
+
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -71,7 +79,7 @@ async def test_flush_writes_rows_and_key_spend_is_their_sum(storage: SqlStorage)
     assert writer.pending == n
     assert await storage.total_spend() == 0              # record() alone writes nothing
 
-    await writer.flush()
+    await flush(writer)
     assert writer.pending == 0
     assert writer.written == n
     for token, amounts in spends.items():
@@ -84,7 +92,7 @@ async def test_close_without_start_writes_everything(storage: SqlStorage) -> Non
     writer = LedgerWriter(storage, flush_interval_s=60)
     for i in range(5):
         writer.record(row(f"r{i}", spend=10, i=i))
-    await writer.close()
+    await close(writer)
     assert writer.pending == 0
     assert await key_spend(storage, KEY_A) == 50
 
@@ -96,7 +104,7 @@ async def test_background_writer_and_close(storage: SqlStorage) -> None:
         writer.record(row(f"r{i}", spend=i, i=i))
         if i % 5 == 0:
             await asyncio.sleep(0)
-    await writer.close()
+    await close(writer)
     assert writer.pending == 0
     assert writer.written == 20
     assert await key_spend(storage, KEY_A) == sum(range(20)) == await row_sum(storage, KEY_A)
@@ -113,7 +121,7 @@ async def test_a_full_batch_wakes_the_writer(storage: SqlStorage) -> None:
                 await asyncio.sleep(0.005)
         assert await key_spend(storage, KEY_A) == MAX_BATCH
     finally:
-        await writer.close()
+        await close(writer)
 
 
 async def test_flush_splits_large_queues_into_batches(storage: SqlStorage) -> None:
@@ -121,7 +129,7 @@ async def test_flush_splits_large_queues_into_batches(storage: SqlStorage) -> No
     n = 2 * MAX_BATCH + 17
     for i in range(n):
         writer.record(row(f"r{i}", KEY_A if i % 2 else KEY_B, spend=3, i=i))
-    await writer.flush()
+    await flush(writer)
     assert writer.written == n
     assert await storage.total_spend() == 3 * n
     assert await key_spend(storage, KEY_A) + await key_spend(storage, KEY_B) == 3 * n
@@ -132,10 +140,10 @@ async def test_recording_the_same_rows_again_changes_nothing(storage: SqlStorage
     rows = [row(f"r{i}", spend=40, i=i) for i in range(3)]
     for r in rows:
         writer.record(r)
-    await writer.flush()
+    await flush(writer)
     for r in rows:                                       # a retried batch
         writer.record(r)
-    await writer.flush()
+    await flush(writer)
     assert writer.written == 3
     assert await key_spend(storage, KEY_A) == 120 == await row_sum(storage, KEY_A)
 
@@ -145,7 +153,7 @@ async def test_record_period_reaches_the_key(storage: SqlStorage) -> None:
     reset_at = T0 + timedelta(days=1)
     writer.record_period(KEY_A, 12_345, reset_at)
     writer.record_period(KEY_A, 23_456, reset_at + timedelta(days=1))   # the newest wins
-    await writer.flush()
+    await flush(writer)
     record = await storage.get_key(KEY_A)
     assert record is not None
     assert record.period_base_nanos == 23_456
@@ -160,16 +168,16 @@ async def test_rows_survive_a_failed_write(url: str) -> None:
             writer.record(row(f"r{i}", spend=25, i=i))
         writer.record_period(KEY_A, 0, T0)
         with pytest.raises(Exception, match="faregate_spend_logs"):
-            await writer.flush()
+            await flush(writer)
         assert writer.pending == 4
         assert writer.written == 0
         with pytest.raises(Exception, match="faregate_spend_logs"):
-            await writer.flush()                         # and again: still nothing lost
+            await flush(writer)                         # and again: still nothing lost
         assert writer.pending == 4
 
         await asyncio.to_thread(migrate.upgrade, url)
         await add_key(store, KEY_A)
-        await writer.flush()
+        await flush(writer)
         assert writer.pending == 0
         assert writer.written == 4
         assert await key_spend(store, KEY_A) == 100 == await row_sum(store, KEY_A)
@@ -200,5 +208,5 @@ async def test_background_writer_retries_until_the_database_is_back(
         assert writer.written == 3
         assert await key_spend(store, KEY_A) == 15
     finally:
-        await writer.close()
+        await close(writer)
         await store.close()

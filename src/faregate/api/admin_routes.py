@@ -209,7 +209,7 @@ def _when(value: str | None, param: str, end: bool = False) -> datetime | None:
     except ValueError:
         raise InvalidRequest(f"{param} must be YYYY-MM-DD or an ISO 8601 time",
                              param=param) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _spend_row(row: dict[str, Any]) -> dict[str, Any]:

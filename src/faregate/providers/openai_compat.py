@@ -7,7 +7,7 @@ their status, the upstream's (5xx, bad credentials, timeouts, refused connection
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import aiohttp
@@ -70,25 +70,29 @@ class OpenAICompatible:
         except TimeoutError:
             raise _timeout(d) from None
 
-    async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncIterator[bytes]:
-        """POST a streaming request and yield its server-sent events, one complete event each."""
+    async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        """POST a streaming request; yield blocks of complete server-sent events.
+
+        A block holds every event that arrived together (each ending in a blank line), so a
+        fast upstream costs one relay step per network read, not one per token.
+        """
         headers, timeout = self._prepared(d)
         try:
             async with self._http.post(d.api_base + path, data=body, headers=headers,
-                                          timeout=timeout) as resp:
+                                       timeout=timeout) as resp:
                 if resp.status >= 300:
                     raise upstream_failure(d, resp.status, await resp.read())
-                buffer = b""
+                pending = b""
                 async for chunk in resp.content.iter_any():
-                    buffer += chunk
-                    if b"\n\n" not in buffer:
-                        continue
-                    *events, buffer = buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-                    for event in events:
-                        if event:
-                            yield event
-                if buffer.strip():
-                    yield buffer
+                    if b"\r" in chunk:
+                        chunk = chunk.replace(b"\r\n", b"\n")
+                    pending += chunk
+                    end = pending.rfind(b"\n\n")
+                    if end >= 0:
+                        yield pending[:end + 2]
+                        pending = pending[end + 2:]
+                if pending.strip():
+                    yield pending + b"\n\n"
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
         except TimeoutError:
