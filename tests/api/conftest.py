@@ -72,6 +72,9 @@ FAULTY_MODELS = [
     {"model_name": "limited-model", "litellm_params": {
         "model": "openai/fault-429", "api_base": "UPSTREAM",
         "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
+    {"model_name": "slow-model", "litellm_params": {
+        "model": "openai/slow-20", "api_base": "UPSTREAM",
+        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
     {"model_name": "unreachable-model", "litellm_params": {
         "model": "openai/x", "api_base": "http://127.0.0.1:9/v1",
         "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},

@@ -123,3 +123,31 @@ async def test_budget_duration_resets_spend(gateway: RunningGateway, clock: Cloc
     assert info["spend"] == pytest.approx(CALL_COST)           # only this period's call
     assert info["total_spend"] == pytest.approx(spent_before + CALL_COST)
     assert info["budget_reset_at"] > clock.now().isoformat()
+
+
+async def test_client_leaving_mid_stream_cancels_upstream_and_pays_for_what_was_produced(
+        gateway: RunningGateway) -> None:
+    key = await gateway.new_key(models=["slow-model"], max_budget=1)
+    body = {**chat(max_tokens=100, stream=True), "model": "slow-model"}
+    received = 0
+    async with gateway.http.stream("POST", "/v1/chat/completions", json=body,
+                                   headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status_code == 200
+        async for part in resp.aiter_bytes():
+            received += part.count(b"data: {")
+            if received >= 3:
+                break                       # leave after a few tokens of 100
+    for _ in range(100):                    # the gateway settles when it sees the departure
+        await gateway.app.ledger.flush()
+        rows = (await gateway.admin("GET", "/spend/logs", params={"api_key": key})).json()
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["status"] == "partial"
+    assert 3 <= row["completion_tokens"] < 50      # 20 ms a token: cancelled long before 100
+    assert row["spend"] > 0
+    account = gateway.app.budgets.account(
+        (await gateway.app.directory.get(row["api_key"])))  # type: ignore[arg-type]
+    assert account.reserved == 0

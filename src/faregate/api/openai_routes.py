@@ -79,32 +79,40 @@ class OpenAIRoutes:
 
 
 async def _stream(reply: StreamReply, receive: Any, send: Any) -> None:
-    """Relay events until the stream ends or the client leaves; a departure cancels upstream."""
+    """Relay events until the stream ends or the client leaves; a departure cancels upstream.
 
-    async def pump() -> None:
+    The relay runs in this task; one watcher task waits for the client's disconnect and
+    cancels it, which closes the upstream response (freeing its GPU slot) and settles.
+    """
+    relay_task = asyncio.current_task()
+    assert relay_task is not None
+    left = finishing = False
+
+    async def client_left() -> None:
+        nonlocal left
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not finishing:
+            left = True
+            relay_task.cancel()
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": SSE_HEADERS + reply.headers})
         if reply.head:
             await send({"type": "http.response.body", "body": reply.head, "more_body": True})
-        async for event in reply.events:
-            await send({"type": "http.response.body", "body": event, "more_body": True})
+        async for block in reply.events:
+            await send({"type": "http.response.body", "body": block, "more_body": True})
+        finishing = True
         await send({"type": "http.response.body", "body": b""})
-
-    async def client_left() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    pumping = asyncio.ensure_future(pump())
-    watching = asyncio.ensure_future(client_left())
-    try:
-        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        relay_task.uncancel()
+    except OSError:
+        pass
     finally:
-        for task in (pumping, watching):
-            task.cancel()
-        try:
-            await pumping
-        except (asyncio.CancelledError, OSError):
-            pass
-        except Exception:
-            log.exception("stream relay failed")
+        finishing = True
+        watcher.cancel()
         await reply.events.aclose()

@@ -42,8 +42,10 @@ Hooks: ``latency_ms`` sleeps before answering a generation or embedding request
 (400-599) on any route answers that status with an OpenAI error, message
 ``mock fault <code>``, type ``server_error`` (5xx), ``rate_limit_error`` (429) or
 ``invalid_request_error``; so does a request whose ``model`` is ``fault-<code>``
-(a gateway deployment can point at it).  With ``api_key`` set, every route but /health
-requires ``Authorization: Bearer <api_key>`` (checked before the fault hook).
+(a gateway deployment can point at it).  A streamed request whose ``model`` is
+``slow-<ms>`` gets one event per write, ``<ms>`` apart, like a model decoding.
+With ``api_key`` set, every route but /health requires
+``Authorization: Bearer <api_key>`` (checked before the fault hook).
 """
 
 from __future__ import annotations
@@ -200,6 +202,7 @@ def _choice(
 
 
 FAULT_MODEL_PREFIX = "fault-"
+SLOW_MODEL_PREFIX = "slow-"
 
 
 class MockUpstream:
@@ -310,8 +313,17 @@ class MockUpstream:
         if include_usage:
             events.append(event([], {"usage": usage}))
         events.append(_DONE)
-        # No per-token delay, so one body write (chunked transfer) is the cheapest correct stream.
         await send(_SSE_START)
+        if model.startswith(SLOW_MODEL_PREFIX):
+            # "slow-<ms>": one event per write, <ms> apart, like a real model decoding.
+            delay = float(model[len(SLOW_MODEL_PREFIX):] or 0) / 1000
+            for chunk in b"".join(events).split(b"\n\n")[:-1]:
+                await send({"type": "http.response.body", "body": chunk + b"\n\n",
+                            "more_body": True})
+                await asyncio.sleep(delay)
+            await send({"type": "http.response.body", "body": b""})
+            return
+        # No per-token delay, so one body write (chunked transfer) is the cheapest correct stream.
         await send({"type": "http.response.body", "body": b"".join(events)})
 
     async def _embeddings(self, req: dict[str, Any], send: Send) -> None:
