@@ -31,7 +31,7 @@ import asyncpg
 import httpx
 import yaml
 
-from bench import loadgen
+from bench import loadgen, seeding
 
 MASTER = "sk-bench-master-key-000"
 PG_ADMIN = os.environ.get("FAREGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -202,10 +202,21 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
                  "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         try:
             with _process(serve, gw_env, f"http://127.0.0.1:{port}/health/liveliness") as pid:
+                # Everything on: a budget, RPM and TPM limits (too high to bind).
                 key = httpx.post(f"http://127.0.0.1:{port}/key/generate", json={
-                    "models": ["bench-model"], "max_budget": 1_000_000},
+                    "models": ["bench-model"], "max_budget": 1_000_000,
+                    "rpm_limit": 10**9, "tpm_limit": 10**12},
                     headers={"Authorization": f"Bearer {MASTER}"}).json()["key"]
                 gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                if args.seed_keys or args.seed_rows:
+                    owner = seeding.seed(db_url, key, args.seed_keys, args.seed_rows)
+                    spend_logs_ms = seeding.spend_logs_latency(f"http://127.0.0.1:{port}", owner,
+                                                               MASTER)
+                    print(f"bench: {backend}: seeded {args.seed_keys} keys and {args.seed_rows} "
+                          f"spend rows; /spend/logs for one key: p50 {spend_logs_ms:.1f} ms",
+                          flush=True)
+                if args.soak:
+                    _soak(args, gateway_url, key, pid)
                 for stream in (False, True):
                     for concurrency in args.concurrency:
                         rows += _compare(args, backend, workers, stream, concurrency,
@@ -214,6 +225,20 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
             print(f"bench: {backend} with {workers} workers did not start: {exc}",
                   file=sys.stderr)
     return rows
+
+
+def _soak(args: argparse.Namespace, url: str, key: str, pid: int) -> None:
+    """Drive `args.soak` requests and print RSS along the way: flat means no leak."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    done, samples = 0, [_rss_mb(pid)]
+    while done < args.soak:
+        result = loadgen.run(loadgen.Load(url, _body(False), headers, 32, 10.0),
+                             prefer_wrk=not args.python_loadgen)
+        done += result.requests
+        samples.append(_rss_mb(pid))
+        print(f"bench: soak {done} requests, rss {samples[-1]:.1f} MB", flush=True)
+    print(f"bench: soak RSS start {samples[0]:.1f} MB, after warm-up {samples[1]:.1f} MB, "
+          f"end {samples[-1]:.1f} MB over {done} requests", flush=True)
 
 
 def _compare(args: argparse.Namespace, backend: str, workers: int, stream: bool,
@@ -290,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--python-loadgen", action="store_true", help="do not use wrk")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--seed-keys", type=int, default=0,
+                        help="add this many keys to the database before measuring")
+    parser.add_argument("--seed-rows", type=int, default=0,
+                        help="add this many spend rows (spread over the keys) before measuring")
+    parser.add_argument("--soak", type=int, default=0,
+                        help="also drive this many requests and report RSS growth")
     parser.add_argument("--quick", action="store_true",
                         help="a one-second smoke run on SQLite (what the test suite runs)")
     args = parser.parse_args(argv)

@@ -18,6 +18,7 @@ from faregate.gateway import Gateway
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator
 from faregate.keys.directory import KeyDirectory
+from faregate.limits.local import LocalAdmission
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.spend.budgets import Budgets
 from faregate.spend.ledger import LedgerWriter
@@ -42,10 +43,12 @@ class Faregate:
         self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s)
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s)
         self.budgets = Budgets(now, BUDGET_WAIT_S, self.ledger.record_period)
+        self.admission = LocalAdmission(self.budgets, BUDGET_WAIT_S)
         self.auth = Authenticator(settings.master_key, self.directory, now)
-        self.keys = KeyAdmin(self.storage, self.directory, self.budgets, now, settings.models())
+        self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
+                             settings.models())
         self.upstream = OpenAICompatible()
-        self.gateway = Gateway(settings.deployments, self.auth, self.budgets, PromptBound(),
+        self.gateway = Gateway(settings.deployments, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes).routes
         self.admin = build_admin_app(self.auth, self.keys, self.storage)

@@ -47,6 +47,9 @@ class Deployment:
     prompt_overhead_tokens: int
     per_message_overhead_tokens: int
     timeout_s: float
+    deployment_id: str = ""       # unique per model_list entry: "<model_name>#<index>"
+    rpm: int | None = None        # limits on the upstream as a whole, across all keys
+    tpm: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,7 +224,14 @@ def _deployment(entry: Any, index: int, env: _Env) -> Deployment:
             info.get("per_message_overhead_tokens", DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS),
             f"{where}.model_info.per_message_overhead_tokens"),
         timeout_s=_positive_number(params.get("timeout", 600), f"{where}.litellm_params.timeout"),
+        deployment_id=f"{name}#{index}",
+        rpm=_optional_positive_int(params.get("rpm"), f"{where}.litellm_params.rpm"),
+        tpm=_optional_positive_int(params.get("tpm"), f"{where}.litellm_params.tpm"),
     )
+
+
+def _optional_positive_int(value: Any, setting: str) -> int | None:
+    return None if value is None else _positive_int(value, setting)
 
 
 def _non_negative_int(value: Any, setting: str) -> int:

@@ -16,11 +16,11 @@ import orjson
 from faregate.config import Deployment
 from faregate.errors import GatewayError, InvalidRequest, ModelAccessDenied, UpstreamError
 from faregate.keys.auth import Authenticator, Caller
+from faregate.limits.demand import Admission, Admitted, Demand, Window
 from faregate.money import tokens_affordable
 from faregate.openai_request import CallType, ParsedRequest, parse
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.records import SpendRow
-from faregate.spend.budgets import Budgets, Grant
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
 
@@ -57,7 +57,7 @@ class _Call:
     caller: Caller
     request: ParsedRequest
     deployment: Deployment
-    grant: Grant
+    admitted: Admitted
     prompt_bound: int
     started: datetime
     settled: bool = False
@@ -65,13 +65,13 @@ class _Call:
 
 class Gateway:
     def __init__(self, deployments: tuple[Deployment, ...], auth: Authenticator,
-                 budgets: Budgets, bound: PromptBound, upstream: OpenAICompatible,
+                 admission: Admission, bound: PromptBound, upstream: OpenAICompatible,
                  ledger: LedgerWriter, now: Callable[[], datetime]) -> None:
         self._routes: dict[str, Deployment] = {}
         for d in deployments:
             self._routes.setdefault(d.model_name, d)
         self._auth = auth
-        self._budgets = budgets
+        self._admission = admission
         self._bound = bound
         self._upstream = upstream
         self._ledger = ledger
@@ -92,15 +92,19 @@ class Gateway:
 
         prompt_bound = self._bound.tokens(deployment, request)
         wanted = self._wanted_output(request, deployment)
-        least = cost(deployment, prompt_bound, request.n if wanted else 0)
-        grant = await self._budgets.reserve(caller.key, least,
-                                            cost(deployment, prompt_bound, wanted))
-        call = _Call(self._next_request_id(), caller, request, deployment, grant, prompt_bound,
+        demand = Demand(
+            request_id=self._next_request_id(), key=caller.key,
+            least=cost(deployment, prompt_bound, request.n if wanted else 0),
+            most=cost(deployment, prompt_bound, wanted),
+            windows=_windows(caller, deployment, prompt_bound + wanted),
+            parallel_limit=caller.key.max_parallel_requests)
+        admitted = await self._admission.admit(demand)
+        call = _Call(demand.request_id, caller, request, deployment, admitted, prompt_bound,
                      self._now())
         try:
             allowed = self._allowed_output(call, wanted)
             body = self._upstream_body(raw, call, allowed)
-            headers = [(b"x-request-id", call.request_id.encode())]
+            headers = [(b"x-request-id", call.request_id.encode()), *admitted.headers]
             if allowed < wanted and request.max_tokens is not None:
                 headers.append((b"x-faregate-max-tokens-capped", str(allowed // request.n)
                                 .encode()))
@@ -116,9 +120,9 @@ class Gateway:
                 return StreamReply(head, relay, headers)
             data = await self._upstream.send(deployment, path, body)
         except BaseException:
-            self._finish(call, 0, 0, "failure")
+            await self._finish(call, 0, 0, "failure")
             raise
-        self._settle_reply(call, data)
+        await self._settle_reply(call, data)
         return Reply(data, headers)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
@@ -155,11 +159,11 @@ class Gateway:
 
     def _allowed_output(self, call: _Call, wanted: int) -> int:
         """Output tokens the grant pays for: all that was wanted unless the budget is short."""
-        if call.grant.nanos == 0 or wanted == 0:
+        if call.admitted.grant == 0 or wanted == 0:
             return wanted
         d = call.deployment
         prompt_cost = cost(d, call.prompt_bound, 0)
-        affordable = tokens_affordable(call.grant.nanos - prompt_cost, d.output_femtos)
+        affordable = tokens_affordable(call.admitted.grant - prompt_cost, d.output_femtos)
         return min(wanted, affordable // call.request.n * call.request.n)
 
     def _upstream_body(self, raw: bytes, call: _Call, allowed: int) -> bytes:
@@ -168,7 +172,7 @@ class Gateway:
         body, changed = request.body, False
         if d.upstream_model != request.model:
             body["model"], changed = d.upstream_model, True
-        budgeted = call.grant.nanos > 0
+        budgeted = call.admitted.grant > 0
         if request.call_type is not CallType.EMBEDDING and budgeted and (
                 request.max_tokens is None or allowed < request.max_tokens * request.n):
             # The reservation only bounds the cost if the upstream is held to it.
@@ -180,7 +184,7 @@ class Gateway:
             changed = True
         return orjson.dumps(body) if changed else raw
 
-    def _settle_reply(self, call: _Call, data: bytes) -> None:
+    async def _settle_reply(self, call: _Call, data: bytes) -> None:
         try:
             usage = orjson.loads(data).get("usage") or {}
             prompt = int(usage.get("prompt_tokens") or 0)
@@ -190,11 +194,11 @@ class Gateway:
                         call.deployment.api_base)
             prompt, completion = call.prompt_bound, self._wanted_output(call.request,
                                                                         call.deployment)
-            self._finish(call, prompt, completion, "success")
+            await self._finish(call, prompt, completion, "success")
             return
         if prompt:
             self._bound.observe(call.deployment, call.request, prompt)
-        self._finish(call, prompt, completion, "success")
+        await self._finish(call, prompt, completion, "success")
 
     async def _relay(self, call: _Call, first: bytes | None,
                      blocks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
@@ -226,14 +230,13 @@ class Gateway:
             else:
                 prompt, completion = 0, 0
                 status = "success" if meter.done else "failure"
-            self._finish(call, prompt, completion, status)
+            await self._finish(call, prompt, completion, status)
 
-    def _finish(self, call: _Call, prompt: int, completion: int, status: str) -> None:
+    async def _finish(self, call: _Call, prompt: int, completion: int, status: str) -> None:
         if call.settled:
             return
         call.settled = True
         spend = cost(call.deployment, prompt, completion)
-        self._budgets.settle(call.grant, call.caller.key, spend)
         d = call.deployment
         self._ledger.record(SpendRow(
             request_id=call.request_id, api_key=call.caller.key.token,
@@ -241,6 +244,25 @@ class Gateway:
             upstream=f"{d.api_base}#{d.upstream_model}", call_type=call.request.call_type.value,
             prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
             start_time=call.started, end_time=self._now(), status=status))
+        await self._admission.settle(call.admitted, spend, prompt + completion)
+
+
+def _windows(caller: Caller, d: Deployment, tokens: int) -> tuple[Window, ...]:
+    """Every rate limit this request counts against: its key's, its key's for this model,
+    and its deployment's (which protects a self-hosted upstream as a whole)."""
+    key, out = caller.key, []
+    for scope, limit, is_tokens, setting in (
+            (f"k:{key.token}:rpm", key.rpm_limit, False, "rpm_limit"),
+            (f"k:{key.token}:tpm", key.tpm_limit, True, "tpm_limit"),
+            (f"k:{key.token}:m:{d.model_name}:rpm", key.model_rpm_limit.get(d.model_name),
+             False, "model_rpm_limit"),
+            (f"k:{key.token}:m:{d.model_name}:tpm", key.model_tpm_limit.get(d.model_name),
+             True, "model_tpm_limit"),
+            (f"d:{d.deployment_id}:rpm", d.rpm, False, "rpm"),
+            (f"d:{d.deployment_id}:tpm", d.tpm, True, "tpm")):
+        if limit is not None:
+            out.append(Window(scope, is_tokens, limit, tokens if is_tokens else 1, setting))
+    return tuple(out)
 
 
 class _StreamMeter:

@@ -23,6 +23,8 @@ class KeyRecord:
     tpm_limit: int | None = None
     rpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    model_rpm_limit: dict[str, int] = field(default_factory=dict)
+    model_tpm_limit: dict[str, int] = field(default_factory=dict)
     blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None

@@ -38,6 +38,8 @@ class KeyFields(BaseModel):
     tpm_limit: int | None = Field(default=None, ge=0)
     rpm_limit: int | None = Field(default=None, ge=0)
     max_parallel_requests: int | None = Field(default=None, ge=0)
+    model_rpm_limit: dict[str, int] | None = None
+    model_tpm_limit: dict[str, int] | None = None
     blocked: bool | None = None
 
     def settings(self) -> KeySettings:

@@ -16,9 +16,9 @@ from faregate.keys import durations
 from faregate.keys.auth import ALL_MODELS
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import PREFIX, display_name, hash_key, new_key
+from faregate.limits.demand import Admission
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
-from faregate.spend.budgets import Budgets
 from faregate.storage.database import DuplicateAlias, SqlStorage
 
 
@@ -35,11 +35,13 @@ class KeySettings:
     tpm_limit: int | None = None
     rpm_limit: int | None = None
     max_parallel_requests: int | None = None
+    model_rpm_limit: dict[str, int] | None = None
+    model_tpm_limit: dict[str, int] | None = None
     blocked: bool | None = None
 
 
 class KeyAdmin:
-    def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Budgets,
+    def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Admission,
                  now: Callable[[], datetime], models: Collection[str]) -> None:
         self._storage = storage
         self._directory = directory
@@ -128,6 +130,7 @@ class KeyAdmin:
             "budget_reset_at": _iso(record.budget_reset_at), "expires": _iso(record.expires),
             "metadata": record.metadata, "tpm_limit": record.tpm_limit,
             "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
+            "model_rpm_limit": record.model_rpm_limit, "model_tpm_limit": record.model_tpm_limit,
             "blocked": record.blocked, "created_at": _iso(record.created_at),
             "updated_at": _iso(record.updated_at),
         }
@@ -160,6 +163,16 @@ class KeyAdmin:
                 if value is not None and value < 0:
                     raise InvalidRequest(f"'{name}' must be >= 0", param=name)
                 out[name] = value
+        for name in ("model_rpm_limit", "model_tpm_limit"):
+            if name in given:
+                limits = getattr(s, name) or {}
+                unknown = [m for m in limits if m not in self._models]
+                if unknown:
+                    raise InvalidRequest(f"'{name}' names unknown model(s) {unknown}",
+                                         param=name)
+                if any(v < 0 for v in limits.values()):
+                    raise InvalidRequest(f"'{name}' values must be >= 0", param=name)
+                out[name] = dict(limits)
         if "key_alias" in given:
             out["key_alias"] = s.key_alias
         if "metadata" in given:

@@ -68,29 +68,49 @@ class Budgets:
 
     async def reserve(self, key: KeyRecord, least: int, most: int) -> Grant:
         """Reserve between `least` and `most` nano-dollars, or raise BudgetExceeded."""
+        deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
+        while True:
+            grant = self.try_reserve(key, least, most)
+            if grant is not None:
+                return grant
+            await self.wait_for_settlement(key, deadline, least)
+
+    def try_reserve(self, key: KeyRecord, least: int, most: int) -> Grant | None:
+        """One atomic attempt: a grant, None if settlements in flight may make room, or
+        BudgetExceeded if nothing will."""
         if key.max_budget_nanos is None:
             return NO_BUDGET
         acc = self.account(key)
-        deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
-        while True:
-            self._roll_period(key, acc)
-            spent = acc.spend - acc.period_base
-            available = key.max_budget_nanos - spent - acc.reserved
-            if available >= least:
-                granted = min(most, available)
-                acc.reserved += granted
-                return Grant(key.token, granted)
-            left = deadline - asyncio.get_running_loop().time()
-            if acc.reserved == 0 or key.max_budget_nanos - spent < least or left <= 0:
-                raise BudgetExceeded(
-                    f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
-                    f"max budget: ${nanos_to_dollars(key.max_budget_nanos):.9f}, "
-                    f"reserved by requests in flight: ${nanos_to_dollars(acc.reserved):.9f}, "
-                    f"this request needs at least ${nanos_to_dollars(least):.9f}. "
-                    "Raise max_budget with /key/update or wait for budget_duration to reset it.")
-            if acc.settled is None:
-                acc.settled = asyncio.get_running_loop().create_future()
-            await asyncio.wait((acc.settled,), timeout=left)
+        self._roll_period(key, acc)
+        spent = acc.spend - acc.period_base
+        available = key.max_budget_nanos - spent - acc.reserved
+        if available >= least:
+            granted = min(most, available)
+            acc.reserved += granted
+            return Grant(key.token, granted)
+        if acc.reserved == 0 or key.max_budget_nanos - spent < least:
+            raise self._exceeded(key, acc, least)
+        return None
+
+    async def wait_for_settlement(self, key: KeyRecord, deadline: float, least: int) -> None:
+        """Wait until a reservation on the key settles; BudgetExceeded at the deadline."""
+        acc = self.account(key)
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise self._exceeded(key, acc, least)
+        if acc.settled is None:
+            acc.settled = asyncio.get_running_loop().create_future()
+        await asyncio.wait((acc.settled,), timeout=left)
+
+    @staticmethod
+    def _exceeded(key: KeyRecord, acc: Account, least: int) -> BudgetExceeded:
+        spent = acc.spend - acc.period_base
+        return BudgetExceeded(
+            f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
+            f"max budget: ${nanos_to_dollars(key.max_budget_nanos or 0):.9f}, "
+            f"reserved by requests in flight: ${nanos_to_dollars(acc.reserved):.9f}, "
+            f"this request needs at least ${nanos_to_dollars(least):.9f}. "
+            "Raise max_budget with /key/update or wait for budget_duration to reset it.")
 
     def settle(self, grant: Grant, key: KeyRecord, cost: int) -> None:
         """Release a reservation and book the real cost (also for keys without a budget)."""

@@ -80,7 +80,9 @@ def _key_from_row(row: Any) -> KeyRecord:
         budget_duration=row.budget_duration, budget_reset_at=_utc(row.budget_reset_at),
         expires=_utc(row.expires), metadata=orjson.loads(row.metadata),
         tpm_limit=row.tpm_limit, rpm_limit=row.rpm_limit,
-        max_parallel_requests=row.max_parallel_requests, blocked=bool(row.blocked),
+        max_parallel_requests=row.max_parallel_requests,
+        model_rpm_limit=orjson.loads(row.model_rpm_limit),
+        model_tpm_limit=orjson.loads(row.model_tpm_limit), blocked=bool(row.blocked),
         created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
     )
 
@@ -99,6 +101,8 @@ def _key_values(record: KeyRecord) -> dict[str, Any]:
         "budget_reset_at": _as_utc(record.budget_reset_at), "expires": _as_utc(record.expires),
         "metadata": orjson.dumps(record.metadata).decode(), "tpm_limit": record.tpm_limit,
         "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
+        "model_rpm_limit": orjson.dumps(record.model_rpm_limit).decode(),
+        "model_tpm_limit": orjson.dumps(record.model_tpm_limit).decode(),
         "blocked": record.blocked, "created_at": _as_utc(record.created_at),
         "updated_at": _as_utc(record.updated_at),
     }
@@ -148,6 +152,12 @@ class SqlStorage:
             if record.key_alias is not None and await self.get_key_by_alias(record.key_alias):
                 raise DuplicateAlias(record.key_alias) from None
             raise
+
+    async def insert_keys(self, records: Sequence[KeyRecord]) -> None:
+        """Bulk import (migrations from another gateway, benchmarks); no alias check."""
+        if records:
+            async with self.engine.begin() as conn:
+                await conn.execute(keys.insert(), [_key_values(r) for r in records])
 
     async def update_key(self, token: str, changes: dict[str, Any]) -> KeyRecord | None:
         """Apply admin changes (KeyRecord field names) and return the new record."""

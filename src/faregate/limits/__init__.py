@@ -1,0 +1,1 @@
+"""Admission: budgets and RPM/TPM/parallel limits decided together, in-process or in Redis."""

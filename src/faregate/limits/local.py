@@ -1,0 +1,100 @@
+"""Admission within one process: exact, because each decision runs with no await inside it.
+
+Used without Redis (one process, SQLite or Postgres). Rate limits refuse at once; a budget
+that other requests' reservations stand in the way of waits for them to settle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from faregate.errors import RateLimited
+from faregate.limits.demand import Admitted, Demand, Window, ratelimit_headers
+from faregate.limits.windows import SlidingWindow
+from faregate.records import KeyRecord
+from faregate.spend.budgets import Budgets, Grant
+
+
+def rate_limited(window: Window | None, used: int, reset_s: int,
+                 parallel: int | None = None) -> RateLimited:
+    if window is None:
+        return RateLimited(
+            f"Rate limit exceeded: max_parallel_requests={parallel} requests are already in "
+            "flight on this key. Retry when one finishes.", code="max_parallel_requests",
+            headers={"Retry-After": "1"})
+    unit = "tokens" if window.tokens else "requests"
+    return RateLimited(
+        f"Rate limit exceeded: {window.setting}={window.limit} {unit} per minute; "
+        f"{used} used in the last 60 s and this request needs {window.cost}. "
+        f"Retry after {reset_s} s.", code=window.setting,
+        headers={"Retry-After": str(max(1, reset_s))})
+
+
+class LocalAdmission:
+    def __init__(self, budgets: Budgets, wait_timeout_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._budgets = budgets
+        self._wait_timeout_s = wait_timeout_s
+        self._clock = clock
+        self._windows: defaultdict[str, SlidingWindow] = defaultdict(SlidingWindow)
+        self._parallel: defaultdict[str, int] = defaultdict(int)
+        self._grants: dict[str, Grant] = {}
+
+    async def admit(self, demand: Demand) -> Admitted:
+        deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
+        key = demand.key
+        while True:
+            now_s = int(self._clock())
+            headers = self._check(demand, now_s)          # raises RateLimited
+            grant = self._budgets.try_reserve(key, demand.least, demand.most)
+            if grant is not None:
+                for window in demand.windows:
+                    self._windows[window.scope].add(now_s, window.cost)
+                if demand.parallel_limit is not None:
+                    self._parallel[key.token] += 1
+                self._grants[demand.request_id] = grant
+                return Admitted(demand, grant.nanos, now_s, headers)
+            await self._budgets.wait_for_settlement(key, deadline, demand.least)
+
+    def _check(self, demand: Demand, now_s: int) -> list[tuple[bytes, bytes]]:
+        if demand.parallel_limit is not None and \
+                self._parallel[demand.key.token] >= demand.parallel_limit:
+            raise rate_limited(None, 0, 1, demand.parallel_limit)
+        tightest: dict[bool, tuple[int, int, int]] = {}
+        for window in demand.windows:
+            counter = self._windows[window.scope]
+            used = counter.used(now_s)
+            if used + window.cost > window.limit:
+                raise rate_limited(window, used, counter.reset_in(now_s) or 1)
+            remaining = window.limit - used - window.cost
+            if window.tokens not in tightest or remaining < tightest[window.tokens][1]:
+                tightest[window.tokens] = (window.limit, remaining,
+                                           counter.reset_in(now_s) or 60)
+        return ratelimit_headers(tightest.get(False), tightest.get(True))
+
+    async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None:
+        demand = admitted.demand
+        grant = self._grants.pop(demand.request_id, None)
+        if grant is None:
+            return
+        self._budgets.settle(grant, demand.key, cost)
+        for window in demand.windows:
+            if window.tokens:
+                self._windows[window.scope].adjust(admitted.second, tokens - window.cost)
+        if demand.parallel_limit is not None:
+            self._parallel[demand.key.token] -= 1
+
+    def period_spend(self, key: KeyRecord) -> int:
+        return self._budgets.period_spend(key)
+
+    def lifetime_spend(self, key: KeyRecord) -> int:
+        return self._budgets.lifetime_spend(key)
+
+    def forget(self, token: str) -> None:
+        self._budgets.forget(token)
+
+    def change_period(self, key: KeyRecord) -> None:
+        self._budgets.change_period(key)
