@@ -149,5 +149,5 @@ async def test_client_leaving_mid_stream_cancels_upstream_and_pays_for_what_was_
     assert 3 <= row["completion_tokens"] < 50      # 20 ms a token: cancelled long before 100
     assert row["spend"] > 0
     account = gateway.app.budgets.account(
-        (await gateway.app.directory.get(row["api_key"])))  # type: ignore[arg-type]
+        await gateway.app.directory.get(row["api_key"]))  # type: ignore[arg-type]
     assert account.reserved == 0

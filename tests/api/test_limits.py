@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from api.conftest import RunningGateway
-
 from support import chat
 
 
