@@ -33,11 +33,11 @@ keys = Table(
     Column("tpm_limit", Integer, nullable=True),
     Column("rpm_limit", Integer, nullable=True),
     Column("max_parallel_requests", Integer, nullable=True),
-    Column("model_rpm_limit", Text, nullable=False, default="{}"),
-    Column("model_tpm_limit", Text, nullable=False, default="{}"),
     Column("blocked", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("model_rpm_limit", Text, nullable=False, default="{}"),
+    Column("model_tpm_limit", Text, nullable=False, default="{}"),
 )
 
 spend_logs = Table(
