@@ -134,6 +134,7 @@ def _process(args: list[str], env: dict[str, str], health: str) -> Iterator[int]
 @contextmanager
 def _database(backend: str, tmp: Path) -> Iterator[str]:
     if backend == "sqlite":
+        (tmp / "bench.db").unlink(missing_ok=True)
         yield f"sqlite:///{tmp / 'bench.db'}"
         return
     name = f"faregate_bench_{uuid.uuid4().hex[:8]}"
@@ -198,6 +199,8 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
     with _database(backend, tmp) as db_url:
         port = _free_port()
         gw_env = {**env, "DATABASE_URL": db_url}
+        if backend.endswith("+redis"):
+            gw_env["REDIS_URL"] = args.redis
         serve = [sys.executable, "-m", "faregate", "serve", "--config", str(cfg), "--host",
                  "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         try:
@@ -205,7 +208,7 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
                 # Everything on: a budget, RPM and TPM limits (too high to bind).
                 key = httpx.post(f"http://127.0.0.1:{port}/key/generate", json={
                     "models": ["bench-model"], "max_budget": 1_000_000,
-                    "rpm_limit": 10**9, "tpm_limit": 10**12},
+                    "rpm_limit": 2_000_000_000, "tpm_limit": 2_000_000_000},
                     headers={"Authorization": f"Bearer {MASTER}"}).json()["key"]
                 gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
                 if args.seed_keys or args.seed_rows:
@@ -283,7 +286,7 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'backend':<9}{'wk':>3} {'mode':<7}{'c':>3}  {'target':<8}{'req/s':>9}"
+    head = (f"{'backend':<15}{'wk':>3} {'mode':<7}{'c':>3}  {'target':<8}{'req/s':>9}"
             f"{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'+p50 ms':>8}{'cpu µs':>8}"
             f"{'rss MB':>8}{'errors':>7}")
     lines = [head, "-" * len(head)]
@@ -296,7 +299,7 @@ def table(rows: list[Row]) -> str:
         ratio = f"{r.rps / d.rps:.2f}" if d and r.target != "direct" and d.rps else ""
         added = f"{r.p50_ms - d.p50_ms:.2f}" if d and r.target != "direct" else ""
         lines.append(
-            f"{r.backend:<9}{r.workers:>3} {'stream' if r.stream else 'json':<7}"
+            f"{r.backend:<15}{r.workers:>3} {'stream' if r.stream else 'json':<7}"
             f"{r.concurrency:>3}  {r.target:<8}{r.rps:>9.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
             f"{ratio:>7}{added:>8}"
             f"{'' if r.cpu_us_per_req is None else f'{r.cpu_us_per_req:.0f}':>8}"
@@ -310,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=2, help="direct/gateway alternations")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres"],
-                        choices=["sqlite", "postgres"])
+    parser.add_argument("--backends", nargs="+", default=["sqlite", "postgres", "postgres+redis"],
+                        choices=["sqlite", "postgres", "postgres+redis"])
+    parser.add_argument("--redis", default=os.environ.get("FAREGATE_BENCH_REDIS",
+                                                          "redis://127.0.0.1:6379/0"),
+                        help="the Redis that postgres+redis uses")
     parser.add_argument("--workers", type=int, nargs="+", default=[1])
     parser.add_argument("--python-loadgen", action="store_true", help="do not use wrk")
     parser.add_argument("--json", type=Path, help="also write the rows here")

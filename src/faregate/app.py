@@ -18,7 +18,9 @@ from faregate.gateway import Gateway
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator
 from faregate.keys.directory import KeyDirectory
+from faregate.limits.demand import Admission
 from faregate.limits.local import LocalAdmission
+from faregate.limits.redis_admission import RedisAdmission
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.spend.budgets import Budgets
 from faregate.spend.ledger import LedgerWriter
@@ -41,12 +43,20 @@ class Faregate:
         self.settings = settings
         self.storage = SqlStorage.from_url(settings.database_url)
         self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s)
-        self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s)
         self.budgets = Budgets(now, BUDGET_WAIT_S, self.ledger.record_period)
-        self.admission = LocalAdmission(self.budgets, BUDGET_WAIT_S)
+        local = LocalAdmission(self.budgets, BUDGET_WAIT_S)
+        self.redis: RedisAdmission | None = None
+        if settings.redis_url:
+            # Replicas: admission is decided in Redis; Postgres stays the source of truth.
+            self.redis = RedisAdmission(settings.redis_url, self.storage.get_key,
+                                        self.ledger.record_period, BUDGET_WAIT_S,
+                                        settings.redis_failure_mode, local, settings.replicas)
+        self.admission: Admission = self.redis or local
+        self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
+                                      self.redis.version if self.redis else None)
         self.auth = Authenticator(settings.master_key, self.directory, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
-                             settings.models())
+                             settings.models(), self.redis.key_changed if self.redis else None)
         self.upstream = OpenAICompatible()
         self.gateway = Gateway(settings.deployments, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
@@ -77,6 +87,8 @@ class Faregate:
         finally:
             await self.upstream.close()
             await self.storage.close()
+            if self.redis is not None:
+                await self.redis.close()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:

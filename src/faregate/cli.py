@@ -32,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help="LiteLLM-style config.yaml (none: demo model, SQLite)")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=4000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes (more than 1 needs REDIS_URL)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--no-migrate", action="store_true", help=argparse.SUPPRESS)
 
     mig = commands.add_parser("migrate", help="bring the database schema up to date")
     mig.add_argument("--config")
@@ -74,25 +77,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = config.load(os.environ, args.config)
-    if args.workers != 1:
-        raise ConfigError("--workers must be 1 in this version: budgets are exact within one "
-                          "process, and several workers would each keep their own reservations. "
-                          "Sharing them between workers and replicas through Redis is planned")
-    if settings.disable_schema_update:
-        migrate.require_current(settings.database_url)
-    else:
-        migrate.upgrade(settings.database_url)
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if args.workers > 1 and not settings.redis_url:
+        raise ConfigError("--workers > 1 needs REDIS_URL (or general_settings.redis_url): "
+                          "workers share budgets and rate limits through Redis; without it "
+                          "each would enforce them alone")
+    if args.workers > 1 and settings.demo_mock:
+        raise ConfigError("--workers > 1 needs a --config; the demo runs one worker")
+    if not args.no_migrate:
+        if settings.disable_schema_update:
+            migrate.require_current(settings.database_url)
+        else:
+            migrate.upgrade(settings.database_url)
+    if args.workers > 1:
+        return _supervise(args)
     with _demo_upstream(settings) as settings:
         print(f"faregate: listening on http://{args.host}:{args.port} (OpenAI API under /v1)\n"
               f"faregate: models: {', '.join(settings.models())}\n"
               f"faregate: database: {_redacted(settings.database_url)}\n"
+              f"faregate: admission: {_admission_mode(settings)}\n"
               f"faregate: master key from {settings.master_key_source}", flush=True)
+        sockets = [_reuse_port_socket(args.host, args.port)] if args.reuse_port else None
         server = _DrainingServer(uvicorn.Config(
             Faregate(settings), host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
             proxy_headers=False, timeout_graceful_shutdown=30))
-        server.run()
+        server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _admission_mode(settings: config.Settings) -> str:
+    if settings.redis_url:
+        return f"shared through Redis (if unreachable: {settings.redis_failure_mode})"
+    return "in process"
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """Several worker processes bind the same port; the kernel spreads connections."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Run `--workers` copies of this server on one port, and stop them together."""
+    command = [sys.executable, "-m", "faregate", "serve", "--host", args.host, "--port",
+               str(args.port), "--workers", "1", "--reuse-port", "--no-migrate"]
+    if args.config:
+        command += ["--config", args.config]
+    workers = [subprocess.Popen(command) for _ in range(args.workers)]
+    print(f"faregate: {args.workers} workers (pids {', '.join(str(w.pid) for w in workers)}) "
+          f"on port {args.port}", flush=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [worker.wait() for worker in workers]
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 class _DrainingServer(uvicorn.Server):

@@ -62,6 +62,8 @@ class Settings:
     redis_url: str | None = field(repr=False)
     data_dir: Path
     max_request_body_bytes: int = 8 * 1024 * 1024
+    redis_failure_mode: str = "fail_closed"     # or "local": per-process limits / replicas
+    replicas: int = 1                           # how many replicas share the limits
     spend_flush_interval_s: float = 0.2
     key_cache_ttl_s: float = 60.0
     demo_mock: bool = False       # serve a built-in mock upstream for the demo model
@@ -107,6 +109,10 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
         max_request_body_bytes=_positive_int(
             general.get("max_request_body_bytes", 8 * 1024 * 1024),
             "general_settings.max_request_body_bytes"),
+        redis_failure_mode=_choice(general.get("redis_failure_mode", "fail_closed"),
+                                   ("fail_closed", "local"),
+                                   "general_settings.redis_failure_mode"),
+        replicas=_positive_int(general.get("replicas", 1), "general_settings.replicas"),
         demo_mock=demo,
     )
 
@@ -157,6 +163,12 @@ def _positive_int(value: Any, setting: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{setting} must be a positive integer, got {value!r}")
     return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], setting: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)
 
 
 def _positive_number(value: Any, setting: str) -> float:

@@ -14,9 +14,15 @@ from datetime import datetime
 import orjson
 
 from faregate.config import Deployment
-from faregate.errors import GatewayError, InvalidRequest, ModelAccessDenied, UpstreamError
+from faregate.errors import (
+    GatewayError,
+    InvalidRequest,
+    ModelAccessDenied,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from faregate.keys.auth import Authenticator, Caller
-from faregate.limits.demand import Admission, Admitted, Demand, Window
+from faregate.limits.demand import Admission, Admitted, Demand, StaleKey, Window
 from faregate.money import tokens_affordable
 from faregate.openai_request import CallType, ParsedRequest, parse
 from faregate.providers.openai_compat import OpenAICompatible
@@ -31,6 +37,7 @@ UPSTREAM_PATHS = {CallType.CHAT: "/chat/completions", CallType.COMPLETION: "/com
 # OpenAI's legacy completions produce 16 tokens when max_tokens is not given.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 _DONE = b"data: [DONE]"
+_ADMISSION_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -86,20 +93,32 @@ class Gateway:
                      api_key: str | None) -> Reply | StreamReply:
         caller = await self._auth.caller(authorization, api_key)
         request = parse(raw, call_type)
-        deployment = self._route(request.model, caller)
         if call_type is CallType.EMBEDDING and request.stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
-
-        prompt_bound = self._bound.tokens(deployment, request)
-        wanted = self._wanted_output(request, deployment)
-        demand = Demand(
-            request_id=self._next_request_id(), key=caller.key,
-            least=cost(deployment, prompt_bound, request.n if wanted else 0),
-            most=cost(deployment, prompt_bound, wanted),
-            windows=_windows(caller, deployment, prompt_bound + wanted),
-            parallel_limit=caller.key.max_parallel_requests)
-        admitted = await self._admission.admit(demand)
-        call = _Call(demand.request_id, caller, request, deployment, admitted, prompt_bound,
+        request_id = self._next_request_id()
+        for attempt in range(_ADMISSION_ATTEMPTS):
+            deployment = self._route(request.model, caller)
+            prompt_bound = self._bound.tokens(deployment, request)
+            wanted = self._wanted_output(request, deployment)
+            demand = Demand(
+                request_id=request_id, key=caller.key,
+                least=cost(deployment, prompt_bound, request.n if wanted else 0),
+                most=cost(deployment, prompt_bound, wanted),
+                windows=_windows(caller, deployment, prompt_bound + wanted),
+                parallel_limit=caller.key.max_parallel_requests,
+                lease_s=deployment.timeout_s + 60, key_version=caller.version)
+            try:
+                admitted = await self._admission.admit(demand)
+                break
+            except StaleKey:
+                # Changed on another replica since this one cached it: read it again, decide
+                # again (it may now be blocked, deleted, or have new limits).
+                self._auth.forget(caller.key.token)
+                if attempt + 1 == _ADMISSION_ATTEMPTS:
+                    raise ServiceUnavailable("The key is being changed; retry",
+                                             code="key_changing") from None
+                caller = await self._auth.caller(authorization, api_key)
+        call = _Call(request_id, caller, request, deployment, admitted, prompt_bound,
                      self._now())
         try:
             allowed = self._allowed_output(call, wanted)

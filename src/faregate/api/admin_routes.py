@@ -24,6 +24,7 @@ from faregate.money import nanos_to_dollars
 from faregate.storage.database import SpendQuery, SqlStorage
 
 log = logging.getLogger("faregate.admin")
+INT32_MAX = 2**31 - 1      # limits are INTEGER columns
 
 
 class KeyFields(BaseModel):
@@ -35,11 +36,11 @@ class KeyFields(BaseModel):
     duration: str | None = None
     key_alias: str | None = Field(default=None, max_length=256)
     metadata: dict[str, Any] | None = None
-    tpm_limit: int | None = Field(default=None, ge=0)
-    rpm_limit: int | None = Field(default=None, ge=0)
-    max_parallel_requests: int | None = Field(default=None, ge=0)
-    model_rpm_limit: dict[str, int] | None = None
-    model_tpm_limit: dict[str, int] | None = None
+    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    model_rpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
+    model_tpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     blocked: bool | None = None
 
     def settings(self) -> KeySettings:

@@ -6,7 +6,7 @@ request on this process sees it at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,6 +20,8 @@ from faregate.limits.demand import Admission
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
 from faregate.storage.database import DuplicateAlias, SqlStorage
+
+KeyChanged = Callable[[KeyRecord | None, str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,19 @@ class KeySettings:
 
 class KeyAdmin:
     def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Admission,
-                 now: Callable[[], datetime], models: Collection[str]) -> None:
+                 now: Callable[[], datetime], models: Collection[str],
+                 on_change: KeyChanged | None = None) -> None:
         self._storage = storage
         self._directory = directory
         self._budgets = budgets
         self._now = now
         self._models = set(models)
+        self._on_change = on_change
+
+    async def _changed(self, record: KeyRecord | None, token: str) -> None:
+        """Other replicas must see the change before the admin call returns."""
+        if self._on_change is not None:
+            await self._on_change(record, token)
 
     async def generate(self, settings: KeySettings, key: str | None = None,
                        given: Collection[str] = ()) -> tuple[str, KeyRecord]:
@@ -90,6 +99,7 @@ class KeyAdmin:
         self._directory.put(record)
         if "budget_duration" in changes:
             self._budgets.change_period(record)
+        await self._changed(record, token)
         return record
 
     async def set_blocked(self, token: str, blocked: bool) -> KeyRecord:
@@ -100,6 +110,8 @@ class KeyAdmin:
         for token in tokens:
             self._directory.forget(token)
             self._budgets.forget(token)
+        for token in deleted:
+            await self._changed(None, token)
         return deleted
 
     async def regenerate(self, token: str, key: str | None = None) -> tuple[str, KeyRecord]:
@@ -112,6 +124,7 @@ class KeyAdmin:
         self._directory.forget(token)
         self._budgets.forget(token)
         self._directory.put(record)
+        await self._changed(None, token)
         return key, record
 
     async def list(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:

@@ -19,6 +19,7 @@ ALL_MODELS = "all-proxy-models"
 class Caller:
     key: KeyRecord
     is_master: bool
+    version: str = "0"
 
     def may_use(self, model: str) -> bool:
         models = self.key.models
@@ -49,6 +50,9 @@ class Authenticator:
         self._master = Caller(KeyRecord(token=hash_key(master), key_name=display_name(master),
                                         key_alias="master"), is_master=True)
 
+    def forget(self, token: str) -> None:
+        self._directory.forget(token)
+
     async def caller(self, authorization: str | None, api_key: str | None) -> Caller:
         presented = bearer(authorization, api_key)
         if self._master_key.matches(presented):
@@ -56,7 +60,14 @@ class Authenticator:
         if not presented.startswith(PREFIX):
             raise AuthError("Invalid API key format: faregate keys start with 'sk-'",
                             code="invalid_api_key")
-        key = await self._directory.get(hash_key(presented))
+        token = hash_key(presented)
+        key, version = await self._directory.lookup(token)
+        if key is not None and self._directory.shared and (
+                key.blocked or (key.expires is not None and key.expires <= self._now())):
+            # A refusal read from a cached copy must not outlive an unblock or an extension
+            # made on another replica: look again before refusing.
+            self._directory.forget(token)
+            key, version = await self._directory.lookup(token)
         if key is None:
             raise AuthError("Invalid API key: it is unknown or was deleted. Ask your admin "
                             "for a key from /key/generate", code="invalid_api_key")
@@ -66,4 +77,4 @@ class Authenticator:
         if key.expires is not None and key.expires <= self._now():
             raise ExpiredKey(f"Key {key.key_name} expired at {key.expires.isoformat()}. "
                              "Ask your admin for a new key", code="expired_key")
-        return Caller(key, is_master=False)
+        return Caller(key, is_master=False, version=version)

@@ -7,7 +7,7 @@ are remembered briefly so a flood of bad keys does not become a flood of queries
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from faregate.records import KeyRecord
 from faregate.storage.database import SqlStorage
@@ -16,34 +16,56 @@ _NEGATIVE_TTL_S = 2.0
 _MAX_NEGATIVE = 10_000
 
 
+VersionSource = Callable[[str], Awaitable[str]]
+
+
 class KeyDirectory:
-    def __init__(self, storage: SqlStorage, clock: Callable[[], float], ttl_s: float) -> None:
+    """With a version source (Redis mode), each entry remembers the key's version as it was
+    read *before* the row, so shared admission can tell a stale entry from a fresh one."""
+
+    def __init__(self, storage: SqlStorage, clock: Callable[[], float], ttl_s: float,
+                 versions: VersionSource | None = None) -> None:
         self._storage = storage
         self._clock = clock
         self._ttl_s = ttl_s
-        self._known: dict[str, tuple[KeyRecord, float]] = {}
+        self._versions = versions
+        self._known: dict[str, tuple[KeyRecord, str, float]] = {}
         self._unknown: dict[str, float] = {}
 
+    @property
+    def shared(self) -> bool:
+        """Other processes change keys too (Redis mode)."""
+        return self._versions is not None
+
     async def get(self, token: str) -> KeyRecord | None:
+        return (await self.lookup(token))[0]
+
+    async def lookup(self, token: str) -> tuple[KeyRecord | None, str]:
         now = self._clock()
         hit = self._known.get(token)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        if hit is not None and hit[2] > now:
+            return hit[0], hit[1]
         miss_until = self._unknown.get(token)
         if miss_until is not None and miss_until > now:
-            return None
+            return None, "0"
+        version = await self._versions(token) if self._versions is not None else "0"
         record = await self._storage.get_key(token)
         if record is None:
             if len(self._unknown) >= _MAX_NEGATIVE:
                 self._unknown.clear()
             self._unknown[token] = now + _NEGATIVE_TTL_S
         else:
-            self.put(record)
-        return record
+            self._known[token] = (record, version, now + self._ttl_s)
+        return record, version
 
     def put(self, record: KeyRecord) -> None:
+        """This process changed the key: drop the entry (with its version) and let the next
+        request read the row again; without Redis, keep the new record at once."""
         self._unknown.pop(record.token, None)
-        self._known[record.token] = (record, self._clock() + self._ttl_s)
+        if self._versions is not None:
+            self._known.pop(record.token, None)
+        else:
+            self._known[record.token] = (record, "0", self._clock() + self._ttl_s)
 
     def forget(self, token: str) -> None:
         self._known.pop(token, None)

@@ -6,7 +6,7 @@ checks all of them and the budget in one atomic step, and books them all or none
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from faregate.records import KeyRecord
@@ -32,6 +32,15 @@ class Demand:
     windows: tuple[Window, ...] = ()
     parallel_limit: int | None = None
     lease_s: float = 900.0  # a crashed process's reservations expire after this
+    key_version: str = "0"  # the key's version when it was loaded (shared admission checks it)
+
+    def scaled(self, replicas: int) -> Demand:
+        """This replica's share of every limit, for admission without the shared store."""
+        if replicas <= 1:
+            return self
+        share = [replace(w, limit=-(-w.limit // replicas)) for w in self.windows]
+        parallel = None if self.parallel_limit is None else -(-self.parallel_limit // replicas)
+        return replace(self, windows=tuple(share), parallel_limit=parallel)
 
 
 @dataclass(slots=True)
@@ -40,6 +49,10 @@ class Admitted:
     grant: int              # nano-dollars reserved (0 for keys without a budget)
     second: int             # the window second the costs were booked in
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class StaleKey(Exception):
+    """The key changed since this process loaded it: reload it and decide again."""
 
 
 class Admission(Protocol):

@@ -1,0 +1,321 @@
+"""Admission shared by every replica through Redis: one Lua script decides a request's budget
+and all its rate limits atomically, so no replica can interleave between the checks.
+
+Postgres stays the source of truth for spend: a key's Redis budget state is initialised from
+its database row the first time a replica needs it (and again after Redis lost its data).
+Reservations and parallel slots are leases: a replica that dies mid-request frees them when
+they expire. Every admin change to a key bumps its version in Redis; the script refuses to
+admit against an older version, so a blocked or deleted key is refused by every replica at
+once (the replica reloads the key and decides again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from faregate.errors import BudgetExceeded, ServiceUnavailable
+from faregate.keys import durations
+from faregate.limits.demand import Admitted, Demand, StaleKey, ratelimit_headers
+from faregate.limits.local import LocalAdmission, rate_limited
+from faregate.money import nanos_to_dollars
+from faregate.records import KeyRecord
+
+log = logging.getLogger("faregate.redis")
+
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local sec = tonumber(t[1])
+local rid, least, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_budget, lease = tonumber(ARGV[4]), now + tonumber(ARGV[5])
+local parallel, period = tonumber(ARGV[6]), tonumber(ARGV[8])
+
+if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[7] then return {'stale'} end
+
+if parallel >= 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+  if redis.call('ZCARD', KEYS[4]) >= parallel then return {'parallel'} end
+end
+
+local heads = {}
+for i = 6, #KEYS do
+  local a = 9 + (i - 6) * 3
+  local limit, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local fields = redis.call('HGETALL', KEYS[i])
+  local used, oldest = 0, sec
+  for f = 1, #fields, 2 do
+    local s = tonumber(fields[f])
+    if s <= sec - 60 then redis.call('HDEL', KEYS[i], fields[f])
+    else
+      used = used + tonumber(fields[f + 1])
+      if s < oldest then oldest = s end
+    end
+  end
+  local reset = oldest + 60 - sec
+  if used + cost > limit then return {'window', i - 5, used, reset} end
+  heads[#heads + 1] = {limit, limit - used - cost, reset}
+end
+
+local grant, rolled, base, reset_at = 0, 0, 0, 0
+if max_budget >= 0 then
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'init'} end
+  local b = redis.call('HMGET', KEYS[1], 'spend', 'base', 'reset_at')
+  local spend = tonumber(b[1])
+  base, reset_at = tonumber(b[2]), tonumber(b[3])
+  if period > 0 and reset_at > 0 and now >= reset_at then
+    base = spend
+    while reset_at <= now do reset_at = reset_at + period end
+    redis.call('HSET', KEYS[1], 'base', base, 'reset_at', reset_at)
+    rolled = 1
+  end
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+  for _, r in ipairs(gone) do redis.call('HDEL', KEYS[3], r) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  local reserved = 0
+  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(v) end
+  local spent = spend - base
+  local available = max_budget - spent - reserved
+  if available < least then
+    local wait = 0
+    if reserved > 0 and max_budget - spent >= least then wait = 1 end
+    return {'budget', spent, reserved, wait}
+  end
+  grant = math.min(most, available)
+  redis.call('HSET', KEYS[3], rid, grant)
+  redis.call('ZADD', KEYS[2], lease, rid)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 2)
+  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]) * 2)
+end
+
+for i = 6, #KEYS do
+  redis.call('HINCRBY', KEYS[i], sec, tonumber(ARGV[9 + (i - 6) * 3 + 1]))
+  redis.call('EXPIRE', KEYS[i], 120)
+end
+if parallel >= 0 then
+  redis.call('ZADD', KEYS[4], lease, rid)
+  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[5]) * 2)
+end
+local out = {'ok', grant, sec, rolled, base, reset_at}
+for _, h in ipairs(heads) do out[#out + 1] = h[1]; out[#out + 1] = h[2]; out[#out + 1] = h[3] end
+return out
+"""
+
+_INIT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'spend', ARGV[1], 'base', ARGV[2], 'reset_at', ARGV[3])
+end
+return 1
+"""
+
+_SETTLE = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if tonumber(ARGV[2]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'spend', ARGV[2])
+end
+for i = 5, #KEYS do
+  local delta = tonumber(ARGV[i - 1])
+  if delta ~= 0 and redis.call('HEXISTS', KEYS[i], ARGV[3]) == 1 then
+    if redis.call('HINCRBY', KEYS[i], ARGV[3], delta) < 0 then
+      redis.call('HSET', KEYS[i], ARGV[3], 0)
+    end
+  end
+end
+return 1
+"""
+
+_BUMP = "return redis.call('INCR', KEYS[1])"
+_POLL_S = 0.02
+MONTH_S = 30 * 24 * 3600
+
+
+def _keys(token: str) -> list[str]:
+    # One hash tag per virtual key: its budget, leases and version live in one cluster slot.
+    return [f"fg:{{{token}}}:budget", f"fg:{{{token}}}:resv", f"fg:{{{token}}}:resv_amount",
+            f"fg:{{{token}}}:parallel", f"fg:{{{token}}}:version"]
+
+
+def _period_ms(key: KeyRecord) -> int:
+    if key.budget_duration is None:
+        return 0
+    start = datetime(2000, 1, 1, tzinfo=UTC)
+    if key.budget_duration.endswith("mo"):
+        return int(key.budget_duration[:-2]) * MONTH_S * 1000   # months are 30 days here
+    return int((durations.add(start, key.budget_duration) - start).total_seconds() * 1000)
+
+
+class RedisAdmission:
+    def __init__(self, url: str, load_key: Callable[[str], Awaitable[KeyRecord | None]],
+                 on_period_start: Callable[[str, int, datetime | None], None],
+                 wait_timeout_s: float, fail_mode: str, fallback: LocalAdmission,
+                 replicas: int) -> None:
+        self.client = aioredis.Redis.from_url(url, socket_timeout=0.5,
+                                              socket_connect_timeout=0.5,
+                                              health_check_interval=10)
+        self._admit = self.client.register_script(_ADMIT)
+        self._init = self.client.register_script(_INIT)
+        self._settle = self.client.register_script(_SETTLE)
+        self._bump = self.client.register_script(_BUMP)
+        self._load_key = load_key
+        self._on_period_start = on_period_start
+        self._wait_timeout_s = wait_timeout_s
+        self._fail_mode = fail_mode
+        self._fallback = fallback
+        self._replicas = replicas
+        self._local: set[str] = set()         # request ids admitted by the fallback
+        self._dirty: set[str] = set()          # keys whose Redis spend missed a settlement
+        self.healthy = True
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # --- the admission protocol
+
+    async def admit(self, demand: Demand) -> Admitted:
+        try:
+            admitted = await self._admit_shared(demand)
+        except RedisError as exc:
+            return await self._degraded(demand, exc)
+        self._recovered()
+        return admitted
+
+    async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None:
+        demand = admitted.demand
+        if demand.request_id in self._local:
+            self._local.discard(demand.request_id)
+            await self._fallback.settle(admitted, cost, tokens)
+            return
+        token = demand.key.token
+        tpm = [w for w in demand.windows if w.tokens]
+        try:
+            await self._settle(
+                keys=_keys(token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
+                args=[demand.request_id, cost, admitted.second,
+                      *[tokens - w.cost for w in tpm]])
+        except RedisError as exc:
+            # The lease frees the reservation; the spend is in the ledger. Re-read the key's
+            # spend from the database once Redis answers again.
+            self._dirty.add(token)
+            log.warning("redis: could not settle request %s (%s); key spend will be re-read "
+                        "from the database", demand.request_id, type(exc).__name__)
+
+    def period_spend(self, key: KeyRecord) -> int:
+        return key.period_spend_nanos
+
+    def lifetime_spend(self, key: KeyRecord) -> int:
+        return key.spend_nanos
+
+    def forget(self, token: str) -> None:
+        self._fallback.forget(token)
+
+    def change_period(self, key: KeyRecord) -> None:
+        self._fallback.change_period(key)
+
+    async def version(self, token: str) -> str:
+        """The key's current version; read before its row, so the row is at least as new."""
+        try:
+            return (await self.client.get(_keys(token)[4]) or b"0").decode()
+        except RedisError:
+            return "?"                       # unknown: the next shared admission reloads it
+
+    async def key_changed(self, key: KeyRecord | None, token: str) -> None:
+        """After an admin change hit the database: every replica must notice at once."""
+        names = _keys(token)
+        await self._bump(keys=[names[4]])
+        if key is not None and key.budget_reset_at is not None:
+            await self.client.hset(names[0], "reset_at",
+                                   int(key.budget_reset_at.timestamp() * 1000))
+
+    # --- internals
+
+    async def _admit_shared(self, demand: Demand) -> Admitted:
+        key = demand.key
+        token = key.token
+        names = _keys(token)
+        if token in self._dirty:
+            await self.client.delete(names[0])
+            self._dirty.discard(token)
+        args: list[Any] = [demand.request_id, demand.least, demand.most,
+                           -1 if key.max_budget_nanos is None else key.max_budget_nanos,
+                           int(demand.lease_s * 1000),
+                           -1 if demand.parallel_limit is None else demand.parallel_limit,
+                           demand.key_version, _period_ms(key)]
+        for w in demand.windows:
+            args += [w.limit, w.cost, int(w.tokens)]
+        window_keys = [f"fg:w:{w.scope}" for w in demand.windows]
+        deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
+        while True:
+            result = await self._admit(keys=names + window_keys, args=args)
+            verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
+            if verdict == "ok":
+                return self._admitted(demand, result)
+            if verdict == "stale":
+                raise StaleKey(token)
+            if verdict == "init":
+                await self._initialise(token)
+                continue
+            if verdict == "parallel":
+                raise rate_limited(None, 0, 1, demand.parallel_limit)
+            if verdict == "window":
+                window = demand.windows[int(result[1]) - 1]
+                raise rate_limited(window, int(result[2]), max(1, int(result[3])))
+            spent, reserved, may_wait = int(result[1]), int(result[2]), int(result[3])
+            if not may_wait or asyncio.get_running_loop().time() >= deadline:
+                raise BudgetExceeded(
+                    f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
+                    f"max budget: ${nanos_to_dollars(key.max_budget_nanos or 0):.9f}, "
+                    f"reserved by requests in flight: ${nanos_to_dollars(reserved):.9f}, "
+                    f"this request needs at least ${nanos_to_dollars(demand.least):.9f}. "
+                    "Raise max_budget with /key/update or wait for budget_duration to reset "
+                    "it.")
+            await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
+
+    async def _initialise(self, token: str) -> None:
+        fresh = await self._load_key(token)   # the database row, not a cached copy
+        if fresh is None:
+            raise StaleKey(token)
+        reset_ms = int(fresh.budget_reset_at.timestamp() * 1000) if fresh.budget_reset_at else 0
+        await self._init(keys=[_keys(token)[0]],
+                         args=[fresh.spend_nanos, fresh.period_base_nanos, reset_ms])
+
+    def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:
+        grant, second, rolled = int(result[1]), int(result[2]), int(result[3])
+        if rolled:
+            reset_at = datetime.fromtimestamp(int(result[5]) / 1000, UTC)
+            self._on_period_start(demand.key.token, int(result[4]), reset_at)
+        heads: dict[bool, tuple[int, int, int]] = {}
+        for i, window in enumerate(demand.windows):
+            values = (int(result[6 + 3 * i]), int(result[7 + 3 * i]), int(result[8 + 3 * i]))
+            if window.tokens not in heads or values[1] < heads[window.tokens][1]:
+                heads[window.tokens] = values
+        return Admitted(demand, grant, second,
+                        ratelimit_headers(heads.get(False), heads.get(True)))
+
+    async def _degraded(self, demand: Demand, exc: Exception) -> Admitted:
+        if self.healthy:
+            self.healthy = False
+            log.error("redis: unreachable (%s); admission %s", type(exc).__name__,
+                      "fails closed" if self._fail_mode == "fail_closed"
+                      else f"falls back to per-process limits / {self._replicas} replicas")
+        if self._fail_mode == "fail_closed":
+            raise ServiceUnavailable(
+                "Budgets and rate limits are shared through Redis, which is unreachable "
+                f"({type(exc).__name__}); requests are refused until it is back "
+                "(general_settings.redis_failure_mode: fail_closed)", code="redis_unavailable")
+        admitted = await self._fallback.admit(demand.scaled(self._replicas))
+        self._local.add(demand.request_id)
+        self._dirty.add(demand.key.token)
+        return admitted
+
+    def _recovered(self) -> None:
+        if not self.healthy:
+            self.healthy = True
+            log.warning("redis: reachable again; admission is shared across replicas again")
