@@ -172,10 +172,9 @@ class RedisAdmission:
         self._replicas = replicas
         self._local: set[str] = set()         # request ids admitted by the fallback
         self._dirty: set[str] = set()          # keys whose Redis spend missed a settlement
+        self._pending: list[tuple[str, list[str], list[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self.healthy = True
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
     # --- the admission protocol
 
@@ -188,24 +187,44 @@ class RedisAdmission:
         return admitted
 
     async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None:
+        """Queue the settlement; a flusher sends all queued ones in one pipeline.
+
+        The caller does not wait for Redis: until the flush (a few ms) the reservation is
+        simply held a little longer, which can only make admission stricter, never looser.
+        """
         demand = admitted.demand
         if demand.request_id in self._local:
             self._local.discard(demand.request_id)
             await self._fallback.settle(admitted, cost, tokens)
             return
-        token = demand.key.token
         tpm = [w for w in demand.windows if w.tokens]
-        try:
-            await self._settle(
-                keys=_keys(token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
-                args=[demand.request_id, cost, admitted.second,
-                      *[tokens - w.cost for w in tpm]])
-        except RedisError as exc:
-            # The lease frees the reservation; the spend is in the ledger. Re-read the key's
-            # spend from the database once Redis answers again.
-            self._dirty.add(token)
-            log.warning("redis: could not settle request %s (%s); key spend will be re-read "
-                        "from the database", demand.request_id, type(exc).__name__)
+        self._pending.append((demand.key.token,
+                              _keys(demand.key.token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
+                              [demand.request_id, cost, admitted.second,
+                               *[tokens - w.cost for w in tpm]]))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for _, keys, args in batch:
+                        await self._settle(keys=keys, args=args, client=pipe)
+                    await pipe.execute()
+            except RedisError as exc:
+                # The leases free the reservations; the spend is in the ledger. Re-read these
+                # keys' spend from the database once Redis answers again.
+                self._dirty.update(token for token, _, _ in batch)
+                log.warning("redis: could not settle %d requests (%s); their keys' spend "
+                            "will be re-read from the database", len(batch),
+                            type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await self._flusher
+        await self.client.aclose()
 
     def period_spend(self, key: KeyRecord) -> int:
         return key.period_spend_nanos
