@@ -19,7 +19,7 @@ def settings_read_by_the_loader() -> set[str]:
 
 
 def test_the_loader_reads_settings_at_all() -> None:
-    assert {"master_key", "database_url", "input_cost_per_token", "DATABASE_URL"} <= \
+    assert {"master_key", "database_url", "timeout", "DATABASE_URL"} <= \
         settings_read_by_the_loader()
 
 
