@@ -142,7 +142,10 @@ def _supervise(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [worker.wait() for worker in workers]
-    return 0 if all(code == 0 for code in codes) else 1
+    # A worker stopped by the forwarded signal before it could install its handlers had
+    # nothing in flight yet: that is a clean stop too.
+    clean = (0, -signal.SIGTERM, -signal.SIGINT)
+    return 0 if all(code in clean for code in codes) else 1
 
 
 class _DrainingServer(uvicorn.Server):

@@ -193,6 +193,10 @@ def test_workers_flag_runs_several_processes_on_one_port(
     env = {**os.environ, **env_for(pg_migrated_url, tmp_path), "REDIS_URL": redis.url}
     gw = start_gateway(tmp_path, env, ["--config", str(cfg), "--workers", "2"])
     try:
+        deadline = time.monotonic() + 30
+        while gw.output().count("faregate: listening on") < 2:   # both workers up
+            assert time.monotonic() < deadline, gw.output()
+            time.sleep(0.1)
         key = new_key(gw, rpm_limit=10)
         statuses = asyncio.run(spread([gw], key, 25))
         assert statuses.count(200) == 10
