@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import uuid
@@ -14,11 +13,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from support import free_port, stop, wait_for_port
+from support import PG_ADMIN_URL, free_port, pg_admin, stop, wait_for_port
 
 from faregate.storage import migrate
-
-PG_ADMIN_URL = os.environ.get("FAREGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def in_thread(fn: Any, *args: Any) -> Any:
@@ -27,22 +24,14 @@ def in_thread(fn: Any, *args: Any) -> Any:
         return pool.submit(fn, *args).result()
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A database created for this test run and dropped after it."""
     name = f"faregate_test_{uuid.uuid4().hex[:12]}"
-    in_thread(asyncio.run, _admin(f'CREATE DATABASE "{name}"'))
+    in_thread(asyncio.run, pg_admin(f'CREATE DATABASE "{name}"'))
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    in_thread(asyncio.run, _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    in_thread(asyncio.run, pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import yaml
 
 MASTER_KEY = "sk-test-master-0123456789"
+PG_ADMIN_URL = os.environ.get("FAREGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PRICE_IN = 0.000001
 PRICE_OUT = 0.000002
 
@@ -82,3 +85,12 @@ def chat(content: str = "ping", max_tokens: int | None = 16, **extra: Any) -> di
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     return body
+
+
+async def pg_admin(sql: str) -> None:
+    """Run one statement on the server's admin database (CREATE/DROP DATABASE)."""
+    conn = await asyncpg.connect(PG_ADMIN_URL)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

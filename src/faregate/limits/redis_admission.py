@@ -20,12 +20,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from faregate.errors import BudgetExceeded, ServiceUnavailable
+from faregate.errors import ServiceUnavailable
 from faregate.keys import durations
 from faregate.limits.demand import Admitted, Demand, StaleKey, ratelimit_headers
 from faregate.limits.local import LocalAdmission, rate_limited
-from faregate.money import nanos_to_dollars
 from faregate.records import KeyRecord
+from faregate.spend.budgets import budget_exceeded
 
 log = logging.getLogger("faregate.redis")
 
@@ -288,13 +288,7 @@ class RedisAdmission:
                 raise rate_limited(window, int(result[2]), max(1, int(result[3])))
             spent, reserved, may_wait = int(result[1]), int(result[2]), int(result[3])
             if not may_wait or asyncio.get_running_loop().time() >= deadline:
-                raise BudgetExceeded(
-                    f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
-                    f"max budget: ${nanos_to_dollars(key.max_budget_nanos or 0):.9f}, "
-                    f"reserved by requests in flight: ${nanos_to_dollars(reserved):.9f}, "
-                    f"this request needs at least ${nanos_to_dollars(demand.least):.9f}. "
-                    "Raise max_budget with /key/update or wait for budget_duration to reset "
-                    "it.")
+                raise budget_exceeded(spent, key.max_budget_nanos or 0, reserved, demand.least)
             await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
 
     async def _initialise(self, token: str) -> None:

@@ -104,13 +104,8 @@ class Budgets:
 
     @staticmethod
     def _exceeded(key: KeyRecord, acc: Account, least: int) -> BudgetExceeded:
-        spent = acc.spend - acc.period_base
-        return BudgetExceeded(
-            f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
-            f"max budget: ${nanos_to_dollars(key.max_budget_nanos or 0):.9f}, "
-            f"reserved by requests in flight: ${nanos_to_dollars(acc.reserved):.9f}, "
-            f"this request needs at least ${nanos_to_dollars(least):.9f}. "
-            "Raise max_budget with /key/update or wait for budget_duration to reset it.")
+        return budget_exceeded(acc.spend - acc.period_base, key.max_budget_nanos or 0,
+                               acc.reserved, least)
 
     def settle(self, grant: Grant, key: KeyRecord, cost: int) -> None:
         """Release a reservation and book the real cost (also for keys without a budget)."""
@@ -141,3 +136,13 @@ class Budgets:
         acc = self._accounts.get(key.token)
         if acc is not None:
             acc.reset_at = key.budget_reset_at
+
+
+def budget_exceeded(spent: int, max_budget: int, reserved: int, least: int) -> BudgetExceeded:
+    """The refusal, with the figures a caller needs to understand it (amounts in nanos)."""
+    return BudgetExceeded(
+        f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
+        f"max budget: ${nanos_to_dollars(max_budget):.9f}, "
+        f"reserved by requests in flight: ${nanos_to_dollars(reserved):.9f}, "
+        f"this request needs at least ${nanos_to_dollars(least):.9f}. "
+        "Raise max_budget with /key/update or wait for budget_duration to reset it.")
