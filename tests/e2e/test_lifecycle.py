@@ -109,3 +109,14 @@ def test_demo_with_no_config_keeps_its_master_key_across_restarts(tmp_path: Path
         assert reply.status_code == 200, reply.text
     finally:
         stop(again.proc)
+
+
+def test_migrate_needs_only_the_database_url(mock_upstream: str, tmp_path: Path) -> None:
+    """The migration job gets the database secret, nothing else; it must mint no master key."""
+    url = f"sqlite:///{tmp_path / 'job.db'}"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FAREGATE_MASTER_KEY", "LITELLM_MASTER_KEY", "PROXY_MASTER_KEY")}
+    env.update({"DATABASE_URL": url, "FAREGATE_DATA_DIR": str(tmp_path / "data")})
+    result = faregate("migrate", env=env)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "data" / "master_key").exists()
