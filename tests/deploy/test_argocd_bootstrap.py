@@ -16,6 +16,7 @@ from deploy.conftest import (
     container,
     custom_schema_path,
     load_yaml_file,
+    needs_schemas,
     render,
     the,
     validate_custom,
@@ -40,6 +41,7 @@ def bootstrap_objects(optional: bool = False) -> list[dict[str, Any]]:
     return [doc for f in files for doc in load_yaml_file(f)]
 
 
+@needs_schemas
 def test_the_shared_schemas_are_there() -> None:
     assert (SCHEMAS / "argoproj.io" / "application_v1alpha1.json").exists(), SCHEMAS
 
