@@ -34,12 +34,13 @@ async def test_rpm_limit_admits_exactly_the_limit(gateway: RunningGateway) -> No
 
 async def test_tpm_limit_counts_reserved_tokens_and_settles_to_usage(
         gateway: RunningGateway) -> None:
-    # A slow stream of 5 tokens on "ping" reserves 4 + 8 + 64 prompt + 5 output = 81 tokens
-    # while in flight, and uses 8 + 5 = 13 once settled.
-    key = await gateway.new_key(models=["slow-model"], tpm_limit=810)
-    statuses = await burst(gateway, key, 30, model="slow-model", max_tokens=5, stream=True)
-    assert statuses.count(200) == 10        # 10 x 81 reserved fill the limit exactly
-    # settled to 13 each, leftover reservations do not throttle: 10 more fit one by one
+    # A slow stream of 50 tokens (~1 s, so a burst is in flight together) on "ping" reserves
+    # 4 + 8 + 64 prompt + 50 output = 126 tokens, and uses 8 + 50 = 58 once settled.
+    key = await gateway.new_key(models=["slow-model"], tpm_limit=1260)
+    statuses = await burst(gateway, key, 30, model="slow-model", max_tokens=50, stream=True)
+    assert statuses.count(200) == 10        # 10 x 126 reserved fill the limit exactly
+    # settled to 58 each (580), leftover reservations do not throttle: 10 short calls
+    # (81 reserved, 13 used each) fit one by one
     after = [(await gateway.http.post("/v1/chat/completions", json={
         **chat(max_tokens=5), "model": "slow-model", "stream": True}, headers={
         "Authorization": f"Bearer {key}"})).status_code for _ in range(10)]
@@ -59,7 +60,7 @@ async def test_success_carries_openai_ratelimit_headers(gateway: RunningGateway)
 
 async def test_max_parallel_requests(gateway: RunningGateway) -> None:
     key = await gateway.new_key(models=["slow-model"], max_parallel_requests=3)
-    statuses = await burst(gateway, key, 10, model="slow-model", max_tokens=5, stream=True)
+    statuses = await burst(gateway, key, 10, model="slow-model", max_tokens=50, stream=True)
     assert statuses.count(200) == 3
     # all finished: the slots are free again
     again = await burst(gateway, key, 3, model="slow-model", max_tokens=1, stream=True)

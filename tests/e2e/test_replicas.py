@@ -122,13 +122,13 @@ def test_rpm_limit_is_exact_across_replicas_and_the_next_window_admits(
 
 
 def test_tpm_and_parallel_limits_across_replicas(replicas: list[ServedGateway]) -> None:
-    # slow streams of 5 tokens reserve 81 tokens each while in flight
-    tpm_key = new_key(replicas[0], models=["slow-model"], tpm_limit=810)
-    statuses = asyncio.run(spread(replicas, tpm_key, 30, model="slow-model", max_tokens=5,
+    # slow streams of 50 tokens (~1 s: the burst is in flight together) reserve 126 tokens each
+    tpm_key = new_key(replicas[0], models=["slow-model"], tpm_limit=1260)
+    statuses = asyncio.run(spread(replicas, tpm_key, 30, model="slow-model", max_tokens=50,
                                   stream=True))
     assert statuses.count(200) == 10
     par_key = new_key(replicas[0], models=["slow-model"], max_parallel_requests=4)
-    statuses = asyncio.run(spread(replicas, par_key, 12, model="slow-model", max_tokens=5,
+    statuses = asyncio.run(spread(replicas, par_key, 12, model="slow-model", max_tokens=50,
                                   stream=True))
     assert statuses.count(200) == 4
 
