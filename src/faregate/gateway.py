@@ -205,19 +205,26 @@ class Gateway:
 
     async def _settle_reply(self, call: _Call, data: bytes) -> None:
         try:
-            usage = orjson.loads(data).get("usage") or {}
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            reported = self._reported(call, orjson.loads(data).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            reported = None
+        if reported is None:
             log.warning("upstream %s answered without a readable usage; charging the bound",
                         call.deployment.api_base)
-            prompt, completion = call.prompt_bound, self._wanted_output(call.request,
-                                                                        call.deployment)
-            await self._finish(call, prompt, completion, "success")
-            return
+            reported = call.prompt_bound, self._wanted_output(call.request, call.deployment)
+        await self._finish(call, *reported, "success")
+
+    def _reported(self, call: _Call, usage: object) -> tuple[int, int] | None:
+        """(prompt, completion) tokens from an upstream's usage, or None if unreadable; a
+        reported prompt teaches the prompt bound its template overhead."""
+        try:
+            prompt = int(usage.get("prompt_tokens") or 0)           # type: ignore[attr-defined]
+            completion = int(usage.get("completion_tokens") or 0)   # type: ignore[attr-defined]
+        except (AttributeError, TypeError, ValueError):
+            return None
         if prompt:
             self._bound.observe(call.deployment, call.request, prompt)
-        await self._finish(call, prompt, completion, "success")
+        return prompt, completion
 
     async def _relay(self, call: _Call, first: bytes | None,
                      blocks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
@@ -236,12 +243,10 @@ class Gateway:
             yield b"data: " + err.body() + b"\n\n"
         finally:
             await blocks.aclose()     # closes the upstream response: frees its GPU slot
-            if meter.usage is not None and meter.done and not meter.broken:
-                prompt = int(meter.usage.get("prompt_tokens") or 0)
-                completion = int(meter.usage.get("completion_tokens") or 0)
-                if prompt:
-                    self._bound.observe(call.deployment, call.request, prompt)
-                status = "success"
+            reported = self._reported(call, meter.usage) \
+                if meter.usage is not None and meter.done and not meter.broken else None
+            if reported is not None:
+                (prompt, completion), status = reported, "success"
             elif meter.produced:
                 # Cut short: charge the chunks produced, the prompt at its bound (never less
                 # than what the upstream may have counted).
@@ -269,19 +274,19 @@ class Gateway:
 def _windows(caller: Caller, d: Deployment, tokens: int) -> tuple[Window, ...]:
     """Every rate limit this request counts against: its key's, its key's for this model,
     and its deployment's (which protects a self-hosted upstream as a whole)."""
-    key, out = caller.key, []
-    for scope, limit, is_tokens, setting in (
-            (f"k:{key.token}:rpm", key.rpm_limit, False, "rpm_limit"),
-            (f"k:{key.token}:tpm", key.tpm_limit, True, "tpm_limit"),
-            (f"k:{key.token}:m:{d.model_name}:rpm", key.model_rpm_limit.get(d.model_name),
-             False, "model_rpm_limit"),
-            (f"k:{key.token}:m:{d.model_name}:tpm", key.model_tpm_limit.get(d.model_name),
-             True, "model_tpm_limit"),
-            (f"d:{d.deployment_id}:rpm", d.rpm, False, "rpm"),
-            (f"d:{d.deployment_id}:tpm", d.tpm, True, "tpm")):
-        if limit is not None:
-            out.append(Window(scope, is_tokens, limit, tokens if is_tokens else 1, setting))
-    return tuple(out)
+    key = caller.key
+    limits = ((key.rpm_limit, False, "rpm_limit"), (key.tpm_limit, True, "tpm_limit"),
+              (key.model_rpm_limit.get(d.model_name), False, "model_rpm_limit"),
+              (key.model_tpm_limit.get(d.model_name), True, "model_tpm_limit"),
+              (d.rpm, False, "rpm"), (d.tpm, True, "tpm"))
+    if all(limit is None for limit, _, _ in limits):
+        return ()                   # the common case: no counter names to format
+    scopes = (f"k:{key.token}:rpm", f"k:{key.token}:tpm",
+              f"k:{key.token}:m:{d.model_name}:rpm", f"k:{key.token}:m:{d.model_name}:tpm",
+              f"d:{d.deployment_id}:rpm", f"d:{d.deployment_id}:tpm")
+    return tuple(Window(scope, is_tokens, limit, tokens if is_tokens else 1, setting)
+                 for scope, (limit, is_tokens, setting) in zip(scopes, limits, strict=True)
+                 if limit is not None)
 
 
 class _StreamMeter:

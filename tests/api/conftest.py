@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -65,28 +66,25 @@ def clock() -> Clock:
     return Clock()
 
 
-FAULTY_MODELS = [
-    {"model_name": "broken-model", "litellm_params": {
-        "model": "openai/fault-500", "api_base": "UPSTREAM",
-        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
-    {"model_name": "limited-model", "litellm_params": {
-        "model": "openai/fault-429", "api_base": "UPSTREAM",
-        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
-    {"model_name": "slow-model", "litellm_params": {
-        "model": "openai/slow-20", "api_base": "UPSTREAM",
-        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
-    {"model_name": "unreachable-model", "litellm_params": {
-        "model": "openai/x", "api_base": "http://127.0.0.1:9/v1",
-        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}},
-]
+def _model(name: str, upstream_model: str, api_base: str) -> dict[str, Any]:
+    return {"model_name": name, "litellm_params": {
+        "model": f"openai/{upstream_model}", "api_base": api_base,
+        "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}
+
+
+def faulty_models(upstream: str) -> list[dict[str, Any]]:
+    """Deployments the mock answers badly (see its fault-<status> and slow-<ms> models)."""
+    return [_model("broken-model", "fault-500", upstream),
+            _model("limited-model", "fault-429", upstream),
+            _model("slow-model", "slow-20", upstream),
+            _model("unreachable-model", "x", "http://127.0.0.1:9/v1")]
 
 
 @pytest.fixture
 async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
                   ) -> AsyncIterator[RunningGateway]:
-    faulty = [{**m, "litellm_params": {**m["litellm_params"], "api_base": m["litellm_params"][
-        "api_base"].replace("UPSTREAM", mock_upstream)}} for m in FAULTY_MODELS]
-    cfg = write_config(tmp_path / "config.yaml", mock_upstream, extra_models=faulty)
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream,
+                       extra_models=faulty_models(mock_upstream))
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
     app = Faregate(settings, now=clock.now)
     port = free_port()

@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Select, delete, event, func, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -119,7 +118,6 @@ class DuplicateAlias(Exception):
 class SqlStorage:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._insert = (sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert)
 
     @classmethod
     def from_url(cls, url: str) -> SqlStorage:
