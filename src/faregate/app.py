@@ -22,6 +22,7 @@ from faregate.limits.demand import Admission
 from faregate.limits.local import LocalAdmission
 from faregate.limits.redis_admission import RedisAdmission
 from faregate.providers.openai_compat import OpenAICompatible
+from faregate.routing import Router
 from faregate.spend.budgets import Budgets
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
@@ -58,7 +59,8 @@ class Faregate:
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              settings.models(), self.redis.key_changed if self.redis else None)
         self.upstream = OpenAICompatible()
-        self.gateway = Gateway(settings.deployments, self.auth, self.admission, PromptBound(),
+        self.router = Router(settings.deployments)
+        self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes).routes
         self.admin = build_admin_app(self.auth, self.keys, self.storage)

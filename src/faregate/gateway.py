@@ -27,6 +27,7 @@ from faregate.money import tokens_affordable
 from faregate.openai_request import CallType, ParsedRequest, parse
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.records import SpendRow
+from faregate.routing import Router
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
 
@@ -71,12 +72,10 @@ class _Call:
 
 
 class Gateway:
-    def __init__(self, deployments: tuple[Deployment, ...], auth: Authenticator,
+    def __init__(self, router: Router, auth: Authenticator,
                  admission: Admission, bound: PromptBound, upstream: OpenAICompatible,
                  ledger: LedgerWriter, now: Callable[[], datetime]) -> None:
-        self._routes: dict[str, Deployment] = {}
-        for d in deployments:
-            self._routes.setdefault(d.model_name, d)
+        self._router = router
         self._auth = auth
         self._admission = admission
         self._bound = bound
@@ -149,12 +148,12 @@ class Gateway:
 
     def models(self, caller: Caller) -> bytes:
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "faregate"}
-                for name in self._routes if caller.may_use(name)]
+                for name in self._router.names() if caller.may_use(name)]
         return orjson.dumps({"object": "list", "data": data})
 
     def _route(self, model: str, caller: Caller) -> Deployment:
-        deployment = self._routes.get(model)
-        if deployment is None:
+        deployments = self._router.deployments(model)
+        if not deployments:
             raise InvalidRequest(f"Invalid model name passed in model={model}. Call /v1/models "
                                  "to see the models your key may use", param="model",
                                  code="model_not_found")
@@ -162,7 +161,7 @@ class Gateway:
             raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {model}; it "
                                     f"may use: {', '.join(caller.key.models)}",
                                     code="model_access_denied")
-        return deployment
+        return deployments[0]
 
     @staticmethod
     def _wanted_output(request: ParsedRequest, deployment: Deployment) -> int:
