@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from faregate.records import KeyRecord, SpendRow
+from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import MAX_BATCH, LedgerWriter
 from faregate.storage import migrate
 from faregate.storage.database import SpendQuery, SqlStorage
@@ -57,6 +61,11 @@ def url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spend-journal"
+
+
+@pytest.fixture
 async def storage(url: str) -> AsyncIterator[SqlStorage]:
     await asyncio.to_thread(migrate.upgrade, url)
     store = SqlStorage.from_url(url)
@@ -68,8 +77,9 @@ async def storage(url: str) -> AsyncIterator[SqlStorage]:
         await store.close()
 
 
-async def test_flush_writes_rows_and_key_spend_is_their_sum(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=60)
+async def test_flush_writes_rows_and_key_spend_is_their_sum(
+        storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
     spends = {KEY_A: [100, 250, 1], KEY_B: [7, 3_000_000_000_000]}
     n = 0
     for token, amounts in spends.items():
@@ -88,8 +98,8 @@ async def test_flush_writes_rows_and_key_spend_is_their_sum(storage: SqlStorage)
     assert await storage.total_spend() == sum(sum(a) for a in spends.values())
 
 
-async def test_close_without_start_writes_everything(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=60)
+async def test_close_without_start_writes_everything(storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
     for i in range(5):
         writer.record(row(f"r{i}", spend=10, i=i))
     await close(writer)
@@ -97,9 +107,9 @@ async def test_close_without_start_writes_everything(storage: SqlStorage) -> Non
     assert await key_spend(storage, KEY_A) == 50
 
 
-async def test_background_writer_and_close(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=0.01)
-    writer.start()
+async def test_background_writer_and_close(storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 0.01, SpendJournal(spool))
+    await writer.start()
     for i in range(20):
         writer.record(row(f"r{i}", spend=i, i=i))
         if i % 5 == 0:
@@ -110,9 +120,9 @@ async def test_background_writer_and_close(storage: SqlStorage) -> None:
     assert await key_spend(storage, KEY_A) == sum(range(20)) == await row_sum(storage, KEY_A)
 
 
-async def test_a_full_batch_wakes_the_writer(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=3600)   # the timer alone would never fire
-    writer.start()
+async def test_a_full_batch_wakes_the_writer(storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 3600, SpendJournal(spool))   # the timer alone would never fire
+    await writer.start()
     try:
         for i in range(MAX_BATCH):
             writer.record(row(f"r{i}", spend=1, i=i))
@@ -124,8 +134,8 @@ async def test_a_full_batch_wakes_the_writer(storage: SqlStorage) -> None:
         await close(writer)
 
 
-async def test_flush_splits_large_queues_into_batches(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=60)
+async def test_flush_splits_large_queues_into_batches(storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
     n = 2 * MAX_BATCH + 17
     for i in range(n):
         writer.record(row(f"r{i}", KEY_A if i % 2 else KEY_B, spend=3, i=i))
@@ -135,8 +145,9 @@ async def test_flush_splits_large_queues_into_batches(storage: SqlStorage) -> No
     assert await key_spend(storage, KEY_A) + await key_spend(storage, KEY_B) == 3 * n
 
 
-async def test_recording_the_same_rows_again_changes_nothing(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=60)
+async def test_recording_the_same_rows_again_changes_nothing(
+        storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
     rows = [row(f"r{i}", spend=40, i=i) for i in range(3)]
     for r in rows:
         writer.record(r)
@@ -148,8 +159,8 @@ async def test_recording_the_same_rows_again_changes_nothing(storage: SqlStorage
     assert await key_spend(storage, KEY_A) == 120 == await row_sum(storage, KEY_A)
 
 
-async def test_record_period_reaches_the_key(storage: SqlStorage) -> None:
-    writer = LedgerWriter(storage, flush_interval_s=60)
+async def test_record_period_reaches_the_key(storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
     reset_at = T0 + timedelta(days=1)
     writer.record_period(KEY_A, 12_345, reset_at)
     writer.record_period(KEY_A, 23_456, reset_at + timedelta(days=1))   # the newest wins
@@ -160,10 +171,10 @@ async def test_record_period_reaches_the_key(storage: SqlStorage) -> None:
     assert record.budget_reset_at == reset_at + timedelta(days=1)
 
 
-async def test_rows_survive_a_failed_write(url: str) -> None:
+async def test_rows_survive_a_failed_write(url: str, spool: Path) -> None:
     store = SqlStorage.from_url(url)                     # no tables yet: writes fail
     try:
-        writer = LedgerWriter(store, flush_interval_s=60)
+        writer = LedgerWriter(store, 60, SpendJournal(spool))
         for i in range(4):
             writer.record(row(f"r{i}", spend=25, i=i))
         writer.record_period(KEY_A, 0, T0)
@@ -187,13 +198,13 @@ async def test_rows_survive_a_failed_write(url: str) -> None:
         await store.close()
 
 
-async def test_background_writer_retries_until_the_database_is_back(
+async def test_background_writer_retries_until_the_database_is_back(spool: Path, 
         url: str, caplog: pytest.LogCaptureFixture) -> None:
     store = SqlStorage.from_url(url)
-    writer = LedgerWriter(store, flush_interval_s=0.005)
+    writer = LedgerWriter(store, 0.005, SpendJournal(spool))
     try:
-        with caplog.at_level(logging.ERROR, logger="faregate.ledger"):
-            writer.start()
+        with caplog.at_level(logging.WARNING, logger="faregate.ledger"):
+            await writer.start()
             for i in range(3):
                 writer.record(row(f"r{i}", spend=5, i=i))
             async with asyncio.timeout(10):
@@ -209,4 +220,104 @@ async def test_background_writer_retries_until_the_database_is_back(
         assert await key_spend(store, KEY_A) == 15
     finally:
         await close(writer)
+        await store.close()
+
+
+# --- the journal: what survives a crash -------------------------------------------------
+
+_CRASHING_WRITER = """
+import os, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from faregate.records import SpendRow
+from faregate.spend.journal import SpendJournal
+
+journal = SpendJournal(Path(sys.argv[1]))
+t = datetime(2024, 5, 1, 12, tzinfo=UTC)
+for i in range(int(sys.argv[2])):
+    journal.append(SpendRow(f"killed-{i}", sys.argv[3], None, "m", "u", "chat_completion",
+                            1, 2, 7, t, t, "success"))
+if len(sys.argv) > 4:       # a write cut short by the crash
+    os.write(os.open(next(Path(sys.argv[1]).glob("*.spend")), os.O_WRONLY | os.O_APPEND),
+             b'["torn", "')
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def crash_after_recording(spool: Path, n: int, token: str, torn: bool = False) -> None:
+    """A real process records n rows and is SIGKILLed before any flush."""
+    args = [sys.executable, "-c", _CRASHING_WRITER, str(spool), str(n), token]
+    proc = subprocess.run(args + (["torn"] if torn else []), timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL
+
+
+async def test_rows_of_a_killed_process_are_replayed_at_the_next_start(
+        storage: SqlStorage, spool: Path) -> None:
+    crash_after_recording(spool, 30, KEY_A)
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    await writer.start()
+    assert writer.pending == 30
+    await close(writer)
+    assert writer.written == 30
+    assert await key_spend(storage, KEY_A) == 30 * 7 == await row_sum(storage, KEY_A)
+    assert list(spool.glob("*.spend")) == []             # nothing left to replay again
+
+
+async def test_a_line_torn_by_the_crash_is_skipped_and_the_rest_replayed(
+        storage: SqlStorage, spool: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_after_recording(spool, 3, KEY_A, torn=True)
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    with caplog.at_level(logging.ERROR, logger="faregate.journal"):
+        await writer.start()
+    assert "line 4 is unreadable" in caplog.text
+    await close(writer)
+    assert await key_spend(storage, KEY_A) == 21
+
+
+async def test_a_live_writers_segments_are_not_adopted(storage: SqlStorage, spool: Path) -> None:
+    owner = LedgerWriter(storage, 60, SpendJournal(spool))
+    owner.record(row("owned", spend=9))
+    other = LedgerWriter(storage, 60, SpendJournal(spool))   # a second worker, same directory
+    await other.start()
+    assert other.pending == 0
+    await close(other)
+    await close(owner)
+    assert await key_spend(storage, KEY_A) == 9            # written once, by its owner
+
+
+async def test_replaying_rows_the_database_already_has_counts_them_once(
+        storage: SqlStorage, spool: Path) -> None:
+    first = LedgerWriter(storage, 60, SpendJournal(spool))
+    for i in range(5):
+        first.record(row(f"r{i}", spend=11, i=i))
+    await flush(first)
+    crash_after_recording(spool, 5, KEY_A)               # different ids: killed-0..4
+    for i in range(5):                                   # and the same five again, unsealed
+        first.record(row(f"r{i}", spend=11, i=i))
+    await close(first)
+    second = LedgerWriter(storage, 60, SpendJournal(spool))
+    await second.start()
+    await close(second)
+    assert await key_spend(storage, KEY_A) == 5 * 11 + 5 * 7 == await row_sum(storage, KEY_A)
+
+
+async def test_close_with_the_database_down_leaves_rows_on_disk_for_the_next_start(
+        url: str, spool: Path) -> None:
+    store = SqlStorage.from_url(url)                     # no tables yet: writes fail
+    try:
+        writer = LedgerWriter(store, 60, SpendJournal(spool))
+        for i in range(4):
+            writer.record(row(f"r{i}", spend=25, i=i))
+        with pytest.raises(Exception, match="faregate_spend_logs"):
+            await close(writer)
+        assert len(list(spool.glob("*.spend"))) == 1
+
+        await asyncio.to_thread(migrate.upgrade, url)
+        await add_key(store, KEY_A)
+        replay = LedgerWriter(store, 60, SpendJournal(spool))
+        await replay.start()
+        assert replay.pending == 4
+        await close(replay)
+        assert await key_spend(store, KEY_A) == 100 == await row_sum(store, KEY_A)
+    finally:
         await store.close()

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from faregate.errors import ServiceUnavailable
 from faregate.records import KeyRecord
 from faregate.storage.database import SqlStorage
+from faregate.storage.health import DatabaseHealth, is_outage
 
 _NEGATIVE_TTL_S = 2.0
+_OUTAGE_RECHECK_S = 5.0      # during an outage, how often a cached key tries the database
 _MAX_NEGATIVE = 10_000
 
 
@@ -24,8 +27,10 @@ class KeyDirectory:
     read *before* the row, so shared admission can tell a stale entry from a fresh one."""
 
     def __init__(self, storage: SqlStorage, clock: Callable[[], float], ttl_s: float,
-                 versions: VersionSource | None = None) -> None:
+                 versions: VersionSource | None = None,
+                 health: DatabaseHealth | None = None) -> None:
         self._storage = storage
+        self._health = health
         self._clock = clock
         self._ttl_s = ttl_s
         self._versions = versions
@@ -41,6 +46,8 @@ class KeyDirectory:
         return (await self.lookup(token))[0]
 
     async def lookup(self, token: str) -> tuple[KeyRecord | None, str]:
+        if self._health is not None and self._health.refuses_requests:
+            raise _database_down()
         now = self._clock()
         hit = self._known.get(token)
         if hit is not None and hit[2] > now:
@@ -49,7 +56,20 @@ class KeyDirectory:
         if miss_until is not None and miss_until > now:
             return None, "0"
         version = await self._versions(token) if self._versions is not None else "0"
-        record = await self._storage.get_key(token)
+        try:
+            record = await self._storage.get_key(token)
+        except Exception as exc:
+            if self._health is None or not is_outage(exc):
+                raise
+            self._health.failed(exc)
+            if not self._health.serve_while_down:
+                raise _database_down() from None
+            if hit is None:
+                raise _database_down(unknown_key=True) from None
+            # allow_requests_on_db_unavailable: a key this process knows keeps working as it
+            # was last read; budgets and limits go on from what this process has seen.
+            self._known[token] = (hit[0], hit[1], now + min(self._ttl_s, _OUTAGE_RECHECK_S))
+            return hit[0], hit[1]
         if record is None:
             if len(self._unknown) >= _MAX_NEGATIVE:
                 self._unknown.clear()
@@ -70,3 +90,15 @@ class KeyDirectory:
     def forget(self, token: str) -> None:
         self._known.pop(token, None)
         self._unknown.pop(token, None)
+
+
+def _database_down(unknown_key: bool = False) -> ServiceUnavailable:
+    if unknown_key:
+        return ServiceUnavailable(
+            "The database is unreachable and this key has not been seen by this gateway "
+            "replica since it started, so it cannot be verified; retry shortly",
+            code="database_unavailable")
+    return ServiceUnavailable(
+        "The database is unreachable and general_settings.allow_requests_on_db_unavailable is "
+        "off, so requests are refused until it is back; retry shortly",
+        code="database_unavailable")

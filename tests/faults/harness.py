@@ -1,0 +1,161 @@
+"""What the fault-injection scenarios share: a load driver that remembers every outcome, the
+ledger as the database holds it, and the table every scenario adds a line to."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import httpx
+
+from faregate.keys.tokens import hash_key
+
+
+@dataclass
+class Outcome:
+    status: int | str               # HTTP status, or the name of the client-side failure
+    request_id: str | None          # the gateway's x-request-id: the ledger row's id
+    chunks: int = 0                 # stream events received
+    finished: bool = False          # a stream that reached [DONE]
+    at: float = 0.0                 # monotonic time it ended
+
+
+@dataclass
+class Load:
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def served(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == 200]
+
+    def failures(self) -> dict[str, int]:
+        counts = collections.Counter(str(o.status) for o in self.outcomes if o.status != 200)
+        return dict(sorted(counts.items()))
+
+    def ids(self, predicate: Callable[[Outcome], bool]) -> set[str]:
+        return {o.request_id for o in self.outcomes if predicate(o) and o.request_id}
+
+
+async def drive(base_url: str, key: str, bodies: list[dict[str, Any]], concurrency: int, *,
+                leave_after_chunks: int | None = None, pace_s: float = 0.0,
+                timeout_s: float = 60.0) -> Load:
+    """Send every body (streams when body["stream"]); `leave_after_chunks` hangs up early."""
+    load = Load()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, limits=limits,
+                                 timeout=timeout_s) as http:
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                outcome = await _one(http, body, leave_after_chunks)
+                outcome.at = time.monotonic()
+                load.outcomes.append(outcome)
+                if pace_s:
+                    await asyncio.sleep(pace_s)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return load
+
+
+async def _one(http: httpx.AsyncClient, body: dict[str, Any],
+               leave_after_chunks: int | None) -> Outcome:
+    try:
+        if not body.get("stream"):
+            resp = await http.post("/v1/chat/completions", json=body)
+            return Outcome(resp.status_code, resp.headers.get("x-request-id"))
+        async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            outcome = Outcome(resp.status_code, resp.headers.get("x-request-id"))
+            if resp.status_code != 200:
+                await resp.aread()
+                return outcome
+            async for line in resp.aiter_lines():
+                if line == "data: [DONE]":
+                    outcome.finished = True
+                elif line.startswith("data: {"):
+                    if '"error"' in line:
+                        outcome.status = "error event"
+                    outcome.chunks += 1
+                    if leave_after_chunks is not None and outcome.chunks >= leave_after_chunks:
+                        outcome.status = "client left"
+                        return outcome          # closes the connection mid-stream
+            if not outcome.finished and outcome.status == 200:
+                outcome.status = "stream cut"
+            return outcome
+    except httpx.HTTPError as exc:
+        return Outcome(type(exc).__name__, None)
+
+
+@dataclass(frozen=True)
+class Ledger:
+    rows: dict[str, tuple[int, str, int]]    # request id -> (spend nanos, status, output)
+    key_spend: int
+
+    @property
+    def spend_sum(self) -> int:
+        return sum(spend for spend, _, _ in self.rows.values())
+
+
+async def read_ledger(database_url: str, key: str) -> Ledger:
+    token = hash_key(key)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT request_id, spend_nanos, status, completion_tokens "
+                                "FROM faregate_spend_logs WHERE api_key = $1", token)
+        key_spend = await conn.fetchval("SELECT spend_nanos FROM faregate_keys WHERE token = $1",
+                                        token)
+    finally:
+        await conn.close()
+    return Ledger({r["request_id"]: (r["spend_nanos"], r["status"], r["completion_tokens"])
+                   for r in rows}, key_spend)
+
+
+async def wait_until_written(base_url: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Until readiness says the database is up and no spend row waits on disk."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=5) as http, \
+            asyncio.timeout(timeout_s):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                state = (await http.get("/health/readiness")).json()
+                if state["db"] == "connected" and state["spend_rows_waiting"] == 0:
+                    return state
+            await asyncio.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class TableLine:
+    scenario: str
+    sent: int
+    served: int
+    failed: dict[str, int]
+    rows_expected: int
+    rows_recorded: int
+    spend_matches: bool
+    note: str = ""
+
+
+class FaultTable:
+    """Printed at the end of the run (tests/faults/conftest.py)."""
+
+    def __init__(self) -> None:
+        self.lines: list[TableLine] = []
+
+    def render(self) -> str:
+        head = ("scenario", "sent", "served", "failed (status: n)", "rows expected",
+                "rows recorded", "key spend = ledger", "note")
+        body = [(t.scenario, str(t.sent), str(t.served),
+                 ", ".join(f"{k}: {v}" for k, v in t.failed.items()) or "-",
+                 str(t.rows_expected), str(t.rows_recorded), "yes" if t.spend_matches else "NO",
+                 t.note) for t in self.lines]
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                         for r in [head, *body])

@@ -1,0 +1,182 @@
+"""Postgres stopped mid-load, SIGTERM mid-load with streams open, SIGKILL and restart: in each,
+every request the client saw served has its spend row, no row counts twice, and the key's spend
+equals the sum of its rows."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from e2e.conftest import ServedGateway
+from faults.conftest import model, new_database, new_key, start
+from faults.harness import (
+    FaultTable,
+    Ledger,
+    Load,
+    TableLine,
+    drive,
+    read_ledger,
+    wait_until_written,
+)
+from faults.private_postgres import PrivatePostgres
+from support import chat, stop
+
+OUTAGE_S = 10.0
+
+
+def check_and_record(table: FaultTable, scenario: str, load: Load, ledger: Ledger,
+                     expected: set[str], note: str = "") -> None:
+    table.lines.append(TableLine(scenario, len(load.outcomes), len(load.served),
+                                 load.failures(), len(expected), len(ledger.rows),
+                                 ledger.key_spend == ledger.spend_sum, note))
+    missing = expected - set(ledger.rows)
+    assert not missing, f"{scenario}: {len(missing)} spend rows lost"
+    assert ledger.key_spend == ledger.spend_sum, f"{scenario}: key spend != ledger sum"
+    assert len(ledger.rows) <= len(load.outcomes), f"{scenario}: more rows than requests"
+
+
+async def outage_during_load(pg: PrivatePostgres, gw: ServedGateway, key: str, n: int,
+                             pace_s: float) -> tuple[Load, float, float, dict]:
+    load_task = asyncio.create_task(drive(gw.base_url, key, [chat(f"q{i}") for i in range(n)],
+                                          4, pace_s=pace_s))
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(pg.stop)
+    down_at = time.monotonic()
+    await asyncio.sleep(OUTAGE_S / 2)
+    async with httpx.AsyncClient(base_url=gw.base_url) as http:
+        readiness = await http.get("/health/readiness")
+        seen = {"http": readiness.status_code, **readiness.json()}
+    await asyncio.sleep(OUTAGE_S / 2)
+    await asyncio.to_thread(pg.start)
+    up_at = time.monotonic()
+    return await load_task, down_at, up_at, seen
+
+
+def test_postgres_stopped_for_10s_mid_load_serves_known_keys_and_loses_no_row(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    db = new_database(private_pg)
+    gw = start(tmp_path, db, [model("qwen-local", fault_mock)],
+               {"allow_requests_on_db_unavailable": True})
+    try:
+        key = new_key(gw.base_url, max_budget=100)
+
+        async def scenario() -> tuple[Load, Ledger, float, float, dict]:
+            load, down_at, up_at, seen = await outage_during_load(private_pg, gw, key, 900,
+                                                                  pace_s=0.06)
+            await wait_until_written(gw.base_url)
+            return load, await read_ledger(db, key), down_at, up_at, seen
+
+        load, ledger, down_at, up_at, seen = asyncio.run(scenario())
+    finally:
+        stop(gw.proc)
+    during = [o for o in load.served if down_at < o.at < up_at]
+    check_and_record(fault_table, "Postgres stopped 10 s (allow_requests_on_db_unavailable)",
+                     load, ledger, load.ids(lambda o: o.status == 200),
+                     f"{len(during)} served while down")
+    assert load.failures() == {}                 # the key was known: every request served
+    assert len(during) > 50                      # the outage really was mid-load
+    assert seen["http"] == 200 and seen["status"] == "degraded" and seen["db"] == "disconnected"
+    assert ledger.rows.keys() == load.ids(lambda o: o.status == 200)
+
+
+def test_postgres_stopped_without_the_setting_refuses_fast_with_503(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    db = new_database(private_pg)
+    gw = start(tmp_path, db, [model("qwen-local", fault_mock)])
+    try:
+        key = new_key(gw.base_url, max_budget=100)
+
+        async def scenario() -> tuple[Load, Ledger, dict]:
+            load, _, _, seen = await outage_during_load(private_pg, gw, key, 600, pace_s=0.06)
+            await wait_until_written(gw.base_url)          # the database is back ...
+            after = await drive(gw.base_url, key, [chat("after")], 1)  # ... and so is service
+            assert after.failures() == {}
+            await wait_until_written(gw.base_url)
+            return Load(load.outcomes + after.outcomes), await read_ledger(db, key), seen
+
+        load, ledger, seen = asyncio.run(scenario())
+    finally:
+        stop(gw.proc)
+    check_and_record(fault_table, "Postgres stopped 10 s (setting off)", load, ledger,
+                     load.ids(lambda o: o.status == 200), "503 database_unavailable while down")
+    assert set(load.failures()) == {"503"}
+    assert seen["http"] == 503 and seen["db"] == "disconnected"
+    assert ledger.rows.keys() == load.ids(lambda o: o.status == 200)
+
+
+def test_sigterm_mid_load_finishes_open_streams_and_writes_every_row(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    db = new_database(private_pg)
+    # One token every 25 ms: a 60-token stream is open ~1.5 s.
+    gw = start(tmp_path, db, [model("qwen-local", fault_mock),
+                              model("slow", fault_mock, upstream_model="slow-25")])
+    try:
+        key = new_key(gw.base_url, max_budget=100)
+
+        async def scenario() -> tuple[Load, Load, int]:
+            streams = asyncio.create_task(drive(
+                gw.base_url, key,
+                [chat(f"s{i}", model="slow", max_tokens=60, stream=True) for i in range(16)], 16))
+            plain = asyncio.create_task(drive(gw.base_url, key,
+                                              [chat(f"q{i}") for i in range(400)], 4,
+                                              pace_s=0.01))
+            await asyncio.sleep(0.6)                  # streams open, JSON requests flowing
+            gw.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(gw.proc.wait, 60)
+            return await streams, await plain, code
+
+        streams, plain, code = asyncio.run(scenario())
+    finally:
+        stop(gw.proc)
+    ledger = asyncio.run(read_ledger(db, key))
+    load = Load(streams.outcomes + plain.outcomes)
+    check_and_record(fault_table, "SIGTERM mid-load, 16 streams open", load, ledger,
+                     load.ids(lambda o: o.status == 200),
+                     f"exit {code}; {sum(o.finished for o in streams.outcomes)}/16 streams done")
+    assert code == 0, gw.output()
+    assert all(o.status == 200 and o.finished for o in streams.outcomes), streams.failures()
+    assert len(ledger.rows) == len(load.served)        # flushed before exit: nothing waits
+
+
+def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    db = new_database(private_pg)
+    models = [model("qwen-local", fault_mock)]
+    # Rows would reach Postgres only every 60 s: at the kill, every row is on disk only.
+    general = {"proxy_batch_write_at": 60}
+    gw = start(tmp_path, db, models, general)
+    key = new_key(gw.base_url, max_budget=100)
+    try:
+        async def scenario() -> Load:
+            task = asyncio.create_task(drive(gw.base_url, key,
+                                             [chat(f"q{i}") for i in range(2000)], 8))
+            await asyncio.sleep(1.5)
+            gw.proc.kill()
+            return await task
+
+        load = asyncio.run(scenario())
+        gw.proc.wait(10)
+        before = asyncio.run(read_ledger(db, key))
+    finally:
+        stop(gw.proc)
+    restarted = start(tmp_path, db, models)
+    try:
+        asyncio.run(wait_until_written(restarted.base_url))
+        ledger = asyncio.run(read_ledger(db, key))
+        replayed = re.search(r"replaying (\d+) spend rows", restarted.output())
+    finally:
+        stop(restarted.proc)
+    check_and_record(fault_table, "SIGKILL mid-load, restart", load, ledger,
+                     load.ids(lambda o: o.status == 200),
+                     f"{len(before.rows)} rows in Postgres at the kill, "
+                     f"{replayed.group(1) if replayed else 0} replayed from disk")
+    assert len(load.served) > 50 and len(before.rows) == 0
+    assert replayed is not None and int(replayed.group(1)) >= len(load.served)
