@@ -31,7 +31,7 @@ def pg_migrated_url(pg_server_url: str) -> str:
 async def truncate_pg(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE faregate_keys, faregate_spend_logs")
+        await conn.execute("TRUNCATE faregate_keys, faregate_spend_logs, faregate_models")
     finally:
         await conn.close()
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faregate.api.admin_routes import build_admin_app
+from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
 from faregate.config import Settings
 from faregate.gateway import Gateway
@@ -23,10 +24,12 @@ from faregate.limits.local import LocalAdmission
 from faregate.limits.redis_admission import RedisAdmission
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.routing import Router
+from faregate.sealing import Sealer
 from faregate.spend.budgets import Budgets
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
 from faregate.storage.database import SqlStorage
+from faregate.stored_models import ModelCatalog
 
 log = logging.getLogger("faregate")
 
@@ -64,6 +67,13 @@ class Faregate:
                                self.upstream, self.ledger, now)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes).routes
         self.admin = build_admin_app(self.auth, self.keys, self.storage)
+        # Models kept in the database join the config's in the Router, credentials opened
+        # only in memory; /model/* manage them.
+        self.models = ModelCatalog(self.storage,
+                                   Sealer(settings.salt_key, settings.previous_salt_keys),
+                                   self.router, settings.deployments, now,
+                                   settings.stored_models_poll_interval_s)
+        self.admin.include_router(build_model_routes(self.auth, self.models))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
@@ -78,12 +88,14 @@ class Faregate:
     async def startup(self) -> None:
         await self.upstream.open()
         self.ledger.start()
+        await self.models.start()
         # Everything allocated so far (modules, the app) lives as long as the process: keep it
         # out of the cyclic GC's scans, whose full passes otherwise stall requests for ms.
         gc.freeze()
 
     async def shutdown(self) -> None:
         """Flush every spend row, then let go of connections."""
+        await self.models.close()
         try:
             await self.ledger.close()
         finally:

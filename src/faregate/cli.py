@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -14,13 +15,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 
 import uvicorn
 
-from faregate import config, validate
+from faregate import config, rotation, validate
 from faregate.app import Faregate
 from faregate.errors import ConfigError
 from faregate.providers import mock
+from faregate.sealing import Sealer, SealingError
 from faregate.storage import migrate
 
 
@@ -46,6 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock_cmd.add_argument("--latency-ms", type=float, default=0.0)
     mock_cmd.add_argument("--api-key", help="require this bearer key")
 
+    rot = commands.add_parser(
+        "rotate-salt-key", help="re-encrypt every stored credential under a new salt key")
+    rot.add_argument("--config")
+    rot.add_argument("--new-key-env", default="FAREGATE_NEW_SALT_KEY", metavar="NAME",
+                     help="the environment variable holding the new key "
+                          "(default FAREGATE_NEW_SALT_KEY); never pass a key itself")
+
     val = commands.add_parser("validate", help="run the runbook's validation against a gateway")
     val.add_argument("--base-url", default="http://127.0.0.1:4000")
     val.add_argument("--master-key", default=os.environ.get("FAREGATE_MASTER_KEY"))
@@ -62,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate.upgrade(config.load_database_url(os.environ, args.config))
             print(f"faregate: schema is at revision {migrate.head_revision()}")
             return 0
+        if args.command == "rotate-salt-key":
+            return _rotate_salt_key(args)
         if args.command == "mock-upstream":
             print(f"faregate mock upstream on http://{args.host}:{args.port}/v1", flush=True)
             mock.serve(args.host, args.port, args.latency_ms, args.api_key)
@@ -104,6 +116,23 @@ def _serve(args: argparse.Namespace) -> int:
             proxy_headers=False, timeout_graceful_shutdown=30))
         server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+def _rotate_salt_key(args: argparse.Namespace) -> int:
+    """Seal under the new key; open under it, FAREGATE_SALT_KEY and FAREGATE_SALT_KEY_PREVIOUS."""
+    new = config.new_salt_key(os.environ, args.new_key_env)
+    current, previous = config.load_salt_keys(os.environ, args.config)
+    old = [k for k in (current, *previous) if k is not None]
+    url = config.load_database_url(os.environ, args.config)
+    try:
+        summary = asyncio.run(rotation.rotate_database(url, Sealer(new, old),
+                                                       lambda: datetime.now(UTC)))
+    except SealingError as exc:
+        print(f"faregate: {exc}", file=sys.stderr)
+        return 1
+    for line in summary.lines():
+        print(f"faregate: {line}", flush=True)
+    return 1 if summary.failed else 0
 
 
 def _admission_mode(settings: config.Settings) -> str:

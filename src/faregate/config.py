@@ -30,6 +30,7 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 DEFAULT_PROMPT_OVERHEAD_TOKENS = 64
 DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS = 8
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+MIN_SALT_KEY_CHARS = 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class Settings:
     spend_flush_interval_s: float = 0.2
     key_cache_ttl_s: float = 60.0
     demo_mock: bool = False       # serve a built-in mock upstream for the demo model
+    salt_key: Secret | None = None                  # seals credentials stored in the database
+    previous_salt_keys: tuple[Secret, ...] = ()     # still accepted for opening (rotation)
+    stored_models_poll_interval_s: float = 10.0     # how often replicas re-read stored models
     extra: dict[str, Any] = field(default_factory=dict)
 
     def models(self) -> list[str]:
@@ -86,6 +90,7 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
     deployments = _deployments(model_list, env)
 
     master_key, source = _master_key(general, env, data_dir)
+    salt_key, previous_salt_keys = _salt_keys(env)
     database_url = _database_url(general, env, data_dir)
     redis_url = env.resolve(general.get("redis_url"), "general_settings.redis_url") \
         or env.get("REDIS_URL")
@@ -105,6 +110,11 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
                                    "general_settings.redis_failure_mode"),
         replicas=_positive_int(general.get("replicas", 1), "general_settings.replicas"),
         demo_mock=demo,
+        salt_key=salt_key,
+        previous_salt_keys=previous_salt_keys,
+        stored_models_poll_interval_s=_positive_number(
+            general.get("stored_models_poll_interval_s", 10.0),
+            "general_settings.stored_models_poll_interval_s"),
     )
 
 
@@ -112,6 +122,40 @@ def load_database_url(environ: Mapping[str, str], path: str | Path | None) -> st
     """Only the database URL: what `faregate migrate` (the migration job) needs, no more."""
     _, env, general, data_dir = _sources(environ, path)
     return _database_url(general, env, data_dir)
+
+
+def load_salt_keys(environ: Mapping[str, str], path: str | Path | None
+                   ) -> tuple[Secret | None, tuple[Secret, ...]]:
+    """The current salt key and the previous ones: what `faregate rotate-salt-key` needs."""
+    _, env, _, _ = _sources(environ, path)
+    return _salt_keys(env)
+
+
+def new_salt_key(environ: Mapping[str, str], name: str) -> Secret:
+    """The key a rotation moves to, read from the environment variable `name`: a secret never
+    travels on a command line, where `ps` and shell histories would show it."""
+    value = environ.get(name)
+    if not value:
+        raise ConfigError(f"set the new salt key in the environment variable {name} "
+                          "(e.g. from `openssl rand -hex 32`)")
+    if len(value) < MIN_SALT_KEY_CHARS:
+        raise ConfigError(f"{name}: a salt key must be at least {MIN_SALT_KEY_CHARS} "
+                          "characters; make one with `openssl rand -hex 32`")
+    return Secret(value)
+
+
+def _salt_keys(env: _Env) -> tuple[Secret | None, tuple[Secret, ...]]:
+    """FAREGATE_SALT_KEY (or LiteLLM's name) seals; FAREGATE_SALT_KEY_PREVIOUS, comma-separated,
+    are still accepted for opening while a rotation is under way."""
+    current = env.get("FAREGATE_SALT_KEY") or env.get("LITELLM_SALT_KEY")
+    previous = [p.strip() for p in (env.get("FAREGATE_SALT_KEY_PREVIOUS") or "").split(",")]
+    for value, setting in [(current, "FAREGATE_SALT_KEY"),
+                           *((p, "FAREGATE_SALT_KEY_PREVIOUS") for p in previous if p)]:
+        if value is not None and len(value) < MIN_SALT_KEY_CHARS:
+            raise ConfigError(f"{setting}: a salt key must be at least {MIN_SALT_KEY_CHARS} "
+                              "characters; make one with `openssl rand -hex 32`")
+    return (Secret(current) if current else None,
+            tuple(Secret(p) for p in previous if p))
 
 
 def _sources(environ: Mapping[str, str], path: str | Path | None
@@ -192,7 +236,18 @@ def _deployments(model_list: Any, env: _Env) -> tuple[Deployment, ...]:
 
 
 def _deployment(entry: Any, index: int, env: _Env) -> Deployment:
-    where = f"model_list[{index}]"
+    return _parse_deployment(entry, f"model_list[{index}]", str(index), env)
+
+
+def deployment_from_entry(entry: Any, where: str, id_suffix: str,
+                          environ: Mapping[str, str] | None = None) -> Deployment:
+    """One model entry ({model_name, litellm_params, model_info}) -> Deployment, with the same
+    rules as config.yaml's model_list (models stored through /model/new use this too).
+    `where` names the entry in errors; the deployment id is `<model_name>#<id_suffix>`."""
+    return _parse_deployment(entry, where, id_suffix, _Env(environ or {}))
+
+
+def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Deployment:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where} must be a mapping with model_name and litellm_params")
     name = entry.get("model_name")
@@ -244,7 +299,7 @@ def _deployment(entry: Any, index: int, env: _Env) -> Deployment:
             info.get("per_message_overhead_tokens", DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS),
             f"{where}.model_info.per_message_overhead_tokens"),
         timeout_s=_positive_number(params.get("timeout", 600), f"{where}.litellm_params.timeout"),
-        deployment_id=f"{name}#{index}",
+        deployment_id=f"{name}#{id_suffix}",
         rpm=_optional_positive_int(params.get("rpm"), f"{where}.litellm_params.rpm"),
         tpm=_optional_positive_int(params.get("tpm"), f"{where}.litellm_params.tpm"),
     )

@@ -1,4 +1,4 @@
-"""Frozen records that cross module boundaries: a virtual key and a spend row."""
+"""Frozen records that cross module boundaries: a virtual key, a spend row, a stored model."""
 
 from __future__ import annotations
 
@@ -52,3 +52,15 @@ class SpendRow:
     start_time: datetime
     end_time: datetime
     status: str                           # success | partial | failure
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A model kept in the database (/model/new). Secret params are sealed strings here."""
+
+    id: str
+    model_name: str
+    litellm_params: dict[str, Any]
+    model_info: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None

@@ -8,8 +8,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from faregate.records import KeyRecord, SpendRow
-from faregate.storage.database import DuplicateAlias, SpendQuery, SqlStorage, _key_values
+from faregate.records import KeyRecord, SpendRow, StoredModel
+from faregate.storage.database import (
+    DuplicateAlias,
+    DuplicateModelId,
+    SpendQuery,
+    SqlStorage,
+    _key_values,
+)
 from faregate.storage.schema import keys
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -422,3 +428,65 @@ async def test_concurrent_alias_update_is_duplicate_alias(db_url: str,
         assert (await storage.get_key(token(2))).key_alias is None  # type: ignore[union-attr]
     finally:
         await other.close()
+
+
+# stored models
+
+
+def stored(model_id: str, name: str = "m", **fields: object) -> StoredModel:
+    base: dict[str, object] = dict(
+        id=model_id, model_name=name,
+        litellm_params={"model": "openai/x", "api_base": "http://up/v1",
+                        "api_key": "fg1:abcd0123:c2VhbGVk", "input_cost_per_token": 0.5e-6,
+                        "output_cost_per_token": 1e-6},
+        model_info={"max_output_tokens": 512}, created_at=T0, updated_at=T0)
+    base.update(fields)
+    return StoredModel(**base)  # type: ignore[arg-type]
+
+
+async def test_stored_models_round_trip_in_creation_order(storage: SqlStorage) -> None:
+    assert await storage.list_models() == []
+    second = stored("b", created_at=T0 + timedelta(seconds=1))
+    first = stored("a")
+    await storage.insert_model(second)
+    await storage.insert_model(first)
+    got = await storage.list_models()
+    assert got == [first, second]
+    assert all(is_utc(m.created_at) and is_utc(m.updated_at) for m in got)
+    assert await storage.get_model("a") == first
+    assert await storage.get_model("nope") is None
+
+
+async def test_stored_model_ids_are_unique(storage: SqlStorage) -> None:
+    await storage.insert_model(stored("a"))
+    with pytest.raises(DuplicateModelId):
+        await storage.insert_model(stored("a", name="other"))
+    assert [m.model_name for m in await storage.list_models()] == ["m"]
+
+
+async def test_update_and_delete_stored_models(storage: SqlStorage) -> None:
+    await storage.insert_model(stored("a"))
+    later = T0 + timedelta(hours=1)
+    changed = stored("a", name="renamed", litellm_params={"model": "openai/y"},
+                     model_info={}, updated_at=later)
+    assert await storage.update_model(changed)
+    assert await storage.get_model("a") == changed
+    assert not await storage.update_model(stored("missing"))
+    assert await storage.delete_model("a")
+    assert not await storage.delete_model("a")
+    assert await storage.list_models() == []
+
+
+async def test_reseal_is_a_compare_and_set(storage: SqlStorage) -> None:
+    original = stored("a")
+    await storage.insert_model(original)
+    resealed = {**original.litellm_params, "api_key": "fg1:ffff0000:bmV3"}
+    later = T0 + timedelta(minutes=5)
+    assert await storage.reseal_model("a", original.litellm_params, resealed, later)
+    row = await storage.get_model("a")
+    assert row is not None and row.litellm_params == resealed and row.updated_at == later
+    # what it expected is gone now: a second writer with the old view loses, changing nothing
+    assert not await storage.reseal_model("a", original.litellm_params,
+                                          {**resealed, "api_key": "fg1:0:x"}, later)
+    assert (await storage.get_model("a")) == row
+    assert not await storage.reseal_model("missing", {}, resealed, later)

@@ -20,8 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from faregate.records import KeyRecord, SpendRow
-from faregate.storage.schema import keys, spend_logs
+from faregate.records import KeyRecord, SpendRow, StoredModel
+from faregate.storage.schema import keys, models, spend_logs
 
 
 def async_url(url: str) -> str:
@@ -113,6 +113,22 @@ def _key_values(record: KeyRecord) -> dict[str, Any]:
 
 class DuplicateAlias(Exception):
     pass
+
+
+class DuplicateModelId(Exception):
+    pass
+
+
+def _model_from_row(row: Any) -> StoredModel:
+    return StoredModel(id=row.id, model_name=row.model_name,
+                       litellm_params=orjson.loads(row.litellm_params),
+                       model_info=orjson.loads(row.model_info),
+                       created_at=_utc(row.created_at), updated_at=_utc(row.updated_at))
+
+
+def _params_text(params: dict[str, Any]) -> str:
+    # Sorted keys: the same params always give the same text (compare-and-set compares it).
+    return orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class SqlStorage:
@@ -213,6 +229,53 @@ class SqlStorage:
         async with self.engine.begin() as conn:
             await conn.execute(update(keys).where(keys.c.token == token).values(
                 period_base_nanos=period_base_nanos, budget_reset_at=_as_utc(reset_at)))
+
+    # stored models
+
+    async def insert_model(self, model: StoredModel) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(models.insert().values(
+                    id=model.id, model_name=model.model_name,
+                    litellm_params=_params_text(model.litellm_params),
+                    model_info=_params_text(model.model_info),
+                    created_at=_as_utc(model.created_at), updated_at=_as_utc(model.updated_at)))
+        except IntegrityError:
+            raise DuplicateModelId(model.id) from None
+
+    async def get_model(self, model_id: str) -> StoredModel | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(models).where(models.c.id == model_id))).first()
+        return _model_from_row(row) if row else None
+
+    async def list_models(self) -> list[StoredModel]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(models).order_by(models.c.created_at, models.c.id))
+            return [_model_from_row(r) for r in rows]
+
+    async def update_model(self, model: StoredModel) -> bool:
+        """Replace a stored model's name, params and info; False if it does not exist."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(models).where(models.c.id == model.id).values(
+                model_name=model.model_name, litellm_params=_params_text(model.litellm_params),
+                model_info=_params_text(model.model_info), updated_at=_as_utc(model.updated_at)))
+        return bool(result.rowcount)
+
+    async def reseal_model(self, model_id: str, expected_params: dict[str, Any],
+                           new_params: dict[str, Any], updated_at: datetime) -> bool:
+        """Compare-and-set for a rotation: replace the params only if nobody changed them since
+        they were read. False means the row changed or went away (read it again)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(models).where(
+                models.c.id == model_id,
+                models.c.litellm_params == _params_text(expected_params)).values(
+                litellm_params=_params_text(new_params), updated_at=_as_utc(updated_at)))
+        return bool(result.rowcount)
+
+    async def delete_model(self, model_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(delete(models).where(models.c.id == model_id))
+        return bool(result.rowcount)
 
     # spend
 

@@ -57,3 +57,14 @@ spend_logs = Table(
     Index("ix_spend_logs_api_key_start", "api_key", "start_time"),
     Index("ix_spend_logs_start", "start_time"),
 )
+
+models = Table(
+    "faregate_models", metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_name", String(256), nullable=False),
+    Column("litellm_params", Text, nullable=False),      # JSON; secret fields sealed (sealing.py)
+    Column("model_info", Text, nullable=False, default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_models_model_name", "model_name"),
+)

@@ -1,0 +1,78 @@
+"""Stored-model admin routes (master key only), LiteLLM's shapes: /model/new, /model/update,
+/model/delete, /model/info. Handlers parse, call one ModelCatalog method, render; no secret
+param is ever rendered back.
+No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from faregate.errors import AdminOnly, InvalidRequest
+from faregate.keys.auth import Authenticator, Caller
+from faregate.stored_models import ModelCatalog, stored_view
+
+
+class NewModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_name: str = Field(min_length=1, max_length=256)
+    litellm_params: dict[str, Any]
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpdateModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = Field(default=None, description="or model_info.id, as LiteLLM sends it")
+    model_name: str | None = Field(default=None, min_length=1, max_length=256)
+    litellm_params: dict[str, Any] | None = None
+    model_info: dict[str, Any] | None = None
+
+    def model_id(self) -> str:
+        found = self.id or (self.model_info or {}).get("id")
+        if not isinstance(found, str) or not found:
+            raise InvalidRequest("Say which model to update: model_info.id (or id), as "
+                                 "GET /model/info lists it", param="model_info.id")
+        return found
+
+
+class ModelRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+
+
+def build_model_routes(auth: Authenticator, catalog: ModelCatalog) -> APIRouter:
+    router = APIRouter()
+
+    async def master(request: Request) -> Caller:
+        headers = request.headers
+        who = await auth.caller(headers.get("authorization"),
+                                headers.get("x-api-key") or headers.get("api-key"))
+        if not who.is_master:
+            raise AdminOnly("The /model routes need the master key", code="admin_only")
+        return who
+
+    Master = Annotated[Caller, Depends(master)]
+
+    @router.post("/model/new")
+    async def new(body: NewModel, _: Master) -> dict[str, Any]:
+        model = await catalog.create(body.model_name, body.litellm_params, body.model_info)
+        return {"model_id": model.id, **stored_view(model)}
+
+    @router.post("/model/update")
+    async def update(body: UpdateModel, _: Master) -> dict[str, Any]:
+        model = await catalog.update(body.model_id(), body.model_name, body.litellm_params,
+                                     body.model_info)
+        return {"model_id": model.id, **stored_view(model)}
+
+    @router.post("/model/delete")
+    async def delete(body: ModelRef, _: Master) -> dict[str, Any]:
+        await catalog.delete(body.id)
+        return {"message": f"Model: {body.id} deleted successfully"}
+
+    @router.get("/model/info")
+    @router.get("/v1/model/info")
+    async def info(_: Master, litellm_model_id: str | None = None) -> dict[str, Any]:
+        return {"data": catalog.info(litellm_model_id)}
+
+    return router
