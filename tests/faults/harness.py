@@ -78,21 +78,29 @@ async def _one(http: httpx.AsyncClient, body: dict[str, Any],
             if resp.status_code != 200:
                 await resp.aread()
                 return outcome
-            async for line in resp.aiter_lines():
-                if line == "data: [DONE]":
-                    outcome.finished = True
-                elif line.startswith("data: {"):
-                    if '"error"' in line:
-                        outcome.status = "error event"
-                    outcome.chunks += 1
-                    if leave_after_chunks is not None and outcome.chunks >= leave_after_chunks:
-                        outcome.status = "client left"
-                        return outcome          # closes the connection mid-stream
-            if not outcome.finished and outcome.status == 200:
-                outcome.status = "stream cut"
+            try:
+                await _read_events(resp, outcome, leave_after_chunks)
+            except httpx.HTTPError as exc:      # cut by the server: keep what was seen
+                outcome.status = type(exc).__name__
             return outcome
     except httpx.HTTPError as exc:
         return Outcome(type(exc).__name__, None)
+
+
+async def _read_events(resp: httpx.Response, outcome: Outcome,
+                       leave_after_chunks: int | None) -> None:
+        async for line in resp.aiter_lines():
+            if line == "data: [DONE]":
+                outcome.finished = True
+            elif line.startswith("data: {"):
+                if '"error"' in line:
+                    outcome.status = "error event"
+                outcome.chunks += 1
+                if leave_after_chunks is not None and outcome.chunks >= leave_after_chunks:
+                    outcome.status = "client left"
+                    return                  # closes the connection mid-stream
+        if not outcome.finished and outcome.status == 200:
+            outcome.status = "stream cut"
 
 
 @dataclass(frozen=True)

@@ -180,3 +180,37 @@ def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
                      f"{replayed.group(1) if replayed else 0} replayed from disk")
     assert len(load.served) > 50 and len(before.rows) == 0
     assert replayed is not None and int(replayed.group(1)) >= len(load.served)
+
+
+def test_sigterm_with_streams_longer_than_the_grace_period_cuts_and_charges_them(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    db = new_database(private_pg)
+    # 200 tokens at one per 25 ms = 5 s, against a grace period of 1 s.
+    gw = start(tmp_path, db, [model("slow", fault_mock, upstream_model="slow-25")],
+               {"graceful_shutdown_timeout_s": 1})
+    try:
+        key = new_key(gw.base_url, max_budget=100)
+
+        async def scenario() -> tuple[Load, int]:
+            streams = asyncio.create_task(drive(
+                gw.base_url, key,
+                [chat(f"s{i}", model="slow", max_tokens=200, stream=True) for i in range(8)], 8))
+            await asyncio.sleep(1.0)
+            gw.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(gw.proc.wait, 60)
+            return await streams, code
+
+        load, code = asyncio.run(scenario())
+    finally:
+        stop(gw.proc)
+    ledger = asyncio.run(read_ledger(db, key))
+    cut = load.ids(lambda o: o.chunks > 0)
+    check_and_record(fault_table, "SIGTERM, streams longer than the 1 s grace", load, ledger,
+                     cut, f"exit {code}; rows: "
+                     f"{sorted({status for _, status, _ in ledger.rows.values()})}")
+    assert code == 0, gw.output()
+    assert len(cut) == 8 and not any(o.finished for o in load.outcomes)
+    for request_id in cut:                    # charged for what was produced, not the bound
+        spend, status, produced = ledger.rows[request_id]
+        assert status == "partial" and 0 < produced < 200 and spend > 0

@@ -72,15 +72,24 @@ class LedgerWriter:
         while self._journal.unsealed or self._sealed or self._periods:
             await self._write_some()
 
-    async def close(self) -> None:
-        """Stop the writer, then write what is left. If the database cannot take it, the rows
-        stay on disk (fsync'd) for the next start, and this raises."""
+    async def close(self, retry_s: float = 0.0) -> None:
+        """Stop the writer, then write what is left, trying for up to `retry_s` while the
+        database refuses. If it still cannot take it, the rows stay on disk (fsync'd) for the
+        next start, and this raises."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             await self._task
+        deadline = time.monotonic() + retry_s
         try:
-            await self.flush()
+            while True:
+                try:
+                    await self.flush()
+                    break
+                except Exception:
+                    if time.monotonic() + 0.5 > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         except Exception:
             await asyncio.to_thread(self._sync_all)
             raise
