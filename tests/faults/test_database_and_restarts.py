@@ -23,7 +23,7 @@ from faults.harness import (
     wait_until_written,
 )
 from faults.private_postgres import PrivatePostgres
-from support import chat, stop
+from support import MASTER_KEY, chat, stop
 
 OUTAGE_S = 10.0
 
@@ -49,7 +49,11 @@ async def outage_during_load(pg: PrivatePostgres, gw: ServedGateway, key: str, n
     await asyncio.sleep(OUTAGE_S / 2)
     async with httpx.AsyncClient(base_url=gw.base_url) as http:
         readiness = await http.get("/health/readiness")
-        seen = {"http": readiness.status_code, **readiness.json()}
+        generate = await http.post("/key/generate", json={},
+                                   headers={"Authorization": f"Bearer {MASTER_KEY}"})
+        liveness = await http.get("/health/liveliness")
+        seen = {"http": readiness.status_code, **readiness.json(), "live": liveness.status_code,
+                "generate": (generate.status_code, generate.json()["error"]["code"])}
     await asyncio.sleep(OUTAGE_S / 2)
     await asyncio.to_thread(pg.start)
     up_at = time.monotonic()
@@ -81,6 +85,7 @@ def test_postgres_stopped_for_10s_mid_load_serves_known_keys_and_loses_no_row(
     assert load.failures() == {}                 # the key was known: every request served
     assert len(during) > 50                      # the outage really was mid-load
     assert seen["http"] == 200 and seen["status"] == "degraded" and seen["db"] == "disconnected"
+    assert seen["live"] == 200 and seen["generate"] == (503, "database_unavailable")
     assert ledger.rows.keys() == load.ids(lambda o: o.status == 200)
 
 
@@ -106,7 +111,7 @@ def test_postgres_stopped_without_the_setting_refuses_fast_with_503(
     check_and_record(fault_table, "Postgres stopped 10 s (setting off)", load, ledger,
                      load.ids(lambda o: o.status == 200), "503 database_unavailable while down")
     assert set(load.failures()) == {"503"}
-    assert seen["http"] == 503 and seen["db"] == "disconnected"
+    assert seen["http"] == 503 and seen["db"] == "disconnected" and seen["live"] == 200
     assert ledger.rows.keys() == load.ids(lambda o: o.status == 200)
 
 

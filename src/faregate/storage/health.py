@@ -23,12 +23,15 @@ _PROBE_DOWN_S = 1.0      # while down: notice the return quickly
 _PING_TIMEOUT_S = 2.0
 
 
+OUTAGE_ERRORS = (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.TimeoutError, OSError)
+
+
 def is_outage(exc: BaseException) -> bool:
     """A failure that means 'cannot reach the database', as opposed to a bad query."""
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
-                            sqlalchemy.exc.TimeoutError, OSError, TimeoutError))
+                            sqlalchemy.exc.TimeoutError, OSError))
 
 
 class DatabaseHealth:
