@@ -60,7 +60,8 @@ class Faregate:
                                       self.redis.version if self.redis else None)
         self.auth = Authenticator(settings.master_key, self.directory, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
-                             settings.models(), self.redis.key_changed if self.redis else None)
+                             lambda: self.router.names(),   # config and stored models
+                             self.redis.key_changed if self.redis else None)
         self.upstream = OpenAICompatible()
         self.router = Router(settings.deployments)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),

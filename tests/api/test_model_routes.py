@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -31,7 +32,7 @@ from faregate import config
 from faregate.app import Faregate
 from faregate.sealing import key_id
 from faregate.secret import Secret
-from faregate.storage.schema import models
+from faregate.storage.schema import keys, models
 
 UPSTREAM_KEY = "upstream-key-for-stored-model-7f3a"
 SALT_KEY = "salt-key-for-tests-0123456789abcdef"
@@ -346,3 +347,23 @@ async def test_postgres_holds_no_plaintext(gw: RunningGateway, keyed_upstream: s
     finally:
         await conn.close()
     assert "stored-model" in dump and UPSTREAM_KEY not in dump
+
+
+async def test_virtual_keys_are_stored_only_as_hashes(gw: RunningGateway) -> None:
+    key = await gw.new_key(key_alias="audited")
+    async with gw.app.storage.engine.connect() as conn:
+        dump = " ".join(str(v) for row in await conn.execute(select(keys)) for v in row)
+    assert hashlib.sha256(key.encode()).hexdigest() in dump
+    assert key not in dump and key[3:] not in dump
+
+
+async def test_keys_may_name_stored_models_once_they_exist(
+        gw: RunningGateway, keyed_upstream: str) -> None:
+    before = await gw.admin("POST", "/key/generate", json={"models": ["stored-model"]})
+    assert_error(before, 400)
+    assert "stored-model" in before.json()["error"]["message"]
+    await gw.admin("POST", "/model/new", json=stored_model(keyed_upstream))
+    resp = await gw.admin("POST", "/key/generate", json={
+        "models": ["stored-model"], "model_rpm_limit": {"stored-model": 5}})
+    assert resp.status_code == 200, resp.text
+    assert await ask(gw, resp.json()["key"]) == "mock mock mock mock"

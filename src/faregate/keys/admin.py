@@ -44,13 +44,13 @@ class KeySettings:
 
 class KeyAdmin:
     def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Admission,
-                 now: Callable[[], datetime], models: Collection[str],
+                 now: Callable[[], datetime], models: Callable[[], Collection[str]],
                  on_change: KeyChanged | None = None) -> None:
         self._storage = storage
         self._directory = directory
         self._budgets = budgets
         self._now = now
-        self._models = set(models)
+        self._models = models     # read at each call: models stored through /model/new count
         self._on_change = on_change
 
     async def _changed(self, record: KeyRecord | None, token: str) -> None:
@@ -152,10 +152,11 @@ class KeyAdmin:
         out: dict[str, Any] = {}
         if "models" in given:
             models = s.models or []
-            unknown = [m for m in models if m not in self._models and m != ALL_MODELS]
+            known = set(self._models())
+            unknown = [m for m in models if m not in known and m != ALL_MODELS]
             if unknown:
                 raise InvalidRequest(f"Unknown model(s) {unknown}; this gateway serves "
-                                     f"{sorted(self._models)}", param="models")
+                                     f"{sorted(known)}", param="models")
             out["models"] = tuple(models)
         if "max_budget" in given:
             try:
@@ -179,7 +180,8 @@ class KeyAdmin:
         for name in ("model_rpm_limit", "model_tpm_limit"):
             if name in given:
                 limits = getattr(s, name) or {}
-                unknown = [m for m in limits if m not in self._models]
+                known = set(self._models())
+                unknown = [m for m in limits if m not in known]
                 if unknown:
                     raise InvalidRequest(f"'{name}' names unknown model(s) {unknown}",
                                          param=name)
