@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import gc
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from faregate.api.admin_routes import build_admin_app
+from faregate.api.health_routes import HealthRoutes
+from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
 from faregate.config import Settings
@@ -22,19 +25,24 @@ from faregate.keys.directory import KeyDirectory
 from faregate.limits.demand import Admission
 from faregate.limits.local import LocalAdmission
 from faregate.limits.redis_admission import RedisAdmission
+from faregate.metrics import HealthChecks, Metrics
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.routing import Router
 from faregate.sealing import Sealer
 from faregate.spend.budgets import Budgets
+from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
 from faregate.storage.database import SqlStorage
+from faregate.storage.health import DatabaseHealth, is_outage
 from faregate.stored_models import ModelCatalog
 
 log = logging.getLogger("faregate")
 
 # How long a request may wait for other requests' reservations on its key to settle.
 BUDGET_WAIT_S = 30.0
+# At shutdown with the database down, how long to keep trying before leaving rows on disk.
+SHUTDOWN_FLUSH_RETRY_S = 10.0
 
 
 def utc_now() -> datetime:
@@ -43,10 +51,14 @@ def utc_now() -> datetime:
 
 class Faregate:
     def __init__(self, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic,
-                 now: Callable[[], datetime] = utc_now) -> None:
+                 now: Callable[[], datetime] = utc_now,
+                 rng: random.Random | None = None) -> None:
         self.settings = settings
         self.storage = SqlStorage.from_url(settings.database_url)
-        self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s)
+        self.db_health = DatabaseHealth(self.storage, monotonic,
+                                        settings.allow_requests_on_db_unavailable)
+        self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s,
+                                   SpendJournal(settings.spend_buffer_dir), self.db_health)
         self.budgets = Budgets(now, BUDGET_WAIT_S, self.ledger.record_period)
         local = LocalAdmission(self.budgets, BUDGET_WAIT_S)
         self.redis: RedisAdmission | None = None
@@ -57,16 +69,27 @@ class Faregate:
                                         settings.redis_failure_mode, local, settings.replicas)
         self.admission: Admission = self.redis or local
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
-                                      self.redis.version if self.redis else None)
+                                      self.redis.version if self.redis else None,
+                                      self.db_health)
         self.auth = Authenticator(settings.master_key, self.directory, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
                              self.redis.key_changed if self.redis else None)
         self.upstream = OpenAICompatible()
-        self.router = Router(settings.deployments)
+        self.router = Router(settings.deployments, settings.router_settings,
+                             monotonic=monotonic, rng=rng)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
-        self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes).routes
+        pings = {"database": self.storage.ping}
+        if self.redis is not None:
+            pings["redis"] = self.redis.client.ping
+        self.metrics = Metrics(lambda: self.ledger.pending, HealthChecks(pings),
+                               settings.prometheus_multiproc_dir)
+        self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes, self.metrics,
+                                    settings.log_requests).routes
+        self._routes["GET", "/metrics"] = MetricsRoute(
+            self.metrics, self.auth if settings.metrics_require_auth else None)
+        self._routes.update(HealthRoutes(self.db_health, self.ledger).routes)
         self.admin = build_admin_app(self.auth, self.keys, self.storage)
         # Models kept in the database join the config's in the Router, credentials opened
         # only in memory; /model/* manage them.
@@ -88,7 +111,8 @@ class Faregate:
 
     async def startup(self) -> None:
         await self.upstream.open()
-        self.ledger.start()
+        await self.ledger.start()       # replays spend rows a crashed process left on disk
+        self.db_health.start()
         await self.models.start()
         # Everything allocated so far (modules, the app) lives as long as the process: keep it
         # out of the cyclic GC's scans, whose full passes otherwise stall requests for ms.
@@ -97,8 +121,15 @@ class Faregate:
     async def shutdown(self) -> None:
         """Flush every spend row, then let go of connections."""
         await self.models.close()
+        await self.db_health.stop()
         try:
-            await self.ledger.close()
+            await self.ledger.close(retry_s=SHUTDOWN_FLUSH_RETRY_S)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Not lost: fsync'd on disk, and the next start on this volume writes them.
+            log.error("database unreachable at shutdown: %d spend rows stay in %s for the next "
+                      "start to write", self.ledger.pending, self.settings.spend_buffer_dir)
         finally:
             await self.upstream.close()
             await self.storage.close()

@@ -51,6 +51,27 @@ class Deployment:
     deployment_id: str = ""       # unique per model_list entry: "<model_name>#<index>"
     rpm: int | None = None        # limits on the upstream as a whole, across all keys
     tpm: int | None = None
+    weight: float = 1.0           # share of the model's traffic (routing_strategy simple-shuffle)
+    stream_timeout_s: float | None = None   # longest wait for a stream's next bytes
+
+
+ROUTING_STRATEGIES = ("simple-shuffle",)    # more come with routing strategies (issue #6)
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    """LiteLLM's router_settings: retries, fallbacks and cooldowns of failing deployments.
+
+    Defaults follow LiteLLM's proxy: 2 retries, a deployment cools down for 5 s after more than
+    3 failures in a minute."""
+
+    num_retries: int = 2
+    retry_backoff_s: float = 0.1        # first backoff; doubles per retry, with jitter
+    retry_backoff_max_s: float = 2.0
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    allowed_fails: int = 3              # failures per minute a deployment may have
+    cooldown_time_s: float = 5.0
+    routing_strategy: str = "simple-shuffle"
 
 
 @dataclass(frozen=True)
@@ -68,9 +89,18 @@ class Settings:
     spend_flush_interval_s: float = 0.2
     key_cache_ttl_s: float = 60.0
     demo_mock: bool = False       # serve a built-in mock upstream for the demo model
+    # Database outage: serve known keys from memory, keep spend on disk (LiteLLM's setting).
+    allow_requests_on_db_unavailable: bool = False
+    spend_buffer_dir: Path = Path(".faregate/spend-buffer")   # the on-disk spend journal
+    graceful_shutdown_timeout_s: float = 30.0   # SIGTERM: how long in-flight requests may finish
+    router_settings: RouterSettings = field(default_factory=RouterSettings)
     salt_key: Secret | None = None                  # seals credentials stored in the database
     previous_salt_keys: tuple[Secret, ...] = ()     # still accepted for opening (rotation)
     stored_models_poll_interval_s: float = 10.0     # how often replicas re-read stored models
+    log_format: str = "json"                    # or "text" (FAREGATE_LOG_FORMAT)
+    log_requests: bool = False                  # one access line per OpenAI-route request
+    metrics_require_auth: bool = False          # /metrics asks for the master key
+    prometheus_multiproc_dir: str | None = None  # --workers: where workers share metrics
     extra: dict[str, Any] = field(default_factory=dict)
 
     def models(self) -> list[str]:
@@ -110,11 +140,34 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
                                    "general_settings.redis_failure_mode"),
         replicas=_positive_int(general.get("replicas", 1), "general_settings.replicas"),
         demo_mock=demo,
+        # LiteLLM's name for the seconds between spend batch writes (its default is 10 s).
+        spend_flush_interval_s=_positive_number(general.get("proxy_batch_write_at", 0.2),
+                                                "general_settings.proxy_batch_write_at"),
+        allow_requests_on_db_unavailable=_bool(
+            general.get("allow_requests_on_db_unavailable", False),
+            "general_settings.allow_requests_on_db_unavailable"),
+        spend_buffer_dir=Path(env.resolve(general.get("spend_buffer_dir"),
+                                          "general_settings.spend_buffer_dir")
+                              or env.get("FAREGATE_SPEND_BUFFER_DIR")
+                              or data_dir / "spend-buffer"),
+        graceful_shutdown_timeout_s=_positive_number(
+            general.get("graceful_shutdown_timeout_s", 30),
+            "general_settings.graceful_shutdown_timeout_s"),
+        router_settings=_router_settings(raw.get("router_settings"), deployments),
         salt_key=salt_key,
         previous_salt_keys=previous_salt_keys,
         stored_models_poll_interval_s=_positive_number(
             general.get("stored_models_poll_interval_s", 10.0),
             "general_settings.stored_models_poll_interval_s"),
+        log_format=_choice(env.get("FAREGATE_LOG_FORMAT") or general.get("log_format", "json"),
+                           ("json", "text"), "FAREGATE_LOG_FORMAT / general_settings.log_format"),
+        log_requests=_bool(general.get("log_requests", False), "general_settings.log_requests"),
+        metrics_require_auth=_bool(
+            general.get("require_auth_for_metrics_endpoint",
+                        _mapping(raw.get("litellm_settings"), "litellm_settings")
+                        .get("require_auth_for_metrics_endpoint", False)),
+            "general_settings.require_auth_for_metrics_endpoint"),
+        prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )
 
 
@@ -217,6 +270,14 @@ def _positive_int(value: Any, setting: str) -> int:
     return value
 
 
+def _bool(value: Any, setting: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE_WORDS | {"0", "false", "no", "off"}:
+        return value.lower() in TRUE_WORDS
+    raise ConfigError(f"{setting} must be true or false, got {value!r}")
+
+
 def _choice(value: Any, choices: tuple[str, ...], setting: str) -> str:
     if value not in choices:
         raise ConfigError(f"{setting} must be one of {', '.join(choices)}, got {value!r}")
@@ -302,7 +363,58 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
         deployment_id=f"{name}#{id_suffix}",
         rpm=_optional_positive_int(params.get("rpm"), f"{where}.litellm_params.rpm"),
         tpm=_optional_positive_int(params.get("tpm"), f"{where}.litellm_params.tpm"),
+        weight=_positive_number(params.get("weight", 1), f"{where}.litellm_params.weight"),
+        stream_timeout_s=None if params.get("stream_timeout") is None else _positive_number(
+            params.get("stream_timeout"), f"{where}.litellm_params.stream_timeout"),
     )
+
+
+def _router_settings(value: Any, deployments: tuple[Deployment, ...]) -> RouterSettings:
+    router = _mapping(value, "router_settings")
+    strategy = router.get("routing_strategy", "simple-shuffle")
+    if strategy not in ROUTING_STRATEGIES:
+        raise ConfigError(f"router_settings.routing_strategy {strategy!r} is not supported yet; "
+                          f"use one of: {', '.join(ROUTING_STRATEGIES)} (with "
+                          "litellm_params.weight to split traffic)")
+    backoff = router.get("retry_backoff", 0.1)
+    return RouterSettings(
+        num_retries=_non_negative_int(router.get("num_retries", 2), "router_settings.num_retries"),
+        retry_backoff_s=0.0 if backoff == 0 else _positive_number(
+            backoff, "router_settings.retry_backoff"),
+        retry_backoff_max_s=_positive_number(router.get("retry_backoff_max", 2.0),
+                                             "router_settings.retry_backoff_max"),
+        fallbacks=_fallbacks(router.get("fallbacks"), {d.model_name for d in deployments}),
+        allowed_fails=_non_negative_int(router.get("allowed_fails", 3),
+                                        "router_settings.allowed_fails"),
+        cooldown_time_s=_positive_number(router.get("cooldown_time", 5),
+                                         "router_settings.cooldown_time"),
+        routing_strategy=strategy,
+    )
+
+
+def _fallbacks(value: Any, models: set[str]) -> dict[str, tuple[str, ...]]:
+    """LiteLLM's shape: a list of one-entry mappings, [{"model-a": ["model-b", ...]}, ...]."""
+    if value is None:
+        return {}
+    shape = ("router_settings.fallbacks must be a list like "
+             "[{\"model-a\": [\"model-b\", \"model-c\"]}]")
+    if not isinstance(value, list):
+        raise ConfigError(shape)
+    out: dict[str, tuple[str, ...]] = {}
+    for entry in value:
+        if not isinstance(entry, dict):
+            raise ConfigError(shape)
+        for model, targets in entry.items():
+            if isinstance(targets, str):
+                targets = [targets]
+            if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+                raise ConfigError(shape)
+            for name in (model, *targets):
+                if name not in models:
+                    raise ConfigError(f"router_settings.fallbacks names model {name!r}, which "
+                                      f"is not in model_list (models: {', '.join(sorted(models))})")
+            out[model] = tuple(t for t in targets if t != model)
+    return out
 
 
 def _optional_positive_int(value: Any, setting: str) -> int | None:

@@ -3,7 +3,8 @@
     GatewayError                      500 internal_server_error
     ├── ConfigError                   (start-up only, never rendered to a client)
     ├── InvalidRequest                400 invalid_request_error / bad_request_error
-    │   └── BodyTooLarge              413
+    │   ├── BodyTooLarge              413
+    │   └── MethodNotAllowed          405
     ├── AuthError                     401 auth_error
     │   ├── ExpiredKey                401 expired_key
     │   └── ModelAccessDenied         401 key_model_access_denied
@@ -58,6 +59,17 @@ class BodyTooLarge(InvalidRequest):
     status = 413
 
 
+class MethodNotAllowed(InvalidRequest):
+    """The path exists but not for this method; says which methods it takes (`Allow`)."""
+
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, path: str, allow: str) -> None:
+        super().__init__(f"{method} is not allowed on {path}; use {allow}",
+                         headers={"Allow": allow})
+
+
 class AuthError(GatewayError):
     status = 401
     type = "auth_error"
@@ -97,13 +109,20 @@ class ServiceUnavailable(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """The upstream failed or answered with an error; `status` is what the caller gets."""
+    """The upstream failed or answered with an error; `status` is what the caller gets.
+
+    `retryable`: another attempt (on this or another deployment) may succeed — the upstream's
+    own fault (5xx, 429, timeouts, refused or dropped connections, malformed replies), not the
+    client's. `upstream_status` is the HTTP status the upstream sent, if it sent one."""
 
     type = "upstream_error"
 
     def __init__(self, message: str, *, status: int = 502, type: str | None = None,
-                 code: str | None = None) -> None:
+                 code: str | None = None, retryable: bool = False,
+                 upstream_status: int | None = None) -> None:
         super().__init__(message, code=code)
         self.status = status
+        self.retryable = retryable
+        self.upstream_status = upstream_status
         if type:
             self.type = type

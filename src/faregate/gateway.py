@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from time import perf_counter
 
 import orjson
 
@@ -30,6 +32,7 @@ from faregate.records import SpendRow
 from faregate.routing import Router
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
+from faregate.trace import RequestTrace
 
 log = logging.getLogger("faregate.gateway")
 
@@ -68,7 +71,9 @@ class _Call:
     admitted: Admitted
     prompt_bound: int
     started: datetime
+    trace: RequestTrace
     settled: bool = False
+    wanted: int = 0                 # output tokens asked for (before a budget cap)
 
 
 class Gateway:
@@ -86,26 +91,48 @@ class Gateway:
         # cheaper than uuid4: a random per-process prefix and a counter.
         prefix = os.urandom(8).hex()
         counter = itertools.count(1)
-        self._next_request_id = lambda: f"{prefix}{next(counter):016x}"
+        self.new_request_id = lambda: f"{prefix}{next(counter):016x}"
 
     async def handle(self, call_type: CallType, raw: bytes, authorization: str | None,
-                     api_key: str | None) -> Reply | StreamReply:
+                     api_key: str | None, trace: RequestTrace) -> Reply | StreamReply:
+        """Serve one request; `trace` brings its request id and takes what it did."""
         caller = await self._auth.caller(authorization, api_key)
+        trace.key_alias = caller.key.key_alias or ""
         request = parse(raw, call_type)
         if call_type is CallType.EMBEDDING and request.stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
-        request_id = self._next_request_id()
+        deployment = self._route(request.model, caller)
+        trace.model = deployment.model_name   # a configured name: bounded label values
+        call = await self._admit(trace.request_id, trace.request_id, caller, request, deployment,
+                                 authorization, api_key, trace, self._now())
+        path = UPSTREAM_PATHS[call_type]
+        try:
+            return await self._answer(call, raw, path)
+        except UpstreamError as exc:
+            self._router.failed(call.deployment, exc)
+            failure = exc
+        except BaseException:
+            await self._finish(call, 0, 0, "failure")
+            raise
+        return await self._recover(call, raw, path, failure, authorization, api_key)
+
+    async def _admit(self, request_id: str, demand_id: str, caller: Caller,
+                     request: ParsedRequest, deployment: Deployment, authorization: str | None,
+                     api_key: str | None, trace: RequestTrace, started: datetime) -> _Call:
+        """Reserve budget and limits for `request` on `deployment`'s terms."""
+        # A reservation outlives every attempt it may cover (a crashed process's lease).
+        s = self._router.settings
+        lease_s = (deployment.timeout_s + s.retry_backoff_max_s) * (s.num_retries + 1) + 60
         for attempt in range(_ADMISSION_ATTEMPTS):
-            deployment = self._route(request.model, caller)
             prompt_bound = self._bound.tokens(deployment, request)
             wanted = self._wanted_output(request, deployment)
             demand = Demand(
-                request_id=request_id, key=caller.key,
+                request_id=demand_id, key=caller.key,
                 least=cost(deployment, prompt_bound, request.n if wanted else 0),
                 most=cost(deployment, prompt_bound, wanted),
                 windows=_windows(caller, deployment, prompt_bound + wanted),
                 parallel_limit=caller.key.max_parallel_requests,
-                lease_s=deployment.timeout_s + 60, key_version=caller.version)
+                lease_s=lease_s, key_version=caller.version)
             try:
                 admitted = await self._admission.admit(demand)
                 break
@@ -117,31 +144,115 @@ class Gateway:
                     raise ServiceUnavailable("The key is being changed; retry",
                                              code="key_changing") from None
                 caller = await self._auth.caller(authorization, api_key)
-        call = _Call(request_id, caller, request, deployment, admitted, prompt_bound,
-                     self._now())
+                self._check_access(deployment.model_name, caller)
+        return _Call(request_id, caller, request, deployment, admitted, prompt_bound,
+                     started, trace, wanted=wanted)
+
+    async def _answer(self, call: _Call, raw: bytes, path: str) -> Reply | StreamReply:
+        """One attempt on `call.deployment`. Raises UpstreamError before anything reached the
+        client; from the first stream event on, the relay owns the request."""
+        request, trace, wanted = call.request, call.trace, call.wanted
+        allowed = self._allowed_output(call, wanted)
+        body = self._upstream_body(raw, call, allowed)
+        headers = [(b"x-request-id", call.request_id.encode()), *call.admitted.headers]
+        if allowed < wanted and request.max_tokens is not None:
+            headers.append((b"x-faregate-max-tokens-capped", str(allowed // request.n)
+                            .encode()))
+        trace.upstream_started = perf_counter()
+        if request.stream:
+            # Wait for the first event so that an upstream that fails at once gives the
+            # caller a real HTTP error status (or a retry) rather than a 200 with an error event.
+            blocks = self._upstream.stream(call.deployment, path, body)
+            first = await anext(blocks, None)
+            if first is None:
+                raise UpstreamError(f"The upstream for model '{call.deployment.model_name}' "
+                                    "ended the stream before its first event", status=502,
+                                    code="upstream_empty_stream", retryable=True)
+            trace.first_token_s = perf_counter() - trace.upstream_started
+            self._router.succeeded(call.deployment)
+            relay = self._relay(call, first, blocks)
+            # Started, the relay settles in its `finally` however the stream ends.
+            head = await anext(relay, b"")
+            return StreamReply(head, relay, headers)
+        reply = await self._upstream.send(call.deployment, path, body)
+        trace.upstream_s = perf_counter() - trace.upstream_started
+        self._router.succeeded(call.deployment)
+        await self._settle_reply(call, reply.usage)
+        return Reply(reply.body, headers)
+
+    async def _recover(self, call: _Call, raw: bytes, path: str, failure: UpstreamError,
+                       authorization: str | None, api_key: str | None
+                       ) -> Reply | StreamReply:
+        """After a failed first attempt: up to num_retries more on the model's deployments
+        (another deployment first; backoff before trying one again), then each fallback model
+        the key may use, with as many. One ledger row in the end, whatever happened."""
+        attempts, tried = 1, {call.deployment.deployment_id}
+        retries = self._router.settings.num_retries
+        model = call.request.model
+        groups = [model, *(m for m in self._router.fallbacks(model) if call.caller.may_use(m))]
         try:
-            allowed = self._allowed_output(call, wanted)
-            body = self._upstream_body(raw, call, allowed)
-            headers = [(b"x-request-id", call.request_id.encode()), *admitted.headers]
-            if allowed < wanted and request.max_tokens is not None:
-                headers.append((b"x-faregate-max-tokens-capped", str(allowed // request.n)
-                                .encode()))
-            path = UPSTREAM_PATHS[call_type]
-            if request.stream:
-                # Wait for the first event so that an upstream that fails at once gives the
-                # caller a real HTTP error status rather than a 200 with an error event.
-                blocks = self._upstream.stream(deployment, path, body)
-                first = await anext(blocks, None)
-                relay = self._relay(call, first, blocks)
-                # Started, the relay settles in its `finally` however the stream ends.
-                head = await anext(relay, b"")
-                return StreamReply(head, relay, headers)
-            data = await self._upstream.send(deployment, path, body)
+            for group_index, group in enumerate(groups):
+                for retry in range(1, retries + 1) if group_index == 0 else range(retries + 1):
+                    if not failure.retryable:
+                        break
+                    d = self._router.pick(group, tried)
+                    if d is None:
+                        break               # the model left the table meanwhile
+                    if d.deployment_id in tried:
+                        await asyncio.sleep(self._router.backoff_s(retry))
+                    tried.add(d.deployment_id)
+                    attempts += 1
+                    try:
+                        call = await self._switch(call, d, attempts, authorization, api_key)
+                    except GatewayError:
+                        break               # not affordable or not allowed now: next fallback
+                    try:
+                        reply = await self._answer(call, raw, path)
+                    except UpstreamError as exc:
+                        self._router.failed(call.deployment, exc)
+                        failure = exc
+                        continue
+                    reply.headers += [(b"x-faregate-attempts", str(attempts).encode()),
+                                      (b"x-faregate-model-group", group.encode())]
+                    return reply
+                if not failure.retryable:
+                    break
         except BaseException:
-            await self._finish(call, 0, 0, "failure")
+            await self._finish(call, 0, 0, "failure")       # cancelled while retrying
             raise
-        await self._settle_reply(call, data)
-        return Reply(data, headers)
+        await self._finish(call, 0, 0, "failure")
+        failure.headers["x-faregate-attempts"] = str(attempts)
+        raise failure
+
+    async def _switch(self, call: _Call, d: Deployment, attempt: int,
+                      authorization: str | None, api_key: str | None) -> _Call:
+        """`call` moved to deployment `d`: the same admission if `d` has the same terms, else a
+        new one on `d`'s terms (a fallback may cost more, or have other limits).
+
+        Re-admitting, rather than reserving for the dearest candidate up front, keeps the common
+        case (first attempt answers) as cheap and as permissive as before. The first admission
+        is released (settled at 0) before the new one is asked for, so a small budget is not
+        blocked by this request's own failed attempt; it leaves `call` holding a no-op
+        admission, so that if the new one is refused, the final failure row settles nothing
+        twice. The demand id changes per admission: a shared store settles asynchronously.
+        """
+        if self._same_terms(call, d):
+            call.deployment = d
+            return call
+        await self._admission.settle(call.admitted, 0, 0)
+        call.admitted = _released(call.admitted)
+        return await self._admit(call.request_id, f"{call.request_id}.{attempt}", call.caller,
+                                 call.request, d, authorization, api_key, call.trace,
+                                 call.started)
+
+    def _same_terms(self, call: _Call, d: Deployment) -> bool:
+        """Would admission decide the same for `d` as it did for the call's deployment?"""
+        a = call.deployment
+        return (a.model_name == d.model_name and a.input_femtos == d.input_femtos
+                and a.output_femtos == d.output_femtos
+                and a.max_output_tokens == d.max_output_tokens
+                and a.rpm is None and d.rpm is None and a.tpm is None and d.tpm is None
+                and self._bound.tokens(d, call.request) == call.prompt_bound)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
@@ -152,16 +263,21 @@ class Gateway:
         return orjson.dumps({"object": "list", "data": data})
 
     def _route(self, model: str, caller: Caller) -> Deployment:
-        deployments = self._router.deployments(model)
-        if not deployments:
-            raise InvalidRequest(f"Invalid model name passed in model={model}. Call /v1/models "
+        deployment = self._router.pick(model)
+        if deployment is None:
+            shown = model if len(model) <= 200 else model[:200] + "..."    # don't echo 1 MB
+            raise InvalidRequest(f"Invalid model name passed in model={shown}. Call /v1/models "
                                  "to see the models your key may use", param="model",
                                  code="model_not_found")
+        self._check_access(model, caller)
+        return deployment
+
+    @staticmethod
+    def _check_access(model: str, caller: Caller) -> None:
         if not caller.may_use(model):
             raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {model}; it "
                                     f"may use: {', '.join(caller.key.models)}",
                                     code="model_access_denied")
-        return deployments[0]
 
     @staticmethod
     def _wanted_output(request: ParsedRequest, deployment: Deployment) -> int:
@@ -202,11 +318,8 @@ class Gateway:
             changed = True
         return orjson.dumps(body) if changed else raw
 
-    async def _settle_reply(self, call: _Call, data: bytes) -> None:
-        try:
-            reported = self._reported(call, orjson.loads(data).get("usage"))
-        except (orjson.JSONDecodeError, AttributeError):
-            reported = None
+    async def _settle_reply(self, call: _Call, usage: object) -> None:
+        reported = self._reported(call, usage)
         if reported is None:
             log.warning("upstream %s answered without a readable usage; charging the bound",
                         call.deployment.api_base)
@@ -235,6 +348,8 @@ class Gateway:
                 async for block in blocks:
                     yield meter.pass_on(block)
         except GatewayError as exc:
+            if isinstance(exc, UpstreamError):
+                self._router.failed(call.deployment, exc)     # counts towards its cooldown
             yield b"data: " + exc.body() + b"\n\n"
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             meter.broken = True
@@ -242,6 +357,9 @@ class Gateway:
             yield b"data: " + err.body() + b"\n\n"
         finally:
             await blocks.aclose()     # closes the upstream response: frees its GPU slot
+            trace = call.trace
+            if trace.upstream_started is not None:
+                trace.upstream_s = perf_counter() - trace.upstream_started
             reported = self._reported(call, meter.usage) \
                 if meter.usage is not None and meter.done and not meter.broken else None
             if reported is not None:
@@ -267,7 +385,18 @@ class Gateway:
             upstream=f"{d.api_base}#{d.upstream_model}", call_type=call.request.call_type.value,
             prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
             start_time=call.started, end_time=self._now(), status=status))
+        trace = call.trace
+        trace.prompt_tokens, trace.completion_tokens = prompt, completion
+        trace.spend_nanos, trace.outcome = spend, status
         await self._admission.settle(call.admitted, spend, prompt + completion)
+
+
+def _released(admitted: Admitted) -> Admitted:
+    """A stand-in for an admission already settled: settling it reserves and frees nothing
+    (an id no store holds, no windows, no parallel slot, cost 0)."""
+    demand = replace(admitted.demand, request_id=admitted.demand.request_id + ".released",
+                     windows=(), parallel_limit=None)
+    return Admitted(demand, 0, admitted.second)
 
 
 def _windows(caller: Caller, d: Deployment, tokens: int) -> tuple[Window, ...]:

@@ -1,20 +1,62 @@
-"""Model name -> deployments. The one place that knows which upstreams serve a public model.
+"""Model name -> deployments. The one place that knows which upstreams serve a public model,
+which of them to try next, and which are cooling down after failures.
 
 Every `model_list` entry (and every model stored through /model/new) is a deployment; entries
 that share a `model_name` are deployments of one model. `replace` swaps the whole table at once,
 so a request sees the table before a change or after it, never half of it.
+
+Picking (`routing_strategy: simple-shuffle`): a weighted random choice among the deployments
+that are neither cooling down nor already tried by this request; if every one is cooling down,
+the one whose cooldown ends first (a probe, rather than failing the request outright).
+
+Cooldown, LiteLLM-like: a deployment with more than `allowed_fails` failures within a minute
+cools down for `cooldown_time` seconds; a 429 or a refused connection cools it down at once
+(the upstream said plainly that it cannot take more now). A success ends a cooldown early.
+One deployment and no failures cost a dict lookup and a length check per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+import itertools
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 
-from faregate.config import Deployment
+from faregate.config import Deployment, RouterSettings
+from faregate.errors import UpstreamError
+
+FAIL_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentHealth:
+    """One deployment's state, for health endpoints and metrics."""
+
+    deployment_id: str
+    model_name: str
+    api_base: str
+    cooling_down: bool
+    cooldown_left_s: float
+    fails_last_minute: int
+    last_error: str | None
 
 
 class Router:
-    def __init__(self, deployments: Iterable[Deployment]) -> None:
+    def __init__(self, deployments: Iterable[Deployment],
+                 settings: RouterSettings | None = None, *,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.settings = settings or RouterSettings()
+        self._clock = monotonic
+        self._rng = rng or random.Random()
         self._table: dict[str, tuple[Deployment, ...]] = {}
+        self._cum_weights: dict[str, list[float]] = {}     # model -> running sums of weights
+        self._cooling: dict[str, float] = {}            # deployment id -> cooldown ends at
+        self._fails: dict[str, deque[float]] = {}       # deployment id -> recent failure times
+        self._last_error: dict[str, str] = {}
         self.replace(deployments)
 
     def replace(self, deployments: Iterable[Deployment]) -> None:
@@ -22,6 +64,13 @@ class Router:
         for d in deployments:
             table.setdefault(d.model_name, []).append(d)
         self._table = {name: tuple(ds) for name, ds in table.items()}
+        self._cum_weights = {name: list(itertools.accumulate(d.weight for d in ds))
+                             for name, ds in table.items()}
+        # Forget the state of deployments that are gone; keep it for those that stay.
+        ids = {d.deployment_id for ds in self._table.values() for d in ds}
+        for state in (self._cooling, self._fails, self._last_error):
+            for gone in [i for i in state if i not in ids]:
+                del state[gone]
 
     def names(self) -> list[str]:
         return list(self._table)
@@ -29,3 +78,82 @@ class Router:
     def deployments(self, model: str) -> tuple[Deployment, ...]:
         """Every deployment of `model`, in configuration order; empty if there is none."""
         return self._table.get(model, ())
+
+    def fallbacks(self, model: str) -> tuple[str, ...]:
+        """The models to try, in order, when every attempt on `model` failed."""
+        return self.settings.fallbacks.get(model, ())
+
+    def pick(self, model: str, tried: Collection[str] = ()) -> Deployment | None:
+        """The deployment of `model` to call next; None if the model has none.
+
+        Prefers, in order: untried and healthy, untried and cooling (earliest end first),
+        tried and healthy, tried and cooling. `tried` holds deployment ids.
+        """
+        ds = self._table.get(model)
+        if not ds:
+            return None
+        if len(ds) == 1:
+            return ds[0]
+        if not tried and not self._cooling:     # the common case: one weighted draw
+            cum = self._cum_weights[model]
+            return ds[min(bisect.bisect(cum, self._rng.random() * cum[-1]), len(ds) - 1)]
+        now = self._clock() if self._cooling else 0.0
+        tiers: tuple[list[Deployment], ...] = ([], [], [], [])
+        for d in ds:
+            until = self._cooling.get(d.deployment_id)
+            cooling = until is not None and until > now
+            tiers[(2 if d.deployment_id in tried else 0) + cooling].append(d)
+        for i, members in enumerate(tiers):
+            if not members:
+                continue
+            if i % 2:       # all cooling: the one that comes back first
+                return min(members, key=lambda d: self._cooling[d.deployment_id])
+            if len(members) == 1:
+                return members[0]
+            return self._rng.choices(members, weights=[d.weight for d in members])[0]
+        return None     # unreachable: ds is not empty
+
+    def failed(self, d: Deployment, error: UpstreamError) -> None:
+        """Count an upstream failure of `d`; cool it down when it has failed too often.
+
+        The client's own mistakes (a 400 the upstream gave back) say nothing about `d`'s
+        health and are not counted; rejected credentials (401/403) are `d`'s fault."""
+        if not error.retryable and error.upstream_status not in (401, 403):
+            return
+        now = self._clock()
+        fails = self._fails.setdefault(d.deployment_id, deque())
+        fails.append(now)
+        while fails and fails[0] <= now - FAIL_WINDOW_S:
+            fails.popleft()
+        self._last_error[d.deployment_id] = error.message[:200]
+        if error.upstream_status == 429 or error.code == "upstream_unreachable" \
+                or len(fails) > self.settings.allowed_fails:
+            self._cooling[d.deployment_id] = now + self.settings.cooldown_time_s
+
+    def succeeded(self, d: Deployment) -> None:
+        """An answer proves the deployment is back: end its cooldown."""
+        if self._cooling:
+            self._cooling.pop(d.deployment_id, None)
+
+    def backoff_s(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1, 2, ...) of a deployment already
+        tried: exponential, capped, with jitter so retries of many requests spread out."""
+        s = self.settings
+        ceiling = min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** (retry - 1))
+        return ceiling / 2 + self._rng.random() * ceiling / 2
+
+    def health(self) -> list[DeploymentHealth]:
+        """Every deployment's state, in configuration order."""
+        now = self._clock()
+        out = []
+        for ds in self._table.values():
+            for d in ds:
+                until = self._cooling.get(d.deployment_id, 0.0)
+                fails = self._fails.get(d.deployment_id, ())
+                out.append(DeploymentHealth(
+                    deployment_id=d.deployment_id, model_name=d.model_name,
+                    api_base=d.api_base, cooling_down=until > now,
+                    cooldown_left_s=max(0.0, until - now),
+                    fails_last_minute=sum(1 for t in fails if t > now - FAIL_WINDOW_S),
+                    last_error=self._last_error.get(d.deployment_id)))
+        return out

@@ -12,7 +12,7 @@ ROOT = Path(__file__).parents[2]
 
 def settings_read_by_the_loader() -> set[str]:
     source = Path(config.__file__).read_text()
-    names = set(re.findall(r'(?:general|params|info)\.get\("([a-z_]+)"', source))
+    names = set(re.findall(r'(?:general|params|info|router)\.get\("([a-z_]+)"', source))
     names |= set(re.findall(r'env\.get\("([A-Z_]+)"\)', source))
     names |= set(config.MASTER_KEY_ENV_NAMES)
     return names

@@ -44,8 +44,18 @@ Hooks: ``latency_ms`` sleeps before answering a generation or embedding request
 ``invalid_request_error``; so does a request whose ``model`` is ``fault-<code>``
 (a gateway deployment can point at it).  A streamed request whose ``model`` is
 ``slow-<ms>`` gets one event per write, ``<ms>`` apart, like a model decoding.
-With ``api_key`` set, every route but /health requires
+More fault models: ``hang`` never answers (for timeouts); ``malformed`` answers
+200 with a body that is not JSON; ``break-<n>`` streams n events, then drops the
+connection (a non-streamed request is dropped after the response head).
+With ``api_key`` set, every route but /health and /mock/* requires
 ``Authorization: Bearer <api_key>`` (checked before the fault hook).
+
+Run-time faults for every model (``POST /mock/faults``, e.g. ``{"mode": "error",
+"status": 503, "rate": 0.5}``) and counters (``GET /mock/stats``: requests,
+streams started, completed, cancelled by the client, broken, active) are
+described in ``faregate.providers.mock_faults``.  A streamed answer written
+event by event watches for the client's disconnect and stops generating at once,
+as a real server frees its GPU slot.
 """
 
 from __future__ import annotations
@@ -54,12 +64,23 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import logging
 import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+
+from faregate.providers.mock_faults import (
+    BadFault,
+    Fault,
+    FaultSwitch,
+    MockDrop,
+    MockStats,
+    sleep_unless_gone,
+    until_disconnect,
+)
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -203,6 +224,18 @@ def _choice(
 
 FAULT_MODEL_PREFIX = "fault-"
 SLOW_MODEL_PREFIX = "slow-"
+BREAK_MODEL_PREFIX = "break-"
+_MALFORMED = b'{"id": "mock-malformed", "choices": [{"message": '
+_MALFORMED_EVENT = b'data: {"id": "mock-malformed", "choices": [\n\n'
+
+
+def _model_fault(model: str) -> Fault | None:
+    """The fault a deployment asks for by its upstream model name, if any."""
+    if model in ("hang", "malformed"):
+        return Fault(mode=model)
+    if model.startswith(BREAK_MODEL_PREFIX) and model[len(BREAK_MODEL_PREFIX):].isdigit():
+        return Fault(mode="break", after=int(model[len(BREAK_MODEL_PREFIX):]))
+    return None
 
 
 class MockUpstream:
@@ -212,6 +245,8 @@ class MockUpstream:
         self.latency_s = max(0.0, latency_ms) / 1000.0
         self._auth = b"Bearer " + api_key.encode() if api_key is not None else None
         self._ids = itertools.count(1)
+        self.stats = MockStats()
+        self.faults = FaultSwitch()
         # path (without /v1) -> (method, handler or None for constant bodies, constant body)
         self._routes: dict[str, tuple[str, Callable[..., Awaitable[None]] | None, bytes]] = {
             "/chat/completions": ("POST", self._chat, b""),
@@ -232,6 +267,8 @@ class MockUpstream:
                 auth = value
             elif name == b"x-mock-status":
                 fault = value
+        if path.startswith("/mock/"):
+            return await self._control(scope["method"], path, receive, send)
         if path == "/health" and scope["method"] == "GET":
             route: tuple[str, Any, bytes] | None = ("GET", None, _HEALTH)
         else:
@@ -252,18 +289,67 @@ class MockUpstream:
         if isinstance(req, dict) and str(req.get("model", "")).startswith(FAULT_MODEL_PREFIX):
             # A deployment can point at model "fault-<status>" to simulate a failing upstream.
             return await _send_fault(send, req["model"][len(FAULT_MODEL_PREFIX):].encode())
+        self.stats.requests += 1
+        fault = self.faults.draw()
+        if fault is not None:
+            self.stats.faults_injected += 1
+        elif isinstance(req, dict):
+            fault = _model_fault(str(req.get("model", "")))
         try:
             if not isinstance(req, dict):
                 raise _BadRequest("The request body must be a JSON object")
-            await handler(req, send)
+            await handler(req, send, receive, fault)
         except _BadRequest as exc:
             await _send_json(send, 400, _error_body(str(exc), "invalid_request_error"))
+
+    async def _control(self, method: str, path: str, receive: Receive, send: Send) -> None:
+        """/mock/faults, /mock/stats, /mock/reset: how another process drives this mock."""
+        if (method, path) == ("GET", "/mock/stats"):
+            return await _send_json(send, 200, orjson.dumps(self.stats.as_dict()))
+        if (method, path) == ("GET", "/mock/faults"):
+            return await _send_json(send, 200, orjson.dumps(self.faults.fault))
+        if (method, path) == ("POST", "/mock/reset"):
+            self.faults.set(Fault())
+            self.stats = MockStats(active_streams=self.stats.active_streams)
+            return await _send_json(send, 200, orjson.dumps(self.stats.as_dict()))
+        if (method, path) == ("POST", "/mock/faults"):
+            try:
+                self.faults.set(Fault.parse(orjson.loads(await _read_body(receive))))
+            except (orjson.JSONDecodeError, BadFault, TypeError) as exc:
+                msg = f"/mock/faults: {exc}" if isinstance(exc, BadFault) else \
+                    "/mock/faults takes a JSON object like {\"mode\": \"error\", \"status\": 503}"
+                return await _send_json(send, 400, _error_body(msg, "invalid_request_error"))
+            return await _send_json(send, 200, orjson.dumps(self.faults.fault))
+        await _send_json(send, 404, _NOT_FOUND)
+
+    async def _fault_answered(self, fault: Fault | None, send: Send, receive: Receive,
+                              stream: bool) -> bool:
+        """Apply the faults that replace or delay the answer; True if one answered."""
+        if fault is None:
+            return False
+        if fault.mode == "error":
+            await _send_fault(send, str(fault.status).encode())
+            return True
+        if fault.mode == "slow":
+            await asyncio.sleep(fault.ms / 1000)
+        elif fault.mode == "hang":
+            await until_disconnect(receive)
+            return True
+        elif fault.mode == "down" or (fault.mode == "break" and not stream):
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            raise MockDrop("dropped on purpose")
+        elif fault.mode == "malformed" and not stream:
+            await _send_json(send, 200, _MALFORMED)
+            return True
+        return False
 
     async def _sleep(self) -> None:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
 
-    async def _chat(self, req: dict[str, Any], send: Send) -> None:
+    async def _chat(self, req: dict[str, Any], send: Send, receive: Receive,
+                    fault: Fault | None) -> None:
         model = _model(req)
         messages = req.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -273,18 +359,20 @@ class MockUpstream:
             if not isinstance(m, dict):
                 raise _BadRequest("'messages' items must be objects")
             prompt += _content_words(m.get("content")) + 4
-        await self._generate(send, req, model, prompt, chat=True)
+        await self._generate(send, receive, fault, req, model, prompt, chat=True)
 
-    async def _completions(self, req: dict[str, Any], send: Send) -> None:
+    async def _completions(self, req: dict[str, Any], send: Send, receive: Receive,
+                           fault: Fault | None) -> None:
         model = _model(req)
         prompt = sum(_item_tokens(i) for i in _inputs(req.get("prompt"), "prompt"))
-        await self._generate(send, req, model, prompt, chat=False)
+        await self._generate(send, receive, fault, req, model, prompt, chat=False)
 
-    async def _generate(
-        self, send: Send, req: dict[str, Any], model: str, prompt: int, chat: bool
-    ) -> None:
+    async def _generate(self, send: Send, receive: Receive, fault: Fault | None,
+                        req: dict[str, Any], model: str, prompt: int, chat: bool) -> None:
         n, finish = _max_tokens(req)
         stream, include_usage = _stream_opts(req)  # validate everything before sleeping
+        if await self._fault_answered(fault, send, receive, stream):
+            return
         await self._sleep()
         if chat:
             obj = "chat.completion.chunk" if stream else "chat.completion"
@@ -313,25 +401,59 @@ class MockUpstream:
         if include_usage:
             events.append(event([], {"usage": usage}))
         events.append(_DONE)
-        await send(_SSE_START)
+        if fault is not None and fault.mode == "malformed":
+            events = [_MALFORMED_EVENT, _DONE]
+        delay = 0.0
         if model.startswith(SLOW_MODEL_PREFIX):
-            # "slow-<ms>": one event per write, <ms> apart, like a real model decoding.
             delay = float(model[len(SLOW_MODEL_PREFIX):] or 0) / 1000
-            for chunk in b"".join(events).split(b"\n\n")[:-1]:
-                await send({"type": "http.response.body", "body": chunk + b"\n\n",
-                            "more_body": True})
-                await asyncio.sleep(delay)
-            await send({"type": "http.response.body", "body": b""})
-            return
-        # No per-token delay, so one body write (chunked transfer) is the cheapest correct stream.
-        await send({"type": "http.response.body", "body": b"".join(events)})
+        break_after = fault.after if fault is not None and fault.mode == "break" else None
+        await self._stream(send, receive, events, delay, break_after)
 
-    async def _embeddings(self, req: dict[str, Any], send: Send) -> None:
+    async def _stream(self, send: Send, receive: Receive, events: list[bytes], delay: float,
+                      break_after: int | None) -> None:
+        stats = self.stats
+        await send(_SSE_START)
+        stats.streams_started += 1
+        stats.active_streams += 1
+        try:
+            if not delay and break_after is None:
+                # No per-token delay: one body write (chunked) is the cheapest correct stream.
+                await send({"type": "http.response.body", "body": b"".join(events)})
+                stats.streams_completed += 1
+                return
+            # One event per write, <delay> apart, like a real model decoding; a client that
+            # leaves stops the generation (the server's receive() reports the disconnect).
+            gone = asyncio.Event()
+            watcher = asyncio.ensure_future(until_disconnect(receive))
+            watcher.add_done_callback(lambda _: gone.set())
+            try:
+                for i, chunk in enumerate(b"".join(events).split(b"\n\n")[:-1]):
+                    if break_after is not None and i >= break_after:
+                        stats.streams_broken += 1
+                        raise MockDrop("stream broken on purpose")
+                    await send({"type": "http.response.body", "body": chunk + b"\n\n",
+                                "more_body": True})
+                    if delay:
+                        await sleep_unless_gone(gone, delay)
+                    if gone.is_set():
+                        stats.streams_cancelled += 1
+                        return
+                await send({"type": "http.response.body", "body": b""})
+                stats.streams_completed += 1
+            finally:
+                watcher.cancel()
+        finally:
+            stats.active_streams -= 1
+
+    async def _embeddings(self, req: dict[str, Any], send: Send, receive: Receive,
+                          fault: Fault | None) -> None:
         model = _model(req)
         items = _inputs(req.get("input"), "input")
         fmt = req.get("encoding_format")
         if fmt not in (None, "float", "base64"):
             raise _BadRequest("'encoding_format' must be 'float' or 'base64'")
+        if await self._fault_answered(fault, send, receive, False):
+            return
         await self._sleep()
         data = []
         for i, item in enumerate(items):
@@ -379,6 +501,9 @@ def serve(host: str, port: int, latency_ms: float = 0.0, api_key: str | None = N
     """Run the mock upstream with uvicorn, tuned for throughput (blocks)."""
     import uvicorn  # local import: the app itself does not need uvicorn
 
+    # A dropped connection is a fault asked for, not an error worth a traceback in the log.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: not (record.exc_info and isinstance(record.exc_info[1], MockDrop)))
     uvicorn.run(
         build_app(latency_ms=latency_ms, api_key=api_key),
         host=host,

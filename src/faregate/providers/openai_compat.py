@@ -3,6 +3,10 @@
 The body goes out as the bytes the gateway hands over; responses come back as bytes. Failures
 become UpstreamError with the status the caller should see: the client's own mistakes (4xx) keep
 their status, the upstream's (5xx, bad credentials, timeouts, refused connections) become 502/504.
+Each UpstreamError says whether another attempt may succeed (`retryable`) and what status the
+upstream sent (`upstream_status`); the gateway's retry decision reads only those and `code`.
+A 2xx whose body is not a JSON object is a failure too (502, retryable): the gateway reads the
+usage it bills from that body.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from faregate.errors import UpstreamError
 
 @dataclass(slots=True)
 class UpstreamReply:
-    status: int
     body: bytes
+    usage: object       # the reply's "usage" member, unchecked (None when absent)
 
 
 class OpenAICompatible:
@@ -28,6 +32,7 @@ class OpenAICompatible:
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[int, dict[str, str]] = {}
         self._timeouts: dict[int, aiohttp.ClientTimeout] = {}
+        self._stream_timeouts: dict[int, aiohttp.ClientTimeout] = {}
 
     async def open(self) -> None:
         # One pooled session per process: keep-alive connections to every upstream.
@@ -53,10 +58,13 @@ class OpenAICompatible:
                 headers["Authorization"] = "Bearer " + d.api_key.reveal()
             self._headers[id(d)] = headers
             self._timeouts[id(d)] = aiohttp.ClientTimeout(total=d.timeout_s)
+            # stream_timeout bounds each wait for a stream's next bytes (the first included).
+            self._stream_timeouts[id(d)] = aiohttp.ClientTimeout(
+                total=d.timeout_s, sock_read=d.stream_timeout_s)
         return headers, self._timeouts[id(d)]
 
-    async def send(self, d: Deployment, path: str, body: bytes) -> bytes:
-        """POST and return the body of a 2xx answer."""
+    async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply:
+        """POST; return the body of a 2xx answer and its usage (parsed once, here)."""
         headers, timeout = self._prepared(d)
         try:
             async with self._http.post(d.api_base + path, data=body, headers=headers,
@@ -64,11 +72,20 @@ class OpenAICompatible:
                 data = await resp.read()
                 if resp.status >= 300:
                     raise upstream_failure(d, resp.status, data)
-                return data
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
         except TimeoutError:
-            raise _timeout(d) from None
+            raise _timeout(d, d.timeout_s, "timeout") from None
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise UpstreamError(f"The upstream for model '{d.model_name}' answered "
+                                f"HTTP {resp.status} with a body that is not a JSON object",
+                                status=502, code="upstream_malformed_reply", retryable=True,
+                                upstream_status=resp.status)
+        return UpstreamReply(data, parsed.get("usage"))
 
     async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         """POST a streaming request; yield blocks of complete server-sent events.
@@ -76,10 +93,10 @@ class OpenAICompatible:
         A block holds every event that arrived together (each ending in a blank line), so a
         fast upstream costs one relay step per network read, not one per token.
         """
-        headers, timeout = self._prepared(d)
+        headers, _ = self._prepared(d)
         try:
             async with self._http.post(d.api_base + path, data=body, headers=headers,
-                                       timeout=timeout) as resp:
+                                       timeout=self._stream_timeouts[id(d)]) as resp:
                 if resp.status >= 300:
                     raise upstream_failure(d, resp.status, await resp.read())
                 pending = b""
@@ -96,7 +113,10 @@ class OpenAICompatible:
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
         except TimeoutError:
-            raise _timeout(d) from None
+            if d.stream_timeout_s is not None:
+                raise _timeout(d, min(d.stream_timeout_s, d.timeout_s),
+                               "stream_timeout or timeout") from None
+            raise _timeout(d, d.timeout_s, "timeout") from None
 
 
 def upstream_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
@@ -105,15 +125,20 @@ def upstream_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
     if status in (401, 403):
         return UpstreamError(f"The {where} rejected the gateway's credentials ({status}): "
                              f"{message}. Check litellm_params.api_key.", status=502,
-                             code="upstream_auth_error")
+                             code="upstream_auth_error", upstream_status=status)
     if status == 429:
         return UpstreamError(f"The {where} is rate limiting: {message}", status=429,
-                             type="rate_limit_error", code="upstream_rate_limited")
+                             type="rate_limit_error", code="upstream_rate_limited",
+                             retryable=True, upstream_status=status)
+    if status == 408:
+        return UpstreamError(f"The {where} timed out: {message}", status=504, type="timeout",
+                             code="upstream_timeout", retryable=True, upstream_status=status)
     if 400 <= status < 500:
         return UpstreamError(f"The {where} refused the request: {message}", status=status,
-                             type="invalid_request_error", code=str(status))
+                             type="invalid_request_error", code=str(status),
+                             upstream_status=status)
     return UpstreamError(f"The {where} failed with HTTP {status}: {message}", status=502,
-                         code="upstream_error")
+                         code="upstream_error", retryable=True, upstream_status=status)
 
 
 def _upstream_message(data: bytes) -> str:
@@ -129,12 +154,17 @@ def _upstream_message(data: bytes) -> str:
 
 
 def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
-    return UpstreamError(f"Cannot reach the upstream for model '{d.model_name}' at "
-                         f"{d.api_base}: {type(exc).__name__}", status=502,
-                         code="upstream_unreachable")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # Never connected (refused, no route, DNS): nothing reached the upstream.
+        return UpstreamError(f"Cannot reach the upstream for model '{d.model_name}' at "
+                             f"{d.api_base}: {type(exc).__name__}", status=502,
+                             code="upstream_unreachable", retryable=True)
+    return UpstreamError(f"The upstream for model '{d.model_name}' at {d.api_base} dropped "
+                         f"the connection: {type(exc).__name__}", status=502,
+                         code="upstream_disconnected", retryable=True)
 
 
-def _timeout(d: Deployment) -> UpstreamError:
+def _timeout(d: Deployment, seconds: float, setting: str) -> UpstreamError:
     return UpstreamError(f"The upstream for model '{d.model_name}' did not answer within "
-                         f"{d.timeout_s:g}s (litellm_params.timeout)", status=504,
-                         type="timeout", code="upstream_timeout")
+                         f"{seconds:g}s (litellm_params.{setting})", status=504,
+                         type="timeout", code="upstream_timeout", retryable=True)

@@ -1,0 +1,397 @@
+"""Upstream faults through the real openai SDK: retries on another deployment, fallbacks,
+cooldowns, breaks and disconnects mid-stream — with one ledger row per request and budgets
+that hold.
+
+Faults come from the project's mock: its fault models (`fault-<status>`, `hang`, `malformed`,
+`break-<n>`, `slow-<ms>`) on the session's mock, and run-time faults (POST /mock/faults) on a
+mock of this module's own (`flaky`), whose counters show what reached it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+import yaml
+from api.conftest import Clock, RunningGateway
+from support import MASTER_KEY, PRICE_IN, PRICE_OUT, env_for, free_port, stop, wait_for_port
+
+from faregate import config
+from faregate.app import Faregate
+from faregate.records import SpendRow
+from faregate.storage import migrate
+
+MESSAGES = [{"role": "user", "content": "ping"}]
+PROMPT_TOKENS = 1 + 4 + 3           # the mock's rule for MESSAGES
+
+Start = Callable[..., Awaitable[RunningGateway]]
+
+
+@pytest.fixture(scope="module")
+def flaky_url() -> Iterator[str]:
+    """A mock of this module's own: run-time faults hit every request it serves."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
+                             str(port)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+async def flaky(flaky_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The flaky mock's control client; the mock starts each test healthy, counters at 0."""
+    async with httpx.AsyncClient(base_url=flaky_url, timeout=10) as client:
+        assert (await client.post("/mock/reset")).status_code == 200
+        yield client
+
+
+async def set_fault(flaky: httpx.AsyncClient, **fault: Any) -> None:
+    assert (await flaky.post("/mock/faults", json=fault)).status_code == 200
+
+
+async def mock_stats(flaky: httpx.AsyncClient, **wanted: int) -> dict[str, int]:
+    """The flaky mock's counters, once they show `wanted`."""
+    for _ in range(200):
+        now = dict((await flaky.get("/mock/stats")).json())
+        if all(now[k] == v for k, v in wanted.items()):
+            return now
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the mock's stats never reached {wanted}: {now}")
+
+
+def deployment(name: str, upstream_model: str, api_base: str, *, price: float = 1,
+               **params: Any) -> dict[str, Any]:
+    return {"model_name": name, "litellm_params": {
+        "model": f"openai/{upstream_model}", "api_base": api_base,
+        "input_cost_per_token": PRICE_IN * price, "output_cost_per_token": PRICE_OUT * price,
+        **params}}
+
+
+def closed_port_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"        # nothing listens: connection refused
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: config.Settings, clock: Clock) -> AsyncIterator[RunningGateway]:
+    app = Faregate(settings, now=clock.now, rng=random.Random(7))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
+                                           lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            running = RunningGateway(app, base, http)
+            yield running
+            for client in running.clients:
+                await client.close()
+    finally:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
+    """Start a gateway with these models and router_settings (SQLite unless a URL is given)."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def _start(models: list[dict[str, Any]], router_settings: dict[str, Any]
+                         | None = None, database_url: str | None = None) -> RunningGateway:
+            if database_url is None:
+                database_url = f"sqlite:///{tmp_path / 'faregate.db'}"
+                await asyncio.to_thread(migrate.upgrade, database_url)
+            path = tmp_path / "config.yaml"
+            path.write_text(yaml.safe_dump({
+                "model_list": models,
+                "general_settings": {"master_key": "os.environ/FAREGATE_MASTER_KEY"},
+                "router_settings": {"retry_backoff": 0.01, **(router_settings or {})}}))
+            settings = config.load({**os.environ, **env_for(database_url, tmp_path)}, path)
+            gw = await stack.enter_async_context(serve(settings, clock))
+            spy_on_ledger(gw)
+            return gw
+        yield _start
+
+
+def spy_on_ledger(gw: RunningGateway) -> None:
+    """Count what the gateway hands the ledger: the database dedupes by request id, so only
+    this shows a request recorded twice."""
+    ledger = gw.app.ledger
+    real = ledger.record
+    recorded: list[str] = []
+
+    def record(row: SpendRow) -> None:
+        recorded.append(row.request_id)
+        real(row)
+
+    ledger.record = record  # type: ignore[method-assign]
+    gw.recorded = recorded  # type: ignore[attr-defined]
+
+
+async def ledger_rows(gw: RunningGateway, key: str) -> list[dict[str, Any]]:
+    """The key's spend rows, checked: one handed over per request, and they sum to the key's
+    spend."""
+    recorded = Counter(gw.recorded)  # type: ignore[attr-defined]
+    for _ in range(200):            # the ledger writes in the background, every 0.2 s
+        rows: list[dict[str, Any]] = (await gw.admin("GET", "/spend/logs",
+                                                     params={"api_key": key})).json()
+        if len(rows) >= len(recorded):
+            break
+        await asyncio.sleep(0.05)
+    assert all(n == 1 for n in recorded.values()), recorded
+    assert {r["request_id"] for r in rows} <= set(recorded)
+    info = (await gw.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    assert sum(r["spend_nanos"] for r in rows) == pytest.approx(info["total_spend"] * 1e9,
+                                                                abs=1)
+    return rows
+
+
+def price(prompt: int, completion: int, times: float = 1) -> float:
+    return (prompt * PRICE_IN + completion * PRICE_OUT) * times
+
+
+async def ask(sdk: openai.AsyncOpenAI, model: str, stream: bool, max_tokens: int = 4
+              ) -> tuple[str, httpx.Headers]:
+    """One request; the answer's text and the response headers."""
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model=model, messages=MESSAGES, max_tokens=max_tokens,  # type: ignore[arg-type]
+        stream=stream)
+    if not stream:
+        return raw.parse().choices[0].message.content or "", raw.headers  # type: ignore[union-attr]
+    text = "".join([chunk.choices[0].delta.content or ""
+                    async for chunk in raw.parse() if chunk.choices])  # type: ignore[union-attr]
+    return text, raw.headers
+
+
+FAILURES = {
+    "http 500": {"mode": "error", "status": 500},
+    "connection dropped": {"mode": "down"},
+    "malformed JSON": {"mode": "malformed"},
+    "hang past the timeout": {"mode": "hang"},
+    "connection refused": None,
+}
+
+
+@pytest.mark.parametrize("failure", list(FAILURES))
+async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
+        start: Start, flaky: httpx.AsyncClient, flaky_url: str, mock_upstream: str,
+        failure: str) -> None:
+    fault = FAILURES[failure]
+    if fault is not None:
+        await set_fault(flaky, **fault)
+    bad_base = flaky_url + "/v1" if fault is not None else closed_port_url()
+    # The failing deployment carries nearly all the weight: the first request goes there.
+    gw = await start([deployment("duo", "qwen-local", bad_base, weight=100, timeout=0.5),
+                      deployment("duo", "qwen-local", mock_upstream, weight=1)],
+                     {"allowed_fails": 0, "cooldown_time": 600})
+    key = await gw.new_key(models=["duo"], max_budget=1)
+    sdk = gw.sdk(key)
+    # A malformed stream event is not detectable before relaying it: non-streams only there.
+    streams = [False] * 3 + ([True] * 3 if failure != "malformed JSON" else [False] * 3)
+    answers = [await ask(sdk, "duo", stream) for stream in streams]
+    assert [text for text, _ in answers] == ["mock mock mock mock"] * 6
+    attempts = [h.get("x-faregate-attempts", "1") for _, h in answers]
+    assert attempts == ["2", "1", "1", "1", "1", "1"]      # then the bad one cooled down
+    assert answers[0][1]["x-faregate-model-group"] == "duo"
+
+    bad, good = gw.app.router.health()
+    assert bad.cooling_down and bad.fails_last_minute == 1 and bad.last_error
+    assert not good.cooling_down
+    rows = await ledger_rows(gw, key)
+    assert sorted(r["request_id"] for r in rows) == sorted(h["x-request-id"] for _, h in answers)
+    assert {r["status"] for r in rows} == {"success"}
+    assert {r["api_base"] for r in rows} == {f"{mock_upstream}#qwen-local"}
+    assert sum(r["spend"] for r in rows) == pytest.approx(6 * price(PROMPT_TOKENS, 4))
+    if fault is not None:
+        await mock_stats(flaky, requests=1)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_fallback_model_answers_after_the_primarys_retries_at_its_own_price(
+        start: Start, mock_upstream: str, stream: bool) -> None:
+    gw = await start([deployment("primary", "fault-503", mock_upstream),
+                      deployment("backup", "qwen-local", mock_upstream, price=3)],
+                     {"num_retries": 2, "fallbacks": [{"primary": ["backup"]}]})
+    key = await gw.new_key(models=["primary", "backup"], max_budget=1)
+    text, headers = await ask(gw.sdk(key), "primary", stream)
+    assert text == "mock mock mock mock"
+    assert headers["x-faregate-attempts"] == "4"           # 1 + 2 retries, then the fallback
+    assert headers["x-faregate-model-group"] == "backup"
+    [row] = await ledger_rows(gw, key)
+    assert (row["model"], row["status"], row["request_id"]) == \
+        ("backup", "success", headers["x-request-id"])
+    assert row["spend"] == pytest.approx(price(PROMPT_TOKENS, 4, times=3))
+
+
+async def test_a_fallback_the_key_may_not_use_is_skipped(start: Start,
+                                                         mock_upstream: str) -> None:
+    gw = await start([deployment("primary", "fault-503", mock_upstream),
+                      deployment("backup", "qwen-local", mock_upstream)],
+                     {"num_retries": 2, "fallbacks": [{"primary": ["backup"]}]})
+    key = await gw.new_key(models=["primary"], max_budget=1)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(gw.sdk(key), "primary", False)
+    error = caught.value
+    assert error.status_code == 502
+    assert error.body["type"] == "upstream_error"  # type: ignore[index]
+    assert "HTTP 503" in error.body["message"]  # type: ignore[index]
+    assert error.response.headers["x-faregate-attempts"] == "3"
+    [row] = await ledger_rows(gw, key)
+    assert (row["model"], row["status"], row["spend"]) == ("primary", "failure", 0)
+    assert row["request_id"] == error.response.headers["x-request-id"]
+
+
+async def test_a_fallback_the_budget_cannot_cover_is_skipped(start: Start,
+                                                             mock_upstream: str) -> None:
+    gw = await start([deployment("primary", "fault-503", mock_upstream),
+                      deployment("backup", "qwen-local", mock_upstream, price=10_000)],
+                     {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]})
+    key = await gw.new_key(models=["primary", "backup"], max_budget=0.01)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(gw.sdk(key), "primary", False)
+    assert caught.value.response.headers["x-faregate-attempts"] == "2"
+    [row] = await ledger_rows(gw, key)
+    assert (row["model"], row["status"], row["spend"]) == ("primary", "failure", 0)
+    # nothing stays reserved: the key can spend its whole budget afterwards
+    info = (await gw.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    assert info["spend"] == 0
+
+
+async def test_a_429_from_the_upstream_is_retried_then_reaches_the_caller(
+        start: Start, mock_upstream: str) -> None:
+    gw = await start([deployment("limited", "fault-429", mock_upstream)])
+    key = await gw.new_key(models=["limited"], max_budget=1)
+    for stream in (False, True):
+        with pytest.raises(openai.RateLimitError) as caught:
+            await ask(gw.sdk(key), "limited", stream)
+        assert caught.value.body["type"] == "rate_limit_error"  # type: ignore[index]
+        assert caught.value.body["code"] == "upstream_rate_limited"  # type: ignore[index]
+        assert caught.value.response.headers["x-faregate-attempts"] == "3"
+    [health] = gw.app.router.health()
+    assert health.cooling_down                  # a 429 cools a deployment down at once
+    rows = await ledger_rows(gw, key)
+    assert [(r["status"], r["spend"]) for r in rows] == [("failure", 0)] * 2
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_the_clients_own_mistake_is_not_retried(start: Start, flaky: httpx.AsyncClient,
+                                                      flaky_url: str, mock_upstream: str,
+                                                      status: int) -> None:
+    await set_fault(flaky, mode="error", status=status)
+    gw = await start([deployment("duo", "qwen-local", flaky_url + "/v1", weight=100),
+                      deployment("duo", "qwen-local", mock_upstream, weight=1)],
+                     {"allowed_fails": 0})     # a failure that counted would cool it down
+    key = await gw.new_key(models=["duo"], max_budget=1)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await ask(gw.sdk(key), "duo", False)
+    assert caught.value.status_code == status
+    assert caught.value.response.headers["x-faregate-attempts"] == "1"
+    await mock_stats(flaky, requests=1)
+    assert not any(h.cooling_down for h in gw.app.router.health())
+    [row] = await ledger_rows(gw, key)
+    assert (row["status"], row["spend"]) == ("failure", 0)
+
+
+@pytest.mark.parametrize(("upstream_model", "status", "code"), [
+    ("hang", 504, "upstream_timeout"),
+    ("malformed", 502, "upstream_malformed_reply"),
+])
+async def test_a_single_deployment_that_keeps_failing_gives_a_fitting_status(
+        start: Start, mock_upstream: str, upstream_model: str, status: int, code: str) -> None:
+    gw = await start([deployment("only", upstream_model, mock_upstream, timeout=0.3)],
+                     {"num_retries": 1})
+    key = await gw.new_key(models=["only"], max_budget=1)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await ask(gw.sdk(key), "only", False)
+    assert caught.value.status_code == status
+    assert caught.value.body["code"] == code  # type: ignore[index]
+    assert caught.value.response.headers["x-faregate-attempts"] == "2"
+    [row] = await ledger_rows(gw, key)
+    assert (row["status"], row["spend"]) == ("failure", 0)
+
+
+async def test_the_budget_holds_with_retries_on_a_flapping_deployment(
+        start: Start, flaky: httpx.AsyncClient, flaky_url: str, mock_upstream: str,
+        db_url: str) -> None:
+    await set_fault(flaky, mode="error", status=503, rate=0.5, seed=11)
+    gw = await start([deployment("duo", "qwen-local", flaky_url + "/v1"),
+                      deployment("duo", "qwen-local", mock_upstream)],
+                     {"allowed_fails": 1000}, database_url=db_url)
+    budget = 0.0006                 # room for about five of these requests
+    key = await gw.new_key(models=["duo"], max_budget=budget)
+    sdk = gw.sdk(key)
+
+    async def one(i: int) -> str:
+        try:
+            _, headers = await ask(sdk, "duo", stream=i % 2 == 1, max_tokens=50)
+        except openai.RateLimitError as exc:
+            assert exc.body["type"] == "budget_exceeded"  # type: ignore[index]
+            return "refused"
+        return headers.get("x-faregate-attempts", "1")
+
+    outcomes = Counter(await asyncio.gather(*(one(i) for i in range(20))))
+    served = sum(n for outcome, n in outcomes.items() if outcome != "refused")
+    assert outcomes["refused"] > 0 and served > 0, outcomes
+    assert (await mock_stats(flaky))["faults_injected"] > 0
+    rows = await ledger_rows(gw, key)
+    assert len(rows) == served
+    assert {r["status"] for r in rows} == {"success"}
+    assert sum(r["spend"] for r in rows) <= budget
+
+
+async def test_a_stream_that_breaks_midway_is_charged_for_what_it_produced(
+        start: Start, mock_upstream: str) -> None:
+    gw = await start([deployment("breaking", "break-3", mock_upstream)])
+    key = await gw.new_key(models=["breaking"], max_budget=1)
+    raw = await gw.sdk(key).chat.completions.with_raw_response.create(
+        model="breaking", messages=MESSAGES, max_tokens=10, stream=True)  # type: ignore[arg-type]
+    assert "x-faregate-attempts" not in raw.headers        # it started: no retry
+    texts = []
+    with pytest.raises(openai.APIError) as caught:
+        async for chunk in raw.parse():
+            texts.append(chunk.choices[0].delta.content or "")
+    assert "dropped the connection" in caught.value.message
+    assert "".join(texts) == "mock mock"
+    [row] = await ledger_rows(gw, key)
+    assert (row["status"], row["completion_tokens"]) == ("partial", 3)
+    assert row["spend"] == pytest.approx(price(row["prompt_tokens"], 3))
+    assert row["spend"] < price(row["prompt_tokens"], 10)
+
+
+async def test_a_client_that_leaves_mid_stream_frees_the_upstream_and_pays_for_what_it_got(
+        start: Start, flaky: httpx.AsyncClient, flaky_url: str) -> None:
+    gw = await start([deployment("slowpoke", "slow-50", flaky_url + "/v1")])
+    key = await gw.new_key(models=["slowpoke"], max_budget=1)
+    stream = await gw.sdk(key).chat.completions.create(
+        model="slowpoke", messages=MESSAGES, max_tokens=200, stream=True)  # type: ignore[arg-type]
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 3:
+            break
+    await stream.close()
+    # The mock saw the gateway hang up on it and stopped generating (its GPU slot is free).
+    await mock_stats(flaky, streams_started=1, streams_cancelled=1, active_streams=0,
+                     streams_completed=0)
+    [row] = await ledger_rows(gw, key)
+    assert row["status"] == "partial"
+    assert 3 <= row["completion_tokens"] < 200
+    assert row["spend"] == pytest.approx(price(row["prompt_tokens"], row["completion_tokens"]))
+    assert MASTER_KEY not in str(row)
