@@ -309,6 +309,40 @@ async def test_the_clients_own_mistake_is_not_retried(start: Start, flaky: httpx
     assert (row["status"], row["spend"]) == ("failure", 0)
 
 
+async def test_rejected_upstream_credentials_are_not_retried_but_cool_the_deployment_down(
+        start: Start, flaky: httpx.AsyncClient, flaky_url: str, mock_upstream: str) -> None:
+    await set_fault(flaky, mode="error", status=401)
+    gw = await start([deployment("duo", "qwen-local", flaky_url + "/v1", weight=100),
+                      deployment("duo", "qwen-local", mock_upstream, weight=1)],
+                     {"allowed_fails": 0})
+    key = await gw.new_key(models=["duo"], max_budget=1)
+    with pytest.raises(openai.InternalServerError) as caught:
+        await ask(gw.sdk(key), "duo", False)
+    assert caught.value.body["code"] == "upstream_auth_error"  # type: ignore[index]
+    assert "litellm_params.api_key" in caught.value.message
+    assert caught.value.response.headers["x-faregate-attempts"] == "1"
+    await mock_stats(flaky, requests=1)
+    assert gw.app.router.health()[0].cooling_down
+    # the next request goes to the deployment that is not cooling down
+    text, _ = await ask(gw.sdk(key), "duo", False)
+    assert text == "mock mock mock mock"
+    await mock_stats(flaky, requests=1)
+
+
+async def test_stream_timeout_bounds_the_wait_for_a_streams_first_bytes(
+        start: Start, mock_upstream: str) -> None:
+    gw = await start([deployment("stalls", "hang", mock_upstream, timeout=60,
+                                 stream_timeout=0.2)], {"num_retries": 0})
+    key = await gw.new_key(models=["stalls"], max_budget=1)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await ask(gw.sdk(key), "stalls", True)
+    assert caught.value.status_code == 504
+    assert caught.value.body["code"] == "upstream_timeout"  # type: ignore[index]
+    assert "stream_timeout" in caught.value.message
+    [row] = await ledger_rows(gw, key)
+    assert (row["status"], row["spend"]) == ("failure", 0)
+
+
 @pytest.mark.parametrize(("upstream_model", "status", "code"), [
     ("hang", 504, "upstream_timeout"),
     ("malformed", 502, "upstream_malformed_reply"),

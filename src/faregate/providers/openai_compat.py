@@ -72,10 +72,10 @@ class OpenAICompatible:
                 data = await resp.read()
                 if resp.status >= 300:
                     raise upstream_failure(d, resp.status, data)
+        except TimeoutError:        # first: aiohttp's read timeouts are ClientErrors too
+            raise _timeout(d, d.timeout_s, "timeout") from None
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
-        except TimeoutError:
-            raise _timeout(d, d.timeout_s, "timeout") from None
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -110,13 +110,13 @@ class OpenAICompatible:
                         pending = pending[end + 2:]
                 if pending.strip():
                     yield pending + b"\n\n"
-        except aiohttp.ClientError as exc:
-            raise _connection_failure(d, exc) from None
-        except TimeoutError:
+        except TimeoutError:        # first: aiohttp's read timeouts are ClientErrors too
             if d.stream_timeout_s is not None:
                 raise _timeout(d, min(d.stream_timeout_s, d.timeout_s),
                                "stream_timeout or timeout") from None
             raise _timeout(d, d.timeout_s, "timeout") from None
+        except aiohttp.ClientError as exc:
+            raise _connection_failure(d, exc) from None
 
 
 def upstream_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
