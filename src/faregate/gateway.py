@@ -164,10 +164,7 @@ class Gateway:
             # caller a real HTTP error status (or a retry) rather than a 200 with an error event.
             blocks = self._upstream.stream(call.deployment, path, body)
             first = await anext(blocks, None)
-            if first is None:
-                raise UpstreamError(f"The upstream for model '{call.deployment.model_name}' "
-                                    "ended the stream before its first event", status=502,
-                                    code="upstream_empty_stream", retryable=True)
+            _check_first_event(call.deployment, first)
             trace.first_token_s = perf_counter() - trace.upstream_started
             self._router.succeeded(call.deployment)
             relay = self._relay(call, first, blocks)
@@ -389,6 +386,24 @@ class Gateway:
         trace.prompt_tokens, trace.completion_tokens = prompt, completion
         trace.spend_nanos, trace.outcome = spend, status
         await self._admission.settle(call.admitted, spend, prompt + completion)
+
+
+def _check_first_event(d: Deployment, first: bytes | None) -> None:
+    """Raise a retryable UpstreamError if a stream fails at its first event: nothing has been
+    sent to the client yet, so another attempt is still possible. One small parse per stream."""
+    problem = "ended the stream before its first event" if first is None else None
+    if first is not None and first.startswith(b"data: {"):
+        end = first.find(b"\n\n")
+        try:
+            event = orjson.loads(first[6:end if end >= 0 else None])
+        except orjson.JSONDecodeError:
+            problem = "sent a malformed first stream event"
+        else:
+            if isinstance(event, dict) and event.get("error") and not event.get("choices"):
+                problem = f"sent an error as its first stream event: {str(event['error'])[:300]}"
+    if problem is not None:
+        raise UpstreamError(f"The upstream for model '{d.model_name}' {problem}", status=502,
+                            code="upstream_bad_stream", retryable=True)
 
 
 def _released(admitted: Admitted) -> Admitted:

@@ -203,9 +203,7 @@ async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
                      {"allowed_fails": 0, "cooldown_time": 600})
     key = await gw.new_key(models=["duo"], max_budget=1)
     sdk = gw.sdk(key)
-    # A malformed stream event is not detectable before relaying it: non-streams only there.
-    streams = [False] * 3 + ([True] * 3 if failure != "malformed JSON" else [False] * 3)
-    answers = [await ask(sdk, "duo", stream) for stream in streams]
+    answers = [await ask(sdk, "duo", stream) for stream in [False] * 3 + [True] * 3]
     assert [text for text, _ in answers] == ["mock mock mock mock"] * 6
     attempts = [h.get("x-faregate-attempts", "1") for _, h in answers]
     assert attempts == ["2", "1", "1", "1", "1", "1"]      # then the bad one cooled down
@@ -343,17 +341,20 @@ async def test_stream_timeout_bounds_the_wait_for_a_streams_first_bytes(
     assert (row["status"], row["spend"]) == ("failure", 0)
 
 
-@pytest.mark.parametrize(("upstream_model", "status", "code"), [
-    ("hang", 504, "upstream_timeout"),
-    ("malformed", 502, "upstream_malformed_reply"),
+@pytest.mark.parametrize(("upstream_model", "stream", "status", "code"), [
+    ("hang", False, 504, "upstream_timeout"),
+    ("hang", True, 504, "upstream_timeout"),
+    ("malformed", False, 502, "upstream_malformed_reply"),
+    ("malformed", True, 502, "upstream_bad_stream"),
 ])
 async def test_a_single_deployment_that_keeps_failing_gives_a_fitting_status(
-        start: Start, mock_upstream: str, upstream_model: str, status: int, code: str) -> None:
+        start: Start, mock_upstream: str, upstream_model: str, stream: bool, status: int,
+        code: str) -> None:
     gw = await start([deployment("only", upstream_model, mock_upstream, timeout=0.3)],
                      {"num_retries": 1})
     key = await gw.new_key(models=["only"], max_budget=1)
     with pytest.raises(openai.APIStatusError) as caught:
-        await ask(gw.sdk(key), "only", False)
+        await ask(gw.sdk(key), "only", stream)
     assert caught.value.status_code == status
     assert caught.value.body["code"] == code  # type: ignore[index]
     assert caught.value.response.headers["x-faregate-attempts"] == "2"
