@@ -15,8 +15,7 @@ from typing import Any
 import orjson
 
 from faregate.errors import InvalidRequest
-
-MAX_JSON_DEPTH = 64
+from faregate.json_limits import MAX_JSON_DEPTH, deeper_than
 
 
 class CallType(Enum):
@@ -44,9 +43,15 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+        if str(exc).startswith("depth limit exceeded"):
+            raise _too_deep() from None
+        raise InvalidRequest(f"The request body is not valid JSON (UTF-8): {exc}") from None
     if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object")
+        raise InvalidRequest("The request body must be a JSON object, e.g. "
+                             '{"model": "...", "messages": [...]}')
+    # Counting brackets is a cheap upper bound on the depth; walk only when it could be over.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and deeper_than(body):
+        raise _too_deep()
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string", param="model")
@@ -84,6 +89,11 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
         text_bytes, messages, images = _prompt_text(body.get("input"), "input"), 0, 0
     return ParsedRequest(call_type, body, model, stream, usage_requested, max_field, max_tokens,
                          n, text_bytes, messages, images)
+
+
+def _too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The request body nests arrays and objects more than "
+                          f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")
 
 
 def _json_bytes(value: Any) -> int:

@@ -13,10 +13,18 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
-from faregate.errors import AdminOnly, GatewayError, InvalidRequest, NotFound
+from faregate.api.openapi import publish_openapi
+from faregate.errors import (
+    AdminOnly,
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+)
+from faregate.json_limits import MAX_JSON_DEPTH, deeper_than
 from faregate.keys.admin import KeyAdmin, KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
@@ -25,13 +33,14 @@ from faregate.storage.database import SpendQuery, SqlStorage
 
 log = logging.getLogger("faregate.admin")
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
+MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column (9.2e18)
 
 
 class KeyFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: list[str] | None = None
-    max_budget: float | None = Field(default=None, ge=0)
+    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
     budget_duration: str | None = None
     duration: str | None = None
     key_alias: str | None = Field(default=None, max_length=256)
@@ -42,6 +51,13 @@ class KeyFields(BaseModel):
     model_rpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     model_tpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     blocked: bool | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _writable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and deeper_than(value):
+            raise ValueError(f"nests more than {MAX_JSON_DEPTH} levels deep; flatten it")
+        return value
 
     def settings(self) -> KeySettings:
         return KeySettings(**{n: getattr(self, n) for n in KeySettings.__dataclass_fields__})
@@ -127,7 +143,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
         return {"deleted_keys": deleted}
 
     @app.get("/key/list")
-    async def list_keys(_: Master, page: Annotated[int, Query(ge=1)] = 1,
+    async def list_keys(_: Master, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
                         size: Annotated[int, Query(ge=1, le=1000)] = 100,
                         return_full_object: bool = False) -> dict[str, Any]:
         records, total = await keys.list(page, size)
@@ -160,7 +176,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
     async def spend_logs(who: Anyone, api_key: str | None = None,
                          request_id: str | None = None, start_date: str | None = None,
                          end_date: str | None = None,
-                         page: Annotated[int, Query(ge=1)] = 1,
+                         page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
                          page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
                          ) -> list[dict[str, Any]]:
         token = token_of(api_key) if api_key else None
@@ -196,6 +212,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
                               status_code=200 if healthy else 503)
 
     _install_error_handlers(app)
+    publish_openapi(app)
     return app
 
 
@@ -209,10 +226,10 @@ def _when(value: str | None, param: str, end: bool = False) -> datetime | None:
             start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             return start + timedelta(days=1) if end else start
         moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(f"{param} must be YYYY-MM-DD or an ISO 8601 time",
-                             param=param) from None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):     # OverflowError: past year 9999 or before year 1
+        raise InvalidRequest(f"{param} must be YYYY-MM-DD or an ISO 8601 time between the "
+                             "years 1 and 9999", param=param) from None
 
 
 def _spend_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -245,10 +262,16 @@ def _install_error_handlers(app: FastAPI) -> None:
         return render(InvalidRequest(f"Invalid request: {problems}"))
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return render(NotFound("No such route. The OpenAI routes live under /v1; admin "
                                    "routes under /key, /spend, /global, /health"))
+        if exc.status_code == 405:
+            return render(MethodNotAllowed(request.method, request.url.path,
+                                           (exc.headers or {}).get("Allow", "")))
+        if exc.status_code == 400:      # FastAPI could not read the body at all
+            return render(InvalidRequest("The request body is not valid JSON (UTF-8); send a "
+                                         "JSON object"))
         error = GatewayError(str(exc.detail))
         error.status, error.type = exc.status_code, "invalid_request_error"
         return render(error)

@@ -18,7 +18,7 @@ from faregate.api.asgi_io import (
     send_bytes,
     send_error,
 )
-from faregate.errors import GatewayError
+from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.openai_request import CallType
 
@@ -49,6 +49,10 @@ class OpenAIRoutes:
             self.routes["POST", prefix + "/completions"] = partial(self._call, CallType.COMPLETION)
             self.routes["POST", prefix + "/embeddings"] = partial(self._call, CallType.EMBEDDING)
             self.routes["GET", prefix + "/models"] = self._models
+        # Another method on one of these paths is a 405 naming the right one, not a 404.
+        for method, path in list(self.routes):
+            for other in ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+                self.routes.setdefault((other, path), partial(_wrong_method, method))
 
     async def _call(self, call_type: CallType, scope: Scope, receive: Any, send: Any) -> None:
         try:
@@ -76,6 +80,10 @@ class OpenAIRoutes:
             await send_error(send, exc)
             return
         await send_bytes(send, 200, self._gateway.models(caller), JSON_HEADERS)
+
+
+async def _wrong_method(allow: str, scope: Scope, receive: Any, send: Any) -> None:
+    await send_error(send, MethodNotAllowed(scope["method"], scope["path"], allow))
 
 
 async def _stream(reply: StreamReply, receive: Any, send: Any) -> None:
