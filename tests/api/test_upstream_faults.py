@@ -34,6 +34,7 @@ from faregate.records import SpendRow
 from faregate.storage import migrate
 
 MESSAGES = [{"role": "user", "content": "ping"}]
+SHARED_REDIS = os.environ.get("FAREGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 PROMPT_TOKENS = 1 + 4 + 3           # the mock's rule for MESSAGES
 
 Start = Callable[..., Awaitable[RunningGateway]]
@@ -111,10 +112,12 @@ async def serve(settings: config.Settings, clock: Clock) -> AsyncIterator[Runnin
 
 @pytest.fixture
 async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
-    """Start a gateway with these models and router_settings (SQLite unless a URL is given)."""
+    """Start a gateway with these models and router_settings (SQLite unless a URL is given;
+    admission in process, or in the shared Redis)."""
     async with contextlib.AsyncExitStack() as stack:
         async def _start(models: list[dict[str, Any]], router_settings: dict[str, Any]
-                         | None = None, database_url: str | None = None) -> RunningGateway:
+                         | None = None, database_url: str | None = None,
+                         admission: str = "local") -> RunningGateway:
             if database_url is None:
                 database_url = f"sqlite:///{tmp_path / 'faregate.db'}"
                 await asyncio.to_thread(migrate.upgrade, database_url)
@@ -123,7 +126,11 @@ async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
                 "model_list": models,
                 "general_settings": {"master_key": "os.environ/FAREGATE_MASTER_KEY"},
                 "router_settings": {"retry_backoff": 0.01, **(router_settings or {})}}))
-            settings = config.load({**os.environ, **env_for(database_url, tmp_path)}, path)
+            env = {**os.environ, **env_for(database_url, tmp_path)}
+            env.pop("REDIS_URL", None)
+            if admission == "redis":
+                env["REDIS_URL"] = SHARED_REDIS      # keys are per virtual key: no clashes
+            settings = config.load(env, path)
             gw = await stack.enter_async_context(serve(settings, clock))
             spy_on_ledger(gw)
             return gw
@@ -221,12 +228,14 @@ async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
         await mock_stats(flaky, requests=1)
 
 
+@pytest.mark.parametrize("admission", ["local", "redis"])
 @pytest.mark.parametrize("stream", [False, True])
 async def test_a_fallback_model_answers_after_the_primarys_retries_at_its_own_price(
-        start: Start, mock_upstream: str, stream: bool) -> None:
+        start: Start, mock_upstream: str, stream: bool, admission: str) -> None:
     gw = await start([deployment("primary", "fault-503", mock_upstream),
                       deployment("backup", "qwen-local", mock_upstream, price=3)],
-                     {"num_retries": 2, "fallbacks": [{"primary": ["backup"]}]})
+                     {"num_retries": 2, "fallbacks": [{"primary": ["backup"]}]},
+                     admission=admission)
     key = await gw.new_key(models=["primary", "backup"], max_budget=1)
     text, headers = await ask(gw.sdk(key), "primary", stream)
     assert text == "mock mock mock mock"
@@ -256,20 +265,27 @@ async def test_a_fallback_the_key_may_not_use_is_skipped(start: Start,
     assert row["request_id"] == error.response.headers["x-request-id"]
 
 
-async def test_a_fallback_the_budget_cannot_cover_is_skipped(start: Start,
-                                                             mock_upstream: str) -> None:
+@pytest.mark.parametrize("admission", ["local", "redis"])
+async def test_a_fallback_the_budget_cannot_cover_is_skipped(start: Start, mock_upstream: str,
+                                                             admission: str) -> None:
     gw = await start([deployment("primary", "fault-503", mock_upstream),
-                      deployment("backup", "qwen-local", mock_upstream, price=10_000)],
-                     {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]})
-    key = await gw.new_key(models=["primary", "backup"], max_budget=0.01)
+                      deployment("backup", "qwen-local", mock_upstream, price=10_000),
+                      deployment("cheap", "qwen-local", mock_upstream)],
+                     {"num_retries": 0, "fallbacks": [{"primary": ["backup"]}]},
+                     admission=admission)
+    # Room for one reservation of these requests (~0.00008 each), not two.
+    key = await gw.new_key(models=["primary", "backup", "cheap"], max_budget=0.00015)
     with pytest.raises(openai.InternalServerError) as caught:
         await ask(gw.sdk(key), "primary", False)
     assert caught.value.response.headers["x-faregate-attempts"] == "2"
-    [row] = await ledger_rows(gw, key)
-    assert (row["model"], row["status"], row["spend"]) == ("primary", "failure", 0)
-    # nothing stays reserved: the key can spend its whole budget afterwards
-    info = (await gw.admin("GET", "/key/info", params={"key": key})).json()["info"]
-    assert info["spend"] == 0
+    # Nothing stays reserved by the failed request: the next one is admitted (a leak would
+    # keep it waiting, then refuse it).
+    text, _ = await ask(gw.sdk(key), "cheap", False)
+    assert text == "mock mock mock mock"
+    rows = await ledger_rows(gw, key)
+    assert sorted((r["model"], r["status"]) for r in rows) == [("cheap", "success"),
+                                                               ("primary", "failure")]
+    assert [r["spend"] for r in rows if r["model"] == "primary"] == [0]
 
 
 async def test_a_429_from_the_upstream_is_retried_then_reaches_the_caller(
@@ -362,13 +378,15 @@ async def test_a_single_deployment_that_keeps_failing_gives_a_fitting_status(
     assert (row["status"], row["spend"]) == ("failure", 0)
 
 
+@pytest.mark.parametrize("admission", ["local", "redis"])
 async def test_the_budget_holds_with_retries_on_a_flapping_deployment(
         start: Start, flaky: httpx.AsyncClient, flaky_url: str, mock_upstream: str,
-        db_url: str) -> None:
+        db_url: str, admission: str) -> None:
     await set_fault(flaky, mode="error", status=503, rate=0.5, seed=11)
-    gw = await start([deployment("duo", "qwen-local", flaky_url + "/v1"),
+    # The flapping deployment has its own prices: a retry on the other one is re-admitted.
+    gw = await start([deployment("duo", "qwen-local", flaky_url + "/v1", price=2),
                       deployment("duo", "qwen-local", mock_upstream)],
-                     {"allowed_fails": 1000}, database_url=db_url)
+                     {"allowed_fails": 1000}, database_url=db_url, admission=admission)
     budget = 0.0006                 # room for about five of these requests
     key = await gw.new_key(models=["duo"], max_budget=budget)
     sdk = gw.sdk(key)
