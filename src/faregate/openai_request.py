@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from faregate.errors import InvalidRequest
-from faregate.json_limits import MAX_JSON_DEPTH, deeper_than
+from faregate.json_limits import MAX_JSON_DEPTH, unwritable
 
 
 class CallType(Enum):
@@ -49,8 +49,8 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object, e.g. "
                              '{"model": "...", "messages": [...]}')
-    # Counting brackets is a cheap upper bound on the depth; walk only when it could be over.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and deeper_than(body):
+    # Counting brackets is a cheap upper bound on the depth; check only when it could be over.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
         raise _too_deep()
     model = body.get("model")
     if not isinstance(model, str) or not model:

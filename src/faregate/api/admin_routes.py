@@ -24,7 +24,7 @@ from faregate.errors import (
     MethodNotAllowed,
     NotFound,
 )
-from faregate.json_limits import MAX_JSON_DEPTH, deeper_than
+from faregate.json_limits import MAX_JSON_DEPTH, unwritable
 from faregate.keys.admin import KeyAdmin, KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
@@ -55,8 +55,10 @@ class KeyFields(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _writable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and deeper_than(value):
-            raise ValueError(f"nests more than {MAX_JSON_DEPTH} levels deep; flatten it")
+        problem = None if value is None else unwritable(value)
+        if problem:
+            raise ValueError(f"cannot be stored ({problem}): nest at most {MAX_JSON_DEPTH} "
+                             "levels and keep integers within 64 bits")
         return value
 
     def settings(self) -> KeySettings:
