@@ -322,3 +322,18 @@ async def test_close_with_the_database_down_leaves_rows_on_disk_for_the_next_sta
         assert await key_spend(store, KEY_A) == 100 == await row_sum(store, KEY_A)
     finally:
         await store.close()
+
+
+async def test_flush_beside_the_background_writer_writes_each_row_once(
+        storage: SqlStorage, spool: Path) -> None:
+    writer = LedgerWriter(storage, 0.001, SpendJournal(spool))
+    await writer.start()
+    try:
+        for i in range(300):
+            writer.record(row(f"r{i}", spend=2, i=i))
+            if i % 7 == 0:
+                await asyncio.gather(flush(writer), flush(writer))
+    finally:
+        await close(writer)
+    assert writer.written == 300
+    assert await key_spend(storage, KEY_A) == 600 == await row_sum(storage, KEY_A)

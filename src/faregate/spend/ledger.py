@@ -41,6 +41,7 @@ class LedgerWriter:
         self._sealed_rows = 0         # rows in sealed segments not yet in the database
         self._periods: dict[str, tuple[int, datetime | None]] = {}
         self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.written = 0
@@ -133,6 +134,11 @@ class LedgerWriter:
                 await asyncio.to_thread(self._sync_all)
 
     async def _write_some(self) -> None:
+        # One writer at a time: `flush` (tests, shutdown) may run beside the background task.
+        async with self._writing:
+            await self._write_some_alone()
+
+    async def _write_some_alone(self) -> None:
         # Seal the rows recorded so far, unless earlier segments still wait (then they go
         # first, and the current segment keeps growing instead of making one file per retry).
         if not self._sealed:
