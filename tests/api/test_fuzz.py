@@ -107,6 +107,24 @@ def api_schema(fuzzed: FuzzedGateway) -> Any:
     return schema
 
 
+def test_the_openapi_document_is_published_and_tells_the_truth(fuzzed: FuzzedGateway
+                                                               ) -> None:
+    resp = fuzzed.http.get("/openapi.json")
+    assert resp.status_code == 200
+    doc = resp.json()
+    assert doc["components"]["schemas"]["OpenAIError"]["required"] == ["error"]
+    assert "422" not in resp.text, "validation errors are 400s in OpenAI's shape, not 422s"
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "model", "messages"]
+    generate = doc["paths"]["/key/generate"]["post"]
+    assert generate["security"] == [{"bearer": []}]
+    assert generate["responses"]["403"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/OpenAIError"}
+    body = generate["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert "max_budget" in doc["components"]["schemas"][body.rsplit("/", 1)[1]]["properties"]
+
+
 def _check(case: Any, fuzzed: FuzzedGateway, key: str) -> None:
     response = case.call(base_url=fuzzed.base_url, headers={"Authorization": f"Bearer {key}"},
                          timeout=30)
