@@ -311,6 +311,10 @@ async def test_bad_admin_bodies_are_400(gateway: RunningGateway) -> None:
             except (AssertionError, ValueError) as exc:
                 wrong.append(f"{path} {what}: {resp.status_code} {resp.text[:300]} ({exc})")
     assert not wrong, "\n".join(wrong)
+    deepest = await gateway.http.post(
+        "/key/generate", content=dict(BAD_KEY_BODIES)["metadata nested 100000 deep"],
+        headers={"Authorization": f"Bearer {MASTER_KEY}", "Content-Type": "application/json"})
+    assert "nested too deep" in deepest.json()["error"]["message"]
     listed = (await gateway.admin("GET", "/key/list")).json()
     assert listed["total_count"] == 0, "a refused /key/generate made a key"
 

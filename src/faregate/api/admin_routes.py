@@ -272,8 +272,9 @@ def _install_error_handlers(app: FastAPI) -> None:
             return render(MethodNotAllowed(request.method, request.url.path,
                                            (exc.headers or {}).get("Allow", "")))
         if exc.status_code == 400:      # FastAPI could not read the body at all
-            return render(InvalidRequest("The request body is not valid JSON (UTF-8); send a "
-                                         "JSON object"))
+            return render(InvalidRequest("The request body could not be read as JSON (not "
+                                         "JSON, not UTF-8, or nested too deep); send a JSON "
+                                         "object"))
         error = GatewayError(str(exc.detail))
         error.status, error.type = exc.status_code, "invalid_request_error"
         return render(error)
