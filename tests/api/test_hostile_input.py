@@ -366,3 +366,14 @@ def test_the_shape_check_can_fail() -> None:
         openai_error(500, {"error": {"message": "x", "type": "t", "param": None, "code": "c"}})
     with pytest.raises(AssertionError):
         openai_error(400, {"error": {"message": "", "type": "t", "param": None, "code": "c"}})
+
+
+async def test_keys_longer_than_any_key_of_ours_are_refused_before_hashing(
+        gateway: RunningGateway) -> None:
+    resp = await gateway.http.post(CHAT, content=body(),
+                                   headers={"Authorization": "Bearer sk-" + "x" * 2_000_000})
+    error = openai_error(resp.status_code, resp.json())
+    assert resp.status_code == 401 and "longer than 256" in error["message"]
+    made = await gateway.admin("POST", "/key/generate", json={"key": "sk-" + "y" * 254})
+    error = openai_error(made.status_code, made.json())
+    assert made.status_code == 400 and error["param"] == "key"

@@ -15,7 +15,7 @@ from faregate.errors import InvalidRequest, NotFound
 from faregate.keys import durations
 from faregate.keys.auth import ALL_MODELS
 from faregate.keys.directory import KeyDirectory
-from faregate.keys.tokens import PREFIX, display_name, hash_key, new_key
+from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, new_key
 from faregate.limits.demand import Admission
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
@@ -60,9 +60,10 @@ class KeyAdmin:
 
     async def generate(self, settings: KeySettings, key: str | None = None,
                        given: Collection[str] = ()) -> tuple[str, KeyRecord]:
-        if key is not None and (not key.startswith(PREFIX) or len(key) < 16):
-            raise InvalidRequest("A custom 'key' must start with 'sk-' and be at least 16 "
-                                 "characters long", param="key")
+        if key is not None and (not key.startswith(PREFIX)
+                                or not 16 <= len(key) <= MAX_KEY_CHARS):
+            raise InvalidRequest("A custom 'key' must start with 'sk-' and be 16 to "
+                                 f"{MAX_KEY_CHARS} characters long", param="key")
         key = key or new_key()
         now = self._now()
         changes = self._changes(settings, set(given) | {"models"}, now)

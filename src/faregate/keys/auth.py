@@ -8,7 +8,7 @@ from datetime import datetime
 
 from faregate.errors import AuthError, ExpiredKey
 from faregate.keys.directory import KeyDirectory
-from faregate.keys.tokens import PREFIX, display_name, hash_key
+from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key
 from faregate.records import KeyRecord
 from faregate.secret import Secret
 
@@ -57,6 +57,9 @@ class Authenticator:
         presented = bearer(authorization, api_key)
         if self._master_key.matches(presented):
             return self._master
+        if len(presented) > MAX_KEY_CHARS:
+            raise AuthError(f"Invalid API key: longer than {MAX_KEY_CHARS} characters, so not "
+                            "a faregate key", code="invalid_api_key")
         if not presented.startswith(PREFIX):
             raise AuthError("Invalid API key format: faregate keys start with 'sk-'",
                             code="invalid_api_key")

@@ -10,6 +10,7 @@ import hashlib
 import secrets
 
 PREFIX = "sk-"
+MAX_KEY_CHARS = 256      # longer is no key of ours: refused before it is hashed
 _HEX = set("0123456789abcdef")
 
 
