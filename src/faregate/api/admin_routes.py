@@ -5,14 +5,13 @@ proxy so that its runbooks and scripts work unchanged.
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
 """
 
-import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
@@ -23,6 +22,7 @@ from faregate.errors import (
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
+    ServiceUnavailable,
 )
 from faregate.json_limits import MAX_JSON_DEPTH, unwritable
 from faregate.keys.admin import KeyAdmin, KeySettings
@@ -30,6 +30,7 @@ from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
 from faregate.storage.database import SpendQuery, SqlStorage
+from faregate.storage.health import OUTAGE_ERRORS, is_outage
 
 log = logging.getLogger("faregate.admin")
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
@@ -196,23 +197,6 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) ->
     async def global_spend(_: Master) -> dict[str, Any]:
         return {"spend": nanos_to_dollars(await storage.total_spend()), "max_budget": None}
 
-    @app.get("/health/liveliness")
-    @app.get("/health/liveness")
-    async def liveliness() -> Response:
-        return Response(b'"I\'m alive!"', media_type="application/json")
-
-    @app.get("/health/readiness")
-    async def readiness() -> JSONResponse:
-        try:
-            await asyncio.wait_for(storage.ping(), 2.0)
-            db = "connected"
-        except Exception as exc:    # any failure means not ready; say which
-            log.warning("readiness: database check failed: %s", type(exc).__name__)
-            db = "disconnected"
-        healthy = db == "connected"
-        return JSONResponse({"status": "healthy" if healthy else "unhealthy", "db": db},
-                              status_code=200 if healthy else 503)
-
     _install_error_handlers(app)
     publish_openapi(app)
     return app
@@ -267,7 +251,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return render(NotFound("No such route. The OpenAI routes live under /v1; admin "
-                                   "routes under /key, /spend, /global, /health"))
+                                   "routes under /key, /model, /spend, /global, /health"))
         if exc.status_code == 405:
             return render(MethodNotAllowed(request.method, request.url.path,
                                            (exc.headers or {}).get("Allow", "")))
@@ -278,6 +262,19 @@ def _install_error_handlers(app: FastAPI) -> None:
         error = GatewayError(str(exc.detail))
         error.status, error.type = exc.status_code, "invalid_request_error"
         return render(error)
+
+    # Registered per class (not only under Exception, whose handler Starlette runs and then
+    # re-raises, which drops the keep-alive connection): a database outage is a 503.
+    async def database_error(_: Request, exc: Exception) -> Response:
+        if not is_outage(exc):
+            log.error("unexpected database error in an admin route", exc_info=exc)
+            return render(GatewayError("Internal error in the gateway; see its logs"))
+        return render(ServiceUnavailable(
+            "The database is unreachable; admin changes need it. Retry when "
+            "/health/readiness reports db: connected", code="database_unavailable"))
+
+    for outage in OUTAGE_ERRORS:
+        app.add_exception_handler(outage, database_error)
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> Response:
