@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 
 import uvicorn
 
-from faregate import config, rotation, validate
+from faregate import config, logs, rotation, validate
 from faregate.app import Faregate
 from faregate.errors import ConfigError
 from faregate.providers import mock
@@ -88,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = config.load(os.environ, args.config)
+    logs.configure(settings.log_format)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.workers > 1 and not settings.redis_url:
@@ -113,7 +115,8 @@ def _serve(args: argparse.Namespace) -> int:
         server = _DrainingServer(uvicorn.Config(
             Faregate(settings), host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
-            proxy_headers=False, timeout_graceful_shutdown=30))
+            log_config=None,            # uvicorn's own lines go through our formatter too
+            proxy_headers=False, timeout_graceful_shutdown=settings.graceful_shutdown_timeout_s))
         server.run(sockets=sockets)
     return 0 if server.started else 1
 
@@ -158,7 +161,15 @@ def _supervise(args: argparse.Namespace) -> int:
                str(args.port), "--workers", "1", "--reuse-port", "--no-migrate"]
     if args.config:
         command += ["--config", args.config]
-    workers = [subprocess.Popen(command) for _ in range(args.workers)]
+    with tempfile.TemporaryDirectory(prefix="faregate-metrics-") as fresh:
+        # Workers write their metrics there so that a scrape of any one of them sums all.
+        env = {**os.environ,
+               "PROMETHEUS_MULTIPROC_DIR": os.environ.get("PROMETHEUS_MULTIPROC_DIR") or fresh}
+        return _run_workers(command, env, args)
+
+
+def _run_workers(command: list[str], env: dict[str, str], args: argparse.Namespace) -> int:
+    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
     print(f"faregate: {args.workers} workers (pids {', '.join(str(w.pid) for w in workers)}) "
           f"on port {args.port}", flush=True)
 

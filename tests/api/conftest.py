@@ -7,6 +7,7 @@ while clients talk to it over real HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -86,7 +87,13 @@ async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
     cfg = write_config(tmp_path / "config.yaml", mock_upstream,
                        extra_models=faulty_models(mock_upstream))
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
-    app = Faregate(settings, now=clock.now)
+    async with serve(Faregate(settings, now=clock.now)) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Faregate) -> AsyncIterator[RunningGateway]:
+    """`app` on a real uvicorn server on a free port, in this event loop."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
                                            lifespan="on", log_level="warning"))

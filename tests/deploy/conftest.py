@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "production": ("-f", str(PRODUCTION_VALUES)),
     "default-helm-hooks": ("--set", "migrations.hookMode=helm"),
     "production-helm-hooks": ("-f", str(PRODUCTION_VALUES), "--set", "migrations.hookMode=helm"),
-    # the ServiceMonitor stays off until faregate serves /metrics; render it to validate it
+    # production turns the ServiceMonitor on already; this spells it out for the tests
     "production-monitoring": ("-f", str(PRODUCTION_VALUES), "--set",
                               "serviceMonitor.enabled=true"),
 }

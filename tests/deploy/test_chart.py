@@ -62,8 +62,7 @@ def test_production_adds_autoscaler_and_network_policy() -> None:
     objects = render("production")
     assert kinds(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job",
                               "NetworkPolicy", "PodDisruptionBudget", "Service",
-                              "ServiceAccount"]
-    assert "ServiceMonitor" in kinds(render("production-monitoring"))
+                              "ServiceAccount", "ServiceMonitor"]
     deployment = the(objects, "Deployment")
     assert "replicas" not in deployment["spec"]          # the autoscaler owns the count
     hpa = the(objects, "HorizontalPodAutoscaler")
@@ -77,8 +76,8 @@ def test_every_rendered_object_validates_strictly(variant: str) -> None:
     objects = render(variant)
     for obj in objects:
         validate_any(obj)
-    # the monitoring variant includes a custom resource, checked against its CRD schema
-    assert any(is_custom(o) for o in objects) == (variant == "production-monitoring")
+    # production's ServiceMonitor is a custom resource, checked against its CRD schema
+    assert any(is_custom(o) for o in objects) == variant.startswith("production")
 
 
 def test_strict_validation_catches_a_misspelt_field() -> None:
@@ -178,6 +177,20 @@ def test_probes_drain_and_security(variant: str) -> None:
     for path in ("/tmp", data_dir):
         assert "emptyDir" in volumes[mounts[path]], path
     assert "configMap" in volumes[mounts["/etc/faregate"]]
+
+
+def test_production_scrapes_the_metrics_the_gateway_serves() -> None:
+    objects = render("production")
+    monitor = the(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"          # faregate's app serves GET /metrics
+    service_ports = {p["name"] for p in the(objects, "Service")["spec"]["ports"]}
+    assert endpoint["port"] in service_ports
+    # Prometheus, in the monitoring namespace, may reach the pods.
+    peers = the(objects, "NetworkPolicy")["spec"]["ingress"][0]["from"]
+    assert {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}} in peers
 
 
 def test_service_and_pdb_select_the_gateway_pods() -> None:

@@ -46,6 +46,9 @@ async def send_bytes(send: Any, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error(send: Any, exc: GatewayError) -> None:
+async def send_error(send: Any, exc: GatewayError,
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    if extra_headers:
+        headers += extra_headers
     await send_bytes(send, exc.status, exc.body(), headers)
