@@ -118,17 +118,23 @@ def _rss_mb(pid: int) -> float:
 
 @contextmanager
 def _process(args: list[str], env: dict[str, str], health: str) -> Iterator[int]:
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait(health, proc)
-        yield proc.pid
-    finally:
-        proc.terminate()
+    # Logs go to a file, not a pipe nobody reads: a full pipe would block the process.
+    with tempfile.NamedTemporaryFile(prefix="faregate-bench-", suffix=".log") as log:
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            try:
+                _wait(health, proc)
+            except (RuntimeError, TimeoutError):
+                sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
+                raise
+            yield proc.pid
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextmanager

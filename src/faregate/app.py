@@ -80,11 +80,11 @@ class Faregate:
                              monotonic=monotonic, rng=rng)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
-        pings = {"database": self.storage.ping}
+        pings = {"database": self._ping_database}
         if self.redis is not None:
             pings["redis"] = self.redis.client.ping
         self.metrics = Metrics(lambda: self.ledger.pending, HealthChecks(pings),
-                               settings.prometheus_multiproc_dir)
+                               settings.prometheus_multiproc_dir, self.router.health)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes, self.metrics,
                                     settings.log_requests).routes
         self._routes["GET", "/metrics"] = MetricsRoute(
@@ -98,6 +98,11 @@ class Faregate:
                                    self.router, settings.deployments, now,
                                    settings.stored_models_poll_interval_s)
         self.admin.include_router(build_model_routes(self.auth, self.models))
+
+    async def _ping_database(self) -> None:
+        """The metrics' database gauge, from the same health the request path reads."""
+        if not await self.db_health.probe():
+            raise ConnectionError("the database is unreachable")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":

@@ -169,22 +169,58 @@ def _supervise(args: argparse.Namespace) -> int:
 
 
 def _run_workers(command: list[str], env: dict[str, str], args: argparse.Namespace) -> int:
-    workers = [subprocess.Popen(command, env=env) for _ in range(args.workers)]
-    print(f"faregate: {args.workers} workers (pids {', '.join(str(w.pid) for w in workers)}) "
+    """Start the workers; restart one that dies (a crash, an OOM kill), so that its
+    replacement replays the spend rows the dead one left on disk; stop them all on a signal.
+
+    A worker that dies within WORKER_MIN_LIFE_S of its start is not restarted (a bad config
+    would only crash again): the others are stopped and this exits 1.
+    """
+    workers = [_Worker(command, env) for _ in range(args.workers)]
+    print(f"faregate: {args.workers} workers (pids {', '.join(str(w.proc.pid) for w in workers)}) "
           f"on port {args.port}", flush=True)
+    stop_signal: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
+        stop_signal.append(signum)
         for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signum)
+            worker.signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    codes = [worker.wait() for worker in workers]
+    failed = False
+    while any(w.proc.poll() is None for w in workers):
+        time.sleep(0.2)
+        for i, worker in enumerate(workers):
+            code = worker.proc.poll()
+            if code is None or stop_signal or failed:
+                continue
+            if time.monotonic() - worker.started < WORKER_MIN_LIFE_S:
+                print(f"faregate: worker {worker.proc.pid} exited with {code} right after "
+                      "starting; stopping", file=sys.stderr, flush=True)
+                failed = True
+                for other in workers:
+                    other.signal(signal.SIGTERM)
+                continue
+            workers[i] = _Worker(command, env)
+            print(f"faregate: worker {worker.proc.pid} died ({code}); started "
+                  f"{workers[i].proc.pid} in its place", file=sys.stderr, flush=True)
     # A worker stopped by the forwarded signal before it could install its handlers had
     # nothing in flight yet: that is a clean stop too.
     clean = (0, -signal.SIGTERM, -signal.SIGINT)
-    return 0 if all(code in clean for code in codes) else 1
+    return 0 if not failed and all(w.proc.returncode in clean for w in workers) else 1
+
+
+WORKER_MIN_LIFE_S = 5.0
+
+
+class _Worker:
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(command, env=env)
+        self.started = time.monotonic()
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
 
 
 class _DrainingServer(uvicorn.Server):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from faregate.errors import BudgetExceeded, GatewayError, RateLimited
+from faregate.routing import DeploymentHealth
 from faregate.trace import RequestTrace
 
 log = logging.getLogger("faregate.metrics")
@@ -80,11 +81,22 @@ class HealthChecks:
 class _ScrapeTimeGauges:
     """A collector: values read when Prometheus scrapes, not kept up to date per request."""
 
-    def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks) -> None:
+    def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
+                 deployments: Callable[[], Iterable[DeploymentHealth]]) -> None:
         self._ledger_pending = ledger_pending
         self._health = health
+        self._deployments = deployments
 
     def collect(self) -> Iterator[Metric]:
+        # LiteLLM's litellm_deployment_state: 0 healthy, 1 failing lately, 2 cooling down.
+        state = GaugeMetricFamily(
+            PREFIX + "deployment_state",
+            "0 healthy, 1 failed in the last minute, 2 cooling down (tried only as a last "
+            "resort)", labels=("model_group", "model_id", "api_base"))
+        for d in self._deployments():
+            state.add_metric((d.model_name, d.deployment_id, d.api_base),
+                             2 if d.cooling_down else 1 if d.fails_last_minute else 0)
+        yield state
         yield GaugeMetricFamily(PREFIX + "ledger_pending_rows",
                                 "Spend rows accepted but not yet written to the database",
                                 value=self._ledger_pending())
@@ -96,7 +108,8 @@ class _ScrapeTimeGauges:
 
 class Metrics:
     def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
-                 multiprocess_dir: str | None = None) -> None:
+                 multiprocess_dir: str | None = None,
+                 deployments: Callable[[], Iterable[DeploymentHealth]] = tuple) -> None:
         self._health = health
         own = CollectorRegistry(auto_describe=True)
         alias_labels = ("model", "api_key_alias")
@@ -132,7 +145,7 @@ class Metrics:
                                "Requests on the OpenAI routes not yet answered in full",
                                registry=own, multiprocess_mode="livesum")
         self._series: dict[tuple[str, str, int], _Series] = {}
-        scrape_time = _ScrapeTimeGauges(ledger_pending, health)
+        scrape_time = _ScrapeTimeGauges(ledger_pending, health, deployments)
         if multiprocess_dir:
             # Every worker writes its series to files there; a scrape sums them all.
             self._exposed = CollectorRegistry()

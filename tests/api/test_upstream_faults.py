@@ -26,6 +26,7 @@ import pytest
 import uvicorn
 import yaml
 from api.conftest import Clock, RunningGateway
+from prometheus_client.parser import text_string_to_metric_families
 from support import MASTER_KEY, PRICE_IN, PRICE_OUT, env_for, free_port, stop, wait_for_port
 
 from faregate import config
@@ -219,6 +220,10 @@ async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
     bad, good = gw.app.router.health()
     assert bad.cooling_down and bad.fails_last_minute == 1 and bad.last_error
     assert not good.cooling_down
+    states = {s.labels["model_id"]: s.value for f in text_string_to_metric_families(
+        (await gw.http.get("/metrics")).text) if f.name == "faregate_deployment_state"
+        for s in f.samples}
+    assert states == {bad.deployment_id: 2, good.deployment_id: 0}
     rows = await ledger_rows(gw, key)
     assert sorted(r["request_id"] for r in rows) == sorted(h["x-request-id"] for _, h in answers)
     assert {r["status"] for r in rows} == {"success"}

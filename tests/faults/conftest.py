@@ -88,7 +88,8 @@ def model(name: str, api_base: str, upstream_model: str | None = None,
 
 def start(tmp_path: Path, database_url: str, models: list[dict[str, Any]],
           general: dict[str, Any] | None = None,
-          router_settings: dict[str, Any] | None = None) -> ServedGateway:
+          router_settings: dict[str, Any] | None = None,
+          args: tuple[str, ...] = ()) -> ServedGateway:
     cfg: dict[str, Any] = {"model_list": models,
                            "general_settings": {"master_key": "os.environ/FAREGATE_MASTER_KEY",
                                                 **(general or {})}}
@@ -98,7 +99,7 @@ def start(tmp_path: Path, database_url: str, models: list[dict[str, Any]],
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "FAREGATE_MASTER_KEY": MASTER_KEY, "DATABASE_URL": database_url,
            "FAREGATE_DATA_DIR": str(tmp_path / "data")}
-    return start_gateway(tmp_path, env, ["--config", str(path)])
+    return start_gateway(tmp_path, env, ["--config", str(path), *args])
 
 
 def new_key(base_url: str, **fields: Any) -> str:

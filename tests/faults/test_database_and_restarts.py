@@ -5,6 +5,7 @@ equals the sum of its rows."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import signal
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from e2e.conftest import ServedGateway
+from e2e.test_replicas import RedisServer
 from faults.conftest import model, new_database, new_key, start
 from faults.harness import (
     FaultTable,
@@ -24,6 +26,8 @@ from faults.harness import (
 )
 from faults.private_postgres import PrivatePostgres
 from support import MASTER_KEY, chat, stop
+
+from faregate.cli import WORKER_MIN_LIFE_S
 
 OUTAGE_S = 10.0
 
@@ -155,14 +159,16 @@ def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
         fault_table: FaultTable) -> None:
     db = new_database(private_pg)
     models = [model("qwen-local", fault_mock)]
-    # Rows would reach Postgres only every 60 s: at the kill, every row is on disk only.
+    # Rows would reach Postgres only every 60 s (or at 500 waiting, more than this test
+    # sends): at the kill, every row is on disk only.
     general = {"proxy_batch_write_at": 60}
     gw = start(tmp_path, db, models, general)
     key = new_key(gw.base_url, max_budget=100)
     try:
         async def scenario() -> Load:
             task = asyncio.create_task(drive(gw.base_url, key,
-                                             [chat(f"q{i}") for i in range(2000)], 8))
+                                             [chat(f"q{i}") for i in range(450)], 8,
+                                             pace_s=0.05))
             await asyncio.sleep(1.5)
             gw.proc.kill()
             return await task
@@ -219,3 +225,53 @@ def test_sigterm_with_streams_longer_than_the_grace_period_cuts_and_charges_them
     for request_id in cut:                    # charged for what was produced, not the bound
         spend, status, produced = ledger.rows[request_id]
         assert status == "partial" and 0 < produced < 200 and spend > 0
+
+
+def test_sigkill_of_one_worker_restarts_it_and_its_replacement_replays_the_rows(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    redis = RedisServer(tmp_path)
+    redis.start()
+    db = new_database(private_pg)
+    try:
+        gw = start(tmp_path, db, [model("qwen-local", fault_mock)],
+                   {"proxy_batch_write_at": 60, "redis_url": redis.url}, args=("--workers", "2"))
+        try:
+            async def until_output(text: str, count: int = 1) -> None:
+                async with asyncio.timeout(30):
+                    while gw.output().count(text) < count:
+                        await asyncio.sleep(0.1)
+
+            asyncio.run(until_output("faregate: listening on", 2))     # both workers up
+            time.sleep(WORKER_MIN_LIFE_S)          # old enough to be restarted, not given up
+            key = new_key(gw.base_url, max_budget=100)
+            pids = re.search(r"workers \(pids (\d+), (\d+)\)", gw.output())
+            assert pids is not None
+            victim = int(pids.group(1))
+
+            async def scenario() -> Load:
+                task = asyncio.create_task(drive(gw.base_url, key,
+                                                 [chat(f"q{i}") for i in range(300)], 4,
+                                                 pace_s=0.02))
+                await asyncio.sleep(1.0)
+                os.kill(victim, signal.SIGKILL)
+                await until_output(f"worker {victim} died")
+                return await task
+
+            load = asyncio.run(scenario())
+            asyncio.run(until_output("replaying"))      # the replacement adopted the rows
+            gw.proc.send_signal(signal.SIGTERM)
+            code = gw.proc.wait(60)
+        finally:
+            stop(gw.proc)
+        ledger = asyncio.run(read_ledger(db, key))
+    finally:
+        redis.stop()
+    replayed = re.search(r"replaying (\d+) spend rows", gw.output())
+    check_and_record(fault_table, "SIGKILL of 1 of 2 workers (--workers 2)", load, ledger,
+                     load.ids(lambda o: o.status == 200),
+                     f"restarted; {replayed.group(1) if replayed else 0} rows replayed by "
+                     f"the replacement; exit {code}")
+    assert code == 0, gw.output()
+    assert replayed is not None and int(replayed.group(1)) > 0
+    assert len(load.served) >= 250                   # the other worker kept serving
