@@ -55,7 +55,9 @@ class Deployment:
     stream_timeout_s: float | None = None   # longest wait for a stream's next bytes
 
 
-ROUTING_STRATEGIES = ("simple-shuffle",)    # more come with routing strategies (issue #6)
+# router_settings.routing_strategy: LiteLLM's names (and our short ones) -> the Router's names.
+ROUTING_STRATEGIES = {"simple-shuffle": "simple-shuffle", "least-busy": "least-busy",
+                      "latency-based-routing": "latency-based", "latency-based": "latency-based"}
 
 
 @dataclass(frozen=True)
@@ -372,10 +374,10 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
 def _router_settings(value: Any, deployments: tuple[Deployment, ...]) -> RouterSettings:
     router = _mapping(value, "router_settings")
     strategy = router.get("routing_strategy", "simple-shuffle")
-    if strategy not in ROUTING_STRATEGIES:
-        raise ConfigError(f"router_settings.routing_strategy {strategy!r} is not supported yet; "
-                          f"use one of: {', '.join(ROUTING_STRATEGIES)} (with "
-                          "litellm_params.weight to split traffic)")
+    if not isinstance(strategy, str) or strategy not in ROUTING_STRATEGIES:
+        raise ConfigError(f"router_settings.routing_strategy {strategy!r} is not supported; "
+                          f"use one of: {', '.join(ROUTING_STRATEGIES)} (usage-based-routing "
+                          "is not built: give deployments rpm/tpm, which routing respects)")
     backoff = router.get("retry_backoff", 0.1)
     return RouterSettings(
         num_retries=_non_negative_int(router.get("num_retries", 2), "router_settings.num_retries"),
@@ -388,7 +390,7 @@ def _router_settings(value: Any, deployments: tuple[Deployment, ...]) -> RouterS
                                         "router_settings.allowed_fails"),
         cooldown_time_s=_positive_number(router.get("cooldown_time", 5),
                                          "router_settings.cooldown_time"),
-        routing_strategy=strategy,
+        routing_strategy=ROUTING_STRATEGIES[strategy],
     )
 
 

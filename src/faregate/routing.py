@@ -5,14 +5,21 @@ Every `model_list` entry (and every model stored through /model/new) is a deploy
 that share a `model_name` are deployments of one model. `replace` swaps the whole table at once,
 so a request sees the table before a change or after it, never half of it.
 
-Picking (`routing_strategy: simple-shuffle`): a weighted random choice among the deployments
-that are neither cooling down nor already tried by this request; if every one is cooling down,
-the one whose cooldown ends first (a probe, rather than failing the request outright).
+Picking among the deployments that are neither cooling down nor already tried by this request
+(if every one is cooling down, the one whose cooldown ends first: a probe, rather than failing
+the request outright), by `routing_strategy`:
+- `simple-shuffle`: a weighted random choice;
+- `least-busy`: the fewest attempts in flight on this replica (ties: weighted random);
+- `latency-based`: the lowest recent latency (an EWMA of whole answers, or of the first event
+  for streams); a deployment never measured goes first, and a small share of picks ignores
+  latency, so that a slow deployment that recovered is noticed.
+The gateway reports each attempt's start (`begin`), end (`end`) and latency (`succeeded`).
 
 Cooldown, LiteLLM-like: a deployment with more than `allowed_fails` failures within a minute
 cools down for `cooldown_time` seconds; a 429 or a refused connection cools it down at once
 (the upstream said plainly that it cannot take more now). A success ends a cooldown early.
-One deployment and no failures cost a dict lookup and a length check per request.
+One deployment and no failures cost a dict lookup and a length check per pick, whatever the
+strategy.
 """
 
 from __future__ import annotations
@@ -22,13 +29,16 @@ import itertools
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from faregate.config import Deployment, RouterSettings
 from faregate.errors import UpstreamError
 
 FAIL_WINDOW_S = 60.0
+STRATEGIES = ("simple-shuffle", "least-busy", "latency-based")
+LATENCY_WEIGHT = 0.3        # the newest sample's weight in the latency EWMA
+LATENCY_EXPLORE = 0.1       # share of latency-based picks that ignore latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +52,14 @@ class DeploymentHealth:
     cooldown_left_s: float
     fails_last_minute: int
     last_error: str | None
+    in_flight: int = 0                  # attempts on it in flight on this replica
+    latency_s: float | None = None      # recent average (EWMA); None until it answered once
+
+    @property
+    def state(self) -> str:
+        if self.cooling_down:
+            return "cooling_down"
+        return "failing" if self.fails_last_minute else "healthy"
 
 
 class Router:
@@ -57,6 +75,11 @@ class Router:
         self._cooling: dict[str, float] = {}            # deployment id -> cooldown ends at
         self._fails: dict[str, deque[float]] = {}       # deployment id -> recent failure times
         self._last_error: dict[str, str] = {}
+        self._in_flight: dict[str, int] = {}            # deployment id -> attempts in flight
+        self._latency: dict[str, float] = {}            # deployment id -> latency EWMA, s
+        self._strategy = self.settings.routing_strategy
+        if self._strategy not in STRATEGIES:
+            raise ValueError(f"unknown routing strategy {self._strategy!r}")
         self.replace(deployments)
 
     def replace(self, deployments: Iterable[Deployment]) -> None:
@@ -68,7 +91,8 @@ class Router:
                              for name, ds in table.items()}
         # Forget the state of deployments that are gone; keep it for those that stay.
         ids = {d.deployment_id for ds in self._table.values() for d in ds}
-        for state in (self._cooling, self._fails, self._last_error):
+        for state in (self._cooling, self._fails, self._last_error, self._in_flight,
+                      self._latency):
             for gone in [i for i in state if i not in ids]:
                 del state[gone]
 
@@ -94,9 +118,11 @@ class Router:
             return None
         if len(ds) == 1:
             return ds[0]
-        if not tried and not self._cooling:     # the common case: one weighted draw
-            cum = self._cum_weights[model]
-            return ds[min(bisect.bisect(cum, self._rng.random() * cum[-1]), len(ds) - 1)]
+        if not tried and not self._cooling:     # the common case: every one is a candidate
+            if self._strategy == "simple-shuffle":
+                cum = self._cum_weights[model]
+                return ds[min(bisect.bisect(cum, self._rng.random() * cum[-1]), len(ds) - 1)]
+            return self._choose(ds)
         now = self._clock() if self._cooling else 0.0
         tiers: tuple[list[Deployment], ...] = ([], [], [], [])
         for d in ds:
@@ -110,8 +136,36 @@ class Router:
                 return min(members, key=lambda d: self._cooling[d.deployment_id])
             if len(members) == 1:
                 return members[0]
-            return self._rng.choices(members, weights=[d.weight for d in members])[0]
+            return self._choose(members)
         return None     # unreachable: ds is not empty
+
+    def _choose(self, members: Sequence[Deployment]) -> Deployment:
+        """One of `members` (two or more, none cooling down) by the routing strategy."""
+        if self._strategy == "least-busy":
+            busy = self._in_flight
+            least = min(busy.get(d.deployment_id, 0) for d in members)
+            members = [d for d in members if busy.get(d.deployment_id, 0) == least]
+        elif self._strategy == "latency-based" and self._rng.random() >= LATENCY_EXPLORE:
+            latency = self._latency
+            unmeasured = [d for d in members if d.deployment_id not in latency]
+            if not unmeasured:
+                return min(members, key=lambda d: latency[d.deployment_id])
+            members = unmeasured
+        if len(members) == 1:
+            return members[0]
+        return self._rng.choices(members, weights=[d.weight for d in members])[0]
+
+    def begin(self, d: Deployment) -> None:
+        """An attempt on `d` starts (least-busy counts them; health shows them)."""
+        self._in_flight[d.deployment_id] = self._in_flight.get(d.deployment_id, 0) + 1
+
+    def end(self, d: Deployment) -> None:
+        """An attempt on `d` ended, however it ended (for a stream: when its relay ends)."""
+        left = self._in_flight.get(d.deployment_id, 0) - 1
+        if left > 0:
+            self._in_flight[d.deployment_id] = left
+        else:
+            self._in_flight.pop(d.deployment_id, None)
 
     def failed(self, d: Deployment, error: UpstreamError) -> None:
         """Count an upstream failure of `d`; cool it down when it has failed too often.
@@ -130,10 +184,15 @@ class Router:
                 or len(fails) > self.settings.allowed_fails:
             self._cooling[d.deployment_id] = now + self.settings.cooldown_time_s
 
-    def succeeded(self, d: Deployment) -> None:
-        """An answer proves the deployment is back: end its cooldown."""
+    def succeeded(self, d: Deployment, latency_s: float | None = None) -> None:
+        """An answer proves the deployment is back: end its cooldown. `latency_s`: how long
+        the answer took (for a stream, its first event), for latency-based routing."""
         if self._cooling:
             self._cooling.pop(d.deployment_id, None)
+        if latency_s is not None:
+            before = self._latency.get(d.deployment_id)
+            self._latency[d.deployment_id] = latency_s if before is None \
+                else before + LATENCY_WEIGHT * (latency_s - before)
 
     def backoff_s(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1, 2, ...) of a deployment already
@@ -155,5 +214,7 @@ class Router:
                     api_base=d.api_base, cooling_down=until > now,
                     cooldown_left_s=max(0.0, until - now),
                     fails_last_minute=sum(1 for t in fails if t > now - FAIL_WINDOW_S),
-                    last_error=self._last_error.get(d.deployment_id)))
+                    last_error=self._last_error.get(d.deployment_id),
+                    in_flight=self._in_flight.get(d.deployment_id, 0),
+                    latency_s=self._latency.get(d.deployment_id)))
         return out

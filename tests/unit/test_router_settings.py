@@ -47,6 +47,13 @@ def test_every_setting_is_read(tmp_path: Path) -> None:
                                       cooldown_time_s=30.0, fallbacks={"a": ("b",), "b": ("a",)})
 
 
+@pytest.mark.parametrize(("given", "meant"), [
+    ("simple-shuffle", "simple-shuffle"), ("least-busy", "least-busy"),
+    ("latency-based-routing", "latency-based"), ("latency-based", "latency-based")])
+def test_routing_strategies_take_litellms_names(tmp_path: Path, given: str, meant: str) -> None:
+    assert load(tmp_path, {"routing_strategy": given}).router_settings.routing_strategy == meant
+
+
 def test_weight_and_stream_timeout_per_deployment(tmp_path: Path) -> None:
     ds = load(tmp_path, models=[model("a", weight=3, stream_timeout=2.5), model("a")]).deployments
     assert (ds[0].weight, ds[0].stream_timeout_s) == (3.0, 2.5)
@@ -54,7 +61,8 @@ def test_weight_and_stream_timeout_per_deployment(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("router_settings", "models", "names"), [
-    ({"routing_strategy": "least-busy"}, None, "router_settings.routing_strategy"),
+    ({"routing_strategy": "usage-based-routing"}, None, "usage-based-routing is not built"),
+    ({"routing_strategy": ["least-busy"]}, None, "router_settings.routing_strategy"),
     ({"fallbacks": [{"a": ["nope"]}]}, None, "router_settings.fallbacks names model 'nope'"),
     ({"fallbacks": [{"nope": ["a"]}]}, None, "router_settings.fallbacks names model 'nope'"),
     ({"fallbacks": {"a": ["b"]}}, None, "router_settings.fallbacks must be a list"),

@@ -152,3 +152,56 @@ def test_fallbacks_come_from_the_settings() -> None:
     r = router([dep(0), dep(0, "b")], fallbacks={"m": ("b",)})
     assert r.fallbacks("m") == ("b",)
     assert r.fallbacks("b") == ()
+
+
+def test_least_busy_picks_the_fewest_in_flight_and_counts_ends() -> None:
+    heavy = dep(0, weight=9)
+    r = router([heavy, dep(1), dep(2)], routing_strategy="least-busy")
+    r.begin(heavy)
+    r.begin(dep(1))
+    assert all(r.pick("m") == dep(2) for _ in range(20))
+    r.begin(dep(2))
+    r.begin(dep(2))
+    r.end(heavy)
+    assert all(r.pick("m") == heavy for _ in range(20))
+    assert [h.in_flight for h in r.health()] == [0, 1, 2]
+    # ties go by weight; an untried one still comes first after a failure
+    r.end(dep(1))
+    picks = Counter(r.pick("m").deployment_id for _ in range(1000))  # type: ignore[union-attr]
+    assert picks["m#0"] > 800 and picks["m#2"] == 0
+    assert r.pick("m", tried={"m#0", "m#1"}) == dep(2)
+
+
+def test_latency_based_prefers_the_fastest_and_still_explores() -> None:
+    r = router([dep(0), dep(1), dep(2)], routing_strategy="latency-based")
+    r.succeeded(dep(0), 0.5)
+    r.succeeded(dep(1), 0.1)
+    assert r.pick("m") == dep(2) or r.pick("m") == dep(2)   # unmeasured first (or exploring)
+    r.succeeded(dep(2), 0.3)
+    picks = Counter(r.pick("m").deployment_id for _ in range(2000))  # type: ignore[union-attr]
+    assert picks["m#1"] > 1700                   # the fastest gets the bulk ...
+    assert picks["m#0"] > 20 and picks["m#2"] > 20   # ... the others a small share
+    # dep(0) recovers: its average follows, and once below dep(1)'s it takes the lead
+    for _ in range(10):
+        r.succeeded(dep(0), 0.01)
+    assert r.health()[0].latency_s == pytest.approx(0.01, abs=0.02)
+    picks = Counter(r.pick("m").deployment_id for _ in range(1000))  # type: ignore[union-attr]
+    assert picks.most_common(1)[0][0] == "m#0"
+
+
+def test_latency_based_skips_cooling_and_tried_deployments() -> None:
+    r = router([dep(0), dep(1), dep(2)], routing_strategy="latency-based", allowed_fails=0)
+    for i, seconds in enumerate((0.1, 0.2, 0.3)):
+        r.succeeded(dep(i), seconds)
+    r.failed(dep(0), SERVER_ERROR)
+    assert {r.pick("m") for _ in range(200)} <= {dep(1), dep(2)}
+    assert r.pick("m", tried={"m#1", "m#2"}) == dep(0)          # all others tried: the cooling one
+
+
+def test_health_reports_a_state_per_deployment() -> None:
+    r = router([dep(0), dep(1), dep(2)], allowed_fails=1)
+    r.failed(dep(1), SERVER_ERROR)
+    r.failed(dep(2), SERVER_ERROR)
+    r.failed(dep(2), SERVER_ERROR)
+    assert [h.state for h in r.health()] == ["healthy", "failing", "cooling_down"]
+    assert r.health()[0].latency_s is None
