@@ -20,6 +20,7 @@ from faregate.errors import (
     GatewayError,
     InvalidRequest,
     ModelAccessDenied,
+    RateLimited,
     ServiceUnavailable,
     UpstreamError,
 )
@@ -42,6 +43,8 @@ UPSTREAM_PATHS = {CallType.CHAT: "/chat/completions", CallType.COMPLETION: "/com
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 _DONE = b"data: [DONE]"
 _ADMISSION_ATTEMPTS = 3
+# Admission's refusal codes for a deployment's own windows (litellm_params rpm / tpm).
+_DEPLOYMENT_WINDOWS = ("rpm", "tpm")
 
 
 @dataclass(slots=True)
@@ -103,8 +106,8 @@ class Gateway:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
         deployment = self._route(request.model, caller)
         trace.model = deployment.model_name   # a configured name: bounded label values
-        call = await self._admit(trace.request_id, trace.request_id, caller, request, deployment,
-                                 authorization, api_key, trace, self._now())
+        call = await self._admit_with_room(trace.request_id, caller, request, deployment,
+                                           authorization, api_key, trace)
         path = UPSTREAM_PATHS[call_type]
         try:
             return await self._answer(call, raw, path)
@@ -115,6 +118,25 @@ class Gateway:
             await self._finish(call, 0, 0, "failure")
             raise
         return await self._recover(call, raw, path, failure, authorization, api_key)
+
+    async def _admit_with_room(self, request_id: str, caller: Caller, request: ParsedRequest,
+                               deployment: Deployment, authorization: str | None,
+                               api_key: str | None, trace: RequestTrace) -> _Call:
+        """Admit on `deployment`, or, if its own rpm/tpm window is full, on another deployment
+        of the model that has room: a full deployment is no reason to refuse the request."""
+        started, tried = self._now(), set[str]()
+        while True:
+            try:
+                return await self._admit(request_id, request_id, caller, request, deployment,
+                                         authorization, api_key, trace, started)
+            except RateLimited as exc:
+                if exc.code not in _DEPLOYMENT_WINDOWS:
+                    raise
+                tried.add(deployment.deployment_id)
+                other = self._router.pick(deployment.model_name, tried)
+                if other is None or other.deployment_id in tried:
+                    raise           # every deployment is full: the caller gets the 429
+                deployment = other
 
     async def _admit(self, request_id: str, demand_id: str, caller: Caller,
                      request: ParsedRequest, deployment: Deployment, authorization: str | None,
@@ -144,7 +166,7 @@ class Gateway:
                     raise ServiceUnavailable("The key is being changed; retry",
                                              code="key_changing") from None
                 caller = await self._auth.caller(authorization, api_key)
-                self._check_access(deployment.model_name, caller)
+                self._check_access(request.model, deployment.model_name, caller)
         return _Call(request_id, caller, request, deployment, admitted, prompt_bound,
                      started, trace, wanted=wanted)
 
@@ -159,21 +181,30 @@ class Gateway:
             headers.append((b"x-faregate-max-tokens-capped", str(allowed // request.n)
                             .encode()))
         trace.upstream_started = perf_counter()
-        if request.stream:
-            # Wait for the first event so that an upstream that fails at once gives the
-            # caller a real HTTP error status (or a retry) rather than a 200 with an error event.
-            blocks = self._upstream.stream(call.deployment, path, body)
-            first = await anext(blocks, None)
-            _check_first_event(call.deployment, first)
-            trace.first_token_s = perf_counter() - trace.upstream_started
-            self._router.succeeded(call.deployment)
-            relay = self._relay(call, first, blocks)
-            # Started, the relay settles in its `finally` however the stream ends.
-            head = await anext(relay, b"")
-            return StreamReply(head, relay, headers)
-        reply = await self._upstream.send(call.deployment, path, body)
-        trace.upstream_s = perf_counter() - trace.upstream_started
-        self._router.succeeded(call.deployment)
+        d, relayed = call.deployment, False
+        self._router.begin(d)
+        try:
+            if request.stream:
+                # Wait for the first event so that an upstream that fails at once gives the
+                # caller a real HTTP error status (or a retry) rather than a 200 with an error
+                # event.
+                blocks = self._upstream.stream(d, path, body)
+                first = await anext(blocks, None)
+                _check_first_event(d, first)
+                trace.first_token_s = perf_counter() - trace.upstream_started
+                self._router.succeeded(d, trace.first_token_s)
+                relay = self._relay(call, first, blocks)
+                # Started, the relay settles (and ends the attempt) in its `finally` however
+                # the stream ends.
+                relayed = True
+                head = await anext(relay, b"")
+                return StreamReply(head, relay, headers)
+            reply = await self._upstream.send(d, path, body)
+            trace.upstream_s = perf_counter() - trace.upstream_started
+            self._router.succeeded(d, trace.upstream_s)
+        finally:
+            if not relayed:
+                self._router.end(d)
         await self._settle_reply(call, reply.usage)
         return Reply(reply.body, headers)
 
@@ -185,7 +216,7 @@ class Gateway:
         the key may use, with as many. One ledger row in the end, whatever happened."""
         attempts, tried = 1, {call.deployment.deployment_id}
         retries = self._router.settings.num_retries
-        model = call.request.model
+        model = call.deployment.model_name      # the model served (an alias is resolved)
         groups = [model, *(m for m in self._router.fallbacks(model) if call.caller.may_use(m))]
         try:
             for group_index, group in enumerate(groups):
@@ -201,6 +232,11 @@ class Gateway:
                     attempts += 1
                     try:
                         call = await self._switch(call, d, attempts, authorization, api_key)
+                    except RateLimited as exc:
+                        if exc.code in _DEPLOYMENT_WINDOWS:
+                            attempts -= 1   # no upstream call; another deployment may have room
+                            continue
+                        break
                     except GatewayError:
                         break               # not affordable or not allowed now: next fallback
                     try:
@@ -245,7 +281,8 @@ class Gateway:
     def _same_terms(self, call: _Call, d: Deployment) -> bool:
         """Would admission decide the same for `d` as it did for the call's deployment?"""
         a = call.deployment
-        return (a.model_name == d.model_name and a.input_femtos == d.input_femtos
+        return (not _is_released(call.admitted) and a.model_name == d.model_name
+                and a.input_femtos == d.input_femtos
                 and a.output_femtos == d.output_femtos
                 and a.max_output_tokens == d.max_output_tokens
                 and a.rpm is None and d.rpm is None and a.tpm is None and d.tpm is None
@@ -255,24 +292,37 @@ class Gateway:
         return await self._auth.caller(authorization, api_key)
 
     def models(self, caller: Caller) -> bytes:
+        """The models the key may ask for: the gateway's, then the key's own aliases."""
+        served = self._router.names()
+        names = [name for name in served if caller.may_use(name)]
+        names += [alias for alias, target in caller.key.aliases.items()
+                  if target in served and alias not in names and caller.may_use(target)]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "faregate"}
-                for name in self._router.names() if caller.may_use(name)]
+                for name in names]
         return orjson.dumps({"object": "list", "data": data})
 
     def _route(self, model: str, caller: Caller) -> Deployment:
-        deployment = self._router.pick(model)
+        """A deployment for `model` as the caller named it: a key's alias is resolved first,
+        so that routing, budgets, limits and the ledger all see the model actually served."""
+        aliases = caller.key.aliases
+        served = aliases.get(model, model) if aliases else model
+        deployment = self._router.pick(served)
         if deployment is None:
             shown = model if len(model) <= 200 else model[:200] + "..."    # don't echo 1 MB
-            raise InvalidRequest(f"Invalid model name passed in model={shown}. Call /v1/models "
-                                 "to see the models your key may use", param="model",
-                                 code="model_not_found")
-        self._check_access(model, caller)
+            via = f" (your key's alias for model {served}, which is gone)" \
+                if served != model else ""
+            raise InvalidRequest(f"Invalid model name passed in model={shown}{via}. Call "
+                                 "/v1/models to see the models your key may use",
+                                 param="model", code="model_not_found")
+        self._check_access(model, served, caller)
         return deployment
 
     @staticmethod
-    def _check_access(model: str, caller: Caller) -> None:
-        if not caller.may_use(model):
-            raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {model}; it "
+    def _check_access(asked: str, served: str, caller: Caller) -> None:
+        """As LiteLLM decides: an alias is resolved first and the key must be allowed to use
+        the model it points at; aliases never widen what a key may use."""
+        if not caller.may_use(served):
+            raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {asked}; it "
                                     f"may use: {', '.join(caller.key.models)}",
                                     code="model_access_denied")
 
@@ -353,6 +403,7 @@ class Gateway:
             err = UpstreamError(f"The upstream sent a malformed stream event: {exc}")
             yield b"data: " + err.body() + b"\n\n"
         finally:
+            self._router.end(call.deployment)
             await blocks.aclose()     # closes the upstream response: frees its GPU slot
             trace = call.trace
             if trace.upstream_started is not None:
@@ -412,6 +463,11 @@ def _released(admitted: Admitted) -> Admitted:
     demand = replace(admitted.demand, request_id=admitted.demand.request_id + ".released",
                      windows=(), parallel_limit=None)
     return Admitted(demand, 0, admitted.second)
+
+
+def _is_released(admitted: Admitted) -> bool:
+    """Settled by `_switch` before a refused re-admission: the call holds nothing any more."""
+    return admitted.demand.request_id.endswith(".released")
 
 
 def _windows(caller: Caller, d: Deployment, tokens: int) -> tuple[Window, ...]:

@@ -25,6 +25,7 @@ class KeyRecord:
     max_parallel_requests: int | None = None
     model_rpm_limit: dict[str, int] = field(default_factory=dict)
     model_tpm_limit: dict[str, int] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)   # model asked for -> model served
     blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None

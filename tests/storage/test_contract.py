@@ -77,7 +77,8 @@ async def test_insert_and_get_key_round_trip(storage: SqlStorage) -> None:
                  spend_nanos=BIG - 1, period_base_nanos=7, budget_duration="1mo",
                  budget_reset_at=T0 + timedelta(days=30), expires=T0 + timedelta(days=365),
                  metadata={"team": "a", "nested": {"n": [1, 2]}, "ü": "ö"}, tpm_limit=1000,
-                 rpm_limit=60, max_parallel_requests=4, blocked=True)
+                 rpm_limit=60, max_parallel_requests=4, blocked=True,
+                 aliases={"my-gpt": "qwen", "ü": "gpt-4o"})
     await storage.insert_key(record)
     got = await storage.get_key(record.token)
     assert got == record

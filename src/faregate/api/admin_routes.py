@@ -51,6 +51,9 @@ class KeyFields(BaseModel):
     max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
     model_rpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
     model_tpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
+    aliases: dict[Annotated[str, Field(max_length=256)],
+                  Annotated[str, Field(max_length=256)]] | None = Field(default=None,
+                                                                         max_length=100)
     blocked: bool | None = None
 
     @field_validator("metadata")

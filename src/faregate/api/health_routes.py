@@ -4,17 +4,25 @@ Liveness says the process serves HTTP, nothing more: a database outage must not 
 replica restarted. Readiness says whether this replica should get traffic: with the database
 down it is not ready, unless general_settings.allow_requests_on_db_unavailable says to serve
 through the outage (then it reports "degraded" and stays in the Service).
+
+/health/deployments (master key) shows what the router saw of each deployment on this replica:
+no upstream is called (LiteLLM's /health calls every model; a probe must not spend money).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes
+from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
+from faregate.api.openai_routes import _credentials
+from faregate.errors import AdminOnly, GatewayError
+from faregate.keys.auth import Authenticator
+from faregate.routing import DeploymentHealth
 from faregate.spend.ledger import LedgerWriter
 from faregate.storage.health import DatabaseHealth
 
@@ -25,13 +33,17 @@ _ALIVE = b'"I\'m alive!"'
 
 
 class HealthRoutes:
-    def __init__(self, database: DatabaseHealth, ledger: LedgerWriter) -> None:
+    def __init__(self, database: DatabaseHealth, ledger: LedgerWriter, auth: Authenticator,
+                 deployments: Callable[[], Iterable[DeploymentHealth]]) -> None:
         self._database = database
         self._ledger = ledger
+        self._auth = auth
+        self._deployments = deployments
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health/liveliness"): self._alive,
             ("GET", "/health/liveness"): self._alive,
             ("GET", "/health/readiness"): self._ready,
+            ("GET", "/health/deployments"): self._per_deployment,
         }
 
     async def _alive(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -49,3 +61,39 @@ class HealthRoutes:
                 "spend_rows_waiting": self._ledger.pending,
                 "allow_requests_on_db_unavailable": self._database.serve_while_down}
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)
+
+    async def _per_deployment(self, scope: Scope, receive: Any, send: Any) -> None:
+        authorization, api_key, _ = _credentials(scope)
+        try:
+            caller = await self._auth.caller(authorization, api_key)
+            if not caller.is_master:
+                raise AdminOnly("/health/deployments needs the master key", code="admin_only")
+        except GatewayError as exc:
+            await send_error(send, exc)
+            return
+        body = [_shown(d) for d in self._deployments()]
+        await send_bytes(send, 200, orjson.dumps(body), JSON_HEADERS)
+
+
+def _shown(d: DeploymentHealth) -> dict[str, Any]:
+    api_base = without_credentials(d.api_base)
+    # Upstream errors quote the URL they called: never with its credentials.
+    last_error = None if d.last_error is None else d.last_error.replace(d.api_base, api_base)
+    return {"model_name": d.model_name, "deployment_id": d.deployment_id, "api_base": api_base,
+            "state": d.state, "cooldown_left_s": round(d.cooldown_left_s, 3),
+            "fails_last_minute": d.fails_last_minute, "last_error": last_error,
+            "in_flight": d.in_flight,
+            "latency_s": None if d.latency_s is None else round(d.latency_s, 4)}
+
+
+def without_credentials(url: str) -> str:
+    """`url` less any user:password@ and query string (some upstreams take keys there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return "(unparseable)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -39,6 +39,7 @@ class KeySettings:
     max_parallel_requests: int | None = None
     model_rpm_limit: dict[str, int] | None = None
     model_tpm_limit: dict[str, int] | None = None
+    aliases: dict[str, str] | None = None
     blocked: bool | None = None
 
 
@@ -145,8 +146,8 @@ class KeyAdmin:
             "metadata": record.metadata, "tpm_limit": record.tpm_limit,
             "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
             "model_rpm_limit": record.model_rpm_limit, "model_tpm_limit": record.model_tpm_limit,
-            "blocked": record.blocked, "created_at": _iso(record.created_at),
-            "updated_at": _iso(record.updated_at),
+            "aliases": record.aliases, "blocked": record.blocked,
+            "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
         }
 
     def _changes(self, s: KeySettings, given: set[str], now: datetime) -> dict[str, Any]:
@@ -189,6 +190,8 @@ class KeyAdmin:
                 if any(v < 0 for v in limits.values()):
                     raise InvalidRequest(f"'{name}' values must be >= 0", param=name)
                 out[name] = dict(limits)
+        if "aliases" in given:
+            out["aliases"] = self._aliases(s.aliases or {})
         if "key_alias" in given:
             out["key_alias"] = s.key_alias
         if "metadata" in given:
@@ -196,6 +199,18 @@ class KeyAdmin:
         if "blocked" in given:
             out["blocked"] = bool(s.blocked)
         return out
+
+    def _aliases(self, aliases: dict[str, str]) -> dict[str, str]:
+        """Each alias must name a model this gateway serves (checked now, so that a typo is
+        found by the admin, not by the key's first caller)."""
+        known = set(self._models())
+        unknown = sorted({target for target in aliases.values() if target not in known})
+        if unknown:
+            raise InvalidRequest(f"'aliases' points at unknown model(s) {unknown}; this gateway "
+                                 f"serves {sorted(known)}", param="aliases")
+        if any(not name for name in aliases):
+            raise InvalidRequest("'aliases' may not contain an empty name", param="aliases")
+        return dict(aliases)
 
     @staticmethod
     def _duration(value: str | None, param: str) -> str | None:

@@ -85,7 +85,8 @@ def _key_from_row(row: Any) -> KeyRecord:
         tpm_limit=row.tpm_limit, rpm_limit=row.rpm_limit,
         max_parallel_requests=row.max_parallel_requests,
         model_rpm_limit=orjson.loads(row.model_rpm_limit),
-        model_tpm_limit=orjson.loads(row.model_tpm_limit), blocked=bool(row.blocked),
+        model_tpm_limit=orjson.loads(row.model_tpm_limit), aliases=orjson.loads(row.aliases),
+        blocked=bool(row.blocked),
         created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
     )
 
@@ -106,6 +107,7 @@ def _key_values(record: KeyRecord) -> dict[str, Any]:
         "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
         "model_rpm_limit": orjson.dumps(record.model_rpm_limit).decode(),
         "model_tpm_limit": orjson.dumps(record.model_tpm_limit).decode(),
+        "aliases": orjson.dumps(record.aliases).decode(),
         "blocked": record.blocked, "created_at": _as_utc(record.created_at),
         "updated_at": _as_utc(record.updated_at),
     }

@@ -38,6 +38,7 @@ keys = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("model_rpm_limit", Text, nullable=False, default="{}"),
     Column("model_tpm_limit", Text, nullable=False, default="{}"),
+    Column("aliases", Text, nullable=False, default="{}"),
 )
 
 spend_logs = Table(
