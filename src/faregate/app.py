@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from faregate.api.admin_routes import build_admin_app
+from faregate.api.anthropic_routes import AnthropicRoutes
 from faregate.api.health_routes import HealthRoutes
 from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
@@ -87,6 +88,8 @@ class Faregate:
                                settings.prometheus_multiproc_dir, self.router.health)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes, self.metrics,
                                     settings.log_requests).routes
+        self._routes.update(AnthropicRoutes(self.gateway, settings.max_request_body_bytes,
+                                            self.metrics, settings.log_requests).routes)
         self._routes["GET", "/metrics"] = MetricsRoute(
             self.metrics, self.auth if settings.metrics_require_auth else None)
         self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,

@@ -30,6 +30,11 @@ Deterministic usage rule:
   except the first), so the concatenated deltas equal the non-streamed text.
 * ``finish_reason`` is ``"length"`` if a max was given, else ``"stop"``.
 * ``total_tokens = prompt_tokens + completion_tokens``.
+* A chat request whose ``tool_choice`` forces a tool (``"required"``: the first
+  of ``tools``; ``{"type": "function", "function": {"name": ...}}``: that one)
+  gets one tool call instead of text, ``id`` ``call_mock_1``, its arguments a
+  JSON object with ``"mock"`` for every string property of the tool's
+  ``parameters`` (streamed in two fragments), ``finish_reason`` ``"tool_calls"``.
 
 Streaming follows OpenAI: chat sends a role chunk, one chunk per token, a chunk
 with an empty delta and the finish_reason, then, only with
@@ -222,6 +227,31 @@ def _choice(
     return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
 
 
+def _forced_tool_call(req: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call a request's tool_choice forces, if it forces one."""
+    tools, choice = req.get("tools"), req.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    functions = [t.get("function") for t in tools
+                 if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if choice == "required" and functions:
+        function = functions[0]
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        function = next((f for f in functions if f.get("name") == name), None)
+        if function is None:
+            raise _BadRequest(f"tool_choice names a function not in tools: {name}")
+    else:
+        return None
+    params = function.get("parameters")
+    props = params.get("properties") if isinstance(params, dict) else None
+    args = {k: "mock" for k, v in (props or {}).items()
+            if isinstance(v, dict) and v.get("type") == "string"}
+    return {"id": "call_mock_1", "type": "function",
+            "function": {"name": str(function.get("name")), "arguments": orjson.dumps(args)
+                         .decode()}}
+
+
 FAULT_MODEL_PREFIX = "fault-"
 SLOW_MODEL_PREFIX = "slow-"
 BREAK_MODEL_PREFIX = "break-"
@@ -374,6 +404,7 @@ class MockUpstream:
         if await self._fault_answered(fault, send, receive, stream):
             return
         await self._sleep()
+        call = _forced_tool_call(req) if chat else None
         if chat:
             obj = "chat.completion.chunk" if stream else "chat.completion"
         else:
@@ -381,6 +412,9 @@ class MockUpstream:
         cid = f"{'chatcmpl' if chat else 'cmpl'}-mock-{next(self._ids)}"
         head = {"id": cid, "object": obj, "created": int(time.time()), "model": model}
         usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        if call is not None:
+            return await self._tool_call(send, receive, head, call, usage, stream,
+                                         include_usage)
         if not stream:
             choice = _choice(chat, False, " ".join(["mock"] * n), finish)
             body = orjson.dumps({**head, "choices": [choice], "usage": usage})
@@ -408,6 +442,33 @@ class MockUpstream:
             delay = float(model[len(SLOW_MODEL_PREFIX):] or 0) / 1000
         break_after = fault.after if fault is not None and fault.mode == "break" else None
         await self._stream(send, receive, events, delay, break_after)
+
+    async def _tool_call(self, send: Send, receive: Receive, head: dict[str, Any],
+                         call: dict[str, Any], usage: dict[str, int], stream: bool,
+                         include_usage: bool) -> None:
+        if not stream:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            choice = {"index": 0, "message": message, "logprobs": None,
+                      "finish_reason": "tool_calls"}
+            return await _send_json(send, 200, orjson.dumps({**head, "choices": [choice],
+                                                             "usage": usage}))
+        arguments = call["function"]["arguments"]
+        half = len(arguments) // 2
+        first = {**call, "index": 0,
+                 "function": {**call["function"], "arguments": arguments[:half]}}
+        deltas = [{"role": "assistant", "content": None, "tool_calls": [first]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": arguments[half:]}}]}]
+        events = [b"data: " + orjson.dumps({**head, "choices": [
+            {"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}) + b"\n\n"
+            for d in deltas]
+        events.append(b"data: " + orjson.dumps({**head, "choices": [
+            {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}]})
+            + b"\n\n")
+        if include_usage:
+            events.append(b"data: " + orjson.dumps({**head, "choices": [], "usage": usage})
+                          + b"\n\n")
+        events.append(_DONE)
+        await self._stream(send, receive, events, 0.0, None)
 
     async def _stream(self, send: Send, receive: Receive, events: list[bytes], delay: float,
                       break_after: int | None) -> None:

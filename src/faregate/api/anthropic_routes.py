@@ -1,0 +1,129 @@
+"""`POST /v1/messages` for clients that speak Anthropic's Messages API, as raw ASGI.
+
+Thin: authenticate, translate the body to an OpenAI chat request (anthropic_dialect), serve it
+on the one request path (Gateway.handle: admission, budget, upstream, settlement, one ledger
+row), translate the answer or its stream back. Every error renders in Anthropic's shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from time import perf_counter
+from typing import Any
+
+import orjson
+
+from faregate.anthropic_dialect import (
+    StreamTranslator,
+    error_body,
+    sse,
+    translate_reply,
+    translate_request,
+)
+from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
+from faregate.api.openai_routes import Handler, _credentials, _id_headers, _log_request, _stream
+from faregate.errors import GatewayError, MethodNotAllowed
+from faregate.gateway import Gateway, Reply, StreamReply
+from faregate.logs import REQUEST_TRACE
+from faregate.metrics import Metrics
+from faregate.openai_request import CallType
+from faregate.trace import RequestTrace, sane_client_request_id
+
+log = logging.getLogger("faregate.api")
+
+MESSAGES_PATH = "/v1/messages"
+
+
+class AnthropicRoutes:
+    def __init__(self, gateway: Gateway, max_body_bytes: int, metrics: Metrics,
+                 log_requests: bool) -> None:
+        self._gateway = gateway
+        self._max_body = max_body_bytes
+        self._metrics = metrics
+        self._log_requests = log_requests
+        self.routes: dict[tuple[str, str], Handler] = {("POST", MESSAGES_PATH): self._messages}
+        for other in ("GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+            self.routes[other, MESSAGES_PATH] = _wrong_method
+
+    async def _messages(self, scope: Scope, receive: Any, send: Any) -> None:
+        """Serve one Messages call and record it once, however it ends."""
+        authorization, api_key, client_id = _credentials(scope)
+        trace = RequestTrace(self._gateway.new_request_id(), perf_counter(),
+                             sane_client_request_id(client_id) if client_id else None)
+        context = REQUEST_TRACE.set(trace)
+        self._metrics.in_flight.inc()
+        status, error = 500, None
+        try:
+            try:
+                raw = await read_body(scope, receive, self._max_body)
+                # The key first, as Anthropic does: an unknown caller learns nothing of bodies.
+                await self._gateway.authenticate(authorization, api_key)
+                request = translate_request(raw)
+                reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
+                                                   authorization, api_key, trace)
+            except GatewayError as exc:
+                status, error = await _send_error(send, exc, _id_headers(trace, True))
+                return
+            except ClientGone:
+                status = 499
+                return
+            except Exception:
+                log.exception("unexpected error on %s", scope["path"])
+                status, error = await _send_error(
+                    send, GatewayError("Internal error in the gateway; see its logs"),
+                    _id_headers(trace, True))
+                return
+            message_id = "msg_" + trace.request_id
+            if isinstance(reply, Reply):
+                status = reply.status
+                body = translate_reply(reply.body, request.model, message_id)
+                await send_bytes(send, reply.status, body,
+                                 JSON_HEADERS + reply.headers + _id_headers(trace, False))
+            else:
+                status = 200
+                translator = StreamTranslator(request.model, message_id)
+                head = translator.start() + translator.feed(reply.head)
+                await _stream(StreamReply(head, _translated(reply.events, translator),
+                                          reply.headers + _id_headers(trace, False)),
+                              receive, send)
+        finally:
+            self._metrics.in_flight.dec()
+            self._metrics.finished(trace, status, error)
+            if self._log_requests:
+                _log_request(trace, status)
+            REQUEST_TRACE.reset(context)
+
+
+async def _translated(events: AsyncGenerator[bytes, None], translator: StreamTranslator
+                      ) -> AsyncGenerator[bytes, None]:
+    """The gateway's relayed OpenAI events as Anthropic events; closing this closes the relay
+    (which settles the request)."""
+    try:
+        async for block in events:
+            try:
+                out = translator.feed(block)
+            except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                yield sse("error", {"type": "error", "error": {
+                    "type": "api_error", "message": f"The upstream sent a malformed stream "
+                                                    f"event: {exc}"}})
+                return
+            if out:
+                yield out
+        if not translator.ended:
+            yield sse("error", {"type": "error", "error": {
+                "type": "api_error", "message": "The upstream ended the stream early"}})
+    finally:
+        await events.aclose()
+
+
+async def _send_error(send: Any, exc: GatewayError, extra: list[tuple[bytes, bytes]]
+                      ) -> tuple[int, GatewayError]:
+    status, body, headers = error_body(exc)
+    await send_bytes(send, status, body, JSON_HEADERS + headers + extra)
+    return status, exc
+
+
+async def _wrong_method(scope: Scope, receive: Any, send: Any) -> None:
+    await _send_error(send, MethodNotAllowed(scope["method"], scope["path"], "POST"), [])
+

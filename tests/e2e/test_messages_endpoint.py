@@ -1,0 +1,163 @@
+"""Issue #6, done means: the `anthropic` SDK calls `POST /v1/messages` on `faregate serve`
+(real processes) with a virtual key; the project's mock OpenAI-compatible upstream answers
+the translated request; the same budgets and ledger hold."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+from e2e.conftest import ServedGateway, start_gateway
+from support import MASTER_KEY, PRICE_IN, PRICE_OUT, env_for, stop, write_config
+
+ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
+WEATHER = {"name": "get_weather", "description": "The weather in a city",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}
+PING = [{"role": "user", "content": "ping"}]
+# The mock's usage rule: "ping" is 1 word + 4 per message + 3; completion = max_tokens.
+PING_PROMPT_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def gateway(mock_upstream: str, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[ServedGateway]:
+    tmp = tmp_path_factory.mktemp("messages")
+    cfg = write_config(tmp / "config.yaml", mock_upstream)
+    env = {**os.environ, **env_for(f"sqlite:///{tmp / 'faregate.db'}", Path(tmp))}
+    gw = start_gateway(tmp, env, ["--config", str(cfg)])
+    yield gw
+    stop(gw.proc)
+
+
+def new_key(gw: ServedGateway, **fields: Any) -> str:
+    resp = httpx.post(f"{gw.base_url}/key/generate", headers=ADMIN,
+                      json={"models": ["qwen-local"], **fields})
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["key"])
+
+
+def client(gw: ServedGateway, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.base_url, api_key=key)
+
+
+def spend_rows(gw: ServedGateway, key: str, count: int) -> list[dict[str, Any]]:
+    """The key's ledger rows, once `count` of them reached the database (in batches)."""
+    deadline = time.monotonic() + 10
+    while True:
+        rows = httpx.get(f"{gw.base_url}/spend/logs", params={"api_key": key},
+                         headers=ADMIN).json()
+        if len(rows) >= count or time.monotonic() > deadline:
+            return list(rows)
+        time.sleep(0.05)
+
+
+def key_spend(gw: ServedGateway, key: str) -> float:
+    info = httpx.get(f"{gw.base_url}/key/info", params={"key": key}, headers=ADMIN).json()
+    return float(info["info"]["spend"])
+
+
+def test_message_is_answered_and_charged_once(gateway: ServedGateway) -> None:
+    key = new_key(gateway, max_budget=1.0)
+    with client(gateway, key) as sdk:
+        message = sdk.messages.create(
+            model="qwen-local", max_tokens=5, system="Be brief.", messages=PING,
+            stop_sequences=["END"], metadata={"user_id": "agent-7"},
+            extra_body={"temperature": 0.5, "top_p": 0.9})
+    assert message.type == "message" and message.model == "qwen-local"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "mock mock mock mock mock"
+    assert message.stop_reason == "max_tokens"
+    # The system prompt is a message upstream: 2 words + 4.
+    assert message.usage.input_tokens == PING_PROMPT_TOKENS + 6
+    assert message.usage.output_tokens == 5
+    [row] = spend_rows(gateway, key, 1)
+    assert row["request_id"] == message.id.removeprefix("msg_")
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (14, 5)
+    assert row["spend"] == pytest.approx(14 * PRICE_IN + 5 * PRICE_OUT)
+    assert key_spend(gateway, key) == pytest.approx(row["spend"])
+
+
+def test_stream_is_relayed_as_anthropic_events(gateway: ServedGateway) -> None:
+    key = new_key(gateway, max_budget=1.0)
+    with client(gateway, key) as sdk, sdk.messages.stream(
+            model="qwen-local", max_tokens=6, messages=PING) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "mock mock mock mock mock mock"
+    assert final.stop_reason == "max_tokens"
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (PING_PROMPT_TOKENS, 6)
+    [row] = spend_rows(gateway, key, 1)
+    assert row["status"] == "success" and row["completion_tokens"] == 6
+    assert key_spend(gateway, key) == pytest.approx(8 * PRICE_IN + 6 * PRICE_OUT)
+
+
+def test_tool_use_then_tool_result(gateway: ServedGateway) -> None:
+    key = new_key(gateway, max_budget=1.0)
+    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with client(gateway, key) as sdk:
+        with sdk.messages.stream(model="qwen-local", max_tokens=20, tools=[WEATHER],
+                                 tool_choice={"type": "any"}, messages=ask) as stream:
+            message = stream.get_final_message()
+        assert message.stop_reason == "tool_use"
+        [call] = message.content
+        assert call.type == "tool_use" and call.name == "get_weather"
+        assert call.input == {"city": "mock"}
+
+        answer = sdk.messages.create(model="qwen-local", max_tokens=3, tools=[WEATHER],
+                                     messages=[*ask, {"role": "assistant",
+                                                      "content": message.content},
+                                               {"role": "user", "content": [
+                                                   {"type": "tool_result",
+                                                    "tool_use_id": call.id,
+                                                    "content": "sunny, 21 C"}]}])
+    assert answer.stop_reason == "max_tokens"
+    assert answer.content[0].type == "text"
+    rows = spend_rows(gateway, key, 2)
+    assert len(rows) == 2
+    assert key_spend(gateway, key) == pytest.approx(sum(r["spend"] for r in rows))
+
+
+def test_budget_is_enforced_and_never_passed(gateway: ServedGateway) -> None:
+    budget = 0.0001         # a handful of 5-token answers (8e-6 + 10e-6 each)
+    key = new_key(gateway, max_budget=budget)
+    answered = 0
+    with client(gateway, key) as sdk, pytest.raises(anthropic.RateLimitError) as refused:
+        for _ in range(30):
+            sdk.messages.create(model="qwen-local", max_tokens=5, messages=PING)
+            answered += 1
+    assert answered >= 1
+    error = refused.value.body
+    assert isinstance(error, dict) and error["type"] == "error"
+    assert error["error"]["type"] == "rate_limit_error"
+    assert error["error"]["message"].startswith("Budget has been exceeded")
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    rows = spend_rows(gateway, key, answered)
+    assert len(rows) == answered            # refused requests leave no row
+    spend = key_spend(gateway, key)
+    assert spend <= budget
+    assert spend == pytest.approx(sum(r["spend"] for r in rows))
+
+
+def test_errors_come_in_anthropics_shape(gateway: ServedGateway) -> None:
+    with client(gateway, "sk-no-such-key") as stranger, \
+            pytest.raises(anthropic.AuthenticationError) as bad_key:
+        stranger.messages.create(model="qwen-local", max_tokens=5, messages=PING)
+    assert bad_key.value.status_code == 401
+    key = new_key(gateway)
+    with client(gateway, key) as sdk:
+        with pytest.raises(anthropic.NotFoundError) as unknown:
+            sdk.messages.create(model="claude-nope", max_tokens=5, messages=PING)
+        assert isinstance(unknown.value.body, dict)
+        assert unknown.value.body["error"]["type"] == "not_found_error"
+        with pytest.raises(anthropic.BadRequestError) as unsupported:
+            sdk.messages.create(model="qwen-local", max_tokens=5, messages=PING,
+                                extra_body={"top_k": 5})
+    assert "top_k" in str(unsupported.value)
+    assert spend_rows(gateway, key, 0) == []
