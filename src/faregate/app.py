@@ -27,6 +27,8 @@ from faregate.limits.demand import Admission
 from faregate.limits.local import LocalAdmission
 from faregate.limits.redis_admission import RedisAdmission
 from faregate.metrics import HealthChecks, Metrics
+from faregate.providers.anthropic import AnthropicClient
+from faregate.providers.clients import ProviderClients
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.routing import Router
 from faregate.sealing import Sealer
@@ -76,7 +78,8 @@ class Faregate:
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
                              self.redis.key_changed if self.redis else None)
-        self.upstream = OpenAICompatible()
+        self.upstream = ProviderClients({"openai": OpenAICompatible(),
+                                         "anthropic": AnthropicClient()})
         self.router = Router(settings.deployments, settings.router_settings,
                              monotonic=monotonic, rng=rng)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),

@@ -23,7 +23,7 @@ import uvicorn
 from faregate import config, logs, rotation, validate
 from faregate.app import Faregate
 from faregate.errors import ConfigError
-from faregate.providers import mock
+from faregate.providers import mock, mock_anthropic
 from faregate.sealing import Sealer, SealingError
 from faregate.storage import migrate
 
@@ -50,6 +50,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock_cmd.add_argument("--latency-ms", type=float, default=0.0)
     mock_cmd.add_argument("--api-key", help="require this bearer key")
 
+    anth = commands.add_parser("mock-anthropic",
+                               help="run the mock Anthropic Messages API (checks each request)")
+    anth.add_argument("--host", default="127.0.0.1")
+    anth.add_argument("--port", type=int, default=8002)
+    anth.add_argument("--api-key", help="require this x-api-key (default: any non-empty one)")
+
     rot = commands.add_parser(
         "rotate-salt-key", help="re-encrypt every stored credential under a new salt key")
     rot.add_argument("--config")
@@ -75,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "rotate-salt-key":
             return _rotate_salt_key(args)
+        if args.command == "mock-anthropic":
+            print(f"faregate mock Anthropic on http://{args.host}:{args.port}", flush=True)
+            mock_anthropic.serve(args.host, args.port, args.api_key)
+            return 0
         if args.command == "mock-upstream":
             print(f"faregate mock upstream on http://{args.host}:{args.port}/v1", flush=True)
             mock.serve(args.host, args.port, args.latency_ms, args.api_key)

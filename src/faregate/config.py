@@ -30,6 +30,7 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 DEFAULT_PROMPT_OVERHEAD_TOKENS = 64
 DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS = 8
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
+ANTHROPIC_API_BASE = "https://api.anthropic.com"
 MIN_SALT_KEY_CHARS = 16
 
 
@@ -53,6 +54,9 @@ class Deployment:
     tpm: int | None = None
     weight: float = 1.0           # share of the model's traffic (routing_strategy simple-shuffle)
     stream_timeout_s: float | None = None   # longest wait for a stream's next bytes
+    # Prompt tokens read from / written to a provider's prompt cache; None: the input price.
+    cache_read_femtos: int | None = None
+    cache_write_femtos: int | None = None
 
 
 # router_settings.routing_strategy: LiteLLM's names (and our short ones) -> the Router's names.
@@ -324,13 +328,19 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     if not isinstance(model, str) or "/" not in model:
         raise ConfigError(f"{where}.litellm_params.model must look like 'openai/<upstream model>'")
     provider, upstream_model = model.split("/", 1)
-    if provider not in {"openai", "hosted_vllm", "vllm"}:
+    if provider not in {"openai", "hosted_vllm", "vllm", "anthropic"}:
         raise ConfigError(f"{where}.litellm_params.model: provider {provider!r} is not supported; "
-                          "use openai/<model> for any OpenAI-compatible server")
+                          "use openai/<model> for any OpenAI-compatible server or "
+                          "anthropic/<model> for Anthropic's Messages API")
     api_base = env.resolve(params.get("api_base"), f"{where}.litellm_params.api_base")
+    api_key = env.resolve(params.get("api_key"), f"{where}.litellm_params.api_key")
+    if provider == "anthropic":
+        api_base = _anthropic_base(api_base or ANTHROPIC_API_BASE)
+        if not api_key:
+            raise ConfigError(f"{where}.litellm_params.api_key is required for Anthropic "
+                              "models (e.g. os.environ/ANTHROPIC_API_KEY)")
     if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.litellm_params.api_base must be an http(s) URL")
-    api_key = env.resolve(params.get("api_key"), f"{where}.litellm_params.api_key")
 
     prices = {}
     for setting in ("input_cost_per_token", "output_cost_per_token"):
@@ -345,10 +355,19 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
+    for setting in ("cache_read_input_token_cost", "cache_creation_input_token_cost"):
+        value = params.get(setting, info.get(setting))
+        if value is not None:
+            try:
+                prices[setting] = price_to_femtos(env.resolve(value, setting),
+                                                  f"{where}.{setting}")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+
     max_out = info.get("max_output_tokens", info.get("max_tokens", DEFAULT_MAX_OUTPUT_TOKENS))
     return Deployment(
         model_name=name,
-        provider="openai",
+        provider="anthropic" if provider == "anthropic" else "openai",
         upstream_model=upstream_model,
         api_base=api_base.rstrip("/"),
         api_key=Secret(str(api_key)) if api_key else None,
@@ -368,7 +387,21 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
         weight=_positive_number(params.get("weight", 1), f"{where}.litellm_params.weight"),
         stream_timeout_s=None if params.get("stream_timeout") is None else _positive_number(
             params.get("stream_timeout"), f"{where}.litellm_params.stream_timeout"),
+        cache_read_femtos=prices.get("cache_read_input_token_cost"),
+        cache_write_femtos=prices.get("cache_creation_input_token_cost"),
     )
+
+
+def _anthropic_base(api_base: Any) -> Any:
+    """Anthropic's base URL without the path the client adds: LiteLLM configs give it with or
+    without `/v1` or `/v1/messages`."""
+    if not isinstance(api_base, str):
+        return api_base
+    base = api_base.rstrip("/")
+    for suffix in ("/v1/messages", "/v1"):
+        if base.endswith(suffix):
+            return base[:-len(suffix)]
+    return base
 
 
 def _router_settings(value: Any, deployments: tuple[Deployment, ...]) -> RouterSettings:

@@ -28,11 +28,11 @@ from faregate.keys.auth import Authenticator, Caller
 from faregate.limits.demand import Admission, Admitted, Demand, StaleKey, Window
 from faregate.money import tokens_affordable
 from faregate.openai_request import CallType, ParsedRequest, parse
-from faregate.providers.openai_compat import OpenAICompatible
+from faregate.providers.openai_compat import UpstreamClient
 from faregate.records import SpendRow
 from faregate.routing import Router
 from faregate.spend.ledger import LedgerWriter
-from faregate.spend.pricing import PromptBound, cost
+from faregate.spend.pricing import PromptBound, bound_cost, cost
 from faregate.trace import RequestTrace
 
 log = logging.getLogger("faregate.gateway")
@@ -77,11 +77,13 @@ class _Call:
     trace: RequestTrace
     settled: bool = False
     wanted: int = 0                 # output tokens asked for (before a budget cap)
+    cache_read: int = 0             # prompt tokens the upstream read from its prompt cache
+    cache_write: int = 0            # prompt tokens the upstream wrote to it
 
 
 class Gateway:
     def __init__(self, router: Router, auth: Authenticator,
-                 admission: Admission, bound: PromptBound, upstream: OpenAICompatible,
+                 admission: Admission, bound: PromptBound, upstream: UpstreamClient,
                  ledger: LedgerWriter, now: Callable[[], datetime]) -> None:
         self._router = router
         self._auth = auth
@@ -150,8 +152,8 @@ class Gateway:
             wanted = self._wanted_output(request, deployment)
             demand = Demand(
                 request_id=demand_id, key=caller.key,
-                least=cost(deployment, prompt_bound, request.n if wanted else 0),
-                most=cost(deployment, prompt_bound, wanted),
+                least=bound_cost(deployment, prompt_bound, request.n if wanted else 0),
+                most=bound_cost(deployment, prompt_bound, wanted),
                 windows=_windows(caller, deployment, prompt_bound + wanted),
                 parallel_limit=caller.key.max_parallel_requests,
                 lease_s=lease_s, key_version=caller.version)
@@ -291,6 +293,14 @@ class Gateway:
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
 
+    async def prompt_bound(self, raw: bytes, authorization: str | None,
+                           api_key: str | None) -> int:
+        """The prompt tokens the budget would reserve for chat request `raw` on the deployment
+        it would be routed to: an upper bound, not a count. Nothing is admitted or charged."""
+        caller = await self._auth.caller(authorization, api_key)
+        request = parse(raw, CallType.CHAT)
+        return self._bound.tokens(self._route(request.model, caller), request)
+
     def models(self, caller: Caller) -> bytes:
         """The models the key may ask for: the gateway's, then the key's own aliases."""
         served = self._router.names()
@@ -343,7 +353,7 @@ class Gateway:
         if call.admitted.grant == 0 or wanted == 0:
             return wanted
         d = call.deployment
-        prompt_cost = cost(d, call.prompt_bound, 0)
+        prompt_cost = bound_cost(d, call.prompt_bound, 0)
         affordable = tokens_affordable(call.admitted.grant - prompt_cost, d.output_femtos)
         return min(wanted, affordable // call.request.n * call.request.n)
 
@@ -383,6 +393,7 @@ class Gateway:
             return None
         if prompt:
             self._bound.observe(call.deployment, call.request, prompt)
+        call.cache_read, call.cache_write = _cache_tokens(usage)
         return prompt, completion
 
     async def _relay(self, call: _Call, first: bytes | None,
@@ -425,7 +436,7 @@ class Gateway:
         if call.settled:
             return
         call.settled = True
-        spend = cost(call.deployment, prompt, completion)
+        spend = cost(call.deployment, prompt, completion, call.cache_read, call.cache_write)
         d = call.deployment
         self._ledger.record(SpendRow(
             request_id=call.request_id, api_key=call.caller.key.token,
@@ -437,6 +448,19 @@ class Gateway:
         trace.prompt_tokens, trace.completion_tokens = prompt, completion
         trace.spend_nanos, trace.outcome = spend, status
         await self._admission.settle(call.admitted, spend, prompt + completion)
+
+
+def _cache_tokens(usage: object) -> tuple[int, int]:
+    """(read, written) prompt-cache tokens: Anthropic's counts, or OpenAI's cached_tokens."""
+    try:
+        read = usage.get("cache_read_input_tokens")                 # type: ignore[attr-defined]
+        if read is None:
+            read = (usage.get("prompt_tokens_details")              # type: ignore[attr-defined]
+                    or {}).get("cached_tokens")
+        written = usage.get("cache_creation_input_tokens")          # type: ignore[attr-defined]
+        return int(read or 0), int(written or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0, 0
 
 
 def _check_first_event(d: Deployment, first: bytes | None) -> None:

@@ -173,7 +173,7 @@ def test_missing_env_var_names_setting_and_variable(tmp_path: Path) -> None:
     assert "not set" in str(info.value)
 
 
-@pytest.mark.parametrize("model", ["anthropic/claude-3", "bedrock/x"])
+@pytest.mark.parametrize("model", ["gemini/gemini-pro", "bedrock/x"])
 def test_unsupported_provider(tmp_path: Path, model: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_model(tmp_path, f"model: {model}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
@@ -25,6 +26,14 @@ from faregate.errors import UpstreamError
 class UpstreamReply:
     body: bytes
     usage: object       # the reply's "usage" member, unchecked (None when absent)
+
+
+class UpstreamClient(Protocol):
+    """What the gateway needs of a provider's client (this module's, the Anthropic one)."""
+
+    async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply: ...
+
+    def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]: ...
 
 
 class OpenAICompatible:

@@ -20,10 +20,32 @@ log = logging.getLogger("faregate.pricing")
 IMAGE_TOKENS = 4096
 
 
-def cost(deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> int:
-    """Nano-dollars for the tokens an upstream reports."""
-    return (token_cost(prompt_tokens, deployment.input_femtos)
-            + token_cost(completion_tokens, deployment.output_femtos))
+def cost(deployment: Deployment, prompt_tokens: int, completion_tokens: int,
+         cache_read_tokens: int = 0, cache_write_tokens: int = 0) -> int:
+    """Nano-dollars for the tokens an upstream reports. `prompt_tokens` counts every input
+    token; of those, the cache reads and writes are priced at their own prices (the input
+    price when the deployment sets none)."""
+    d = deployment
+    read = min(max(cache_read_tokens, 0), prompt_tokens)
+    written = min(max(cache_write_tokens, 0), prompt_tokens - read)
+    return (token_cost(prompt_tokens - read - written, d.input_femtos)
+            + token_cost(read, _or_input(d.cache_read_femtos, d))
+            + token_cost(written, _or_input(d.cache_write_femtos, d))
+            + token_cost(completion_tokens, d.output_femtos))
+
+
+def bound_cost(deployment: Deployment, prompt_tokens: int, completion_tokens: int) -> int:
+    """The most `prompt_tokens` + `completion_tokens` can cost: a budget reservation. Any
+    prompt token may turn out to be a cache write, so the prompt is priced at the dearest of
+    the input, cache read and cache write prices."""
+    d = deployment
+    dearest = max(d.input_femtos, _or_input(d.cache_read_femtos, d),
+                  _or_input(d.cache_write_femtos, d))
+    return token_cost(prompt_tokens, dearest) + token_cost(completion_tokens, d.output_femtos)
+
+
+def _or_input(price: int | None, d: Deployment) -> int:
+    return d.input_femtos if price is None else price
 
 
 class PromptBound:

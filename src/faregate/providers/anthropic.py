@@ -1,0 +1,179 @@
+"""Anthropic's Messages API behind the OpenAI-compatible client's interface.
+
+`AnthropicClient` has `OpenAICompatible`'s methods (`open`, `close`, `send`, `stream`): it takes
+an OpenAI chat request's bytes, sends `POST {api_base}/v1/messages` (headers `x-api-key`,
+`anthropic-version`), and answers with an OpenAI chat.completion (or OpenAI SSE chunks ending in
+a usage chunk and `data: [DONE]`), so the gateway's path is the same for every provider.
+A request it cannot translate raises InvalidRequest (400, before anything is sent); an Anthropic
+error becomes an UpstreamError in OpenAI's shape: 529 overloaded -> 503 and 429 -> 429, both
+retryable; 400 keeps its status and is not retried; 401/403 -> 502 upstream_auth_error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable
+
+import aiohttp
+import orjson
+
+from faregate.config import Deployment
+from faregate.errors import InvalidRequest, UpstreamError
+from faregate.providers.anthropic_translate import (
+    ANTHROPIC_VERSION,
+    AnthropicStreamError,
+    StreamTranslator,
+    chunk_bytes,
+    from_message,
+    sse_events,
+    to_messages_request,
+)
+from faregate.providers.openai_compat import UpstreamReply, upstream_failure
+
+CHAT_PATH = "/chat/completions"
+# The HTTP status Anthropic gives each error type: an error event inside a stream is judged
+# (retryable or not) as the same error answered before the stream would be.
+ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401,
+                "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
+                "rate_limit_error": 429, "api_error": 500, "timeout_error": 504,
+                "overloaded_error": 529}
+OVERLOADED = 529
+
+
+class AnthropicClient:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[int, dict[str, str]] = {}
+        self._now = now
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=60)
+        self._session = aiohttp.ClientSession(connector=connector,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "AnthropicClient.open() was not called"
+        return self._session
+
+    def _prepared(self, d: Deployment, path: str, body: bytes, stream: bool
+                  ) -> tuple[dict[str, str], bytes, bool]:
+        if path != CHAT_PATH:
+            raise InvalidRequest(f"Model '{d.model_name}' is an Anthropic model: it serves "
+                                 "/v1/chat/completions only", param="model",
+                                 code="unsupported_endpoint")
+        headers = self._headers.get(id(d))
+        if headers is None:
+            headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+            if d.api_key is not None:
+                headers["x-api-key"] = d.api_key.reveal()
+            self._headers[id(d)] = headers
+        request = orjson.loads(body)
+        include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
+        translated = to_messages_request(request, d.upstream_model, d.max_output_tokens)
+        if stream:
+            translated["stream"] = True
+        return headers, orjson.dumps(translated), include_usage
+
+    async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply:
+        """POST one Messages request; return an OpenAI chat.completion and its usage."""
+        headers, payload, _ = self._prepared(d, path, body, stream=False)
+        try:
+            async with self._http.post(d.api_base + "/v1/messages", data=payload,
+                                       headers=headers,
+                                       timeout=aiohttp.ClientTimeout(total=d.timeout_s)) as resp:
+                data = await resp.read()
+                if resp.status >= 300:
+                    raise anthropic_failure(d, resp.status, data)
+        except TimeoutError:
+            raise _timeout(d, d.timeout_s) from None
+        except aiohttp.ClientError as exc:
+            raise _connection_failure(d, exc) from None
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict) or message.get("type") != "message":
+            raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' answered "
+                                f"HTTP {resp.status} with a body that is not a Message",
+                                status=502, code="upstream_malformed_reply", retryable=True,
+                                upstream_status=resp.status)
+        completion = from_message(message, int(self._now()))
+        return UpstreamReply(orjson.dumps(completion), completion["usage"])
+
+    async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
+        """POST a streaming Messages request; yield OpenAI SSE blocks, one per network read
+        that completed events worth sending, then the usage chunk and `data: [DONE]`."""
+        headers, payload, include_usage = self._prepared(d, path, body, stream=True)
+        translator = StreamTranslator(int(self._now()), include_usage)
+        timeout = aiohttp.ClientTimeout(total=d.timeout_s, sock_read=d.stream_timeout_s)
+        try:
+            async with self._http.post(d.api_base + "/v1/messages", data=payload,
+                                       headers=headers, timeout=timeout) as resp:
+                if resp.status >= 300:
+                    raise anthropic_failure(d, resp.status, await resp.read())
+                pending = b""
+                async for chunk in resp.content.iter_any():
+                    pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
+                    end = pending.rfind(b"\n\n")
+                    if end < 0:
+                        continue
+                    complete, pending = pending[:end], pending[end + 2:]
+                    out = _translated(d, translator, complete)
+                    if translator.done:
+                        yield out + b"data: [DONE]\n\n"
+                        return
+                    if out:
+                        yield out
+        except TimeoutError:
+            raise _timeout(d, min(d.stream_timeout_s or d.timeout_s, d.timeout_s)) from None
+        except aiohttp.ClientError as exc:
+            raise _connection_failure(d, exc) from None
+        raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' ended the "
+                            "stream before message_stop", status=502,
+                            code="upstream_bad_stream", retryable=True)
+
+
+def _translated(d: Deployment, translator: StreamTranslator, events: bytes) -> bytes:
+    try:
+        return chunk_bytes([c for e in sse_events(events) for c in translator.feed(e)])
+    except AnthropicStreamError as exc:
+        raise anthropic_failure(d, ERROR_STATUS.get(exc.error_type, 500),
+                                orjson.dumps({"error": {"message": str(exc)}})) from None
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' sent a "
+                            f"malformed stream event: {exc}", status=502,
+                            code="upstream_bad_stream", retryable=True) from None
+
+
+def anthropic_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
+    """An Anthropic error answer (`{"type": "error", "error": {"type", "message"}}`) as the
+    UpstreamError the caller sees, in OpenAI's shape."""
+    if status == OVERLOADED:
+        failure = upstream_failure(d, 503, data)
+        return UpstreamError(f"Anthropic is overloaded (529) for model '{d.model_name}': "
+                             f"{failure.message.split(': ', 1)[-1]}", status=503,
+                             code="upstream_overloaded", retryable=True,
+                             upstream_status=OVERLOADED)
+    return upstream_failure(d, status, data)
+
+
+def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(f"Cannot reach Anthropic for model '{d.model_name}' at "
+                             f"{d.api_base}: {type(exc).__name__}", status=502,
+                             code="upstream_unreachable", retryable=True)
+    return UpstreamError(f"Anthropic at {d.api_base} dropped the connection for model "
+                         f"'{d.model_name}': {type(exc).__name__}", status=502,
+                         code="upstream_disconnected", retryable=True)
+
+
+def _timeout(d: Deployment, seconds: float) -> UpstreamError:
+    return UpstreamError(f"Anthropic did not answer within {seconds:g}s for model "
+                         f"'{d.model_name}' (litellm_params.timeout / stream_timeout)",
+                         status=504, type="timeout", code="upstream_timeout", retryable=True)
