@@ -57,7 +57,9 @@ def gateway(mock_anthropic: str, tmp_path_factory: pytest.TempPathFactory
             {"model_name": "claude-overloaded",
              "litellm_params": {**entry, "model": "anthropic/overloaded"}},
             {"model_name": "claude-overloaded-stream",
-             "litellm_params": {**entry, "model": "anthropic/overloaded-stream"}}],
+             "litellm_params": {**entry, "model": "anthropic/overloaded-stream"}},
+            {"model_name": "claude-overloaded-mid-stream",
+             "litellm_params": {**entry, "model": "anthropic/overloaded-mid-stream"}}],
         "general_settings": {"master_key": "os.environ/FAREGATE_MASTER_KEY"},
         "router_settings": {"num_retries": 1, "retry_backoff": 0}}
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
@@ -71,7 +73,8 @@ def gateway(mock_anthropic: str, tmp_path_factory: pytest.TempPathFactory
 def new_key(gw: ServedGateway, **fields: Any) -> str:
     resp = httpx.post(f"{gw.base_url}/key/generate", headers=ADMIN,
                       json={"models": ["claude-haiku", "claude-overloaded",
-                                       "claude-overloaded-stream"], **fields})
+                                       "claude-overloaded-stream",
+                                       "claude-overloaded-mid-stream"], **fields})
     assert resp.status_code == 200, resp.text
     return str(resp.json()["key"])
 
@@ -193,6 +196,20 @@ def test_overloaded_is_retried_then_an_openai_shaped_error(
                                          messages=[{"role": "user", "content": "hi"}]))
     assert streamed.value.status_code == 503
     assert streamed.value.response.headers["x-faregate-attempts"] == "2"
+
+
+def test_an_error_after_the_first_chunk_ends_the_stream_and_charges_what_came(
+        gateway: ServedGateway, llm: openai.OpenAI) -> None:
+    raw = llm.chat.completions.with_raw_response.create(
+        model="claude-overloaded-mid-stream", stream=True,
+        messages=[{"role": "user", "content": "hi"}])
+    received = []
+    with pytest.raises(openai.APIError, match="overloaded"):
+        for chunk in raw.parse():
+            received += [chunk.choices[0].delta.content or ""] if chunk.choices else []
+    assert "".join(received) == " ".join(["mock"] * 8)
+    row = spend_row(gateway, raw.headers["x-request-id"])
+    assert row["status"] == "partial" and row["spend_nanos"] > 0
 
 
 def test_budget_and_bad_parameters_are_refused_before_anthropic(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import aiohttp
 import orjson
@@ -124,12 +125,17 @@ class AnthropicClient:
                     if end < 0:
                         continue
                     complete, pending = pending[:end], pending[end + 2:]
-                    out = _translated(d, translator, complete)
+                    chunks, failure = _translated(d, translator, complete)
+                    if chunks:
+                        # Chunks before an error event go out first: whether the caller has
+                        # received anything (and a retry is still possible) depends only on
+                        # the order of events, not on how they were split into reads.
+                        yield chunk_bytes(chunks) + (b"data: [DONE]\n\n" if translator.done
+                                                     else b"")
+                    if failure is not None:
+                        raise failure
                     if translator.done:
-                        yield out + b"data: [DONE]\n\n"
                         return
-                    if out:
-                        yield out
         except TimeoutError:
             raise _timeout(d, min(d.stream_timeout_s or d.timeout_s, d.timeout_s)) from None
         except aiohttp.ClientError as exc:
@@ -139,16 +145,22 @@ class AnthropicClient:
                             code="upstream_bad_stream", retryable=True)
 
 
-def _translated(d: Deployment, translator: StreamTranslator, events: bytes) -> bytes:
+def _translated(d: Deployment, translator: StreamTranslator, events: bytes
+                ) -> tuple[list[dict[str, Any]], UpstreamError | None]:
+    """The OpenAI chunks for `events`, up to the first error event or malformed event (and
+    that failure)."""
+    chunks: list[dict[str, Any]] = []
     try:
-        return chunk_bytes([c for e in sse_events(events) for c in translator.feed(e)])
+        for event in sse_events(events):
+            chunks += translator.feed(event)
     except AnthropicStreamError as exc:
-        raise anthropic_failure(d, ERROR_STATUS.get(exc.error_type, 500),
-                                orjson.dumps({"error": {"message": str(exc)}})) from None
+        return chunks, anthropic_failure(d, ERROR_STATUS.get(exc.error_type, 500),
+                                         orjson.dumps({"error": {"message": str(exc)}}))
     except orjson.JSONDecodeError as exc:
-        raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' sent a "
-                            f"malformed stream event: {exc}", status=502,
-                            code="upstream_bad_stream", retryable=True) from None
+        return chunks, UpstreamError(f"The Anthropic upstream for model '{d.model_name}' sent "
+                                     f"a malformed stream event: {exc}", status=502,
+                                     code="upstream_bad_stream", retryable=True)
+    return chunks, None
 
 
 def anthropic_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:

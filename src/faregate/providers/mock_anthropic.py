@@ -30,7 +30,8 @@ text block, with `tool_choice` auto), with inputs made from its schema; otherwis
 min(max_tokens, 8) words "mock" (stop_reason max_tokens when that is max_tokens, else end_turn;
 a stop sequence "mock" stops at once). Models `overloaded` -> 529 overloaded_error,
 `ratelimited` -> 429 rate_limit_error, `overloaded-stream` -> a stream whose first event is an
-overloaded error.
+overloaded error, `overloaded-mid-stream` -> a stream that sends an overloaded error after its
+first content block.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ class MockAnthropic:
             return await _send_json(send, fault[0], error_body(fault[1], fault[2]))
         message = self._message(req)
         if req.get("stream"):
-            return await self._stream(send, message, req["model"] == "overloaded-stream")
+            return await self._stream(send, message, req["model"])
         await _send_json(send, 200, orjson.dumps(message))
 
     def _usage(self, req: dict[str, Any]) -> dict[str, int]:
@@ -424,7 +425,7 @@ class MockAnthropic:
             b["text"] for b in last if b.get("type") == "text")
         return next((t for t in tools if t["name"] in text), None)
 
-    async def _stream(self, send: Send, message: dict[str, Any], overloaded: bool) -> None:
+    async def _stream(self, send: Send, message: dict[str, Any], model: str) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"text/event-stream"),
                                 (b"cache-control", b"no-cache")]})
@@ -434,8 +435,9 @@ class MockAnthropic:
                         "body": b"event: " + kind.encode() + b"\ndata: "
                         + orjson.dumps({"type": kind, **data}) + b"\n\n"})
 
-        if overloaded:
-            await event("error", {"error": {"type": "overloaded_error", "message": "Overloaded"}})
+        overloaded = {"error": {"type": "overloaded_error", "message": "Overloaded"}}
+        if model == "overloaded-stream":
+            await event("error", overloaded)
             await send({"type": "http.response.body", "body": b""})
             return
         usage = message["usage"]
@@ -460,6 +462,10 @@ class MockAnthropic:
                     await event("content_block_delta", {"index": index, "delta": {
                         "type": "input_json_delta", "partial_json": part}})
             await event("content_block_stop", {"index": index})
+            if model == "overloaded-mid-stream":
+                await event("error", overloaded)
+                await send({"type": "http.response.body", "body": b""})
+                return
         await event("message_delta", {
             "delta": {"stop_reason": message["stop_reason"],
                       "stop_sequence": message["stop_sequence"]},
