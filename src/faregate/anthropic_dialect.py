@@ -56,8 +56,9 @@ def _bad(message: str, param: str | None = None) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def translate_request(raw: bytes) -> TranslatedRequest:
-    """Check an Anthropic Messages request and write it as an OpenAI chat request."""
+def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedRequest:
+    """Check an Anthropic Messages request and write it as an OpenAI chat request.
+    `counting`: a count_tokens request, which has no max_tokens."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -65,6 +66,8 @@ def translate_request(raw: bytes) -> TranslatedRequest:
     if not isinstance(body, dict):
         raise _bad('The request body must be a JSON object, e.g. {"model": "...", '
                    '"max_tokens": 1024, "messages": [...]}')
+    if counting:
+        body.setdefault("max_tokens", 1)
     unknown = sorted(set(body) - SUPPORTED_FIELDS - TOLERATED_FIELDS)
     if unknown:
         raise _bad(f"{', '.join(unknown)}: not supported on /v1/messages by this gateway "
@@ -300,13 +303,29 @@ def translate_reply(openai_body: bytes, model: str, message_id: str) -> bytes:
         content.append({"type": "tool_use", "id": call.get("id") or "",
                         "name": function.get("name") or "",
                         "input": _arguments(function.get("arguments"))})
-    usage = reply.get("usage") or {}
     return orjson.dumps({
         "id": message_id, "type": "message", "role": "assistant", "model": model,
         "content": content, "stop_reason": stop_reason(choice.get("finish_reason")),
-        "stop_sequence": None,
-        "usage": {"input_tokens": usage.get("prompt_tokens") or 0,
-                  "output_tokens": usage.get("completion_tokens") or 0}})
+        "stop_sequence": None, "usage": anthropic_usage(reply.get("usage"))})
+
+
+def anthropic_usage(usage: Any) -> dict[str, int]:
+    """OpenAI usage as Anthropic's, whose input_tokens leave out the prompt-cache reads and
+    writes (counted apart): from an Anthropic upstream's counts if the usage carries them,
+    else from OpenAI's prompt_tokens_details.cached_tokens."""
+    usage = usage if isinstance(usage, dict) else {}
+    read = usage.get("cache_read_input_tokens")
+    if read is None:
+        details = usage.get("prompt_tokens_details")
+        read = details.get("cached_tokens") if isinstance(details, dict) else None
+    read, written = _count(read), _count(usage.get("cache_creation_input_tokens"))
+    return {"input_tokens": max(_count(usage.get("prompt_tokens")) - read - written, 0),
+            "output_tokens": _count(usage.get("completion_tokens")),
+            "cache_creation_input_tokens": written, "cache_read_input_tokens": read}
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def stop_reason(finish_reason: Any) -> str:
@@ -380,7 +399,8 @@ class StreamTranslator:
         return sse("message_start", {"type": "message_start", "message": {
             "id": self._id, "type": "message", "role": "assistant", "model": self._model,
             "content": [], "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0}}})
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 0}}})
 
     def feed(self, block: bytes) -> bytes:
         """Translate one block of complete SSE events."""
@@ -446,8 +466,7 @@ class StreamTranslator:
         if self.ended:
             return b""
         self.ended = True
-        usage = {"input_tokens": self._usage.get("prompt_tokens") or 0,
-                 "output_tokens": self._usage.get("completion_tokens") or 0}
+        usage = anthropic_usage(self._usage)
         return self._close_block() + sse("message_delta", {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason, "stop_sequence": None},

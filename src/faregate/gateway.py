@@ -286,6 +286,8 @@ class Gateway:
         return (not _is_released(call.admitted) and a.model_name == d.model_name
                 and a.input_femtos == d.input_femtos
                 and a.output_femtos == d.output_femtos
+                and (a.cache_read_femtos, a.cache_write_femtos)
+                == (d.cache_read_femtos, d.cache_write_femtos)
                 and a.max_output_tokens == d.max_output_tokens
                 and a.rpm is None and d.rpm is None and a.tpm is None and d.tpm is None
                 and self._bound.tokens(d, call.request) == call.prompt_bound)

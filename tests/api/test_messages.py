@@ -203,3 +203,23 @@ async def test_a_broken_stream_ends_with_an_error_event(gateway: RunningGateway)
     assert "message_stop" not in resp.text
     _, rows, _ = await key_state(gateway, key)
     assert rows == 1
+
+
+async def test_count_tokens_is_the_budgets_upper_bound_and_costs_nothing(
+        gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1)
+    client = sdk(gateway, key)
+    ask = {"model": "qwen-local", "system": "be brief",
+           "messages": [{"role": "user", "content": "how many tokens is this?"}]}
+    counted = await client.messages.count_tokens(**ask)
+    message = await client.messages.create(max_tokens=1, **ask)
+    assert counted.input_tokens >= message.usage.input_tokens > 0
+    await client.close()
+    resp = await gateway.http.post("/v1/messages/count_tokens",
+                                   json={"model": "no-such-model", "messages": ask["messages"]},
+                                   headers={"x-api-key": key})
+    assert_anthropic_error(resp, 404, "not_found_error")
+    resp = await gateway.http.post("/v1/messages/count_tokens", json=ask)
+    assert_anthropic_error(resp, 401, "authentication_error")
+    _, rows, _ = await key_state(gateway, key)
+    assert rows == 1        # the message only

@@ -1,10 +1,13 @@
 """Issue #6, done means: the `anthropic` SDK calls `POST /v1/messages` on `faregate serve`
 (real processes) with a virtual key; the project's mock OpenAI-compatible upstream answers
-the translated request; the same budgets and ledger hold."""
+the translated request; the same budgets and ledger hold. An Anthropic deployment (the mock
+Anthropic server, which checks every request against the wire format) answers too."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,16 @@ import anthropic
 import httpx
 import pytest
 from e2e.conftest import ServedGateway, start_gateway
-from support import MASTER_KEY, PRICE_IN, PRICE_OUT, env_for, stop, write_config
+from support import (
+    MASTER_KEY,
+    PRICE_IN,
+    PRICE_OUT,
+    env_for,
+    free_port,
+    stop,
+    wait_for_port,
+    write_config,
+)
 
 ADMIN = {"Authorization": f"Bearer {MASTER_KEY}"}
 WEATHER = {"name": "get_weather", "description": "The weather in a city",
@@ -25,12 +37,32 @@ PING = [{"role": "user", "content": "ping"}]
 PING_PROMPT_TOKENS = 8
 
 
+ANTHROPIC_KEY = "ak-test-anthropic-0123"
+HAIKU_PRICES = {"input_cost_per_token": 0.0000008, "output_cost_per_token": 0.000004}
+
+
 @pytest.fixture(scope="module")
-def gateway(mock_upstream: str, tmp_path_factory: pytest.TempPathFactory
+def mock_anthropic() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-anthropic", "--port",
+                             str(port), "--api-key", ANTHROPIC_KEY], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(mock_upstream: str, mock_anthropic: str, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[ServedGateway]:
     tmp = tmp_path_factory.mktemp("messages")
-    cfg = write_config(tmp / "config.yaml", mock_upstream)
-    env = {**os.environ, **env_for(f"sqlite:///{tmp / 'faregate.db'}", Path(tmp))}
+    cfg = write_config(tmp / "config.yaml", mock_upstream, extra_models=[
+        {"model_name": "claude-haiku", "litellm_params": {
+            "model": "anthropic/claude-3-5-haiku-20241022", "api_base": mock_anthropic,
+            "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}}])
+    env = {**os.environ, **env_for(f"sqlite:///{tmp / 'faregate.db'}", Path(tmp)),
+           "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
     gw = start_gateway(tmp, env, ["--config", str(cfg)])
     yield gw
     stop(gw.proc)
@@ -161,3 +193,37 @@ def test_errors_come_in_anthropics_shape(gateway: ServedGateway) -> None:
                                 extra_body={"top_k": 5})
     assert "top_k" in str(unsupported.value)
     assert spend_rows(gateway, key, 0) == []
+
+
+def test_an_anthropic_deployment_answers_through_the_same_path(
+        gateway: ServedGateway, mock_anthropic: str) -> None:
+    """Translated both ways (docs/providers.md says what that loses); the mock Anthropic
+    server refuses anything off its wire format, so passing here means the format held."""
+    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
+    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    with client(gateway, key) as sdk:
+        with sdk.messages.stream(model="claude-haiku", max_tokens=50, system="Be brief.",
+                                 tools=[WEATHER], tool_choice={"type": "any"},
+                                 messages=ask) as stream:
+            message = stream.get_final_message()
+        assert message.stop_reason == "tool_use"
+        [call] = [c for c in message.content if c.type == "tool_use"]
+        assert call.name == "get_weather" and set(call.input) == {"city"}
+        answer = sdk.messages.create(
+            model="claude-haiku", max_tokens=5, tools=[WEATHER], messages=[
+                *ask, {"role": "assistant", "content": message.content},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"},
+                    {"type": "text", "text": "Thanks!"}]}])
+    assert answer.content[0].type == "text" and answer.stop_reason == "max_tokens"
+    stats = httpx.get(f"{mock_anthropic}/mock/stats").json()
+    assert stats["invalid"] == 0
+    rows = spend_rows(gateway, key, 2)
+    assert len(rows) == 2
+    row = next(r for r in rows if r["request_id"] == answer.id.removeprefix("msg_"))
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (
+        answer.usage.input_tokens, answer.usage.output_tokens)
+    assert row["spend"] == pytest.approx(
+        answer.usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
+        + answer.usage.output_tokens * HAIKU_PRICES["output_cost_per_token"])
+    assert key_spend(gateway, key) == pytest.approx(sum(r["spend"] for r in rows))

@@ -9,6 +9,7 @@ import pytest
 
 from faregate.anthropic_dialect import (
     StreamTranslator,
+    anthropic_usage,
     error_body,
     translate_reply,
     translate_request,
@@ -190,7 +191,23 @@ def test_reply_text_and_stop_reasons(finish: str | None, stop: str) -> None:
                                                   finish), "qwen", "msg_1"))
     assert out == {"id": "msg_1", "type": "message", "role": "assistant", "model": "qwen",
                    "content": [{"type": "text", "text": "hi"}], "stop_reason": stop,
-                   "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 3}}
+                   "stop_sequence": None, "usage": {
+                       "input_tokens": 11, "output_tokens": 3, "cache_creation_input_tokens": 0,
+                       "cache_read_input_tokens": 0}}
+
+
+@pytest.mark.parametrize(("usage", "expected"), [
+    ({"prompt_tokens": 100, "completion_tokens": 7,
+      "prompt_tokens_details": {"cached_tokens": 60}}, (40, 7, 0, 60)),
+    ({"prompt_tokens": 100, "completion_tokens": 7, "cache_read_input_tokens": 50,
+      "cache_creation_input_tokens": 30, "prompt_tokens_details": {"cached_tokens": 50}},
+     (20, 7, 30, 50)),
+    (None, (0, 0, 0, 0)),
+])
+def test_usage_counts_cache_tokens_apart(usage: Any, expected: tuple[int, ...]) -> None:
+    got = anthropic_usage(usage)
+    assert (got["input_tokens"], got["output_tokens"], got["cache_creation_input_tokens"],
+            got["cache_read_input_tokens"]) == expected
 
 
 def test_reply_tool_calls_become_tool_use_blocks() -> None:
@@ -240,7 +257,8 @@ def test_stream_of_text_then_a_tool_call() -> None:
     assert got[0][1]["message"] == {
         "id": "msg_9", "type": "message", "role": "assistant", "model": "qwen", "content": [],
         "stop_reason": None, "stop_sequence": None,
-        "usage": {"input_tokens": 0, "output_tokens": 0}}
+        "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0}}
     assert got[1][1] == {"type": "content_block_start", "index": 0,
                          "content_block": {"type": "text", "text": ""}}
     assert got[3][1]["delta"] == {"type": "text_delta", "text": "lo"}
@@ -250,7 +268,9 @@ def test_stream_of_text_then_a_tool_call() -> None:
                          "delta": {"type": "input_json_delta", "partial_json": ": 1}"}}
     assert got[9][1] == {"type": "message_delta",
                          "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-                         "usage": {"input_tokens": 5, "output_tokens": 4}}
+                         "usage": {"input_tokens": 5, "output_tokens": 4,
+                                   "cache_creation_input_tokens": 0,
+                                   "cache_read_input_tokens": 0}}
     assert t.ended
 
 

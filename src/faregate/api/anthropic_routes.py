@@ -33,6 +33,7 @@ from faregate.trace import RequestTrace, sane_client_request_id
 log = logging.getLogger("faregate.api")
 
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 class AnthropicRoutes:
@@ -42,9 +43,12 @@ class AnthropicRoutes:
         self._max_body = max_body_bytes
         self._metrics = metrics
         self._log_requests = log_requests
-        self.routes: dict[tuple[str, str], Handler] = {("POST", MESSAGES_PATH): self._messages}
-        for other in ("GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
-            self.routes[other, MESSAGES_PATH] = _wrong_method
+        self.routes: dict[tuple[str, str], Handler] = {
+            ("POST", MESSAGES_PATH): self._messages,
+            ("POST", COUNT_TOKENS_PATH): self._count_tokens}
+        for path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
+            for other in ("GET", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"):
+                self.routes[other, path] = _wrong_method
 
     async def _messages(self, scope: Scope, receive: Any, send: Any) -> None:
         """Serve one Messages call and record it once, however it ends."""
@@ -93,6 +97,23 @@ class AnthropicRoutes:
             if self._log_requests:
                 _log_request(trace, status)
             REQUEST_TRACE.reset(context)
+
+
+    async def _count_tokens(self, scope: Scope, receive: Any, send: Any) -> None:
+        """An upper bound on the input tokens (the budget's prompt bound), not a count."""
+        authorization, api_key, _ = _credentials(scope)
+        try:
+            raw = await read_body(scope, receive, self._max_body)
+            await self._gateway.authenticate(authorization, api_key)
+            request = translate_request(raw, counting=True)
+            bound = await self._gateway.prompt_bound(request.openai_body, authorization,
+                                                     api_key)
+        except GatewayError as exc:
+            await _send_error(send, exc, [])
+            return
+        except ClientGone:
+            return
+        await send_bytes(send, 200, orjson.dumps({"input_tokens": bound}), JSON_HEADERS)
 
 
 async def _translated(events: AsyncGenerator[bytes, None], translator: StreamTranslator
