@@ -10,6 +10,7 @@ What maps to what, and what is refused, is listed in docs/providers.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ from faregate.json_limits import MAX_JSON_DEPTH
 SUPPORTED_FIELDS = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences",
                               "stream", "temperature", "top_p", "tools", "tool_choice",
                               "metadata"})
+# Kept for models only Anthropic deployments serve (the Anthropic provider carries them).
+_ANTHROPIC_EXTRAS = frozenset({"top_k"})
 # Fields that may be sent but change nothing here (documented): hints about Anthropic's own
 # serving (tier, speed, region, prompt caching, diagnostics); thinking only switched off.
 TOLERATED_FIELDS = frozenset({"service_tier", "speed", "inference_geo", "cache_control",
@@ -56,9 +59,19 @@ def _bad(message: str, param: str | None = None) -> InvalidRequest:
     return InvalidRequest(message, param=param)
 
 
-def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedRequest:
+def _never(model: str) -> bool:
+    return False
+
+
+def translate_request(raw: bytes, *, counting: bool = False,
+                      anthropic_only: Callable[[str], bool] = _never) -> TranslatedRequest:
     """Check an Anthropic Messages request and write it as an OpenAI chat request.
-    `counting`: a count_tokens request, which has no max_tokens."""
+
+    `counting`: a count_tokens request, which has no max_tokens. `anthropic_only(model)`: every
+    deployment that may answer is an Anthropic one; then the Anthropic extras that the
+    Anthropic provider carries back (`cache_control` on blocks and tools, `top_k`) are kept on
+    the OpenAI request, where an OpenAI-compatible server would never see them.
+    """
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -68,7 +81,10 @@ def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedReques
                    '"max_tokens": 1024, "messages": [...]}')
     if counting:
         body.setdefault("max_tokens", 1)
-    unknown = sorted(set(body) - SUPPORTED_FIELDS - TOLERATED_FIELDS)
+    model = body.get("model")
+    extras = isinstance(model, str) and bool(model) and anthropic_only(model)
+    allowed = SUPPORTED_FIELDS | TOLERATED_FIELDS | (_ANTHROPIC_EXTRAS if extras else set())
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise _bad(f"{', '.join(unknown)}: not supported on /v1/messages by this gateway "
                    "(see docs/providers.md); leave it out", param=unknown[0])
@@ -76,7 +92,6 @@ def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedReques
     if thinking is not None and thinking != {"type": "disabled"}:
         raise _bad("thinking: extended thinking is not supported on /v1/messages by this "
                    'gateway; leave it out or send {"type": "disabled"}', param="thinking")
-    model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model: Field required (a string naming one of the gateway's models)",
                    param="model")
@@ -89,13 +104,15 @@ def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedReques
     if not isinstance(stream, bool):
         raise _bad("stream: must be a boolean", param="stream")
 
-    messages = _system(body.get("system"))
+    messages = _system(body.get("system"), extras)
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise _bad("messages: must be a non-empty array of {role, content} objects",
                    param="messages")
     for i, message in enumerate(raw_messages):
-        messages += _message(message, f"messages.{i}")
+        messages += _message(message, f"messages.{i}", extras)
+    if extras and isinstance(body.get("cache_control"), dict):
+        _cache_last(messages, body["cache_control"])
 
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if stream:
@@ -122,9 +139,14 @@ def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedReques
             raise _bad("metadata.user_id: must be a string", param="metadata.user_id")
         if user:
             out["user"] = user
+    top_k = body.get("top_k")
+    if extras and top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise _bad("top_k: must be an integer >= 1", param="top_k")
+        out["top_k"] = top_k
     tools = body.get("tools")
     if tools is not None:
-        out["tools"] = _tools(tools)
+        out["tools"] = _tools(tools, extras)
     choice = body.get("tool_choice")
     if choice is not None:
         out.update(_tool_choice(choice))
@@ -137,15 +159,36 @@ def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedReques
                              code="json_too_deep") from None
 
 
-def _system(system: Any) -> list[dict[str, Any]]:
+def _system(system: Any, extras: bool) -> list[dict[str, Any]]:
     if system is None:
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}] if system else []
     if isinstance(system, list):
         texts = [_text_of(block, f"system.{i}") for i, block in enumerate(system)]
+        if extras and texts:
+            return [{"role": "system", "content": [
+                _cached({"type": "text", "text": text}, block)
+                for text, block in zip(texts, system, strict=True)]}]
         return [{"role": "system", "content": "\n".join(texts)}] if texts else []
     raise _bad("system: must be a string or an array of text blocks", param="system")
+
+
+def _cached(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
+    """`part` with the block's prompt-cache breakpoint, if it has one."""
+    if isinstance(block.get("cache_control"), dict):
+        part["cache_control"] = block["cache_control"]
+    return part
+
+
+def _cache_last(messages: list[dict[str, Any]], cache_control: dict[str, Any]) -> None:
+    """A top-level cache_control: a breakpoint on the last block of the last message."""
+    content = messages[-1].get("content")
+    if isinstance(content, str) and content:
+        messages[-1]["content"] = [{"type": "text", "text": content,
+                                    "cache_control": cache_control}]
+    elif isinstance(content, list) and content:
+        content[-1].setdefault("cache_control", cache_control)
 
 
 def _text_of(block: Any, where: str) -> str:
@@ -156,7 +199,7 @@ def _text_of(block: Any, where: str) -> str:
     return str(block["text"])
 
 
-def _message(message: Any, where: str) -> list[dict[str, Any]]:
+def _message(message: Any, where: str, extras: bool) -> list[dict[str, Any]]:
     """One Anthropic message as one or more OpenAI messages (tool results become `tool`
     messages, placed first: OpenAI wants them right after the assistant's tool calls)."""
     if not isinstance(message, dict):
@@ -170,35 +213,41 @@ def _message(message: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         raise _bad(f"{where}.content: must be a string or an array of content blocks",
                    param=f"{where}.content")
-    return _user_blocks(content, where) if role == "user" else _assistant_blocks(content, where)
+    if role == "user":
+        return _user_blocks(content, where, extras)
+    return _assistant_blocks(content, where, extras)
 
 
-def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
+def _user_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for i, block in enumerate(blocks):
         at = f"{where}.content.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": _text_of(block, at)})
+            part = {"type": "text", "text": _text_of(block, at)}
         elif kind == "image":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, at)}})
+            part = {"type": "image_url", "image_url": {"url": _image_url(block, at)}}
         elif kind == "tool_result":
-            results.append(_tool_result(block, at))
+            results.append(_tool_result(block, at, extras))
+            continue
         else:
             raise _unsupported_block(kind, at, "text, image or tool_result")
+        parts.append(_cached(part, block) if extras else part)
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
-def _assistant_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
-    texts: list[str] = []
+def _assistant_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[str, Any]]:
+    texts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for i, block in enumerate(blocks):
         at = f"{where}.content.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            texts.append(_text_of(block, at))
+            part = {"type": "text", "text": _text_of(block, at)}
+            texts.append(_cached(part, block) if extras else part)
         elif kind == "tool_use":
+
             tool_id, name, tool_input = block.get("id"), block.get("name"), block.get("input")
             if not isinstance(tool_id, str) or not isinstance(name, str) \
                     or not isinstance(tool_input, dict):
@@ -211,7 +260,11 @@ def _assistant_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
             continue        # the model's own reasoning: an OpenAI chat has no place for it
         else:
             raise _unsupported_block(kind, at, "text, tool_use or thinking")
-    out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
+    # Texts concatenated (as OpenAI servers expect), or kept as parts with their breakpoints.
+    content: Any = None
+    if texts:
+        content = texts if extras else "".join(t["text"] for t in texts)
+    out: dict[str, Any] = {"role": "assistant", "content": content}
     if calls:
         out["tool_calls"] = calls
     return [out]
@@ -236,21 +289,30 @@ def _image_url(block: dict[str, Any], at: str) -> str:
                f"\"data\"}} or {{\"type\": \"url\", \"url\"}}", param=f"{at}.source")
 
 
-def _tool_result(block: dict[str, Any], at: str) -> dict[str, Any]:
+def _tool_result(block: dict[str, Any], at: str, extras: bool) -> dict[str, Any]:
     tool_id = block.get("tool_use_id")
     if not isinstance(tool_id, str):
         raise _bad(f"{at}.tool_use_id: Field required (a string)", param=f"{at}.tool_use_id")
     content = block.get("content", "")
     if isinstance(content, list):
-        content = "\n".join(_text_of(part, f"{at}.content.{j}")
-                            for j, part in enumerate(content))
+        texts = [_text_of(part, f"{at}.content.{j}") for j, part in enumerate(content)]
+        if extras:
+            parts = [_cached({"type": "text", "text": text}, part)
+                     for text, part in zip(texts, content, strict=True) if text]
+            if parts:
+                _cached(parts[-1], block)   # the result's breakpoint ends at its last text
+                return {"role": "tool", "tool_call_id": tool_id, "content": parts}
+        content = "\n".join(texts)
     elif not isinstance(content, str):
         raise _bad(f"{at}.content: must be a string or an array of text blocks",
                    param=f"{at}.content")
+    if extras and content and isinstance(block.get("cache_control"), dict):
+        return {"role": "tool", "tool_call_id": tool_id, "content": [
+            _cached({"type": "text", "text": content}, block)]}
     return {"role": "tool", "tool_call_id": tool_id, "content": content}
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any, extras: bool) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("tools: must be an array", param="tools")
     out = []
@@ -268,7 +330,8 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         description = tool.get("description")
         if isinstance(description, str):
             function["description"] = description
-        out.append({"type": "function", "function": function})
+        tool_out = {"type": "function", "function": function}
+        out.append(_cached(tool_out, tool) if extras else tool_out)
     return out
 
 

@@ -303,6 +303,17 @@ class Gateway:
         request = parse(raw, CallType.CHAT)
         return self._bound.tokens(self._route(request.model, caller), request)
 
+    def provider(self, model: str, caller: Caller) -> str | None:
+        """The provider of every deployment that may serve `model` for `caller` (the model's
+        own and its fallbacks'), or None when they differ or there is none. A request in a
+        provider's own dialect keeps that provider's extras only if no attempt can reach
+        another provider."""
+        aliases = caller.key.aliases
+        served = aliases.get(model, model) if aliases else model
+        providers = {d.provider for name in (served, *self._router.fallbacks(served))
+                     for d in self._router.deployments(name)}
+        return providers.pop() if len(providers) == 1 else None
+
     def models(self, caller: Caller) -> bytes:
         """The models the key may ask for: the gateway's, then the key's own aliases."""
         served = self._router.names()

@@ -11,6 +11,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
+import yaml
 from api.conftest import Clock, RunningGateway, faulty_models, serve
 from api.test_budgets import key_state
 from support import PRICE_IN, PRICE_OUT, env_for, write_config
@@ -30,12 +31,20 @@ WEATHER = {"name": "get_weather", "description": "Weather in a city",
 @pytest.fixture
 async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
                   ) -> AsyncIterator[RunningGateway]:
-    """The API tests' gateway, plus a model whose streams break after 3 events."""
+    """The API tests' gateway, plus a model whose streams break after 3 events and two
+    Anthropic models (unreachable): one alone, one that falls back to qwen-local."""
+    prices = {"input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}
+    claude = {"model": "anthropic/claude-x", "api_base": "http://127.0.0.1:9",
+              "api_key": "ak-unused", **prices}
     cfg = write_config(tmp_path / "config.yaml", mock_upstream, extra_models=[
         *faulty_models(mock_upstream),
         {"model_name": "breaking-model", "litellm_params": {
-            "model": "openai/break-3", "api_base": mock_upstream,
-            "input_cost_per_token": PRICE_IN, "output_cost_per_token": PRICE_OUT}}])
+            "model": "openai/break-3", "api_base": mock_upstream, **prices}},
+        {"model_name": "claude-alone", "litellm_params": claude},
+        {"model_name": "claude-falls-back", "litellm_params": claude}])
+    with_fallback = yaml.safe_load(cfg.read_text())
+    with_fallback["router_settings"] = {"fallbacks": [{"claude-falls-back": ["qwen-local"]}]}
+    cfg.write_text(yaml.safe_dump(with_fallback))
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
     async with serve(Faregate(settings, now=clock.now)) as running:
         yield running
@@ -223,3 +232,14 @@ async def test_count_tokens_is_the_budgets_upper_bound_and_costs_nothing(
     assert_anthropic_error(resp, 401, "authentication_error")
     _, rows, _ = await key_state(gateway, key)
     assert rows == 1        # the message only
+
+
+async def test_anthropic_extras_pass_only_where_no_other_provider_can_answer(
+        gateway: RunningGateway) -> None:
+    """top_k goes on to a model only Anthropic serves (here: unreachable, so a 502 after
+    translation); a model that may fall back to an OpenAI-compatible one refuses it."""
+    key = await gateway.new_key(models=["claude-alone", "claude-falls-back", "qwen-local"])
+    resp = await post(gateway, body(model="claude-alone", top_k=3), {"x-api-key": key})
+    assert "Cannot reach" in assert_anthropic_error(resp, 502, "api_error")
+    resp = await post(gateway, body(model="claude-falls-back", top_k=3), {"x-api-key": key})
+    assert "top_k" in assert_anthropic_error(resp, 400, "invalid_request_error")

@@ -38,7 +38,9 @@ PING_PROMPT_TOKENS = 8
 
 
 ANTHROPIC_KEY = "ak-test-anthropic-0123"
-HAIKU_PRICES = {"input_cost_per_token": 0.0000008, "output_cost_per_token": 0.000004}
+HAIKU_PRICES = {"input_cost_per_token": 0.0000008, "output_cost_per_token": 0.000004,
+                "cache_read_input_token_cost": 0.00000008,
+                "cache_creation_input_token_cost": 0.000001}
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +229,28 @@ def test_an_anthropic_deployment_answers_through_the_same_path(
         answer.usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
         + answer.usage.output_tokens * HAIKU_PRICES["output_cost_per_token"])
     assert key_spend(gateway, key) == pytest.approx(sum(r["spend"] for r in rows))
+
+
+def test_prompt_caching_reaches_an_anthropic_deployment_and_is_priced(
+        gateway: ServedGateway) -> None:
+    """A model only Anthropic deployments serve keeps the client's cache breakpoints: the
+    second call reads what the first wrote, and each row prices its cache tokens."""
+    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
+    system = [{"type": "text", "text": "You are a careful agent. " * 20,
+               "cache_control": {"type": "ephemeral"}}]
+    with client(gateway, key) as sdk:
+        first, second = (sdk.messages.create(
+            model="claude-haiku", max_tokens=4, system=system, extra_body={"top_k": 3},
+            messages=[{"role": "user", "content": f"Question {i}?"}]) for i in (1, 2))
+    assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    rows = {r["request_id"]: r for r in spend_rows(gateway, key, 2)}
+    for message in (first, second):
+        usage = message.usage
+        row = rows[message.id.removeprefix("msg_")]
+        assert row["spend"] == pytest.approx(
+            usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
+            + (usage.cache_read_input_tokens or 0) * HAIKU_PRICES["cache_read_input_token_cost"]
+            + (usage.cache_creation_input_tokens or 0)
+            * HAIKU_PRICES["cache_creation_input_token_cost"]
+            + usage.output_tokens * HAIKU_PRICES["output_cost_per_token"])

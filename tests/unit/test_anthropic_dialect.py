@@ -27,6 +27,7 @@ from faregate.errors import (
 )
 from faregate.json_limits import MAX_JSON_DEPTH
 from faregate.openai_request import CallType, parse
+from faregate.providers.anthropic_translate import to_messages_request
 
 
 def openai_of(**body: Any) -> dict[str, Any]:
@@ -304,3 +305,57 @@ def test_error_mapping(exc: GatewayError, status: int, type_: str) -> None:
     assert ((b"x-should-retry", b"false") in headers) == isinstance(exc, BudgetExceeded)
     if isinstance(exc, RateLimited):
         assert (b"retry-after", b"3") in headers
+
+
+CACHE = {"type": "ephemeral"}
+AGENT_REQUEST: dict[str, Any] = {
+    "model": "claude", "max_tokens": 100, "top_k": 5,
+    "system": [{"type": "text", "text": "You are an agent."},
+               {"type": "text", "text": "Long rules.", "cache_control": CACHE}],
+    "tools": [{"name": "read", "description": "Read a file", "cache_control": CACHE,
+               "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+    "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Open a.txt",
+                                      "cache_control": CACHE}]},
+        {"role": "assistant", "content": [
+            {"type": "text", "text": "Reading."},
+            {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a.txt"}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "hello",
+             "cache_control": CACHE},
+            {"type": "text", "text": "Summarise it."}]}]}
+
+
+def test_anthropic_only_models_keep_cache_breakpoints_and_top_k_through_both_translations(
+        ) -> None:
+    """/v1/messages -> OpenAI chat -> the Anthropic provider's Messages request: what reaches
+    Anthropic is what the client sent (the system blocks, breakpoints, tools, top_k)."""
+    translated = translate_request(orjson.dumps(AGENT_REQUEST), anthropic_only=lambda m: True)
+    upstream = to_messages_request(orjson.loads(translated.openai_body), "claude-3", 1024)
+    assert upstream["system"] == AGENT_REQUEST["system"]
+    assert upstream["tools"] == AGENT_REQUEST["tools"]
+    assert upstream["top_k"] == 5
+    assert upstream["messages"] == [
+        AGENT_REQUEST["messages"][0], AGENT_REQUEST["messages"][1],
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1",
+             "content": [{"type": "text", "text": "hello", "cache_control": CACHE}]},
+            {"type": "text", "text": "Summarise it."}]}]
+
+
+def test_top_level_cache_control_marks_the_last_block() -> None:
+    body = {**AGENT_REQUEST, "cache_control": CACHE}
+    out = orjson.loads(translate_request(orjson.dumps(body),
+                                         anthropic_only=lambda m: True).openai_body)
+    assert out["messages"][-1]["content"][-1] == {"type": "text", "text": "Summarise it.",
+                                                  "cache_control": CACHE}
+
+
+def test_other_models_never_see_anthropic_extras() -> None:
+    body = {k: v for k, v in AGENT_REQUEST.items() if k != "top_k"}
+    raw = translate_request(orjson.dumps({**body, "cache_control": CACHE})).openai_body
+    assert b"cache_control" not in raw
+    assert orjson.loads(raw)["messages"][0] == {"role": "system",
+                                                "content": "You are an agent.\nLong rules."}
+    with pytest.raises(InvalidRequest, match="top_k"):
+        translate_request(orjson.dumps(AGENT_REQUEST), anthropic_only=lambda m: False)

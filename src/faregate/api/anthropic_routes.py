@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from functools import partial
 from time import perf_counter
 from typing import Any
 
@@ -25,6 +26,7 @@ from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, sen
 from faregate.api.openai_routes import Handler, _credentials, _id_headers, _log_request, _stream
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
+from faregate.keys.auth import Caller
 from faregate.logs import REQUEST_TRACE
 from faregate.metrics import Metrics
 from faregate.openai_request import CallType
@@ -62,8 +64,9 @@ class AnthropicRoutes:
             try:
                 raw = await read_body(scope, receive, self._max_body)
                 # The key first, as Anthropic does: an unknown caller learns nothing of bodies.
-                await self._gateway.authenticate(authorization, api_key)
-                request = translate_request(raw)
+                caller = await self._gateway.authenticate(authorization, api_key)
+                request = translate_request(raw, anthropic_only=partial(self._anthropic_only,
+                                                                        caller))
                 reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
                                                    authorization, api_key, trace)
             except GatewayError as exc:
@@ -98,14 +101,17 @@ class AnthropicRoutes:
                 _log_request(trace, status)
             REQUEST_TRACE.reset(context)
 
+    def _anthropic_only(self, caller: Caller, model: str) -> bool:
+        return self._gateway.provider(model, caller) == "anthropic"
 
     async def _count_tokens(self, scope: Scope, receive: Any, send: Any) -> None:
         """An upper bound on the input tokens (the budget's prompt bound), not a count."""
         authorization, api_key, _ = _credentials(scope)
         try:
             raw = await read_body(scope, receive, self._max_body)
-            await self._gateway.authenticate(authorization, api_key)
-            request = translate_request(raw, counting=True)
+            caller = await self._gateway.authenticate(authorization, api_key)
+            request = translate_request(raw, counting=True,
+                                        anthropic_only=partial(self._anthropic_only, caller))
             bound = await self._gateway.prompt_bound(request.openai_body, authorization,
                                                      api_key)
         except GatewayError as exc:
