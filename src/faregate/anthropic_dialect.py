@@ -153,10 +153,13 @@ def translate_request(raw: bytes, *, counting: bool = False,
     try:
         return TranslatedRequest(orjson.dumps(out), model, stream)
     except orjson.JSONEncodeError:
-        # orjson writes at most MAX_JSON_DEPTH levels (a tool schema or input nested deeper).
-        raise InvalidRequest(f"The request body nests arrays and objects more than "
-                             f"{MAX_JSON_DEPTH} levels deep; flatten it",
-                             code="json_too_deep") from None
+        raise _too_deep() from None
+
+
+def _too_deep() -> InvalidRequest:
+    # orjson writes at most MAX_JSON_DEPTH levels (a tool schema or input nested deeper).
+    return InvalidRequest(f"The request body nests arrays and objects more than "
+                          f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")
 
 
 def _system(system: Any, extras: bool) -> list[dict[str, Any]]:
@@ -253,9 +256,12 @@ def _assistant_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[
                     or not isinstance(tool_input, dict):
                 raise _bad(f"{at}: a tool_use block needs a string 'id' and 'name' and an "
                            "object 'input'", param=at)
+            try:
+                arguments = orjson.dumps(tool_input).decode()
+            except orjson.JSONEncodeError:
+                raise _too_deep() from None
             calls.append({"id": tool_id, "type": "function",
-                          "function": {"name": name, "arguments": orjson.dumps(tool_input)
-                                       .decode()}})
+                          "function": {"name": name, "arguments": arguments}})
         elif kind in ("thinking", "redacted_thinking"):
             continue        # the model's own reasoning: an OpenAI chat has no place for it
         else:
@@ -355,14 +361,18 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
 
 def translate_reply(openai_body: bytes, model: str, message_id: str) -> bytes:
     """An OpenAI chat.completion as an Anthropic message (first choice; `n` is always 1)."""
-    reply = orjson.loads(openai_body)
-    choice = (reply.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
+    reply = _object(orjson.loads(openai_body))
+    choices = reply.get("choices")
+    choice = _object(choices[0] if isinstance(choices, list) and choices else None)
+    message = _object(choice.get("message"))
     content: list[dict[str, Any]] = []
-    if message.get("content"):
+    if isinstance(message.get("content"), str) and message["content"]:
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") or {}
+    calls = message.get("tool_calls")
+    for call in calls if isinstance(calls, list) else []:
+        if not isinstance(call, dict):
+            continue
+        function = _object(call.get("function"))
         content.append({"type": "tool_use", "id": call.get("id") or "",
                         "name": function.get("name") or "",
                         "input": _arguments(function.get("arguments"))})
@@ -389,6 +399,12 @@ def anthropic_usage(usage: Any) -> dict[str, int]:
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """`value` if it is a JSON object, else an empty one: an odd upstream answer gives an
+    empty message, never a crash after the request was charged."""
+    return value if isinstance(value, dict) else {}
 
 
 def stop_reason(finish_reason: Any) -> str:

@@ -18,6 +18,7 @@ from support import PRICE_IN, PRICE_OUT, env_for, write_config
 
 from faregate import config
 from faregate.app import Faregate
+from faregate.json_limits import MAX_JSON_DEPTH
 
 # The mock counts words: "ping" is 1 word + 4 per message + 3 = 8 prompt tokens.
 # The dialect's edge does not touch storage: one backend is enough here.
@@ -126,6 +127,10 @@ def assert_anthropic_error(resp: httpx.Response, status: int, type_: str) -> str
     return str(data["error"]["message"])
 
 
+DEEP: Any = []
+for _ in range(MAX_JSON_DEPTH):
+    DEEP = [DEEP]
+
 BAD_REQUESTS = [
     ("missing max_tokens", {"model": "qwen-local", "messages": [
         {"role": "user", "content": "ping"}]}, 400, "invalid_request_error", "max_tokens"),
@@ -144,6 +149,12 @@ BAD_REQUESTS = [
     ("unknown model", body(model="no-such-model"), 404, "not_found_error", "no-such-model"),
     ("model not on the key", body(model="other-model"), 403, "permission_error",
      "other-model"),
+    ("invalid UTF-8", b'{"model": "qwen-local", "max_tokens": 5, "messages": [{"role": "user", '
+     b'"content": "\xff"}]}', 400, "invalid_request_error", "UTF-8"),
+    ("tool input too deep to write", body(messages=[{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {"a": DEEP}}]}]), 400,
+     "invalid_request_error", "levels deep"),
+    ("too large", b" " * (8 * 1024 * 1024 + 1), 413, "request_too_large", "larger than"),
     ("upstream 500", body(model="broken-model"), 502, "api_error", "HTTP 500"),
 ]
 

@@ -178,6 +178,23 @@ def test_a_schema_too_deep_to_write_is_a_400() -> None:
     assert caught.value.code == "json_too_deep"
 
 
+def test_a_tool_input_too_deep_to_write_is_a_400() -> None:
+    deep = b"[" * (MAX_JSON_DEPTH + 5) + b"]" * (MAX_JSON_DEPTH + 5)
+    raw = (b'{"model": "m", "max_tokens": 1, "messages": [{"role": "assistant", "content": '
+           b'[{"type": "tool_use", "id": "t", "name": "f", "input": {"a": ' + deep + b"}}]}]}")
+    with pytest.raises(InvalidRequest) as caught:
+        translate_request(raw)
+    assert caught.value.code == "json_too_deep"
+
+
+@pytest.mark.parametrize("odd", [b"[]", b'{"choices": {}}', b'{"choices": [null]}',
+                                 b'{"choices": [{"message": "x"}]}',
+                                 b'{"choices": [{"message": {"content": 5, "tool_calls": [7]}}]}'])
+def test_an_odd_upstream_answer_is_an_empty_message_not_a_crash(odd: bytes) -> None:
+    out = orjson.loads(translate_reply(odd, "m", "msg_1"))
+    assert (out["content"], out["stop_reason"]) == ([], "end_turn")
+
+
 def completion(message: dict[str, Any], finish: str | None) -> bytes:
     return orjson.dumps({"id": "c", "object": "chat.completion", "choices": [
         {"index": 0, "message": message, "finish_reason": finish}],
