@@ -4,6 +4,8 @@ completions taking the same retry/fallback path with one ledger row each."""
 
 from __future__ import annotations
 
+import uuid
+
 import openai
 import pytest
 from api.test_upstream_faults import (  # fixtures, imported to be shared
@@ -19,20 +21,41 @@ from support import MASTER_KEY
 __all__ = ["start"]
 
 
+@pytest.mark.parametrize("admission", ["local", "redis"])
 async def test_a_deployment_whose_rpm_is_full_passes_requests_to_one_with_room(
-        start: Start, mock_upstream: str) -> None:
-    gw = await start([deployment("m", "qwen-local", mock_upstream, rpm=1),
-                      deployment("m", "qwen-local-b", mock_upstream, rpm=1)])
-    key = await gw.new_key(models=["m"], max_budget=1)
+        start: Start, mock_upstream: str, admission: str) -> None:
+    model = f"m-{uuid.uuid4().hex[:8]}"     # deployment windows in the shared Redis are per id
+    gw = await start([deployment(model, "qwen-local", mock_upstream, rpm=1),
+                      deployment(model, "qwen-local-b", mock_upstream, rpm=1)],
+                     admission=admission)
+    key = await gw.new_key(models=[model], max_budget=1)
     sdk = gw.sdk(key)
     for stream in (False, True):
-        text, _ = await ask(sdk, "m", stream)
+        text, _ = await ask(sdk, model, stream)
         assert text == "mock mock mock mock"
     with pytest.raises(openai.RateLimitError) as caught:      # both full: the caller's 429
-        await ask(sdk, "m", False)
+        await ask(sdk, model, False)
     assert caught.value.body["code"] == "rpm"  # type: ignore[index]
     assert all(h.latency_s is not None for h in gw.app.router.health())   # each answered once
     rows = await ledger_rows(gw, key)
+    assert [r["status"] for r in rows] == ["success", "success"]
+
+
+async def test_a_retry_skips_a_full_deployment_and_is_admitted_anew_on_the_next(
+        start: Start, mock_upstream: str) -> None:
+    """The failing deployment is picked first (weights), its retry lands on the full one, which
+    is skipped without an upstream call; the one after it needs an admission of its own."""
+    gw = await start([deployment("m", "fault-503", mock_upstream, weight=1e6),
+                      deployment("m", "qwen-local", mock_upstream, rpm=1, weight=1e3),
+                      deployment("m", "qwen-local", mock_upstream, weight=1)],
+                     {"num_retries": 2})
+    key = await gw.new_key(models=["m"], max_budget=1)
+    sdk = gw.sdk(key)
+    _, first = await ask(sdk, "m", False)        # fault-503, then the rpm=1 deployment
+    assert first["x-faregate-attempts"] == "2"
+    text, second = await ask(sdk, "m", False)    # fault-503, rpm=1 full (skipped), the last
+    assert text == "mock mock mock mock" and second["x-faregate-attempts"] == "2"
+    rows = await ledger_rows(gw, key)            # and the key's spend is their sum
     assert [r["status"] for r in rows] == ["success", "success"]
 
 
