@@ -304,3 +304,38 @@ async def test_openai_sdk_parses_responses() -> None:
     assert text == " ".join(["mock"] * 16)
     assert parts[-1].usage is not None and parts[-1].usage.completion_tokens == 16
     assert emb.data[0].embedding == pytest.approx(plain.data[0].embedding, abs=1e-6)
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_forced_tool_choice_answers_a_tool_call(stream: bool) -> None:
+    body = {**CHAT, "tools": TOOLS, "tool_choice": "required", "stream": stream,
+            "stream_options": {"include_usage": True} if stream else None}
+    async with _client(build_app()) as client:
+        resp = await client.post("/v1/chat/completions", json=body)
+    assert resp.status_code == 200
+    if stream:
+        chunks = _events(resp.text)
+        calls = [c for chunk in chunks[:-1] for choice in chunk["choices"]
+                 for c in choice["delta"].get("tool_calls") or []]
+        assert calls[0]["id"] == "call_mock_1"
+        assert "".join(c["function"]["arguments"] for c in calls) == '{"city":"mock"}'
+        assert chunks[-3]["choices"][0]["finish_reason"] == "tool_calls"
+        assert chunks[-2]["usage"]["prompt_tokens"] == CHAT_PROMPT
+    else:
+        choice = resp.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert choice["message"]["tool_calls"] == [{"id": "call_mock_1", "type": "function",
+                                                    "function": {"name": "get_weather",
+                                                                 "arguments": '{"city":"mock"}'}}]
+
+
+async def test_tool_choice_naming_an_unknown_function_is_a_400() -> None:
+    body = {**CHAT, "tools": TOOLS,
+            "tool_choice": {"type": "function", "function": {"name": "nope"}}}
+    async with _client(build_app()) as client:
+        resp = await client.post("/v1/chat/completions", json=body)
+    _assert_error(resp, 400, "invalid_request_error")
