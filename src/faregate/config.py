@@ -7,12 +7,14 @@ Nothing here writes os.environ.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -57,6 +59,11 @@ class Deployment:
     # Prompt tokens read from / written to a provider's prompt cache; None: the input price.
     cache_read_femtos: int | None = None
     cache_write_femtos: int | None = None
+
+    @functools.cached_property
+    def shown_base(self) -> str:
+        """api_base as errors, logs, health and the ledger show it: no credentials, no query."""
+        return without_credentials(self.api_base)
 
 
 # router_settings.routing_strategy: LiteLLM's names (and our short ones) -> the Router's names.
@@ -111,6 +118,19 @@ class Settings:
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))
+
+
+def without_credentials(url: str) -> str:
+    """`url` less any user:password@ and query string (some upstreams take keys there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return "(unparseable)"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:

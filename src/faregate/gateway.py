@@ -392,7 +392,7 @@ class Gateway:
         reported = self._reported(call, usage)
         if reported is None:
             log.warning("upstream %s answered without a readable usage; charging the bound",
-                        call.deployment.api_base)
+                        call.deployment.shown_base)
             reported = call.prompt_bound, self._wanted_output(call.request, call.deployment)
         await self._finish(call, *reported, "success")
 
@@ -454,7 +454,7 @@ class Gateway:
         self._ledger.record(SpendRow(
             request_id=call.request_id, api_key=call.caller.key.token,
             key_alias=call.caller.key.key_alias, model=d.model_name,
-            upstream=f"{d.api_base}#{d.upstream_model}", call_type=call.request.call_type.value,
+            upstream=f"{d.shown_base}#{d.upstream_model}", call_type=call.request.call_type.value,
             prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
             start_time=call.started, end_time=self._now(), status=status))
         trace = call.trace

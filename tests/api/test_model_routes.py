@@ -275,7 +275,7 @@ async def test_malformed_bodies_are_400(gw: RunningGateway, body: dict[str, Any]
 @pytest.mark.parametrize(("change", "needle"), [
     ({"input_cost_per_token": None}, "input_cost_per_token"),
     ({"api_base": "ftp://nope"}, "api_base must be an http(s) URL"),
-    ({"model": "anthropic/claude"}, "provider 'anthropic' is not supported"),
+    ({"model": "gemini/flash"}, "provider 'gemini' is not supported"),
     ({"api_key": "os.environ/SOME_KEY"}, "os.environ/ reference"),
     ({"api_key": 12345}, "must be a string"),
 ])

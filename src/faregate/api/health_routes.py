@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
 from faregate.api.openai_routes import _credentials
+from faregate.config import without_credentials
 from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
 from faregate.routing import DeploymentHealth
@@ -84,16 +84,3 @@ def _shown(d: DeploymentHealth) -> dict[str, Any]:
             "fails_last_minute": d.fails_last_minute, "last_error": last_error,
             "in_flight": d.in_flight,
             "latency_s": None if d.latency_s is None else round(d.latency_s, 4)}
-
-
-def without_credentials(url: str) -> str:
-    """`url` less any user:password@ and query string (some upstreams take keys there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = f"[{host}]" if ":" in host else host
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-    except ValueError:
-        return "(unparseable)"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

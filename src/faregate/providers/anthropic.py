@@ -178,9 +178,9 @@ def anthropic_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
 def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(f"Cannot reach Anthropic for model '{d.model_name}' at "
-                             f"{d.api_base}: {type(exc).__name__}", status=502,
+                             f"{d.shown_base}: {type(exc).__name__}", status=502,
                              code="upstream_unreachable", retryable=True)
-    return UpstreamError(f"Anthropic at {d.api_base} dropped the connection for model "
+    return UpstreamError(f"Anthropic at {d.shown_base} dropped the connection for model "
                          f"'{d.model_name}': {type(exc).__name__}", status=502,
                          code="upstream_disconnected", retryable=True)
 

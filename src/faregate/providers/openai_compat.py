@@ -166,9 +166,9 @@ def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Never connected (refused, no route, DNS): nothing reached the upstream.
         return UpstreamError(f"Cannot reach the upstream for model '{d.model_name}' at "
-                             f"{d.api_base}: {type(exc).__name__}", status=502,
+                             f"{d.shown_base}: {type(exc).__name__}", status=502,
                              code="upstream_unreachable", retryable=True)
-    return UpstreamError(f"The upstream for model '{d.model_name}' at {d.api_base} dropped "
+    return UpstreamError(f"The upstream for model '{d.model_name}' at {d.shown_base} dropped "
                          f"the connection: {type(exc).__name__}", status=502,
                          code="upstream_disconnected", retryable=True)
 
