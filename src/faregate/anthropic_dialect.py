@@ -22,15 +22,14 @@ from faregate.errors import (
     InvalidRequest,
     ModelAccessDenied,
 )
-from faregate.json_limits import MAX_JSON_DEPTH
+from faregate.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.openai_request import CallType, ParsedRequest
 
 # Fields translated to the OpenAI request; any other top-level field is refused (400), as
 # Anthropic refuses unknown fields, so that nothing the client asked for is silently lost.
 SUPPORTED_FIELDS = frozenset({"model", "messages", "system", "max_tokens", "stop_sequences",
                               "stream", "temperature", "top_p", "tools", "tool_choice",
                               "metadata"})
-# Kept for models only Anthropic deployments serve (the Anthropic provider carries them).
-_ANTHROPIC_EXTRAS = frozenset({"top_k"})
 # Fields that may be sent but change nothing here (documented): hints about Anthropic's own
 # serving (tier, speed, region, prompt caching, diagnostics); thinking only switched off.
 TOLERATED_FIELDS = frozenset({"service_tier", "speed", "inference_geo", "cache_control",
@@ -44,6 +43,11 @@ _TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error",
                    403: "permission_error", 404: "not_found_error",
                    413: "request_too_large", 429: "rate_limit_error", 503: "overloaded_error",
                    504: "timeout_error", 529: "overloaded_error"}
+
+
+# The gateway's error types inside a relayed stream, as Anthropic's (else api_error).
+STREAM_ERROR_TYPES = {"rate_limit_error": "rate_limit_error", "timeout": "timeout_error",
+                      "budget_exceeded": "rate_limit_error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,28 +67,35 @@ def _never(model: str) -> bool:
     return False
 
 
-def translate_request(raw: bytes, *, counting: bool = False,
-                      anthropic_only: Callable[[str], bool] = _never) -> TranslatedRequest:
-    """Check an Anthropic Messages request and write it as an OpenAI chat request.
+def read_request(raw: bytes, *, counting: bool = False,
+                 anthropic_only: Callable[[str], bool] = _never
+                 ) -> TranslatedRequest | ParsedRequest:
+    """A /v1/messages body as the gateway serves it: passed through (a ParsedRequest of call
+    type MESSAGES) when `anthropic_only(model)` — every deployment that may answer is an
+    Anthropic one — else translated to an OpenAI chat request.
+    `counting`: a count_tokens request, which has no max_tokens."""
+    body = _load(raw)
+    model = body.get("model")
+    if isinstance(model, str) and model and anthropic_only(model):
+        return _passthrough(body, raw, counting)
+    return _translate(body, counting)
 
-    `counting`: a count_tokens request, which has no max_tokens. `anthropic_only(model)`: every
-    deployment that may answer is an Anthropic one; then the Anthropic extras that the
-    Anthropic provider carries back (`cache_control` on blocks and tools, `top_k`) are kept on
-    the OpenAI request, where an OpenAI-compatible server would never see them.
-    """
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise _bad(f"The request body is not valid JSON (UTF-8): {exc}") from None
-    if not isinstance(body, dict):
-        raise _bad('The request body must be a JSON object, e.g. {"model": "...", '
-                   '"max_tokens": 1024, "messages": [...]}')
+
+def translate_request(raw: bytes, *, counting: bool = False) -> TranslatedRequest:
+    """Check an Anthropic Messages request and write it as an OpenAI chat request."""
+    return _translate(_load(raw), counting)
+
+
+def passthrough_request(raw: bytes, *, counting: bool = False) -> ParsedRequest:
+    """An Anthropic request to pass through to an Anthropic model (see `_passthrough`)."""
+    return _passthrough(_load(raw), raw, counting)
+
+
+def _translate(body: dict[str, Any], counting: bool) -> TranslatedRequest:
     if counting:
         body.setdefault("max_tokens", 1)
     model = body.get("model")
-    extras = isinstance(model, str) and bool(model) and anthropic_only(model)
-    allowed = SUPPORTED_FIELDS | TOLERATED_FIELDS | (_ANTHROPIC_EXTRAS if extras else set())
-    unknown = sorted(set(body) - allowed)
+    unknown = sorted(set(body) - SUPPORTED_FIELDS - TOLERATED_FIELDS)
     if unknown:
         raise _bad(f"{', '.join(unknown)}: not supported on /v1/messages by this gateway "
                    "(see docs/providers.md); leave it out", param=unknown[0])
@@ -104,15 +115,13 @@ def translate_request(raw: bytes, *, counting: bool = False,
     if not isinstance(stream, bool):
         raise _bad("stream: must be a boolean", param="stream")
 
-    messages = _system(body.get("system"), extras)
+    messages = _system(body.get("system"))
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
         raise _bad("messages: must be a non-empty array of {role, content} objects",
                    param="messages")
     for i, message in enumerate(raw_messages):
-        messages += _message(message, f"messages.{i}", extras)
-    if extras and isinstance(body.get("cache_control"), dict):
-        _cache_last(messages, body["cache_control"])
+        messages += _message(message, f"messages.{i}")
 
     out: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
     if stream:
@@ -139,14 +148,9 @@ def translate_request(raw: bytes, *, counting: bool = False,
             raise _bad("metadata.user_id: must be a string", param="metadata.user_id")
         if user:
             out["user"] = user
-    top_k = body.get("top_k")
-    if extras and top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise _bad("top_k: must be an integer >= 1", param="top_k")
-        out["top_k"] = top_k
     tools = body.get("tools")
     if tools is not None:
-        out["tools"] = _tools(tools, extras)
+        out["tools"] = _tools(tools)
     choice = body.get("tool_choice")
     if choice is not None:
         out.update(_tool_choice(choice))
@@ -156,42 +160,83 @@ def translate_request(raw: bytes, *, counting: bool = False,
         raise _too_deep() from None
 
 
+def _load(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad(f"The request body is not valid JSON (UTF-8): {exc}") from None
+    if not isinstance(body, dict):
+        raise _bad('The request body must be a JSON object, e.g. {"model": "...", '
+                   '"max_tokens": 1024, "messages": [...]}')
+    return body
+
+
+def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequest:
+    """An Anthropic request for a model only Anthropic deployments serve, read as far as the
+    gateway must and no further (Anthropic checks the rest): `model`, `max_tokens`, `stream`,
+    and the prompt bound — every text, and every other block, tool and schema as its JSON
+    bytes (tool inputs and results, documents, thinking), images apart."""
+    # The gateway writes the body again (model, a capped max_tokens): it must be writable.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
+        raise _too_deep()
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model: Field required (a string naming one of the gateway's models)",
+                   param="model")
+    max_tokens = body.get("max_tokens", 1 if counting else None)
+    if max_tokens is None:
+        raise _bad("max_tokens: Field required", param="max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise _bad("max_tokens: must be an integer >= 1", param="max_tokens")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream: must be a boolean", param="stream")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages: must be a non-empty array of {role, content} objects",
+                   param="messages")
+    system = body.get("system")
+    text_bytes = len(system.encode()) if isinstance(system, str) else _json_bytes(system)
+    text_bytes += _json_bytes(body.get("tools"))
+    images = 0
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            text_bytes += len(content.encode())
+        elif isinstance(content, list):
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "image":
+                    images += 1
+                elif isinstance(block, dict) and isinstance(block.get("text"), str):
+                    text_bytes += len(block["text"].encode())
+                else:
+                    text_bytes += _json_bytes(block)
+        else:
+            raise _bad(f"messages.{i}: must be an object with 'role' and 'content' (a string "
+                       "or an array of content blocks)", param=f"messages.{i}")
+    return ParsedRequest(CallType.MESSAGES, body, model, stream, True, "max_tokens", max_tokens,
+                         1, text_bytes, len(messages) + (1 if system else 0), images)
+
+
+def _json_bytes(value: Any) -> int:
+    return 0 if value is None else len(orjson.dumps(value))
+
+
 def _too_deep() -> InvalidRequest:
     # orjson writes at most MAX_JSON_DEPTH levels (a tool schema or input nested deeper).
     return InvalidRequest(f"The request body nests arrays and objects more than "
                           f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")
 
 
-def _system(system: Any, extras: bool) -> list[dict[str, Any]]:
+def _system(system: Any) -> list[dict[str, Any]]:
     if system is None:
         return []
     if isinstance(system, str):
         return [{"role": "system", "content": system}] if system else []
     if isinstance(system, list):
         texts = [_text_of(block, f"system.{i}") for i, block in enumerate(system)]
-        if extras and texts:
-            return [{"role": "system", "content": [
-                _cached({"type": "text", "text": text}, block)
-                for text, block in zip(texts, system, strict=True)]}]
         return [{"role": "system", "content": "\n".join(texts)}] if texts else []
     raise _bad("system: must be a string or an array of text blocks", param="system")
-
-
-def _cached(part: dict[str, Any], block: dict[str, Any]) -> dict[str, Any]:
-    """`part` with the block's prompt-cache breakpoint, if it has one."""
-    if isinstance(block.get("cache_control"), dict):
-        part["cache_control"] = block["cache_control"]
-    return part
-
-
-def _cache_last(messages: list[dict[str, Any]], cache_control: dict[str, Any]) -> None:
-    """A top-level cache_control: a breakpoint on the last block of the last message."""
-    content = messages[-1].get("content")
-    if isinstance(content, str) and content:
-        messages[-1]["content"] = [{"type": "text", "text": content,
-                                    "cache_control": cache_control}]
-    elif isinstance(content, list) and content:
-        content[-1].setdefault("cache_control", cache_control)
 
 
 def _text_of(block: Any, where: str) -> str:
@@ -202,7 +247,7 @@ def _text_of(block: Any, where: str) -> str:
     return str(block["text"])
 
 
-def _message(message: Any, where: str, extras: bool) -> list[dict[str, Any]]:
+def _message(message: Any, where: str) -> list[dict[str, Any]]:
     """One Anthropic message as one or more OpenAI messages (tool results become `tool`
     messages, placed first: OpenAI wants them right after the assistant's tool calls)."""
     if not isinstance(message, dict):
@@ -217,11 +262,11 @@ def _message(message: Any, where: str, extras: bool) -> list[dict[str, Any]]:
         raise _bad(f"{where}.content: must be a string or an array of content blocks",
                    param=f"{where}.content")
     if role == "user":
-        return _user_blocks(content, where, extras)
-    return _assistant_blocks(content, where, extras)
+        return _user_blocks(content, where)
+    return _assistant_blocks(content, where)
 
 
-def _user_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[str, Any]]:
+def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for i, block in enumerate(blocks):
@@ -232,23 +277,22 @@ def _user_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[str, 
         elif kind == "image":
             part = {"type": "image_url", "image_url": {"url": _image_url(block, at)}}
         elif kind == "tool_result":
-            results.append(_tool_result(block, at, extras))
+            results.append(_tool_result(block, at))
             continue
         else:
             raise _unsupported_block(kind, at, "text, image or tool_result")
-        parts.append(_cached(part, block) if extras else part)
+        parts.append(part)
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
-def _assistant_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[str, Any]]:
-    texts: list[dict[str, Any]] = []
+def _assistant_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
+    texts: list[str] = []
     calls: list[dict[str, Any]] = []
     for i, block in enumerate(blocks):
         at = f"{where}.content.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            part = {"type": "text", "text": _text_of(block, at)}
-            texts.append(_cached(part, block) if extras else part)
+            texts.append(_text_of(block, at))
         elif kind == "tool_use":
 
             tool_id, name, tool_input = block.get("id"), block.get("name"), block.get("input")
@@ -266,11 +310,7 @@ def _assistant_blocks(blocks: list[Any], where: str, extras: bool) -> list[dict[
             continue        # the model's own reasoning: an OpenAI chat has no place for it
         else:
             raise _unsupported_block(kind, at, "text, tool_use or thinking")
-    # Texts concatenated (as OpenAI servers expect), or kept as parts with their breakpoints.
-    content: Any = None
-    if texts:
-        content = texts if extras else "".join(t["text"] for t in texts)
-    out: dict[str, Any] = {"role": "assistant", "content": content}
+    out: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts else None}
     if calls:
         out["tool_calls"] = calls
     return [out]
@@ -295,30 +335,21 @@ def _image_url(block: dict[str, Any], at: str) -> str:
                f"\"data\"}} or {{\"type\": \"url\", \"url\"}}", param=f"{at}.source")
 
 
-def _tool_result(block: dict[str, Any], at: str, extras: bool) -> dict[str, Any]:
+def _tool_result(block: dict[str, Any], at: str) -> dict[str, Any]:
     tool_id = block.get("tool_use_id")
     if not isinstance(tool_id, str):
         raise _bad(f"{at}.tool_use_id: Field required (a string)", param=f"{at}.tool_use_id")
     content = block.get("content", "")
     if isinstance(content, list):
-        texts = [_text_of(part, f"{at}.content.{j}") for j, part in enumerate(content)]
-        if extras:
-            parts = [_cached({"type": "text", "text": text}, part)
-                     for text, part in zip(texts, content, strict=True) if text]
-            if parts:
-                _cached(parts[-1], block)   # the result's breakpoint ends at its last text
-                return {"role": "tool", "tool_call_id": tool_id, "content": parts}
-        content = "\n".join(texts)
+        content = "\n".join(_text_of(part, f"{at}.content.{j}")
+                            for j, part in enumerate(content))
     elif not isinstance(content, str):
         raise _bad(f"{at}.content: must be a string or an array of text blocks",
                    param=f"{at}.content")
-    if extras and content and isinstance(block.get("cache_control"), dict):
-        return {"role": "tool", "tool_call_id": tool_id, "content": [
-            _cached({"type": "text", "text": content}, block)]}
     return {"role": "tool", "tool_call_id": tool_id, "content": content}
 
 
-def _tools(tools: Any, extras: bool) -> list[dict[str, Any]]:
+def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _bad("tools: must be an array", param="tools")
     out = []
@@ -336,8 +367,7 @@ def _tools(tools: Any, extras: bool) -> list[dict[str, Any]]:
         description = tool.get("description")
         if isinstance(description, str):
             function["description"] = description
-        tool_out = {"type": "function", "function": function}
-        out.append(_cached(tool_out, tool) if extras else tool_out)
+        out.append({"type": "function", "function": function})
     return out
 
 
@@ -555,7 +585,6 @@ class StreamTranslator:
         self.ended = True
         message = error.get("message") if isinstance(error, dict) else str(error)
         kind = error.get("type") if isinstance(error, dict) else None
-        anthropic_type = {"rate_limit_error": "rate_limit_error", "timeout": "timeout_error",
-                          "budget_exceeded": "rate_limit_error"}.get(kind, "api_error")
+        anthropic_type = STREAM_ERROR_TYPES.get(kind, "api_error")
         return sse("error", {"type": "error",
                              "error": {"type": anthropic_type, "message": str(message)}})

@@ -38,7 +38,7 @@ from faregate.trace import RequestTrace
 log = logging.getLogger("faregate.gateway")
 
 UPSTREAM_PATHS = {CallType.CHAT: "/chat/completions", CallType.COMPLETION: "/completions",
-                  CallType.EMBEDDING: "/embeddings"}
+                  CallType.EMBEDDING: "/embeddings", CallType.MESSAGES: "/messages"}
 # OpenAI's legacy completions produce 16 tokens when max_tokens is not given.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 _DONE = b"data: [DONE]"
@@ -99,11 +99,13 @@ class Gateway:
         self.new_request_id = lambda: f"{prefix}{next(counter):016x}"
 
     async def handle(self, call_type: CallType, raw: bytes, authorization: str | None,
-                     api_key: str | None, trace: RequestTrace) -> Reply | StreamReply:
-        """Serve one request; `trace` brings its request id and takes what it did."""
+                     api_key: str | None, trace: RequestTrace,
+                     parsed: ParsedRequest | None = None) -> Reply | StreamReply:
+        """Serve one request; `trace` brings its request id and takes what it did.
+        `parsed`: the request already read by the edge (another dialect's body)."""
         caller = await self._auth.caller(authorization, api_key)
         trace.key_alias = caller.key.key_alias or ""
-        request = parse(raw, call_type)
+        request = parse(raw, call_type) if parsed is None else parsed
         if call_type is CallType.EMBEDDING and request.stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
         deployment = self._route(request.model, caller)
@@ -296,11 +298,12 @@ class Gateway:
         return await self._auth.caller(authorization, api_key)
 
     async def prompt_bound(self, raw: bytes, authorization: str | None,
-                           api_key: str | None) -> int:
-        """The prompt tokens the budget would reserve for chat request `raw` on the deployment
-        it would be routed to: an upper bound, not a count. Nothing is admitted or charged."""
+                           api_key: str | None, parsed: ParsedRequest | None = None) -> int:
+        """The prompt tokens the budget would reserve for chat request `raw` (or `parsed`) on
+        the deployment it would be routed to: an upper bound, not a count. Nothing is admitted
+        or charged."""
         caller = await self._auth.caller(authorization, api_key)
-        request = parse(raw, CallType.CHAT)
+        request = parse(raw, CallType.CHAT) if parsed is None else parsed
         return self._bound.tokens(self._route(request.model, caller), request)
 
     def provider(self, model: str, caller: Caller) -> str | None:

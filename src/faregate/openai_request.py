@@ -22,6 +22,7 @@ class CallType(Enum):
     CHAT = "chat_completion"
     COMPLETION = "text_completion"
     EMBEDDING = "embedding"
+    MESSAGES = "anthropic_messages"     # /v1/messages passed through to an Anthropic model
 
 
 @dataclass(slots=True)

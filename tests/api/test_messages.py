@@ -245,10 +245,11 @@ async def test_count_tokens_is_the_budgets_upper_bound_and_costs_nothing(
     assert rows == 1        # the message only
 
 
-async def test_anthropic_extras_pass_only_where_no_other_provider_can_answer(
+async def test_only_a_model_no_other_provider_can_answer_is_passed_through(
         gateway: RunningGateway) -> None:
     """top_k goes on to a model only Anthropic serves (here: unreachable, so a 502 after
-    translation); a model that may fall back to an OpenAI-compatible one refuses it."""
+    admission); a model that may fall back to an OpenAI-compatible one is translated, and
+    the translation refuses it."""
     key = await gateway.new_key(models=["claude-alone", "claude-falls-back", "qwen-local"])
     resp = await post(gateway, body(model="claude-alone", top_k=3), {"x-api-key": key})
     assert "Cannot reach" in assert_anthropic_error(resp, 502, "api_error")

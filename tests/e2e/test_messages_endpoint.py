@@ -62,6 +62,9 @@ def gateway(mock_upstream: str, mock_anthropic: str, tmp_path_factory: pytest.Te
     cfg = write_config(tmp / "config.yaml", mock_upstream, extra_models=[
         {"model_name": "claude-haiku", "litellm_params": {
             "model": "anthropic/claude-3-5-haiku-20241022", "api_base": mock_anthropic,
+            "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}},
+        {"model_name": "claude-overloaded", "litellm_params": {   # the mock's fault model
+            "model": "anthropic/overloaded-stream", "api_base": mock_anthropic,
             "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}}])
     env = {**os.environ, **env_for(f"sqlite:///{tmp / 'faregate.db'}", Path(tmp)),
            "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
@@ -197,60 +200,91 @@ def test_errors_come_in_anthropics_shape(gateway: ServedGateway) -> None:
     assert spend_rows(gateway, key, 0) == []
 
 
-def test_an_anthropic_deployment_answers_through_the_same_path(
-        gateway: ServedGateway, mock_anthropic: str) -> None:
-    """Translated both ways (docs/providers.md says what that loses); the mock Anthropic
-    server refuses anything off its wire format, so passing here means the format held."""
-    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
-    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
-    with client(gateway, key) as sdk:
-        with sdk.messages.stream(model="claude-haiku", max_tokens=50, system="Be brief.",
-                                 tools=[WEATHER], tool_choice={"type": "any"},
-                                 messages=ask) as stream:
-            message = stream.get_final_message()
-        assert message.stop_reason == "tool_use"
-        [call] = [c for c in message.content if c.type == "tool_use"]
-        assert call.name == "get_weather" and set(call.input) == {"city"}
-        answer = sdk.messages.create(
-            model="claude-haiku", max_tokens=5, tools=[WEATHER], messages=[
-                *ask, {"role": "assistant", "content": message.content},
-                {"role": "user", "content": [
-                    {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"},
-                    {"type": "text", "text": "Thanks!"}]}])
-    assert answer.content[0].type == "text" and answer.stop_reason == "max_tokens"
-    stats = httpx.get(f"{mock_anthropic}/mock/stats").json()
-    assert stats["invalid"] == 0
-    rows = spend_rows(gateway, key, 2)
-    assert len(rows) == 2
-    row = next(r for r in rows if r["request_id"] == answer.id.removeprefix("msg_"))
-    assert (row["prompt_tokens"], row["completion_tokens"]) == (
-        answer.usage.input_tokens, answer.usage.output_tokens)
-    assert row["spend"] == pytest.approx(
-        answer.usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
-        + answer.usage.output_tokens * HAIKU_PRICES["output_cost_per_token"])
-    assert key_spend(gateway, key) == pytest.approx(sum(r["spend"] for r in rows))
-
-
-def test_prompt_caching_reaches_an_anthropic_deployment_and_is_priced(
-        gateway: ServedGateway) -> None:
-    """A model only Anthropic deployments serve keeps the client's cache breakpoints: the
-    second call reads what the first wrote, and each row prices its cache tokens."""
-    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
-    system = [{"type": "text", "text": "You are a careful agent. " * 20,
-               "cache_control": {"type": "ephemeral"}}]
-    with client(gateway, key) as sdk:
-        first, second = (sdk.messages.create(
-            model="claude-haiku", max_tokens=4, system=system, extra_body={"top_k": 3},
-            messages=[{"role": "user", "content": f"Question {i}?"}]) for i in (1, 2))
-    assert first.usage.cache_creation_input_tokens and not first.usage.cache_read_input_tokens
-    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
-    rows = {r["request_id"]: r for r in spend_rows(gateway, key, 2)}
-    for message in (first, second):
-        usage = message.usage
-        row = rows[message.id.removeprefix("msg_")]
-        assert row["spend"] == pytest.approx(
-            usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
+def priced(usage: Any) -> float:
+    """What Anthropic `usage` costs at claude-haiku's prices."""
+    return (usage.input_tokens * HAIKU_PRICES["input_cost_per_token"]
             + (usage.cache_read_input_tokens or 0) * HAIKU_PRICES["cache_read_input_token_cost"]
             + (usage.cache_creation_input_tokens or 0)
             * HAIKU_PRICES["cache_creation_input_token_cost"]
             + usage.output_tokens * HAIKU_PRICES["output_cost_per_token"])
+
+
+def test_an_anthropic_model_gets_the_clients_body_as_it_is(gateway: ServedGateway,
+                                                           mock_anthropic: str) -> None:
+    """Passed through: fields a translation could not carry (top_k, cache breakpoints,
+    metadata) reach Anthropic unchanged but for the model; its Message comes back as sent."""
+    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
+    body = {"model": "claude-haiku", "max_tokens": 5, "top_k": 3,
+            "metadata": {"user_id": "agent-7"},
+            "system": [{"type": "text", "text": "You are careful.",
+                        "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi there"}]}]}
+    resp = httpx.post(f"{gateway.base_url}/v1/messages", json=body,
+                      headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
+    assert resp.status_code == 200, resp.text
+    assert httpx.get(f"{mock_anthropic}/mock/last").json() == {
+        **body, "model": "claude-3-5-haiku-20241022"}
+    message = anthropic.types.Message.model_validate(resp.json())
+    assert message.model == "claude-3-5-haiku-20241022"       # Anthropic's answer, untouched
+    assert message.usage.cache_creation_input_tokens
+    [row] = spend_rows(gateway, key, 1)
+    assert row["request_id"] == resp.headers["x-request-id"]
+    assert row["call_type"] == "anthropic_messages"
+    assert row["spend"] == pytest.approx(priced(message.usage))
+
+    # What Anthropic refuses comes back refused, in its shape, and costs nothing.
+    resp = httpx.post(f"{gateway.base_url}/v1/messages", json={**body, "temperature": 5},
+                      headers={"x-api-key": key})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    assert "temperature" in resp.json()["error"]["message"]
+    assert key_spend(gateway, key) == pytest.approx(row["spend"])
+
+
+def test_an_overloaded_anthropic_stream_is_retried_then_an_overloaded_error(
+        gateway: ServedGateway) -> None:
+    key = new_key(gateway, models=["claude-overloaded"], max_budget=1.0)
+    with client(gateway, key) as sdk, pytest.raises(anthropic.APIStatusError) as failed:
+        sdk.with_options(max_retries=0).messages.create(
+            model="claude-overloaded", max_tokens=5, stream=True, messages=PING)
+    assert failed.value.status_code == 503
+    assert isinstance(failed.value.body, dict)
+    assert failed.value.body["error"]["type"] == "overloaded_error"
+    [row] = spend_rows(gateway, key, 1)
+    assert (row["status"], row["spend"]) == ("failure", 0)
+
+
+def test_an_anthropic_model_streams_tool_use_and_caches(gateway: ServedGateway,
+                                                        mock_anthropic: str) -> None:
+    """The anthropic SDK against an Anthropic model: a streamed tool call, its result, and a
+    prompt cache read on the second turn; every row priced from Anthropic's usage."""
+    key = new_key(gateway, models=["claude-haiku"], max_budget=1.0)
+    system = [{"type": "text", "text": "You are a careful agent. " * 20,
+               "cache_control": {"type": "ephemeral"}}]
+    ask: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
+    invalid = httpx.get(f"{mock_anthropic}/mock/stats").json()["invalid"]
+    with client(gateway, key) as sdk:
+        with sdk.messages.stream(model="claude-haiku", max_tokens=50, system=system,
+                                 tools=[WEATHER], tool_choice={"type": "any"},
+                                 messages=ask) as stream:
+            events = [event.type for event in stream]
+            message = stream.get_final_message()
+        assert events[0] == "message_start" and events[-1] == "message_stop"
+        assert message.stop_reason == "tool_use"
+        [call] = [c for c in message.content if c.type == "tool_use"]
+        assert call.name == "get_weather" and set(call.input) == {"city"}
+        raw = sdk.messages.with_raw_response.create(
+            model="claude-haiku", max_tokens=5, system=system, tools=[WEATHER], messages=[
+                *ask, {"role": "assistant", "content": message.content},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": call.id, "content": "sunny"},
+                    {"type": "text", "text": "Thanks!"}]}])
+        answer = raw.parse()
+    assert answer.content[0].type == "text" and answer.stop_reason == "max_tokens"
+    assert answer.usage.cache_read_input_tokens
+    assert httpx.get(f"{mock_anthropic}/mock/stats").json()["invalid"] == invalid
+    rows = spend_rows(gateway, key, 2)
+    assert len(rows) == 2
+    row = next(r for r in rows if r["request_id"] == raw.headers["x-request-id"])
+    assert row["spend"] == pytest.approx(priced(answer.usage))
+    assert key_spend(gateway, key) == pytest.approx(sum(r["spend"] for r in rows))

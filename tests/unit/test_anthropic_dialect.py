@@ -11,6 +11,8 @@ from faregate.anthropic_dialect import (
     StreamTranslator,
     anthropic_usage,
     error_body,
+    passthrough_request,
+    read_request,
     translate_reply,
     translate_request,
 )
@@ -26,8 +28,7 @@ from faregate.errors import (
     UpstreamError,
 )
 from faregate.json_limits import MAX_JSON_DEPTH
-from faregate.openai_request import CallType, parse
-from faregate.providers.anthropic_translate import to_messages_request
+from faregate.openai_request import CallType, ParsedRequest, parse
 
 
 def openai_of(**body: Any) -> dict[str, Any]:
@@ -326,53 +327,58 @@ def test_error_mapping(exc: GatewayError, status: int, type_: str) -> None:
 
 CACHE = {"type": "ephemeral"}
 AGENT_REQUEST: dict[str, Any] = {
-    "model": "claude", "max_tokens": 100, "top_k": 5,
-    "system": [{"type": "text", "text": "You are an agent."},
-               {"type": "text", "text": "Long rules.", "cache_control": CACHE}],
-    "tools": [{"name": "read", "description": "Read a file", "cache_control": CACHE,
-               "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}}}],
+    "model": "claude", "max_tokens": 100, "top_k": 5, "stream": True,
+    "thinking": {"type": "enabled", "budget_tokens": 50},
+    "system": [{"type": "text", "text": "Rules.", "cache_control": CACHE}],
+    "tools": [{"name": "read", "input_schema": {"type": "object"}}],
     "messages": [
-        {"role": "user", "content": [{"type": "text", "text": "Open a.txt",
-                                      "cache_control": CACHE}]},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Open a.txt"},
+            {"type": "image", "source": {"type": "url", "url": "https://x/a.png"}},
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain",
+                                            "data": "doc"}}]},
         {"role": "assistant", "content": [
-            {"type": "text", "text": "Reading."},
-            {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a.txt"}}]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "hello",
-             "cache_control": CACHE},
-            {"type": "text", "text": "Summarise it."}]}]}
+            {"type": "thinking", "thinking": "hm", "signature": "s"},
+            {"type": "tool_use", "id": "toolu_1", "name": "read", "input": {"path": "a"}}]},
+        {"role": "user", "content": "ok"}]}
 
 
-def test_anthropic_only_models_keep_cache_breakpoints_and_top_k_through_both_translations(
-        ) -> None:
-    """/v1/messages -> OpenAI chat -> the Anthropic provider's Messages request: what reaches
-    Anthropic is what the client sent (the system blocks, breakpoints, tools, top_k)."""
-    translated = translate_request(orjson.dumps(AGENT_REQUEST), anthropic_only=lambda m: True)
-    upstream = to_messages_request(orjson.loads(translated.openai_body), "claude-3", 1024)
-    assert upstream["system"] == AGENT_REQUEST["system"]
-    assert upstream["tools"] == AGENT_REQUEST["tools"]
-    assert upstream["top_k"] == 5
-    assert upstream["messages"] == [
-        AGENT_REQUEST["messages"][0], AGENT_REQUEST["messages"][1],
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_1",
-             "content": [{"type": "text", "text": "hello", "cache_control": CACHE}]},
-            {"type": "text", "text": "Summarise it."}]}]
+def test_an_anthropic_model_reads_only_what_the_gateway_needs() -> None:
+    """Passed through: nothing Anthropic accepts is refused; the bound counts every block."""
+    raw = orjson.dumps(AGENT_REQUEST)
+    parsed = read_request(raw, anthropic_only=lambda model: model == "claude")
+    assert isinstance(parsed, ParsedRequest)
+    assert parsed.call_type is CallType.MESSAGES and parsed.body == AGENT_REQUEST
+    assert (parsed.model, parsed.stream, parsed.max_tokens, parsed.max_tokens_field) == (
+        "claude", True, 100, "max_tokens")
+    assert parsed.usage_requested      # the gateway adds no stream_options to the body
+    messages = AGENT_REQUEST["messages"]
+    expected = (len(orjson.dumps(AGENT_REQUEST["system"]))
+                + len(orjson.dumps(AGENT_REQUEST["tools"])) + len(b"Open a.txt")
+                + len(orjson.dumps(messages[0]["content"][2]))
+                + len(orjson.dumps(messages[1]["content"][0]))
+                + len(orjson.dumps(messages[1]["content"][1])) + len(b"ok"))
+    assert (parsed.text_bytes, parsed.messages, parsed.images) == (expected, 4, 1)
+    with pytest.raises(InvalidRequest, match="top_k"):     # the same body, translated
+        read_request(raw, anthropic_only=lambda model: False)
 
 
-def test_top_level_cache_control_marks_the_last_block() -> None:
-    body = {**AGENT_REQUEST, "cache_control": CACHE}
-    out = orjson.loads(translate_request(orjson.dumps(body),
-                                         anthropic_only=lambda m: True).openai_body)
-    assert out["messages"][-1]["content"][-1] == {"type": "text", "text": "Summarise it.",
-                                                  "cache_control": CACHE}
+@pytest.mark.parametrize(("fields", "says"), [
+    ({"max_tokens": None}, "max_tokens: Field required"), ({"max_tokens": 0}, "max_tokens"),
+    ({"model": 5}, "model"), ({"stream": 1}, "stream"), ({"messages": []}, "messages"),
+    ({"messages": ["x"]}, "messages.0")])
+def test_a_passed_through_request_still_needs_what_the_gateway_reads(
+        fields: dict[str, Any], says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        passthrough_request(orjson.dumps({**AGENT_REQUEST, **fields}))
 
 
-def test_other_models_never_see_anthropic_extras() -> None:
-    body = {k: v for k, v in AGENT_REQUEST.items() if k != "top_k"}
-    raw = translate_request(orjson.dumps({**body, "cache_control": CACHE})).openai_body
-    assert b"cache_control" not in raw
-    assert orjson.loads(raw)["messages"][0] == {"role": "system",
-                                                "content": "You are an agent.\nLong rules."}
-    with pytest.raises(InvalidRequest, match="top_k"):
-        translate_request(orjson.dumps(AGENT_REQUEST), anthropic_only=lambda m: False)
+def test_a_passed_through_body_must_be_writable_and_counting_needs_no_max_tokens() -> None:
+    deep = b"[" * (MAX_JSON_DEPTH + 5) + b"]" * (MAX_JSON_DEPTH + 5)
+    raw = (b'{"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": '
+           b'[{"type": "tool_result", "tool_use_id": "t", "x": ' + deep + b"}]}]}")
+    with pytest.raises(InvalidRequest) as caught:
+        passthrough_request(raw)
+    assert caught.value.code == "json_too_deep"
+    body = {k: v for k, v in AGENT_REQUEST.items() if k != "max_tokens"}
+    assert passthrough_request(orjson.dumps(body), counting=True).max_tokens == 1

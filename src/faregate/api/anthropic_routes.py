@@ -16,11 +16,12 @@ from typing import Any
 import orjson
 
 from faregate.anthropic_dialect import (
+    STREAM_ERROR_TYPES,
     StreamTranslator,
     error_body,
+    read_request,
     sse,
     translate_reply,
-    translate_request,
 )
 from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
 from faregate.api.openai_routes import Handler, _credentials, _id_headers, _log_request, _stream
@@ -29,7 +30,7 @@ from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.keys.auth import Caller
 from faregate.logs import REQUEST_TRACE
 from faregate.metrics import Metrics
-from faregate.openai_request import CallType
+from faregate.openai_request import CallType, ParsedRequest
 from faregate.trace import RequestTrace, sane_client_request_id
 
 log = logging.getLogger("faregate.api")
@@ -65,10 +66,14 @@ class AnthropicRoutes:
                 raw = await read_body(scope, receive, self._max_body)
                 # The key first, as Anthropic does: an unknown caller learns nothing of bodies.
                 caller = await self._gateway.authenticate(authorization, api_key)
-                request = translate_request(raw, anthropic_only=partial(self._anthropic_only,
-                                                                        caller))
-                reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
-                                                   authorization, api_key, trace)
+                request = read_request(raw, anthropic_only=partial(self._anthropic_only,
+                                                                   caller))
+                if isinstance(request, ParsedRequest):      # an Anthropic model: as it is
+                    reply = await self._gateway.handle(CallType.MESSAGES, raw, authorization,
+                                                       api_key, trace, parsed=request)
+                else:
+                    reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
+                                                       authorization, api_key, trace)
             except GatewayError as exc:
                 status, error = await _send_error(send, exc, _id_headers(trace, True))
                 return
@@ -82,7 +87,10 @@ class AnthropicRoutes:
                     _id_headers(trace, True))
                 return
             message_id = "msg_" + trace.request_id
-            if isinstance(reply, Reply):
+            if isinstance(request, ParsedRequest):
+                status = 200
+                await _relay_passed_through(reply, receive, send, _id_headers(trace, False))
+            elif isinstance(reply, Reply):
                 status = reply.status
                 body = translate_reply(reply.body, request.model, message_id)
                 await send_bytes(send, reply.status, body,
@@ -110,16 +118,56 @@ class AnthropicRoutes:
         try:
             raw = await read_body(scope, receive, self._max_body)
             caller = await self._gateway.authenticate(authorization, api_key)
-            request = translate_request(raw, counting=True,
-                                        anthropic_only=partial(self._anthropic_only, caller))
-            bound = await self._gateway.prompt_bound(request.openai_body, authorization,
-                                                     api_key)
+            request = read_request(raw, counting=True,
+                                   anthropic_only=partial(self._anthropic_only, caller))
+            if isinstance(request, ParsedRequest):
+                bound = await self._gateway.prompt_bound(raw, authorization, api_key, request)
+            else:
+                bound = await self._gateway.prompt_bound(request.openai_body, authorization,
+                                                         api_key)
         except GatewayError as exc:
             await _send_error(send, exc, [])
             return
         except ClientGone:
             return
         await send_bytes(send, 200, orjson.dumps({"input_tokens": bound}), JSON_HEADERS)
+
+
+async def _relay_passed_through(reply: Reply | StreamReply, receive: Any, send: Any,
+                                extra: list[tuple[bytes, bytes]]) -> None:
+    """An Anthropic model's answer, as Anthropic sent it."""
+    if isinstance(reply, Reply):
+        await send_bytes(send, reply.status, reply.body, JSON_HEADERS + reply.headers + extra)
+        return
+    await _stream(StreamReply(_anthropic_events(reply.head), _passed_through(reply.events),
+                              reply.headers + extra), receive, send)
+
+
+def _anthropic_events(block: bytes) -> bytes:
+    """Anthropic's own events from a relayed block: the gateway's `data:` events (the usage
+    it metered, [DONE]) are dropped, and its error event is rewritten in Anthropic's shape."""
+    if b"\n\ndata: " not in block and not block.startswith(b"data: "):
+        return block        # Anthropic's events only (each begins with "event: ")
+    out = []
+    for event in block.split(b"\n\n"):
+        if event.startswith(b"data: {") and b'"error"' in event:
+            error = orjson.loads(event[6:]).get("error") or {}
+            out.append(sse("error", {"type": "error", "error": {
+                "type": STREAM_ERROR_TYPES.get(error.get("type"), "api_error"),
+                "message": str(error.get("message"))}}))
+        elif event and not event.startswith(b"data: "):
+            out.append(event + b"\n\n")
+    return b"".join(out)
+
+
+async def _passed_through(events: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
+    try:
+        async for block in events:
+            out = _anthropic_events(block)
+            if out:
+                yield out
+    finally:
+        await events.aclose()
 
 
 async def _translated(events: AsyncGenerator[bytes, None], translator: StreamTranslator

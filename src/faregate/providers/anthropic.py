@@ -20,6 +20,7 @@ import orjson
 
 from faregate.config import Deployment
 from faregate.errors import InvalidRequest, UpstreamError
+from faregate.providers.anthropic_passthrough import send_message, stream_message
 from faregate.providers.anthropic_translate import (
     ANTHROPIC_VERSION,
     AnthropicStreamError,
@@ -32,6 +33,7 @@ from faregate.providers.anthropic_translate import (
 from faregate.providers.openai_compat import UpstreamReply, upstream_failure
 
 CHAT_PATH = "/chat/completions"
+MESSAGES_PATH = "/messages"     # a /v1/messages body, passed through (anthropic_passthrough)
 # The HTTP status Anthropic gives each error type: an error event inside a stream is judged
 # (retryable or not) as the same error answered before the stream would be.
 ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401,
@@ -66,14 +68,9 @@ class AnthropicClient:
                   ) -> tuple[dict[str, str], bytes, bool]:
         if path != CHAT_PATH:
             raise InvalidRequest(f"Model '{d.model_name}' is an Anthropic model: it serves "
-                                 "/v1/chat/completions only", param="model",
+                                 "/v1/chat/completions and /v1/messages only", param="model",
                                  code="unsupported_endpoint")
-        headers = self._headers.get(id(d))
-        if headers is None:
-            headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-            if d.api_key is not None:
-                headers["x-api-key"] = d.api_key.reveal()
-            self._headers[id(d)] = headers
+        headers = self._headers_for(d)
         request = orjson.loads(body)
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         translated = to_messages_request(request, d.upstream_model, d.max_output_tokens)
@@ -81,8 +78,21 @@ class AnthropicClient:
             translated["stream"] = True
         return headers, orjson.dumps(translated), include_usage
 
+    def _headers_for(self, d: Deployment) -> dict[str, str]:
+        headers = self._headers.get(id(d))
+        if headers is None:
+            headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+            if d.api_key is not None:
+                headers["x-api-key"] = d.api_key.reveal()
+            self._headers[id(d)] = headers
+        return headers
+
     async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply:
         """POST one Messages request; return an OpenAI chat.completion and its usage."""
+        if path == MESSAGES_PATH:
+            return await send_message(self._http, d, self._headers_for(d), body,
+                                      anthropic_failure, _connection_failure,
+                                      lambda d, _: _timeout(d, d.timeout_s))
         headers, payload, _ = self._prepared(d, path, body, stream=False)
         try:
             async with self._http.post(d.api_base + "/v1/messages", data=payload,
@@ -110,6 +120,14 @@ class AnthropicClient:
     async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         """POST a streaming Messages request; yield OpenAI SSE blocks, one per network read
         that completed events worth sending, then the usage chunk and `data: [DONE]`."""
+        if path == MESSAGES_PATH:
+            async for block in stream_message(
+                    self._http, d, self._headers_for(d), body, anthropic_failure,
+                    _connection_failure, lambda d, _: _timeout(
+                        d, min(d.stream_timeout_s or d.timeout_s, d.timeout_s)),
+                    ERROR_STATUS):
+                yield block
+            return
         headers, payload, include_usage = self._prepared(d, path, body, stream=True)
         translator = StreamTranslator(int(self._now()), include_usage)
         timeout = aiohttp.ClientTimeout(total=d.timeout_s, sock_read=d.stream_timeout_s)
