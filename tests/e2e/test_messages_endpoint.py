@@ -63,9 +63,10 @@ def gateway(mock_upstream: str, mock_anthropic: str, tmp_path_factory: pytest.Te
         {"model_name": "claude-haiku", "litellm_params": {
             "model": "anthropic/claude-3-5-haiku-20241022", "api_base": mock_anthropic,
             "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}},
-        {"model_name": "claude-overloaded", "litellm_params": {   # the mock's fault model
-            "model": "anthropic/overloaded-stream", "api_base": mock_anthropic,
-            "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}}])
+        *({"model_name": f"claude-{fault}", "litellm_params": {   # the mock's fault models
+            "model": f"anthropic/{fault}", "api_base": mock_anthropic,
+            "api_key": "os.environ/ANTHROPIC_API_KEY", **HAIKU_PRICES}}
+          for fault in ("overloaded-stream", "overloaded-mid-stream"))])
     env = {**os.environ, **env_for(f"sqlite:///{tmp / 'faregate.db'}", Path(tmp)),
            "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
     gw = start_gateway(tmp, env, ["--config", str(cfg)])
@@ -243,15 +244,29 @@ def test_an_anthropic_model_gets_the_clients_body_as_it_is(gateway: ServedGatewa
 
 def test_an_overloaded_anthropic_stream_is_retried_then_an_overloaded_error(
         gateway: ServedGateway) -> None:
-    key = new_key(gateway, models=["claude-overloaded"], max_budget=1.0)
+    """An error as the first event: an error answer (retried, then refused, nothing
+    charged); an error after content: Anthropic's error event, the content charged."""
+    key = new_key(gateway, models=["claude-overloaded-stream", "claude-overloaded-mid-stream"],
+                  max_budget=1.0)
     with client(gateway, key) as sdk, pytest.raises(anthropic.APIStatusError) as failed:
         sdk.with_options(max_retries=0).messages.create(
-            model="claude-overloaded", max_tokens=5, stream=True, messages=PING)
+            model="claude-overloaded-stream", max_tokens=5, stream=True, messages=PING)
     assert failed.value.status_code == 503
     assert isinstance(failed.value.body, dict)
     assert failed.value.body["error"]["type"] == "overloaded_error"
     [row] = spend_rows(gateway, key, 1)
     assert (row["status"], row["spend"]) == ("failure", 0)
+
+    resp = httpx.post(f"{gateway.base_url}/v1/messages", headers={"x-api-key": key},
+                      json={"model": "claude-overloaded-mid-stream", "max_tokens": 5,
+                            "stream": True, "messages": PING})
+    assert resp.status_code == 200
+    events = [line for line in resp.text.split("\n") if line.startswith("event: ")]
+    assert events[0] == "event: message_start" and events[-1] == "event: error"
+    assert '"overloaded_error"' in resp.text and "data: [DONE]" not in resp.text
+    rows = spend_rows(gateway, key, 2)
+    partial = next(r for r in rows if r["request_id"] == resp.headers["x-request-id"])
+    assert partial["status"] == "partial" and partial["spend"] > 0
 
 
 def test_an_anthropic_model_streams_tool_use_and_caches(gateway: ServedGateway,

@@ -62,8 +62,10 @@ async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: di
                          ) -> AsyncGenerator[bytes, None]:
     """POST a streaming Messages body; yield Anthropic's events as they came, in blocks of
     complete events, then the usage event and `data: [DONE]` after `message_stop`. An error
-    event before anything was yielded raises (so the gateway may retry); a stream that ends
-    before `message_stop` raises too."""
+    event as the stream's first event raises (so the gateway may retry, as for an error
+    answer); a later one reaches the caller as Anthropic sent it and ends the stream (the
+    gateway charges what was produced). A stream that ends before `message_stop` raises.
+    Whether to retry depends on the order of events, never on how the network split them."""
     meter = _Meter()
     yielded = False
     try:
@@ -86,10 +88,13 @@ async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: di
                     raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' "
                                         f"sent a malformed stream event: {exc}", status=502,
                                         code="upstream_bad_stream", retryable=True) from None
-                if error is not None and not yielded:
-                    kind, message = error
-                    raise failure(d, error_status.get(kind, 500),
-                                  orjson.dumps({"error": {"message": message}}))
+                if error is not None:
+                    kind, message, first = error
+                    if first and not yielded:
+                        raise failure(d, error_status.get(kind, 500),
+                                      orjson.dumps({"error": {"message": message}}))
+                    yield complete
+                    return
                 if meter.stopped:
                     yield complete + b"data: " + orjson.dumps(
                         {"choices": [], "usage": openai_usage(meter.usage)}) \
@@ -113,9 +118,10 @@ class _Meter:
         self.usage: dict[str, Any] = {}
         self.stopped = False
 
-    def read(self, events: bytes) -> tuple[str, str] | None:
-        """Read the metered events of a block; the (type, message) of an error event."""
-        for event in events.split(b"\n\n"):
+    def read(self, events: bytes) -> tuple[str, str, bool] | None:
+        """Read the metered events of a block; for an error event, its (type, message, whether
+        it is the block's first event)."""
+        for i, event in enumerate(events.split(b"\n\n")):
             if not event.startswith(_METERED):
                 continue
             data = next((line[5:] for line in event.split(b"\n") if line.startswith(b"data:")),
@@ -131,5 +137,6 @@ class _Meter:
                 self.stopped = True
             elif kind == "error":
                 error = payload.get("error") or {}
-                return str(error.get("type") or "api_error"), str(error.get("message") or "")
+                return (str(error.get("type") or "api_error"), str(error.get("message") or ""),
+                        i == 0)
         return None
