@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/services.sh
 .venv/bin/ruff check src tests bench
-exec .venv/bin/python -m pytest "$@"
+# Test files run in parallel (-n, one file per worker at a time so module fixtures stay
+# together): most tests wait on real processes and the network, not on the CPU.
+exec .venv/bin/python -m pytest -n "${FAREGATE_TEST_WORKERS:-3}" --dist loadfile "$@"

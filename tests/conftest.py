@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
-from support import free_port, fresh_pg_database, in_thread, stop, wait_for_port
+from faults.harness import FaultTable
+from support import FAULT_TABLE_ENV, free_port, fresh_pg_database, in_thread, stop, wait_for_port
 
 from faregate.storage import migrate
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The fault suite's table (tests/faults) goes to one file for the whole run, whichever
+    process (xdist worker) ran the scenario; the run prints it at its end."""
+    if not hasattr(config, "workerinput"):        # the controller, or a run without xdist
+        fd, path = tempfile.mkstemp(prefix="faregate-fault-table-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[FAULT_TABLE_ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    path = os.environ.get(FAULT_TABLE_ENV)
+    if hasattr(config, "workerinput") or not path:
+        return
+    table = FaultTable(Path(path))
+    if table.lines:
+        terminalreporter.section("fault injection: no spend row lost or doubled")
+        terminalreporter.write_line(table.render())
+    Path(path).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

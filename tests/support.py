@@ -18,6 +18,7 @@ import asyncpg
 import yaml
 
 MASTER_KEY = "sk-test-master-0123456789"
+FAULT_TABLE_ENV = "FAREGATE_TEST_FAULT_TABLE"   # the file the fault suite's table lines go to
 PG_ADMIN_URL = os.environ.get("FAREGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 PRICE_IN = 0.000001
 PRICE_OUT = 0.000002

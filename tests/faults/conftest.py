@@ -20,25 +20,22 @@ import yaml
 from e2e.conftest import ServedGateway, start_gateway
 from faults.harness import FaultTable
 from faults.private_postgres import PrivatePostgres
-from support import MASTER_KEY, PRICE_IN, PRICE_OUT, free_port, in_thread, stop, wait_for_port
-
-_TABLE = pytest.StashKey[FaultTable]()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_TABLE] = FaultTable()
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    table = config.stash.get(_TABLE, None)
-    if table is not None and table.lines:
-        terminalreporter.section("fault injection: no spend row lost or doubled")
-        terminalreporter.write_line(table.render())
+from support import (
+    FAULT_TABLE_ENV,
+    MASTER_KEY,
+    PRICE_IN,
+    PRICE_OUT,
+    free_port,
+    in_thread,
+    stop,
+    wait_for_port,
+)
 
 
 @pytest.fixture(scope="session")
-def fault_table(pytestconfig: pytest.Config) -> FaultTable:
-    return pytestconfig.stash[_TABLE]
+def fault_table() -> FaultTable:
+    # The file is named by tests/conftest.py, which prints the table at the end of the run.
+    return FaultTable(Path(os.environ[FAULT_TABLE_ENV]))
 
 
 @pytest.fixture(scope="module")

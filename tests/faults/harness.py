@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 
 from faregate.keys.tokens import hash_key
 
@@ -152,18 +155,30 @@ class TableLine:
 
 
 class FaultTable:
-    """Printed at the end of the run (tests/faults/conftest.py)."""
+    """Lines appended to a file, so that test processes (pytest-xdist workers) can all add to
+    the one table the run prints at its end (tests/conftest.py)."""
 
-    def __init__(self) -> None:
-        self.lines: list[TableLine] = []
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def add(self, line: TableLine) -> None:
+        with self.path.open("ab") as out:
+            out.write(orjson.dumps(dataclasses.asdict(line)) + b"\n")
+
+    @property
+    def lines(self) -> list[TableLine]:
+        if not self.path.exists():
+            return []
+        return [TableLine(**orjson.loads(raw)) for raw in self.path.read_bytes().splitlines()]
 
     def render(self) -> str:
+        lines = self.lines
         head = ("scenario", "sent", "served", "failed (status: n)", "rows expected",
                 "rows recorded", "key spend = ledger", "note")
         body = [(t.scenario, str(t.sent), str(t.served),
                  ", ".join(f"{k}: {v}" for k, v in t.failed.items()) or "-",
                  str(t.rows_expected), str(t.rows_recorded), "yes" if t.spend_matches else "NO",
-                 t.note) for t in self.lines]
+                 t.note) for t in lines]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                          for r in [head, *body])

@@ -34,7 +34,7 @@ OUTAGE_S = 10.0
 
 def check_and_record(table: FaultTable, scenario: str, load: Load, ledger: Ledger,
                      expected: set[str], note: str = "") -> None:
-    table.lines.append(TableLine(scenario, len(load.outcomes), len(load.served),
+    table.add(TableLine(scenario, len(load.outcomes), len(load.served),
                                  load.failures(), len(expected), len(ledger.rows),
                                  ledger.key_spend == ledger.spend_sum, note))
     missing = expected - set(ledger.rows)

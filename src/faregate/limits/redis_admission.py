@@ -157,7 +157,7 @@ class RedisAdmission:
                  on_period_start: Callable[[str, int, datetime | None], None],
                  wait_timeout_s: float, fail_mode: str, fallback: LocalAdmission,
                  replicas: int) -> None:
-        self.client = aioredis.Redis.from_url(url, socket_timeout=0.5,
+        self.client = aioredis.Redis.from_url(url, socket_timeout=2.0,
                                               socket_connect_timeout=0.5,
                                               health_check_interval=10)
         self._admit = self.client.register_script(_ADMIT)
