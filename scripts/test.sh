@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+scripts/real-model.sh   # llama-server + SmolLM2 for tests marked real_model (FAREGATE_SKIP_REAL_MODEL=1: skip)
 scripts/services.sh
 .venv/bin/ruff check src tests bench
 # Test files run in parallel (-n, one file per worker at a time so module fixtures stay
