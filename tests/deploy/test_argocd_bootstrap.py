@@ -139,7 +139,7 @@ def referenced_secret_keys(variant: str) -> set[tuple[str, str]]:
     for kind in ("Deployment", "Job"):
         for entry in container(the(render(variant), kind)).get("env", []):
             ref = entry.get("valueFrom", {}).get("secretKeyRef")
-            if ref:
+            if ref and not ref.get("optional"):     # optional: read only when present
                 refs.add((ref["name"], ref["key"]))
     return refs
 

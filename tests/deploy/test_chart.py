@@ -272,6 +272,10 @@ def test_no_secret_value_anywhere_in_the_rendered_output(variant: str) -> None:
                                                    "key": "PROXY_MASTER_KEY"}
     database = env_of(container(the(objects, "Deployment")))["DATABASE_URL"]
     assert database["valueFrom"]["secretKeyRef"] == {"name": "faregate-pg-app", "key": "uri"}
+    # A salt-key rotation needs no chart change: the previous key is read when present.
+    previous = env_of(container(the(objects, "Deployment")))["FAREGATE_SALT_KEY_PREVIOUS"]
+    assert previous["valueFrom"]["secretKeyRef"] == {
+        "name": "faregate-secrets", "key": "FAREGATE_SALT_KEY_PREVIOUS", "optional": True}
 
 
 def test_the_secret_detector_finds_planted_secrets() -> None:
