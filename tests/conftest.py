@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,12 @@ from typing import Any
 import asyncpg
 import pytest
 from faults.harness import FaultTable
-from support import FAULT_TABLE_ENV, free_port, fresh_pg_database, in_thread, stop, wait_for_port
+from support import (
+    FAULT_TABLE_ENV,
+    fresh_pg_database,
+    in_thread,
+    mock_upstream_process,
+)
 
 from faregate.storage import migrate
 
@@ -75,11 +78,5 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def mock_upstream() -> Iterator[str]:
     """The project's mock OpenAI-compatible server, as a real process. Yields its /v1 URL."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process() as url:
+        yield url

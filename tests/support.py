@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,6 +51,20 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@contextlib.contextmanager
+def mock_upstream_process(*args: str) -> Iterator[str]:
+    """The project's mock upstream as a real process (extra CLI arguments, e.g. `--api-key K`),
+    ended by PID afterwards. Yields its /v1 URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
+                             str(port), *args], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        stop(proc)
 
 
 def write_config(path: Path, upstream: str, *, database_url: str | None = None,

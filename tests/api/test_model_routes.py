@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +24,13 @@ import uvicorn
 import yaml
 from api.conftest import RunningGateway
 from sqlalchemy import select
-from support import MASTER_KEY, env_for, free_port, stop, wait_for_port, write_config
+from support import (
+    MASTER_KEY,
+    env_for,
+    free_port,
+    mock_upstream_process,
+    write_config,
+)
 
 from faregate import config
 from faregate.app import Faregate
@@ -43,14 +47,8 @@ Start = Callable[..., Awaitable[RunningGateway]]
 @pytest.fixture(scope="module")
 def keyed_upstream() -> Iterator[str]:
     """The mock upstream that answers only `Authorization: Bearer UPSTREAM_KEY`."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port), "--api-key", UPSTREAM_KEY], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process("--api-key", UPSTREAM_KEY) as url:
+        yield url
 
 
 @asynccontextmanager

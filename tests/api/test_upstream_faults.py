@@ -13,8 +13,6 @@ import asyncio
 import contextlib
 import os
 import random
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,7 +25,14 @@ import uvicorn
 import yaml
 from api.conftest import Clock, RunningGateway
 from prometheus_client.parser import text_string_to_metric_families
-from support import MASTER_KEY, PRICE_IN, PRICE_OUT, env_for, free_port, stop, wait_for_port
+from support import (
+    MASTER_KEY,
+    PRICE_IN,
+    PRICE_OUT,
+    env_for,
+    free_port,
+    mock_upstream_process,
+)
 
 from faregate import config
 from faregate.app import Faregate
@@ -44,14 +49,8 @@ Start = Callable[..., Awaitable[RunningGateway]]
 @pytest.fixture(scope="module")
 def flaky_url() -> Iterator[str]:
     """A mock of this module's own: run-time faults hit every request it serves."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with mock_upstream_process() as url:
+        yield url.removesuffix("/v1")
 
 
 @pytest.fixture

@@ -23,7 +23,14 @@ import httpx
 import pytest
 import yaml
 from deploy.conftest import config_yaml, container, render, the
-from support import MASTER_KEY, free_port, fresh_pg_database, stop, wait_for_port
+from support import (
+    MASTER_KEY,
+    free_port,
+    fresh_pg_database,
+    mock_upstream_process,
+    stop,
+    wait_for_port,
+)
 
 pytestmark = [
     pytest.mark.postgres,
@@ -46,14 +53,8 @@ def fresh_database() -> Iterator[str]:
 def keyed_upstream() -> Iterator[str]:
     """The mock upstream demanding the vLLM API key, so the key's way from its Secret through
     the env and config.yaml's os.environ/VLLM_API_KEY to the upstream call is checked too."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port), "--api-key", UPSTREAM_KEY], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process("--api-key", UPSTREAM_KEY) as url:
+        yield url
 
 
 @pytest.fixture

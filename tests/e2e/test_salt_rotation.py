@@ -21,11 +21,10 @@ from e2e.conftest import ServedGateway, start_gateway
 from support import (
     MASTER_KEY,
     env_for,
-    free_port,
     fresh_pg_database,
     in_thread,
+    mock_upstream_process,
     stop,
-    wait_for_port,
     write_config,
 )
 
@@ -41,14 +40,8 @@ POLL_S = 0.2
 
 @pytest.fixture
 def keyed_upstream() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port), "--api-key", UPSTREAM_KEY], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process("--api-key", UPSTREAM_KEY) as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,10 +23,8 @@ from support import (
     MASTER_KEY,
     PRICE_IN,
     PRICE_OUT,
-    free_port,
     in_thread,
-    stop,
-    wait_for_port,
+    mock_upstream_process,
 )
 
 
@@ -51,14 +47,8 @@ def private_pg() -> Iterator[PrivatePostgres]:
 @pytest.fixture(scope="module")
 def fault_mock() -> Iterator[str]:
     """A mock upstream of this module's own: faults switched on it affect no other test."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process() as url:
+        yield url
 
 
 def new_database(pg: PrivatePostgres) -> str:

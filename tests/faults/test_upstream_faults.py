@@ -6,8 +6,6 @@ upstream actually produced."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,20 +16,14 @@ from faults.conftest import model, new_database, new_key, start
 from faults.harness import FaultTable, Ledger, Load, drive, read_ledger, wait_until_written
 from faults.private_postgres import PrivatePostgres
 from faults.test_database_and_restarts import check_and_record
-from support import chat, free_port, stop, wait_for_port
+from support import chat, free_port, mock_upstream_process, stop
 
 
 @pytest.fixture(scope="module")
 def flaky_mock() -> Iterator[str]:
     """A second mock whose faults the tests switch at run time (POST /mock/faults)."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        stop(proc)
+    with mock_upstream_process() as url:
+        yield url
 
 
 def mock_control(api_base: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -128,7 +120,8 @@ def test_flapping_upstream_is_retried(private_pg: PrivatePostgres, flaky_mock: s
     check_and_record(fault_table, "upstream flapping (50% 503), 3 retries", load, ledger,
                      admitted(load), f"{stats['faults_injected']} faults injected, "
                      f"{stats['requests']} upstream calls")
-    assert len(load.served) >= 180                 # 0.5^4 = 6% fail after all four attempts
+    # 0.5^4 = 6.25% fail after all four attempts: 12.5 of 200 expected, 30 is 5 sigma away.
+    assert len(load.served) >= 170
     assert set(load.failures()) <= {"502"}
     assert ledger.rows.keys() == admitted(load)
     assert stats["faults_injected"] > 50

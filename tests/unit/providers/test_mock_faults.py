@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from support import free_port, stop, wait_for_port
+from support import mock_upstream_process
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -19,14 +17,8 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 @pytest.fixture(scope="module")
 def mock_url() -> Iterator[str]:
     """A mock of this module's own: run-time faults apply to every request it serves."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-upstream", "--port",
-                             str(port)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop(proc)
+    with mock_upstream_process() as url:
+        yield url.removesuffix("/v1")
 
 
 @pytest.fixture
