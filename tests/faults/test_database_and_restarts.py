@@ -189,7 +189,7 @@ def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
                      load.ids(lambda o: o.status == 200),
                      f"{len(before.rows)} rows in Postgres at the kill, "
                      f"{replayed.group(1) if replayed else 0} replayed from disk")
-    assert len(load.served) > 50 and len(before.rows) == 0
+    assert len(load.served) > 20 and len(before.rows) == 0      # killed mid-load
     assert replayed is not None and int(replayed.group(1)) >= len(load.served)
 
 
