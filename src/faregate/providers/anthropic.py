@@ -20,7 +20,7 @@ import orjson
 
 from faregate.config import Deployment
 from faregate.errors import InvalidRequest, UpstreamError
-from faregate.providers.anthropic_passthrough import send_message, stream_message
+from faregate.providers.anthropic_passthrough import read_message, send_message, stream_message
 from faregate.providers.anthropic_translate import (
     ANTHROPIC_VERSION,
     AnthropicStreamError,
@@ -105,16 +105,7 @@ class AnthropicClient:
             raise _timeout(d, d.timeout_s) from None
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict) or message.get("type") != "message":
-            raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' answered "
-                                f"HTTP {resp.status} with a body that is not a Message",
-                                status=502, code="upstream_malformed_reply", retryable=True,
-                                upstream_status=resp.status)
-        completion = from_message(message, int(self._now()))
+        completion = from_message(read_message(d, resp.status, data), int(self._now()))
         return UpstreamReply(orjson.dumps(completion), completion["usage"])
 
     async def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:

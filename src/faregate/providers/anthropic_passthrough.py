@@ -44,16 +44,22 @@ async def send_message(http: aiohttp.ClientSession, d: Deployment, headers: dict
         raise timeout(d, exc) from None
     except aiohttp.ClientError as exc:
         raise connection(d, exc) from None
+    message = read_message(d, resp.status, data)
+    return UpstreamReply(data, openai_usage(message.get("usage")))
+
+
+def read_message(d: Deployment, status: int, data: bytes) -> dict[str, Any]:
+    """A 2xx answer's Message; anything else is a malformed reply (retryable)."""
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
         message = None
     if not isinstance(message, dict) or message.get("type") != "message":
         raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' answered "
-                            f"HTTP {resp.status} with a body that is not a Message", status=502,
+                            f"HTTP {status} with a body that is not a Message", status=502,
                             code="upstream_malformed_reply", retryable=True,
-                            upstream_status=resp.status)
-    return UpstreamReply(data, openai_usage(message.get("usage")))
+                            upstream_status=status)
+    return message
 
 
 async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: dict[str, str],
