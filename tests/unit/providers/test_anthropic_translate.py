@@ -9,8 +9,9 @@ import orjson
 import pytest
 
 from faregate.config import Deployment
-from faregate.errors import InvalidRequest
+from faregate.errors import InvalidRequest, UpstreamError
 from faregate.providers.anthropic import anthropic_failure
+from faregate.providers.anthropic_passthrough import read_message
 from faregate.providers.anthropic_translate import (
     AnthropicStreamError,
     StreamTranslator,
@@ -224,3 +225,15 @@ def test_the_mock_refuses_what_anthropic_refuses(change: dict[str, Any], problem
         validate(HEADERS, body, None)
     with pytest.raises(Invalid, match="anthropic-version"):
         validate({**HEADERS, "anthropic-version": ""}, {}, None)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"type": "error"}', b'{"id": "x"}'])
+def test_a_2xx_that_is_not_a_message_is_a_retryable_malformed_reply(body: bytes) -> None:
+    with pytest.raises(UpstreamError) as caught:
+        read_message(D, 200, body)
+    assert caught.value.status == 502 and caught.value.retryable
+    assert caught.value.code == "upstream_malformed_reply"
+
+
+def test_a_message_is_read() -> None:
+    assert read_message(D, 200, b'{"type": "message", "usage": {}}')["type"] == "message"
