@@ -116,6 +116,7 @@ class UpstreamError(GatewayError):
     client's. `upstream_status` is the HTTP status the upstream sent, if it sent one."""
 
     type = "upstream_error"
+    retry_after_s: float | None = None      # the upstream's Retry-After, when it sent one
 
     def __init__(self, message: str, *, status: int = 502, type: str | None = None,
                  code: str | None = None, retryable: bool = False,

@@ -36,6 +36,7 @@ from faregate.config import Deployment, RouterSettings
 from faregate.errors import UpstreamError
 
 FAIL_WINDOW_S = 60.0
+MAX_RETRY_AFTER_S = 300.0     # a longer Retry-After still cools down only this long
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based")
 LATENCY_WEIGHT = 0.3        # the newest sample's weight in the latency EWMA
 LATENCY_EXPLORE = 0.1       # share of latency-based picks that ignore latency
@@ -182,7 +183,10 @@ class Router:
         self._last_error[d.deployment_id] = error.message[:200]
         if error.upstream_status == 429 or error.code == "upstream_unreachable" \
                 or len(fails) > self.settings.allowed_fails:
-            self._cooling[d.deployment_id] = now + self.settings.cooldown_time_s
+            cooldown = self.settings.cooldown_time_s
+            if error.retry_after_s:         # the upstream said how long: believe it, bounded
+                cooldown = max(cooldown, min(error.retry_after_s, MAX_RETRY_AFTER_S))
+            self._cooling[d.deployment_id] = now + cooldown
 
     def succeeded(self, d: Deployment, latency_s: float | None = None) -> None:
         """An answer proves the deployment is back: end its cooldown. `latency_s`: how long

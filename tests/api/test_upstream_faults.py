@@ -458,3 +458,17 @@ async def test_a_client_that_leaves_mid_stream_frees_the_upstream_and_pays_for_w
     assert 3 <= row["completion_tokens"] < 200
     assert row["spend"] == pytest.approx(price(row["prompt_tokens"], row["completion_tokens"]))
     assert MASTER_KEY not in str(row)
+
+
+async def test_an_upstream_retry_after_cools_the_deployment_that_long_and_reaches_the_caller(
+        start: Start, flaky: httpx.AsyncClient, flaky_url: str) -> None:
+    await set_fault(flaky, mode="error", status=429, retry_after=42)
+    gw = await start([deployment("limited", "qwen-local", flaky_url + "/v1")],
+                     {"num_retries": 0, "cooldown_time": 1})
+    key = await gw.new_key(models=["limited"], max_budget=1)
+    for stream in (False, True):
+        with pytest.raises(openai.RateLimitError) as caught:
+            await ask(gw.sdk(key).with_options(max_retries=0), "limited", stream)
+        assert caught.value.response.headers["retry-after"] == "42"
+    [health] = gw.app.router.health()
+    assert health.cooling_down and 40 < health.cooldown_left_s <= 42   # not cooldown_time's 1 s

@@ -205,3 +205,18 @@ def test_health_reports_a_state_per_deployment() -> None:
     r.failed(dep(2), SERVER_ERROR)
     assert [h.state for h in r.health()] == ["healthy", "failing", "cooling_down"]
     assert r.health()[0].latency_s is None
+
+
+
+@pytest.mark.parametrize(("retry_after", "cooldown"), [(None, 5.0), (2.0, 5.0), (42.0, 42.0),
+                                                       (10_000.0, 300.0)])
+def test_a_retry_after_lengthens_the_cooldown_within_bounds(retry_after: float | None,
+                                                             cooldown: float) -> None:
+    clock = Clock()
+    r = router([dep(0), dep(1)], clock, cooldown_time_s=5.0)
+    error = UpstreamError("slow down", status=429, retryable=True, upstream_status=429)
+    error.retry_after_s = retry_after
+    r.failed(dep(0), error)
+    assert r.health()[0].cooldown_left_s == cooldown
+    clock.t += cooldown
+    assert not r.health()[0].cooling_down

@@ -30,7 +30,7 @@ from faregate.providers.anthropic_translate import (
     sse_events,
     to_messages_request,
 )
-from faregate.providers.openai_compat import UpstreamReply, upstream_failure
+from faregate.providers.openai_compat import UpstreamReply, upstream_failure, with_retry_after
 
 CHAT_PATH = "/chat/completions"
 MESSAGES_PATH = "/messages"     # a /v1/messages body, passed through (anthropic_passthrough)
@@ -100,7 +100,8 @@ class AnthropicClient:
                                        timeout=aiohttp.ClientTimeout(total=d.timeout_s)) as resp:
                 data = await resp.read()
                 if resp.status >= 300:
-                    raise anthropic_failure(d, resp.status, data)
+                    raise with_retry_after(anthropic_failure(d, resp.status, data),
+                                           resp.headers)
         except TimeoutError:
             raise _timeout(d, d.timeout_s) from None
         except aiohttp.ClientError as exc:
@@ -126,7 +127,8 @@ class AnthropicClient:
             async with self._http.post(d.api_base + "/v1/messages", data=payload,
                                        headers=headers, timeout=timeout) as resp:
                 if resp.status >= 300:
-                    raise anthropic_failure(d, resp.status, await resp.read())
+                    raise with_retry_after(anthropic_failure(d, resp.status,
+                                                             await resp.read()), resp.headers)
                 pending = b""
                 async for chunk in resp.content.iter_any():
                     pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk

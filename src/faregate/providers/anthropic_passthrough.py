@@ -19,7 +19,7 @@ import orjson
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
 from faregate.providers.anthropic_translate import openai_usage
-from faregate.providers.openai_compat import UpstreamReply
+from faregate.providers.openai_compat import UpstreamReply, with_retry_after
 
 # The events whose payload metering reads; the rest (deltas, pings) pass unparsed.
 _METERED = (b"event: message_start", b"event: message_delta", b"event: message_stop",
@@ -39,7 +39,7 @@ async def send_message(http: aiohttp.ClientSession, d: Deployment, headers: dict
                              timeout=aiohttp.ClientTimeout(total=d.timeout_s)) as resp:
             data = await resp.read()
             if resp.status >= 300:
-                raise failure(d, resp.status, data)
+                raise with_retry_after(failure(d, resp.status, data), resp.headers)
     except TimeoutError as exc:
         raise timeout(d, exc) from None
     except aiohttp.ClientError as exc:
@@ -80,7 +80,7 @@ async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: di
                                                            sock_read=d.stream_timeout_s)
                              ) as resp:
             if resp.status >= 300:
-                raise failure(d, resp.status, await resp.read())
+                raise with_retry_after(failure(d, resp.status, await resp.read()), resp.headers)
             pending = b""
             async for chunk in resp.content.iter_any():
                 pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk

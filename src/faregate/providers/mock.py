@@ -119,8 +119,10 @@ class _BadRequest(Exception):
     """Raised by validation; turned into a 400 in OpenAI's error shape."""
 
 
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+async def _send_json(send: Send, status: int, body: bytes,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -358,7 +360,7 @@ class MockUpstream:
         if fault is None:
             return False
         if fault.mode == "error":
-            await _send_fault(send, str(fault.status).encode())
+            await _send_fault(send, str(fault.status).encode(), fault.retry_after)
             return True
         if fault.mode == "slow":
             await asyncio.sleep(fault.ms / 1000)
@@ -528,7 +530,7 @@ class MockUpstream:
         await _send_json(send, 200, body)
 
 
-async def _send_fault(send: Send, raw: bytes) -> None:
+async def _send_fault(send: Send, raw: bytes, retry_after: float = 0.0) -> None:
     try:
         code = int(raw)
     except ValueError:
@@ -539,7 +541,8 @@ async def _send_fault(send: Send, raw: bytes) -> None:
     type_ = "rate_limit_error" if code == 429 else "invalid_request_error"
     if code >= 500:
         type_ = "server_error"
-    await _send_json(send, code, _error_body(f"mock fault {code}", type_))
+    extra = [(b"retry-after", f"{retry_after:g}".encode())] if retry_after else []
+    await _send_json(send, code, _error_body(f"mock fault {code}", type_), extra)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -5,6 +5,7 @@ embeddings) of every model, until the next ``POST``::
 
     {"mode": "ok"}                               answer normally (the default)
     {"mode": "error", "status": 503}             answer that status (400-599), OpenAI's shape
+                                                 (with "retry_after": 7, a Retry-After header)
     {"mode": "slow", "ms": 2000}                 wait ms before answering (first byte)
     {"mode": "down"}                             send a response head, then close the
                                                  connection (a crash mid-answer)
@@ -48,6 +49,7 @@ class Fault:
     after: int = 0
     rate: float = 1.0
     seed: int = 0
+    retry_after: float = 0.0        # error mode: sent as a Retry-After header when > 0
 
     @classmethod
     def parse(cls, body: object) -> Fault:
@@ -62,6 +64,8 @@ class Fault:
             (isinstance(fault.rate, int | float) and 0 <= fault.rate <= 1,
              "'rate' must be a number in [0, 1]"),
             (isinstance(fault.seed, int), "'seed' must be an integer"),
+            (isinstance(fault.retry_after, int | float) and fault.retry_after >= 0,
+             "'retry_after' must be a number of seconds >= 0"),
         ]
         for ok, message in checks:
             if not ok:

@@ -11,7 +11,8 @@ usage it bills from that body.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import math
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,7 +81,7 @@ class OpenAICompatible:
                                           timeout=timeout) as resp:
                 data = await resp.read()
                 if resp.status >= 300:
-                    raise upstream_failure(d, resp.status, data)
+                    raise with_retry_after(upstream_failure(d, resp.status, data), resp.headers)
         except TimeoutError:        # first: aiohttp's read timeouts are ClientErrors too
             raise _timeout(d, d.timeout_s, "timeout") from None
         except aiohttp.ClientError as exc:
@@ -107,7 +108,8 @@ class OpenAICompatible:
             async with self._http.post(d.api_base + path, data=body, headers=headers,
                                        timeout=self._stream_timeouts[id(d)]) as resp:
                 if resp.status >= 300:
-                    raise upstream_failure(d, resp.status, await resp.read())
+                    raise with_retry_after(upstream_failure(d, resp.status, await resp.read()),
+                                           resp.headers)
                 pending = b""
                 async for chunk in resp.content.iter_any():
                     if b"\r" in chunk:
@@ -126,6 +128,20 @@ class OpenAICompatible:
             raise _timeout(d, d.timeout_s, "timeout") from None
         except aiohttp.ClientError as exc:
             raise _connection_failure(d, exc) from None
+
+
+def with_retry_after(error: UpstreamError, headers: Mapping[str, str]) -> UpstreamError:
+    """Keep the upstream's Retry-After (seconds; the HTTP-date form is ignored): the router
+    cools the deployment down at least that long, and a 429 passes it on to the caller."""
+    try:
+        seconds = float(headers.get("Retry-After") or 0)
+    except ValueError:
+        return error
+    if seconds > 0 and math.isfinite(seconds):
+        error.retry_after_s = seconds
+        if error.status == 429:
+            error.headers["retry-after"] = str(math.ceil(seconds))
+    return error
 
 
 def upstream_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
