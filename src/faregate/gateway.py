@@ -110,9 +110,11 @@ class Gateway:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
         deployment = self._route(request.model, caller)
         trace.model = deployment.model_name   # a configured name: bounded label values
+        path = UPSTREAM_PATHS[call_type]
+        # A body this provider cannot take is refused before anything is reserved or recorded.
+        self._upstream.check(deployment, path, request.body)
         call = await self._admit_with_room(trace.request_id, caller, request, deployment,
                                            authorization, api_key, trace)
-        path = UPSTREAM_PATHS[call_type]
         try:
             return await self._answer(call, raw, path)
         except UpstreamError as exc:

@@ -225,4 +225,11 @@ def test_budget_and_bad_parameters_are_refused_before_anthropic(
             model="claude-haiku", n=2, messages=[{"role": "user", "content": "hi"}])
     assert bad.value.response.json()["error"]["param"] == "n"
     assert mock(mock_anthropic, "stats")["requests"] == before
-    assert spend_row(gateway, bad.value.response.headers["x-request-id"])["spend_nanos"] == 0
+    # Refused before admission: no row. A later request's row being there shows the ledger has
+    # caught up past it (rows reach the database in the order they were recorded).
+    later = llm.chat.completions.with_raw_response.create(
+        model="claude-haiku", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    spend_row(gateway, later.headers["x-request-id"])
+    refused = httpx.get(f"{gateway.base_url}/spend/logs", headers=ADMIN,
+                        params={"request_id": bad.value.response.headers["x-request-id"]})
+    assert refused.json() == []

@@ -64,12 +64,20 @@ class AnthropicClient:
         assert self._session is not None, "AnthropicClient.open() was not called"
         return self._session
 
+    def check(self, d: Deployment, path: str, body: dict[str, Any]) -> None:
+        """Translate once before admission, so that a request Anthropic cannot take is a 400
+        with nothing reserved or recorded (the real translation runs again on the capped body).
+        A /v1/messages body passes through as it is."""
+        if path == MESSAGES_PATH:
+            return
+        if path != CHAT_PATH:
+            raise _unsupported_endpoint(d)
+        to_messages_request(body, d.upstream_model, d.max_output_tokens)
+
     def _prepared(self, d: Deployment, path: str, body: bytes, stream: bool
                   ) -> tuple[dict[str, str], bytes, bool]:
         if path != CHAT_PATH:
-            raise InvalidRequest(f"Model '{d.model_name}' is an Anthropic model: it serves "
-                                 "/v1/chat/completions and /v1/messages only", param="model",
-                                 code="unsupported_endpoint")
+            raise _unsupported_endpoint(d)
         headers = self._headers_for(d)
         request = orjson.loads(body)
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
@@ -184,6 +192,12 @@ def anthropic_failure(d: Deployment, status: int, data: bytes) -> UpstreamError:
                              code="upstream_overloaded", retryable=True,
                              upstream_status=OVERLOADED)
     return upstream_failure(d, status, data)
+
+
+def _unsupported_endpoint(d: Deployment) -> InvalidRequest:
+    return InvalidRequest(f"Model '{d.model_name}' is an Anthropic model: it serves "
+                          "/v1/chat/completions and /v1/messages only", param="model",
+                          code="unsupported_endpoint")
 
 
 def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:

@@ -4,7 +4,7 @@ the gateway calls (`send`, `stream`); `open` and `close` reach every client."""
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from faregate.config import Deployment
 from faregate.providers.openai_compat import UpstreamClient, UpstreamReply
@@ -38,3 +38,6 @@ class ProviderClients:
 
     def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]:
         return self.client(d).stream(d, path, body)
+
+    def check(self, d: Deployment, path: str, body: dict[str, Any]) -> None:
+        self.client(d).check(d, path, body)

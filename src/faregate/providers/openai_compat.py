@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -36,6 +36,9 @@ class UpstreamClient(Protocol):
 
     def stream(self, d: Deployment, path: str, body: bytes) -> AsyncGenerator[bytes, None]: ...
 
+    def check(self, d: Deployment, path: str, body: dict[str, Any]) -> None:
+        """Raise InvalidRequest now, before anything is reserved, if `d` cannot take `body`."""
+
 
 class OpenAICompatible:
     def __init__(self) -> None:
@@ -54,6 +57,9 @@ class OpenAICompatible:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+    def check(self, d: Deployment, path: str, body: dict[str, Any]) -> None:
+        """Nothing to check: the body goes to the upstream as it is."""
 
     @property
     def _http(self) -> aiohttp.ClientSession:
