@@ -7,10 +7,8 @@ row), translate the answer or its stream back. Every error renders in Anthropic'
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncGenerator
 from functools import partial
-from time import perf_counter
 from typing import Any
 
 import orjson
@@ -24,16 +22,13 @@ from faregate.anthropic_dialect import (
     translate_reply,
 )
 from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
-from faregate.api.openai_routes import Handler, _credentials, _id_headers, _log_request, _stream
+from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
+from faregate.api.openai_routes import Handler, send_stream
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.keys.auth import Caller
-from faregate.logs import REQUEST_TRACE
 from faregate.metrics import Metrics
 from faregate.openai_request import CallType, ParsedRequest
-from faregate.trace import RequestTrace, sane_client_request_id
-
-log = logging.getLogger("faregate.api")
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
@@ -55,13 +50,9 @@ class AnthropicRoutes:
 
     async def _messages(self, scope: Scope, receive: Any, send: Any) -> None:
         """Serve one Messages call and record it once, however it ends."""
-        authorization, api_key, client_id = _credentials(scope)
-        trace = RequestTrace(self._gateway.new_request_id(), perf_counter(),
-                             sane_client_request_id(client_id) if client_id else None)
-        context = REQUEST_TRACE.set(trace)
-        self._metrics.in_flight.inc()
-        status, error = 500, None
-        try:
+        authorization, api_key, client_id = credentials(scope)
+        trace = new_trace(self._gateway.new_request_id(), client_id)
+        with CallRecord(trace, self._metrics, self._log_requests) as call:
             try:
                 raw = await read_body(scope, receive, self._max_body)
                 # The key first, as Anthropic does: an unknown caller learns nothing of bodies.
@@ -74,47 +65,32 @@ class AnthropicRoutes:
                 else:
                     reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
                                                        authorization, api_key, trace)
-            except GatewayError as exc:
-                status, error = await _send_error(send, exc, _id_headers(trace, True))
-                return
-            except ClientGone:
-                status = 499
-                return
-            except Exception:
-                log.exception("unexpected error on %s", scope["path"])
-                status, error = await _send_error(
-                    send, GatewayError("Internal error in the gateway; see its logs"),
-                    _id_headers(trace, True))
+            except Exception as exc:
+                await call.failed(exc, scope, send, _error_response)
                 return
             message_id = "msg_" + trace.request_id
             if isinstance(request, ParsedRequest):
-                status = 200
-                await _relay_passed_through(reply, receive, send, _id_headers(trace, False))
+                call.status = 200
+                await _relay_passed_through(reply, receive, send, id_headers(trace, False))
             elif isinstance(reply, Reply):
-                status = reply.status
+                call.status = reply.status
                 body = translate_reply(reply.body, request.model, message_id)
                 await send_bytes(send, reply.status, body,
-                                 JSON_HEADERS + reply.headers + _id_headers(trace, False))
+                                 JSON_HEADERS + reply.headers + id_headers(trace, False))
             else:
-                status = 200
+                call.status = 200
                 translator = StreamTranslator(request.model, message_id)
                 head = translator.start() + translator.feed(reply.head)
-                await _stream(StreamReply(head, _translated(reply.events, translator),
-                                          reply.headers + _id_headers(trace, False)),
-                              receive, send)
-        finally:
-            self._metrics.in_flight.dec()
-            self._metrics.finished(trace, status, error)
-            if self._log_requests:
-                _log_request(trace, status)
-            REQUEST_TRACE.reset(context)
+                await send_stream(StreamReply(head, _translated(reply.events, translator),
+                                              reply.headers + id_headers(trace, False)),
+                                  receive, send)
 
     def _anthropic_only(self, caller: Caller, model: str) -> bool:
         return self._gateway.provider(model, caller) == "anthropic"
 
     async def _count_tokens(self, scope: Scope, receive: Any, send: Any) -> None:
         """An upper bound on the input tokens (the budget's prompt bound), not a count."""
-        authorization, api_key, _ = _credentials(scope)
+        authorization, api_key, _ = credentials(scope)
         try:
             raw = await read_body(scope, receive, self._max_body)
             caller = await self._gateway.authenticate(authorization, api_key)
@@ -139,7 +115,7 @@ async def _relay_passed_through(reply: Reply | StreamReply, receive: Any, send: 
     if isinstance(reply, Reply):
         await send_bytes(send, reply.status, reply.body, JSON_HEADERS + reply.headers + extra)
         return
-    await _stream(StreamReply(_anthropic_events(reply.head), _passed_through(reply.events),
+    await send_stream(StreamReply(_anthropic_events(reply.head), _passed_through(reply.events),
                               reply.headers + extra), receive, send)
 
 
@@ -192,11 +168,15 @@ async def _translated(events: AsyncGenerator[bytes, None], translator: StreamTra
         await events.aclose()
 
 
-async def _send_error(send: Any, exc: GatewayError, extra: list[tuple[bytes, bytes]]
-                      ) -> tuple[int, GatewayError]:
+def _error_response(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """(status, body, headers) of `exc` in Anthropic's shape."""
     status, body, headers = error_body(exc)
-    await send_bytes(send, status, body, JSON_HEADERS + headers + extra)
-    return status, exc
+    return status, body, JSON_HEADERS + headers
+
+
+async def _send_error(send: Any, exc: GatewayError, extra: list[tuple[bytes, bytes]]) -> None:
+    status, body, headers = _error_response(exc)
+    await send_bytes(send, status, body, headers + extra)
 
 
 async def _wrong_method(scope: Scope, receive: Any, send: Any) -> None:

@@ -46,9 +46,13 @@ async def send_bytes(send: Any, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+def error_response(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """(status, body, headers) of `exc` in OpenAI's shape."""
+    headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return exc.status, exc.body(), headers
+
+
 async def send_error(send: Any, exc: GatewayError,
                      extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    headers = JSON_HEADERS + [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    if extra_headers:
-        headers += extra_headers
-    await send_bytes(send, exc.status, exc.body(), headers)
+    status, body, headers = error_response(exc)
+    await send_bytes(send, status, body, headers + (extra_headers or []))

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
-from faregate.api.openai_routes import _credentials
+from faregate.api.call_record import credentials
 from faregate.config import without_credentials
 from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
@@ -63,7 +63,7 @@ class HealthRoutes:
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)
 
     async def _per_deployment(self, scope: Scope, receive: Any, send: Any) -> None:
-        authorization, api_key, _ = _credentials(scope)
+        authorization, api_key, _ = credentials(scope)
         try:
             caller = await self._auth.caller(authorization, api_key)
             if not caller.is_master:

@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from faregate.api.asgi_io import Scope, send_bytes, send_error
-from faregate.api.openai_routes import _credentials
+from faregate.api.call_record import credentials
 from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
 from faregate.metrics import Metrics
@@ -23,7 +23,7 @@ class MetricsRoute:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if self._auth is not None:
-            authorization, api_key, _ = _credentials(scope)
+            authorization, api_key, _ = credentials(scope)
             try:
                 caller = await self._auth.caller(authorization, api_key)
                 if not caller.is_master:
