@@ -94,7 +94,6 @@ def passthrough_request(raw: bytes, *, counting: bool = False) -> ParsedRequest:
 def _translate(body: dict[str, Any], counting: bool) -> TranslatedRequest:
     if counting:
         body.setdefault("max_tokens", 1)
-    model = body.get("model")
     unknown = sorted(set(body) - SUPPORTED_FIELDS - TOLERATED_FIELDS)
     if unknown:
         raise _bad(f"{', '.join(unknown)}: not supported on /v1/messages by this gateway "
@@ -103,17 +102,7 @@ def _translate(body: dict[str, Any], counting: bool) -> TranslatedRequest:
     if thinking is not None and thinking != {"type": "disabled"}:
         raise _bad("thinking: extended thinking is not supported on /v1/messages by this "
                    'gateway; leave it out or send {"type": "disabled"}', param="thinking")
-    if not isinstance(model, str) or not model:
-        raise _bad("model: Field required (a string naming one of the gateway's models)",
-                   param="model")
-    max_tokens = body.get("max_tokens")
-    if max_tokens is None:
-        raise _bad("max_tokens: Field required", param="max_tokens")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-        raise _bad("max_tokens: must be an integer >= 1", param="max_tokens")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("stream: must be a boolean", param="stream")
+    model, max_tokens, stream = _model_max_tokens_stream(body, counting)
 
     messages = _system(body.get("system"))
     raw_messages = body.get("messages")
@@ -171,14 +160,8 @@ def _load(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequest:
-    """An Anthropic request for a model only Anthropic deployments serve, read as far as the
-    gateway must and no further (Anthropic checks the rest): `model`, `max_tokens`, `stream`,
-    and the prompt bound — every text, and every other block, tool and schema as its JSON
-    bytes (tool inputs and results, documents, thinking), images apart."""
-    # The gateway writes the body again (model, a capped max_tokens): it must be writable.
-    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
-        raise _too_deep()
+def _model_max_tokens_stream(body: dict[str, Any], counting: bool) -> tuple[str, int, bool]:
+    """The fields both paths read first (count_tokens needs no max_tokens)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("model: Field required (a string naming one of the gateway's models)",
@@ -191,6 +174,18 @@ def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequ
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream: must be a boolean", param="stream")
+    return model, max_tokens, stream
+
+
+def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequest:
+    """An Anthropic request for a model only Anthropic deployments serve, read as far as the
+    gateway must and no further (Anthropic checks the rest): `model`, `max_tokens`, `stream`,
+    and the prompt bound — every text, and every other block, tool and schema as its JSON
+    bytes (tool inputs and results, documents, thinking), images apart."""
+    # The gateway writes the body again (model, a capped max_tokens): it must be writable.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
+        raise _too_deep()
+    model, max_tokens, stream = _model_max_tokens_stream(body, counting)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise _bad("messages: must be a non-empty array of {role, content} objects",

@@ -30,7 +30,12 @@ from faregate.providers.anthropic_translate import (
     sse_events,
     to_messages_request,
 )
-from faregate.providers.openai_compat import UpstreamReply, upstream_failure, with_retry_after
+from faregate.providers.openai_compat import (
+    UpstreamReply,
+    connection_failure,
+    upstream_failure,
+    with_retry_after,
+)
 
 CHAT_PATH = "/chat/completions"
 MESSAGES_PATH = "/messages"     # a /v1/messages body, passed through (anthropic_passthrough)
@@ -201,13 +206,7 @@ def _unsupported_endpoint(d: Deployment) -> InvalidRequest:
 
 
 def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError(f"Cannot reach Anthropic for model '{d.model_name}' at "
-                             f"{d.shown_base}: {type(exc).__name__}", status=502,
-                             code="upstream_unreachable", retryable=True)
-    return UpstreamError(f"Anthropic at {d.shown_base} dropped the connection for model "
-                         f"'{d.model_name}': {type(exc).__name__}", status=502,
-                         code="upstream_disconnected", retryable=True)
+    return connection_failure(d, exc, "Anthropic")
 
 
 def _timeout(d: Deployment, seconds: float) -> UpstreamError:

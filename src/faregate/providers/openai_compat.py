@@ -91,7 +91,7 @@ class OpenAICompatible:
         except TimeoutError:        # first: aiohttp's read timeouts are ClientErrors too
             raise _timeout(d, d.timeout_s, "timeout") from None
         except aiohttp.ClientError as exc:
-            raise _connection_failure(d, exc) from None
+            raise connection_failure(d, exc) from None
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -133,7 +133,7 @@ class OpenAICompatible:
                                "stream_timeout or timeout") from None
             raise _timeout(d, d.timeout_s, "timeout") from None
         except aiohttp.ClientError as exc:
-            raise _connection_failure(d, exc) from None
+            raise connection_failure(d, exc) from None
 
 
 def with_retry_after(error: UpstreamError, headers: Mapping[str, str]) -> UpstreamError:
@@ -184,15 +184,17 @@ def _upstream_message(data: bytes) -> str:
     return data[:200].decode(errors="replace") or "(empty body)"
 
 
-def _connection_failure(d: Deployment, exc: Exception) -> UpstreamError:
+def connection_failure(d: Deployment, exc: Exception, upstream: str = "the upstream"
+                       ) -> UpstreamError:
+    """A connection that failed (retryable): `upstream` names the provider in the message."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         # Never connected (refused, no route, DNS): nothing reached the upstream.
-        return UpstreamError(f"Cannot reach the upstream for model '{d.model_name}' at "
+        return UpstreamError(f"Cannot reach {upstream} for model '{d.model_name}' at "
                              f"{d.shown_base}: {type(exc).__name__}", status=502,
                              code="upstream_unreachable", retryable=True)
-    return UpstreamError(f"The upstream for model '{d.model_name}' at {d.shown_base} dropped "
-                         f"the connection: {type(exc).__name__}", status=502,
-                         code="upstream_disconnected", retryable=True)
+    return UpstreamError(f"{upstream[0].upper()}{upstream[1:]} for model '{d.model_name}' at "
+                         f"{d.shown_base} dropped the connection: {type(exc).__name__}",
+                         status=502, code="upstream_disconnected", retryable=True)
 
 
 def _timeout(d: Deployment, seconds: float, setting: str) -> UpstreamError:
