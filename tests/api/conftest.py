@@ -103,10 +103,12 @@ async def serve(app: Faregate) -> AsyncIterator[RunningGateway]:
             task.result()
         await asyncio.sleep(0.01)
     base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        running = RunningGateway(app, base, http)
-        yield running
-        for client in running.clients:
-            await client.close()
-    server.should_exit = True
-    await task
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            running = RunningGateway(app, base, http)
+            yield running
+            for client in running.clients:
+                await client.close()
+    finally:
+        server.should_exit = True
+        await task

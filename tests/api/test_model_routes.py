@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,12 @@ import asyncpg
 import httpx
 import openai
 import pytest
-import uvicorn
 import yaml
-from api.conftest import RunningGateway
+from api.conftest import RunningGateway, serve
 from sqlalchemy import select
 from support import (
     MASTER_KEY,
     env_for,
-    free_port,
     mock_upstream_process,
     write_config,
 )
@@ -51,28 +48,6 @@ def keyed_upstream() -> Iterator[str]:
         yield url
 
 
-@asynccontextmanager
-async def serving(app: Faregate) -> AsyncIterator[RunningGateway]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
-                                           lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        running = RunningGateway(app, base, http)
-        try:
-            yield running
-        finally:
-            for client in running.clients:
-                await client.close()
-            server.should_exit = True
-            await task
-
-
 @pytest.fixture
 async def start(db_url: str, mock_upstream: str, tmp_path: Path) -> AsyncIterator[Start]:
     """Start gateways on one database (replicas), each with its own environment."""
@@ -86,7 +61,7 @@ async def start(db_url: str, mock_upstream: str, tmp_path: Path) -> AsyncIterato
                 path = tmp_path / "polling.yaml"
                 path.write_text(yaml.safe_dump(raw))
             settings = config.load({**os.environ, **env_for(db_url, tmp_path), **env}, path)
-            return await stack.enter_async_context(serving(Faregate(settings)))
+            return await stack.enter_async_context(serve(Faregate(settings)))
         yield _start
 
 

@@ -21,9 +21,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 import yaml
-from api.conftest import Clock, RunningGateway
+from api.conftest import Clock, RunningGateway, serve
 from prometheus_client.parser import text_string_to_metric_families
 from support import (
     MASTER_KEY,
@@ -87,29 +86,6 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"        # nothing listens: connection refused
 
 
-@contextlib.asynccontextmanager
-async def serve(settings: config.Settings, clock: Clock) -> AsyncIterator[RunningGateway]:
-    app = Faregate(settings, now=clock.now, rng=random.Random(7))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
-                                           lifespan="on", log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            running = RunningGateway(app, base, http)
-            yield running
-            for client in running.clients:
-                await client.close()
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture
 async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
     """Start a gateway with these models and router_settings (SQLite unless a URL is given;
@@ -131,7 +107,8 @@ async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
             if admission == "redis":
                 env["REDIS_URL"] = SHARED_REDIS      # keys are per virtual key: no clashes
             settings = config.load(env, path)
-            gw = await stack.enter_async_context(serve(settings, clock))
+            gw = await stack.enter_async_context(
+                serve(Faregate(settings, now=clock.now, rng=random.Random(7))))
             spy_on_ledger(gw)
             return gw
         yield _start
