@@ -12,33 +12,33 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from faregate.admission.budgets import Budgets
+from faregate.admission.demand import Admission
+from faregate.admission.local import LocalAdmission
+from faregate.admission.shared import RedisAdmission
 from faregate.api.admin_routes import build_admin_app
 from faregate.api.anthropic_routes import AnthropicRoutes
 from faregate.api.health_routes import HealthRoutes
 from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
+from faregate.catalog.routing import Router
+from faregate.catalog.sealing import Sealer
+from faregate.catalog.stored_models import ModelCatalog
 from faregate.config import Settings
 from faregate.gateway import Gateway
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator
 from faregate.keys.directory import KeyDirectory
-from faregate.limits.demand import Admission
-from faregate.limits.local import LocalAdmission
-from faregate.limits.redis_admission import RedisAdmission
-from faregate.metrics import HealthChecks, Metrics
+from faregate.observe.metrics import HealthChecks, Metrics
 from faregate.providers.anthropic import AnthropicClient
 from faregate.providers.clients import ProviderClients
 from faregate.providers.openai_compat import OpenAICompatible
-from faregate.routing import Router
-from faregate.sealing import Sealer
-from faregate.spend.budgets import Budgets
 from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
 from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
-from faregate.stored_models import ModelCatalog
 
 log = logging.getLogger("faregate")
 

@@ -15,6 +15,8 @@ from time import perf_counter
 
 import orjson
 
+from faregate.admission.demand import Admission, Admitted, Demand, StaleKey, Window
+from faregate.catalog.routing import Router
 from faregate.config import Deployment
 from faregate.errors import (
     GatewayError,
@@ -25,15 +27,13 @@ from faregate.errors import (
     UpstreamError,
 )
 from faregate.keys.auth import Authenticator, Caller
-from faregate.limits.demand import Admission, Admitted, Demand, StaleKey, Window
 from faregate.money import tokens_affordable
-from faregate.openai_request import CallType, ParsedRequest, parse
+from faregate.observe.trace import RequestTrace
 from faregate.providers.openai_compat import UpstreamClient
 from faregate.records import SpendRow
-from faregate.routing import Router
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, bound_cost, cost
-from faregate.trace import RequestTrace
+from faregate.wire.openai_request import CallType, ParsedRequest, parse
 
 log = logging.getLogger("faregate.gateway")
 

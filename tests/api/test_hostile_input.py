@@ -16,7 +16,7 @@ from api.conftest import RunningGateway
 from api.openai_shape import openai_error, raw_http, spend_and_rows
 from support import MASTER_KEY
 
-from faregate.json_limits import MAX_JSON_DEPTH
+from faregate.wire.json_limits import MAX_JSON_DEPTH
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "ping"}]

@@ -18,7 +18,7 @@ from support import PRICE_IN, PRICE_OUT, env_for, write_config
 
 from faregate import config
 from faregate.app import Faregate
-from faregate.json_limits import MAX_JSON_DEPTH
+from faregate.wire.json_limits import MAX_JSON_DEPTH
 
 # The mock counts words: "ping" is 1 word + 4 per message + 3 = 8 prompt tokens.
 # The dialect's edge does not touch storage: one backend is enough here.

@@ -31,7 +31,7 @@ from support import (
 
 from faregate import config
 from faregate.app import Faregate
-from faregate.sealing import key_id
+from faregate.catalog.sealing import key_id
 from faregate.secret import Secret
 from faregate.storage.schema import keys, models
 

@@ -22,7 +22,7 @@ from support import MASTER_KEY, chat, env_for, write_config
 from faregate import config
 from faregate.app import Faregate
 from faregate.keys.tokens import hash_key
-from faregate.logs import JsonFormatter
+from faregate.observe.logs import JsonFormatter
 
 PROMPT_MARKER = "zebra-quartz-prompt-marker"
 

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from faregate.errors import BudgetExceeded, RateLimited
-from faregate.metrics import HealthChecks, Metrics
-from faregate.trace import RequestTrace
+from faregate.observe.metrics import HealthChecks, Metrics
+from faregate.observe.trace import RequestTrace
 
 DASHBOARD = Path(__file__).parents[2] / "deploy" / "grafana" / "faregate-dashboard.json"
 METRIC_NAME = re.compile(r"\bfaregate_[a-z_]+\b")

@@ -28,7 +28,7 @@ from support import (
     write_config,
 )
 
-from faregate.sealing import key_id
+from faregate.catalog.sealing import key_id
 from faregate.secret import Secret
 
 OLD = "old-salt-key-0123456789abcdef0123"

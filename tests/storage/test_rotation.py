@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from faregate.catalog.rotation import _rotate_one, rotate
+from faregate.catalog.sealing import Sealer, SealingError, key_id, key_id_of
 from faregate.records import StoredModel
-from faregate.rotation import _rotate_one, rotate
-from faregate.sealing import Sealer, SealingError, key_id, key_id_of
 from faregate.secret import Secret
 from faregate.storage.database import SqlStorage
 

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from faregate.admission import periods
 from faregate.errors import InvalidRequest
-from faregate.json_limits import MAX_JSON_DEPTH, unwritable
-from faregate.keys import durations
-from faregate.openai_request import CallType, parse
+from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.wire.openai_request import CallType, parse
 
 
 def nested_bytes(levels: int) -> bytes:
@@ -48,9 +48,9 @@ def test_a_body_the_gateway_could_not_forward_is_refused(where: str) -> None:
                                   "36601d"])
 def test_durations_past_100_years_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="100 years"):
-        durations.validate(text)
+        periods.validate(text)
 
 
 def test_the_longest_duration_still_lands_in_the_calendar() -> None:
-    assert durations.add(datetime(9000, 1, 1, tzinfo=UTC), "36600d").year == 9100
-    assert durations.validate("1000mo") == "1000mo"
+    assert periods.add(datetime(9000, 1, 1, tzinfo=UTC), "36600d").year == 9100
+    assert periods.validate("1000mo") == "1000mo"

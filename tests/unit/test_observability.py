@@ -15,9 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from faregate.config import load
 from faregate.errors import ConfigError, RateLimited
-from faregate.logs import REQUEST_TRACE, JsonFormatter, TextFormatter, redact
-from faregate.metrics import HEALTH_CACHE_S, HealthChecks, Metrics
-from faregate.trace import RequestTrace, sane_client_request_id
+from faregate.observe.logs import REQUEST_TRACE, JsonFormatter, TextFormatter, redact
+from faregate.observe.metrics import HEALTH_CACHE_S, HealthChecks, Metrics
+from faregate.observe.trace import RequestTrace, sane_client_request_id
 
 ENV = {"FAREGATE_MASTER_KEY": "sk-master-0123456789"}
 

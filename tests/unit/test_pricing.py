@@ -11,8 +11,8 @@ import pytest
 
 from faregate.config import Deployment
 from faregate.money import price_to_femtos
-from faregate.openai_request import CallType, ParsedRequest, parse
 from faregate.spend.pricing import IMAGE_TOKENS, PromptBound, cost
+from faregate.wire.openai_request import CallType, ParsedRequest, parse
 
 
 def deployment(**changes: Any) -> Deployment:

@@ -24,13 +24,13 @@ from faregate.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from faregate.json_limits import MAX_JSON_DEPTH, unwritable
 from faregate.keys.admin import KeyAdmin, KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
 from faregate.storage.database import SpendQuery, SqlStorage
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
+from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
 
 log = logging.getLogger("faregate.admin")
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns

@@ -13,7 +13,14 @@ from typing import Any
 
 import orjson
 
-from faregate.anthropic_dialect import (
+from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
+from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
+from faregate.api.openai_routes import Handler, send_stream
+from faregate.errors import GatewayError, MethodNotAllowed
+from faregate.gateway import Gateway, Reply, StreamReply
+from faregate.keys.auth import Caller
+from faregate.observe.metrics import Metrics
+from faregate.wire.anthropic_dialect import (
     STREAM_ERROR_TYPES,
     StreamTranslator,
     error_body,
@@ -21,14 +28,7 @@ from faregate.anthropic_dialect import (
     sse,
     translate_reply,
 )
-from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
-from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
-from faregate.api.openai_routes import Handler, send_stream
-from faregate.errors import GatewayError, MethodNotAllowed
-from faregate.gateway import Gateway, Reply, StreamReply
-from faregate.keys.auth import Caller
-from faregate.metrics import Metrics
-from faregate.openai_request import CallType, ParsedRequest
+from faregate.wire.openai_request import CallType, ParsedRequest
 
 MESSAGES_PATH = "/v1/messages"
 COUNT_TOKENS_PATH = "/v1/messages/count_tokens"

@@ -12,9 +12,9 @@ from typing import Any
 
 from faregate.api.asgi_io import ClientGone, Scope, send_bytes
 from faregate.errors import GatewayError
-from faregate.logs import REQUEST_TRACE
-from faregate.metrics import Metrics
-from faregate.trace import RequestTrace, sane_client_request_id
+from faregate.observe.logs import REQUEST_TRACE
+from faregate.observe.metrics import Metrics
+from faregate.observe.trace import RequestTrace, sane_client_request_id
 
 log = logging.getLogger("faregate.api")
 access_log = logging.getLogger("faregate.access")

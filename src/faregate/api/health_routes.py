@@ -19,10 +19,10 @@ import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
 from faregate.api.call_record import credentials
+from faregate.catalog.routing import DeploymentHealth
 from faregate.config import without_credentials
 from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
-from faregate.routing import DeploymentHealth
 from faregate.spend.ledger import LedgerWriter
 from faregate.storage.health import DatabaseHealth
 

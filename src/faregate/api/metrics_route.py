@@ -11,7 +11,7 @@ from faregate.api.asgi_io import Scope, send_bytes, send_error
 from faregate.api.call_record import credentials
 from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
-from faregate.metrics import Metrics
+from faregate.observe.metrics import Metrics
 
 _HEADERS = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from faregate.catalog.stored_models import ModelCatalog, stored_view
 from faregate.errors import AdminOnly, InvalidRequest
 from faregate.keys.auth import Authenticator, Caller
-from faregate.stored_models import ModelCatalog, stored_view
 
 
 class NewModel(BaseModel):

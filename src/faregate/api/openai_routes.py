@@ -20,8 +20,8 @@ from faregate.api.asgi_io import (
 from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
-from faregate.metrics import Metrics
-from faregate.openai_request import CallType
+from faregate.observe.metrics import Metrics
+from faregate.wire.openai_request import CallType
 
 Handler = Callable[[Scope, Any, Any], Awaitable[None]]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from faregate.json_limits import MAX_JSON_DEPTH
+from faregate.wire.json_limits import MAX_JSON_DEPTH
 
 ERROR = {"$ref": "#/components/schemas/OpenAIError"}
 ERROR_SCHEMA: dict[str, Any] = {

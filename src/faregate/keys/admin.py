@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from faregate.admission import periods
+from faregate.admission.demand import Admission
 from faregate.errors import InvalidRequest, NotFound
-from faregate.keys import durations
 from faregate.keys.auth import ALL_MODELS
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, new_key
-from faregate.limits.demand import Admission
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
 from faregate.storage.database import DuplicateAlias, SqlStorage
@@ -169,10 +169,10 @@ class KeyAdmin:
         if "budget_duration" in given:
             out["budget_duration"] = self._duration(s.budget_duration, "budget_duration")
             out["budget_reset_at"] = None if s.budget_duration is None \
-                else durations.add(now, s.budget_duration)
+                else periods.add(now, s.budget_duration)
         if "duration" in given:
             out["expires"] = None if s.duration is None \
-                else durations.add(now, self._duration(s.duration, "duration"))
+                else periods.add(now, self._duration(s.duration, "duration"))
         for name in ("tpm_limit", "rpm_limit", "max_parallel_requests"):
             if name in given:
                 value = getattr(s, name)
@@ -217,7 +217,7 @@ class KeyAdmin:
         if value is None:
             return None
         try:
-            return durations.validate(value)
+            return periods.validate(value)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param=param) from None
 

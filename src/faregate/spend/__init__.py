@@ -1,1 +1,1 @@
-"""Spend: what a request may cost (pricing), what a key may still spend (budgets), the ledger."""
+"""Spend: what a request may cost (pricing) and the ledger that records what it did cost."""

@@ -12,7 +12,7 @@ import logging
 
 from faregate.config import Deployment
 from faregate.money import token_cost
-from faregate.openai_request import ParsedRequest
+from faregate.wire.openai_request import ParsedRequest
 
 log = logging.getLogger("faregate.pricing")
 

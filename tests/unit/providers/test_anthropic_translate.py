@@ -10,6 +10,7 @@ import pytest
 
 from faregate.config import Deployment
 from faregate.errors import InvalidRequest, UpstreamError
+from faregate.mocks.anthropic_server import Invalid, validate
 from faregate.providers.anthropic import anthropic_failure
 from faregate.providers.anthropic_passthrough import read_message
 from faregate.providers.anthropic_translate import (
@@ -20,7 +21,6 @@ from faregate.providers.anthropic_translate import (
     sse_events,
     to_messages_request,
 )
-from faregate.providers.mock_anthropic import Invalid, validate
 
 HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01",
            "content-type": "application/json"}

@@ -11,11 +11,11 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+from faregate.admission.budgets import Budgets, Grant
+from faregate.admission.demand import Admitted, Demand, Window, ratelimit_headers
+from faregate.admission.windows import SlidingWindow
 from faregate.errors import RateLimited
-from faregate.limits.demand import Admitted, Demand, Window, ratelimit_headers
-from faregate.limits.windows import SlidingWindow
 from faregate.records import KeyRecord
-from faregate.spend.budgets import Budgets, Grant
 
 
 def rate_limited(window: Window | None, used: int, reset_s: int,

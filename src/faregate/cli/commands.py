@@ -20,11 +20,15 @@ from datetime import UTC, datetime
 
 import uvicorn
 
-from faregate import config, logs, rotation, validate
+from faregate import config
 from faregate.app import Faregate
+from faregate.catalog import rotation
+from faregate.catalog.sealing import Sealer, SealingError
+from faregate.cli import validate
 from faregate.errors import ConfigError
-from faregate.providers import mock, mock_anthropic
-from faregate.sealing import Sealer, SealingError
+from faregate.mocks import anthropic_server as mock_anthropic
+from faregate.mocks import openai_server as mock
+from faregate.observe import logs
 from faregate.storage import migrate
 
 

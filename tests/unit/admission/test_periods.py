@@ -1,4 +1,4 @@
-"""faregate.keys.durations: LiteLLM's "30s", "30m", "1h", "1d", "1w", "1mo"."""
+"""faregate.admission.periods: LiteLLM's "30s", "30m", "1h", "1d", "1w", "1mo"."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from faregate.keys import durations
+from faregate.admission import periods
 
 T0 = datetime(2024, 3, 10, 12, 30, 15, tzinfo=UTC)
 
@@ -25,7 +25,7 @@ T0 = datetime(2024, 3, 10, 12, 30, 15, tzinfo=UTC)
     ("2 h", timedelta(hours=2)),
 ])
 def test_fixed_units(text: str, delta: timedelta) -> None:
-    assert durations.add(T0, text) == T0 + delta
+    assert periods.add(T0, text) == T0 + delta
 
 
 @pytest.mark.parametrize(("start", "text", "end"), [
@@ -43,19 +43,19 @@ def test_fixed_units(text: str, delta: timedelta) -> None:
     (datetime(2024, 5, 31), "25mo", datetime(2026, 6, 30)),
 ])
 def test_months_clamp_to_month_end(start: datetime, text: str, end: datetime) -> None:
-    assert durations.add(start, text) == end
+    assert periods.add(start, text) == end
 
 
 def test_months_keep_time_and_timezone() -> None:
     tz = timezone(timedelta(hours=-5))
     start = datetime(2024, 1, 31, 23, 59, 59, 999, tzinfo=tz)
-    assert durations.add(start, "1mo") == datetime(2024, 2, 29, 23, 59, 59, 999, tzinfo=tz)
-    assert durations.add(T0, "1mo").tzinfo is UTC
+    assert periods.add(start, "1mo") == datetime(2024, 2, 29, 23, 59, 59, 999, tzinfo=tz)
+    assert periods.add(T0, "1mo").tzinfo is UTC
 
 
 @pytest.mark.parametrize("text", ["30s", "30m", "1h", "1d", "1w", "1mo", " 7d "])
 def test_validate_accepts_and_strips(text: str) -> None:
-    assert durations.validate(text) == text.strip()
+    assert periods.validate(text) == text.strip()
 
 
 @pytest.mark.parametrize("text", [
@@ -64,12 +64,12 @@ def test_validate_accepts_and_strips(text: str) -> None:
 ])
 def test_invalid_durations(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
-        durations.validate(text)
+        periods.validate(text)
     with pytest.raises(ValueError, match="is not a duration"):
-        durations.add(T0, text)
+        periods.add(T0, text)
 
 
 @pytest.mark.parametrize("value", [None, 30, 1.0, b"1d"])
 def test_non_strings_rejected(value: object) -> None:
     with pytest.raises(ValueError):
-        durations.validate(value)  # type: ignore[arg-type]
+        periods.validate(value)  # type: ignore[arg-type]

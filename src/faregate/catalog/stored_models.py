@@ -17,12 +17,12 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
+from faregate.catalog.routing import Router
+from faregate.catalog.sealing import Sealer, SealingError, is_sealed
 from faregate.config import Deployment, deployment_from_entry
 from faregate.errors import ConfigError, InvalidRequest, NotFound
 from faregate.money import FEMTOS_PER_DOLLAR
 from faregate.records import StoredModel
-from faregate.routing import Router
-from faregate.sealing import Sealer, SealingError, is_sealed
 from faregate.storage.database import DuplicateModelId, SqlStorage
 
 log = logging.getLogger("faregate.models")

@@ -20,12 +20,12 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from faregate.admission import periods
+from faregate.admission.budgets import budget_exceeded
+from faregate.admission.demand import Admitted, Demand, StaleKey, ratelimit_headers
+from faregate.admission.local import LocalAdmission, rate_limited
 from faregate.errors import ServiceUnavailable
-from faregate.keys import durations
-from faregate.limits.demand import Admitted, Demand, StaleKey, ratelimit_headers
-from faregate.limits.local import LocalAdmission, rate_limited
 from faregate.records import KeyRecord
-from faregate.spend.budgets import budget_exceeded
 
 log = logging.getLogger("faregate.redis")
 
@@ -149,7 +149,7 @@ def _period_ms(key: KeyRecord) -> int:
     start = datetime(2000, 1, 1, tzinfo=UTC)
     if key.budget_duration.endswith("mo"):
         return int(key.budget_duration[:-2]) * MONTH_S * 1000   # months are 30 days here
-    return int((durations.add(start, key.budget_duration) - start).total_seconds() * 1000)
+    return int((periods.add(start, key.budget_duration) - start).total_seconds() * 1000)
 
 
 class RedisAdmission:

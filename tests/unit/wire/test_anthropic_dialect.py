@@ -7,15 +7,6 @@ from typing import Any
 import orjson
 import pytest
 
-from faregate.anthropic_dialect import (
-    StreamTranslator,
-    anthropic_usage,
-    error_body,
-    passthrough_request,
-    read_request,
-    translate_reply,
-    translate_request,
-)
 from faregate.errors import (
     AuthError,
     BodyTooLarge,
@@ -27,8 +18,17 @@ from faregate.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from faregate.json_limits import MAX_JSON_DEPTH
-from faregate.openai_request import CallType, ParsedRequest, parse
+from faregate.wire.anthropic_dialect import (
+    StreamTranslator,
+    anthropic_usage,
+    error_body,
+    passthrough_request,
+    read_request,
+    translate_reply,
+    translate_request,
+)
+from faregate.wire.json_limits import MAX_JSON_DEPTH
+from faregate.wire.openai_request import CallType, ParsedRequest, parse
 
 
 def openai_of(**body: Any) -> dict[str, Any]:

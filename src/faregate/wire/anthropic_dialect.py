@@ -22,8 +22,8 @@ from faregate.errors import (
     InvalidRequest,
     ModelAccessDenied,
 )
-from faregate.json_limits import MAX_JSON_DEPTH, unwritable
-from faregate.openai_request import CallType, ParsedRequest
+from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.wire.openai_request import CallType, ParsedRequest
 
 # Fields translated to the OpenAI request; any other top-level field is refused (400), as
 # Anthropic refuses unknown fields, so that nothing the client asked for is silently lost.

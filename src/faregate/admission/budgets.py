@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from faregate.admission import periods
 from faregate.errors import BudgetExceeded
-from faregate.keys import durations
 from faregate.money import nanos_to_dollars
 from faregate.records import KeyRecord
 
@@ -127,7 +127,7 @@ class Budgets:
             return
         reset_at = acc.reset_at
         while reset_at <= now:
-            reset_at = durations.add(reset_at, key.budget_duration)
+            reset_at = periods.add(reset_at, key.budget_duration)
         acc.period_base, acc.reset_at = acc.spend, reset_at
         self._on_period_start(key.token, acc.period_base, reset_at)
 

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from faregate.admission.budgets import Budgets
+from faregate.admission.demand import Demand, Window
+from faregate.admission.local import LocalAdmission
+from faregate.admission.windows import SlidingWindow
 from faregate.errors import BudgetExceeded, RateLimited
-from faregate.limits.demand import Demand, Window
-from faregate.limits.local import LocalAdmission
-from faregate.limits.windows import SlidingWindow
 from faregate.records import KeyRecord
-from faregate.spend.budgets import Budgets
 
 
 class Clock:

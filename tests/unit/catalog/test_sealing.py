@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from faregate.sealing import NoSaltKey, Sealer, SealingError, is_sealed, key_id, key_id_of
+from faregate.catalog.sealing import NoSaltKey, Sealer, SealingError, is_sealed, key_id, key_id_of
 from faregate.secret import Secret
 
 OLD = Secret("old-salt-key-0123456789abcdef")

@@ -1,4 +1,4 @@
-"""Tests for the mock OpenAI-compatible upstream (faregate.providers.mock)."""
+"""Tests for the mock OpenAI-compatible upstream (faregate.mocks.openai_server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from faregate.providers.mock import MockUpstream, build_app
+from faregate.mocks.openai_server import MockUpstream, build_app
 
 
 def _client(app: Any) -> httpx.AsyncClient:

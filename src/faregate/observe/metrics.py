@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from faregate.catalog.routing import DeploymentHealth
 from faregate.errors import BudgetExceeded, GatewayError, RateLimited
-from faregate.routing import DeploymentHealth
-from faregate.trace import RequestTrace
+from faregate.observe.trace import RequestTrace
 
 log = logging.getLogger("faregate.metrics")
 

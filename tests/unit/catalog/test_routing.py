@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from faregate.catalog.routing import Router
 from faregate.config import Deployment, RouterSettings
 from faregate.errors import UpstreamError
-from faregate.routing import Router
 
 BASE = Deployment(model_name="m", provider="openai", upstream_model="u",
                   api_base="http://127.0.0.1:1/v1", api_key=None, input_femtos=1,

@@ -1,4 +1,4 @@
-"""faregate.openai_request.parse: the few fields the gateway reads, type-checked."""
+"""faregate.wire.openai_request.parse: the few fields the gateway reads, type-checked."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from faregate.errors import InvalidRequest
-from faregate.openai_request import CallType, parse
+from faregate.wire.openai_request import CallType, parse
 
 CHAT = CallType.CHAT
 

@@ -58,7 +58,7 @@ With ``api_key`` set, every route but /health and /mock/* requires
 Run-time faults for every model (``POST /mock/faults``, e.g. ``{"mode": "error",
 "status": 503, "rate": 0.5}``) and counters (``GET /mock/stats``: requests,
 streams started, completed, cancelled by the client, broken, active) are
-described in ``faregate.providers.mock_faults``.  A streamed answer written
+described in ``faregate.mocks.faults``.  A streamed answer written
 event by event watches for the client's disconnect and stops generating at once,
 as a real server frees its GPU slot.
 """
@@ -77,7 +77,7 @@ from typing import Any
 
 import orjson
 
-from faregate.providers.mock_faults import (
+from faregate.mocks.faults import (
     BadFault,
     Fault,
     FaultSwitch,

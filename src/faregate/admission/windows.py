@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from faregate.limits.demand import WINDOW_S
+from faregate.admission.demand import WINDOW_S
 
 
 class SlidingWindow:

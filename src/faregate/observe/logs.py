@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from faregate.trace import RequestTrace
+from faregate.observe.trace import RequestTrace
 
 FORMATS = ("json", "text")
 # Set by api/openai_routes.py for the task serving one request; read by the formatters.

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from faregate.errors import InvalidRequest
-from faregate.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
 
 
 class CallType(Enum):

@@ -1,4 +1,4 @@
-"""faregate.spend.budgets.Budgets: reservations that never let a key overshoot max_budget."""
+"""faregate.admission.budgets.Budgets: reservations that never let a key overshoot max_budget."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from faregate.admission.budgets import NO_BUDGET, Budgets, Grant
 from faregate.errors import BudgetExceeded
 from faregate.records import KeyRecord
-from faregate.spend.budgets import NO_BUDGET, Budgets, Grant
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 # Long enough that a test fails on its own asyncio.wait_for long before a missed wake-up

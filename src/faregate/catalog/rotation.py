@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from faregate.catalog.sealing import Sealer, SealingError, is_sealed, key_id_of
+from faregate.catalog.stored_models import is_secret_param
 from faregate.records import StoredModel
-from faregate.sealing import Sealer, SealingError, is_sealed, key_id_of
 from faregate.storage.database import SqlStorage
-from faregate.stored_models import is_secret_param
 
 MAX_ATTEMPTS = 5        # a row that keeps changing under us is reported, not fought over
 

@@ -1,0 +1,1 @@
+"""Models and their credentials: the routing table, stored models, sealing, salt rotation."""

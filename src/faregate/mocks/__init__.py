@@ -1,0 +1,1 @@
+"""Mock upstreams (OpenAI-compatible and Anthropic) for the demo model, tests and the bench."""

@@ -1,0 +1,1 @@
+"""What the gateway tells operators: request traces, JSON logs, Prometheus metrics."""
