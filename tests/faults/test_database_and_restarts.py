@@ -27,7 +27,7 @@ from faults.harness import (
 from faults.private_postgres import PrivatePostgres
 from support import MASTER_KEY, chat, stop
 
-from faregate.cli import WORKER_MIN_LIFE_S
+from faregate.cli.commands import WORKER_MIN_LIFE_S
 
 OUTAGE_S = 10.0
 

@@ -7,8 +7,8 @@ instead of failing: a burst then uses the budget as fully as a sequence of calls
 When the budget cannot cover the whole output a request asks for, it gets a smaller grant and
 the gateway caps the upstream's max_tokens to it (see docs/budgets.md).
 
-This store is exact within one process. Replicas share budgets through Redis (a later store
-behind the same two calls).
+This store is exact within one process; admission/shared.py decides the same rule in Redis for
+replicas.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from faregate.admission import periods
+from faregate.admission.refusals import budget_exceeded
 from faregate.errors import BudgetExceeded
-from faregate.money import nanos_to_dollars
 from faregate.records import KeyRecord
 
 
@@ -125,9 +125,7 @@ class Budgets:
         now = self._now()
         if now < acc.reset_at:
             return
-        reset_at = acc.reset_at
-        while reset_at <= now:
-            reset_at = periods.add(reset_at, key.budget_duration)
+        reset_at = periods.next_reset(acc.reset_at, key.budget_duration, now)
         acc.period_base, acc.reset_at = acc.spend, reset_at
         self._on_period_start(key.token, acc.period_base, reset_at)
 
@@ -136,13 +134,3 @@ class Budgets:
         acc = self._accounts.get(key.token)
         if acc is not None:
             acc.reset_at = key.budget_reset_at
-
-
-def budget_exceeded(spent: int, max_budget: int, reserved: int, least: int) -> BudgetExceeded:
-    """The refusal, with the figures a caller needs to understand it (amounts in nanos)."""
-    return BudgetExceeded(
-        f"Budget has been exceeded! Current spend: ${nanos_to_dollars(spent):.9f}, "
-        f"max budget: ${nanos_to_dollars(max_budget):.9f}, "
-        f"reserved by requests in flight: ${nanos_to_dollars(reserved):.9f}, "
-        f"this request needs at least ${nanos_to_dollars(least):.9f}. "
-        "Raise max_budget with /key/update or wait for budget_duration to reset it.")

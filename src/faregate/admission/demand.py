@@ -1,7 +1,10 @@
 """What one request asks of admission, and what admission grants it.
 
 Every limit that applies to a request (key, key+model, deployment) is a Window; admission
-checks all of them and the budget in one atomic step, and books them all or none.
+checks all of them and the budget in one atomic step, and books them all or none. The gateway
+asks one question per request (`demand_for`) and reads one answer (`Admitted`, and
+`output_allowed` for the output tokens its grant pays for); the stores (local.py, shared.py)
+decide it.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from faregate.config import Deployment
+from faregate.money import tokens_affordable
 from faregate.records import KeyRecord
+from faregate.spend.pricing import bound_cost
 
 WINDOW_S = 60
 
@@ -49,6 +55,53 @@ class Admitted:
     grant: int              # nano-dollars reserved (0 for keys without a budget)
     second: int             # the window second the costs were booked in
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    settled: bool = False   # set by the store's settle: settling twice settles once
+
+
+def demand_for(request_id: str, key: KeyRecord, key_version: str, d: Deployment,
+               prompt_bound: int, wanted: int, n: int, lease_s: float) -> Demand:
+    """The one question a request asks: its cost bounds on `d`'s prices (at least the prompt
+    and one token per choice, at most everything `wanted`) and every window it counts in."""
+    return Demand(request_id=request_id, key=key,
+                  least=bound_cost(d, prompt_bound, n if wanted else 0),
+                  most=bound_cost(d, prompt_bound, wanted),
+                  windows=_windows(key, d, prompt_bound + wanted),
+                  parallel_limit=key.max_parallel_requests, lease_s=lease_s,
+                  key_version=key_version)
+
+
+def same_terms(admitted: Admitted, other: Demand) -> bool:
+    """Would `other` be decided as `admitted` was? Then a retry elsewhere may keep it."""
+    return not admitted.settled and replace(other, request_id=admitted.demand.request_id) \
+        == admitted.demand
+
+
+def output_allowed(admitted: Admitted, d: Deployment, prompt_bound: int, wanted: int,
+                   n: int) -> int:
+    """Output tokens the grant pays for: all that was wanted unless the budget is short (then
+    the gateway caps the upstream's max_tokens to it, a multiple of the n choices)."""
+    if admitted.grant == 0 or wanted == 0:
+        return wanted
+    affordable = tokens_affordable(admitted.grant - bound_cost(d, prompt_bound, 0),
+                                   d.output_femtos)
+    return min(wanted, affordable // n * n)
+
+
+def _windows(key: KeyRecord, d: Deployment, tokens: int) -> tuple[Window, ...]:
+    """Every rate limit a request counts against: its key's, its key's for this model, and
+    its deployment's (which protects a self-hosted upstream as a whole)."""
+    limits = ((key.rpm_limit, False, "rpm_limit"), (key.tpm_limit, True, "tpm_limit"),
+              (key.model_rpm_limit.get(d.model_name), False, "model_rpm_limit"),
+              (key.model_tpm_limit.get(d.model_name), True, "model_tpm_limit"),
+              (d.rpm, False, "rpm"), (d.tpm, True, "tpm"))
+    if all(limit is None for limit, _, _ in limits):
+        return ()                   # the common case: no counter names to format
+    scopes = (f"k:{key.token}:rpm", f"k:{key.token}:tpm",
+              f"k:{key.token}:m:{d.model_name}:rpm", f"k:{key.token}:m:{d.model_name}:tpm",
+              f"d:{d.deployment_id}:rpm", f"d:{d.deployment_id}:tpm")
+    return tuple(Window(scope, is_tokens, limit, tokens if is_tokens else 1, setting)
+                 for scope, (limit, is_tokens, setting) in zip(scopes, limits, strict=True)
+                 if limit is not None)
 
 
 class StaleKey(Exception):
@@ -58,7 +111,8 @@ class StaleKey(Exception):
 class Admission(Protocol):
     async def admit(self, demand: Demand) -> Admitted: ...
 
-    async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None: ...
+    async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None:
+        """Book the real cost and tokens, free the reservation; a second call does nothing."""
 
     def period_spend(self, key: KeyRecord) -> int: ...
 

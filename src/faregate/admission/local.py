@@ -12,25 +12,10 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from faregate.admission.budgets import Budgets, Grant
-from faregate.admission.demand import Admitted, Demand, Window, ratelimit_headers
+from faregate.admission.demand import Admitted, Demand, ratelimit_headers
+from faregate.admission.refusals import rate_limited
 from faregate.admission.windows import SlidingWindow
-from faregate.errors import RateLimited
 from faregate.records import KeyRecord
-
-
-def rate_limited(window: Window | None, used: int, reset_s: int,
-                 parallel: int | None = None) -> RateLimited:
-    if window is None:
-        return RateLimited(
-            f"Rate limit exceeded: max_parallel_requests={parallel} requests are already in "
-            "flight on this key. Retry when one finishes.", code="max_parallel_requests",
-            headers={"Retry-After": "1"})
-    unit = "tokens" if window.tokens else "requests"
-    return RateLimited(
-        f"Rate limit exceeded: {window.setting}={window.limit} {unit} per minute; "
-        f"{used} used in the last 60 s and this request needs {window.cost}. "
-        f"Retry after {reset_s} s.", code=window.setting,
-        headers={"Retry-After": str(max(1, reset_s))})
 
 
 class LocalAdmission:
@@ -76,6 +61,9 @@ class LocalAdmission:
         return ratelimit_headers(tightest.get(False), tightest.get(True))
 
     async def settle(self, admitted: Admitted, cost: int, tokens: int) -> None:
+        if admitted.settled:
+            return
+        admitted.settled = True
         demand = admitted.demand
         grant = self._grants.pop(demand.request_id, None)
         if grant is None:

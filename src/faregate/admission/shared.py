@@ -14,16 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from faregate.admission import periods
-from faregate.admission.budgets import budget_exceeded
 from faregate.admission.demand import Admitted, Demand, StaleKey, ratelimit_headers
-from faregate.admission.local import LocalAdmission, rate_limited
+from faregate.admission.local import LocalAdmission
+from faregate.admission.refusals import budget_exceeded, rate_limited
 from faregate.errors import ServiceUnavailable
 from faregate.records import KeyRecord
 
@@ -35,7 +35,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = tonumber(t[1])
 local rid, least, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_budget, lease = tonumber(ARGV[4]), now + tonumber(ARGV[5])
-local parallel, period = tonumber(ARGV[6]), tonumber(ARGV[8])
+local parallel = tonumber(ARGV[6])
+-- The period: ARGV[8] = -1 when the key has none; else the period end this call may roll past
+-- (0: none yet), ARGV[9] its successor, computed in Python (one calendar for every store).
+local roll_from, roll_to = tonumber(ARGV[8]), tonumber(ARGV[9])
 
 if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[7] then return {'stale'} end
 
@@ -46,7 +49,7 @@ end
 
 local heads = {}
 for i = 6, #KEYS do
-  local a = 9 + (i - 6) * 3
+  local a = 10 + (i - 6) * 3
   local limit, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   local fields = redis.call('HGETALL', KEYS[i])
   local used, oldest = 0, sec
@@ -69,9 +72,9 @@ if max_budget >= 0 then
   local b = redis.call('HMGET', KEYS[1], 'spend', 'base', 'reset_at')
   local spend = tonumber(b[1])
   base, reset_at = tonumber(b[2]), tonumber(b[3])
-  if period > 0 and reset_at > 0 and now >= reset_at then
-    base = spend
-    while reset_at <= now do reset_at = reset_at + period end
+  if roll_from >= 0 and reset_at > 0 and now >= reset_at then
+    if roll_from ~= reset_at or roll_to <= now then return {'roll', reset_at, now} end
+    base, reset_at = spend, roll_to
     redis.call('HSET', KEYS[1], 'base', base, 'reset_at', reset_at)
     rolled = 1
   end
@@ -95,7 +98,7 @@ if max_budget >= 0 then
 end
 
 for i = 6, #KEYS do
-  redis.call('HINCRBY', KEYS[i], sec, tonumber(ARGV[9 + (i - 6) * 3 + 1]))
+  redis.call('HINCRBY', KEYS[i], sec, tonumber(ARGV[10 + (i - 6) * 3 + 1]))
   redis.call('EXPIRE', KEYS[i], 120)
 end
 if parallel >= 0 then
@@ -134,7 +137,6 @@ return 1
 
 _BUMP = "return redis.call('INCR', KEYS[1])"
 _POLL_S = 0.02
-MONTH_S = 30 * 24 * 3600
 
 
 def _keys(token: str) -> list[str]:
@@ -143,13 +145,21 @@ def _keys(token: str) -> list[str]:
             f"fg:{{{token}}}:parallel", f"fg:{{{token}}}:version"]
 
 
-def _period_ms(key: KeyRecord) -> int:
-    if key.budget_duration is None:
-        return 0
-    start = datetime(2000, 1, 1, tzinfo=UTC)
-    if key.budget_duration.endswith("mo"):
-        return int(key.budget_duration[:-2]) * MONTH_S * 1000   # months are 30 days here
-    return int((periods.add(start, key.budget_duration) - start).total_seconds() * 1000)
+def _next_reset_ms(reset_ms: int, duration: str, now_ms: int) -> int:
+    """periods.next_reset in the script's units: ms since the epoch, Redis's clock for now."""
+    return _ms(periods.next_reset(_at(reset_ms), duration, _at(now_ms)))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _at(ms: int) -> datetime:
+    return _EPOCH + ms * _MS
+
+
+def _ms(at: datetime) -> int:
+    return (at - _EPOCH) // _MS
 
 
 class RedisAdmission:
@@ -192,11 +202,14 @@ class RedisAdmission:
         The caller does not wait for Redis: until the flush (a few ms) the reservation is
         simply held a little longer, which can only make admission stricter, never looser.
         """
+        if admitted.settled:
+            return
         demand = admitted.demand
         if demand.request_id in self._local:
             self._local.discard(demand.request_id)
             await self._fallback.settle(admitted, cost, tokens)
             return
+        admitted.settled = True
         tpm = [w for w in demand.windows if w.tokens]
         self._pending.append((demand.key.token,
                               _keys(demand.key.token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
@@ -251,7 +264,7 @@ class RedisAdmission:
         await self._bump(keys=[names[4]])
         if key is not None and key.budget_reset_at is not None:
             await self.client.hset(names[0], "reset_at",
-                                   int(key.budget_reset_at.timestamp() * 1000))
+                                   _ms(key.budget_reset_at))
 
     # --- internals
 
@@ -266,7 +279,7 @@ class RedisAdmission:
                            -1 if key.max_budget_nanos is None else key.max_budget_nanos,
                            int(demand.lease_s * 1000),
                            -1 if demand.parallel_limit is None else demand.parallel_limit,
-                           demand.key_version, _period_ms(key)]
+                           demand.key_version, -1 if key.budget_duration is None else 0, 0]
         for w in demand.windows:
             args += [w.limit, w.cost, int(w.tokens)]
         window_keys = [f"fg:w:{w.scope}" for w in demand.windows]
@@ -280,6 +293,10 @@ class RedisAdmission:
                 raise StaleKey(token)
             if verdict == "init":
                 await self._initialise(token)
+                continue
+            if verdict == "roll":     # the period ended: propose its successor, decide again
+                args[7], args[8] = int(result[1]), _next_reset_ms(
+                    int(result[1]), key.budget_duration or "", int(result[2]))
                 continue
             if verdict == "parallel":
                 raise rate_limited(None, 0, 1, demand.parallel_limit)
@@ -295,14 +312,14 @@ class RedisAdmission:
         fresh = await self._load_key(token)   # the database row, not a cached copy
         if fresh is None:
             raise StaleKey(token)
-        reset_ms = int(fresh.budget_reset_at.timestamp() * 1000) if fresh.budget_reset_at else 0
+        reset_ms = _ms(fresh.budget_reset_at) if fresh.budget_reset_at else 0
         await self._init(keys=[_keys(token)[0]],
                          args=[fresh.spend_nanos, fresh.period_base_nanos, reset_ms])
 
     def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:
         grant, second, rolled = int(result[1]), int(result[2]), int(result[3])
         if rolled:
-            reset_at = datetime.fromtimestamp(int(result[5]) / 1000, UTC)
+            reset_at = _at(int(result[5]))
             self._on_period_start(demand.key.token, int(result[4]), reset_at)
         heads: dict[bool, tuple[int, int, int]] = {}
         for i, window in enumerate(demand.windows):

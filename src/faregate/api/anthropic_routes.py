@@ -60,11 +60,11 @@ class AnthropicRoutes:
                 request = read_request(raw, anthropic_only=partial(self._anthropic_only,
                                                                    caller))
                 if isinstance(request, ParsedRequest):      # an Anthropic model: as it is
-                    reply = await self._gateway.handle(CallType.MESSAGES, raw, authorization,
-                                                       api_key, trace, parsed=request)
+                    reply = await self._gateway.handle(CallType.MESSAGES, raw, caller, trace,
+                                                       parsed=request)
                 else:
                     reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
-                                                       authorization, api_key, trace)
+                                                       caller, trace)
             except Exception as exc:
                 await call.failed(exc, scope, send, _error_response)
                 return
@@ -97,10 +97,9 @@ class AnthropicRoutes:
             request = read_request(raw, counting=True,
                                    anthropic_only=partial(self._anthropic_only, caller))
             if isinstance(request, ParsedRequest):
-                bound = await self._gateway.prompt_bound(raw, authorization, api_key, request)
+                bound = await self._gateway.prompt_bound(raw, caller, request)
             else:
-                bound = await self._gateway.prompt_bound(request.openai_body, authorization,
-                                                         api_key)
+                bound = await self._gateway.prompt_bound(request.openai_body, caller)
         except GatewayError as exc:
             await _send_error(send, exc, [])
             return

@@ -53,8 +53,8 @@ class OpenAIRoutes:
         with CallRecord(trace, self._metrics, self._log_requests) as call:
             try:
                 raw = await read_body(scope, receive, self._max_body)
-                reply = await self._gateway.handle(call_type, raw, authorization, api_key,
-                                                   trace)
+                caller = await self._gateway.authenticate(authorization, api_key)
+                reply = await self._gateway.handle(call_type, raw, caller, trace)
             except Exception as exc:
                 await call.failed(exc, scope, send, error_response)
                 return

@@ -63,7 +63,16 @@ class Authenticator:
         if not presented.startswith(PREFIX):
             raise AuthError("Invalid API key format: faregate keys start with 'sk-'",
                             code="invalid_api_key")
-        token = hash_key(presented)
+        return await self._resolve(hash_key(presented))
+
+    async def reload(self, caller: Caller) -> Caller:
+        """`caller` decided again from its key's stored row (after another replica changed
+        it): it may now be blocked, deleted or expired, or have other limits."""
+        self._directory.forget(caller.key.token)
+        return await self._resolve(caller.key.token)
+
+    async def _resolve(self, token: str) -> Caller:
+        """The caller holding the key whose hash is `token`, or AuthError/ExpiredKey."""
         key, version = await self._directory.lookup(token)
         if key is not None and self._directory.shared and (
                 key.blocked or (key.expires is not None and key.expires <= self._now())):

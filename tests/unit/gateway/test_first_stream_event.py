@@ -6,7 +6,7 @@ import pytest
 
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
-from faregate.gateway import _check_first_event
+from faregate.gateway.stream_meter import check_first_event
 
 BASE = Deployment(model_name="m", provider="openai", upstream_model="u",
                   api_base="http://127.0.0.1:1/v1", api_key=None, input_femtos=1,
@@ -21,7 +21,7 @@ BASE = Deployment(model_name="m", provider="openai", upstream_model="u",
 ])
 def test_a_bad_first_event_is_a_retryable_failure(first: bytes | None, says: str) -> None:
     with pytest.raises(UpstreamError) as caught:
-        _check_first_event(BASE, first)
+        check_first_event(BASE, first)
     assert caught.value.retryable and caught.value.status == 502
     assert says in caught.value.message
 
@@ -32,4 +32,4 @@ def test_a_bad_first_event_is_a_retryable_failure(first: bytes | None, says: str
     b'data: {"choices": [{"delta": {}}], "error": null}\n\n',
 ])
 def test_a_good_first_event_passes(first: bytes) -> None:
-    _check_first_event(BASE, first)
+    check_first_event(BASE, first)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from faregate.gateway import _StreamMeter
+from faregate.gateway.stream_meter import StreamMeter
 
 ANTHROPIC = [
     b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
@@ -35,7 +35,7 @@ def split(events: list[bytes], cuts: list[int]) -> list[bytes]:
 
 @pytest.mark.parametrize("cuts", [[], [1], [1, 2, 3, 4, 5], [4]])
 def test_anthropic_events_count_only_content_deltas(cuts: list[int]) -> None:
-    meter = _StreamMeter(want_usage=True, anthropic_events=True)
+    meter = StreamMeter(want_usage=True, anthropic_events=True)
     for block in split(ANTHROPIC, cuts):
         meter.pass_on(block)
     assert meter.produced == 2 and not meter.done
@@ -43,7 +43,7 @@ def test_anthropic_events_count_only_content_deltas(cuts: list[int]) -> None:
 
 @pytest.mark.parametrize("cuts", [[], [1], [1, 2, 3], [2]])
 def test_openai_chunks_count_and_the_usage_chunk_is_read(cuts: list[int]) -> None:
-    meter = _StreamMeter(want_usage=False)
+    meter = StreamMeter(want_usage=False)
     relayed = b"".join(meter.pass_on(block) for block in split(OPENAI, cuts))
     assert meter.produced == 2 and meter.done
     assert meter.usage == {"prompt_tokens": 3, "completion_tokens": 2}
