@@ -7,6 +7,8 @@ scripts/bootstrap.sh
 scripts/real-model.sh   # llama-server + SmolLM2 for tests marked real_model (FAREGATE_SKIP_REAL_MODEL=1: skip)
 scripts/services.sh
 .venv/bin/ruff check src tests bench
+.venv/bin/lint-imports        # the layering: [tool.importlinter] in pyproject.toml
+.venv/bin/mypy src            # strict types: [tool.mypy] in pyproject.toml
 # Test files run in parallel (-n, one file per worker at a time so module fixtures stay
 # together): most tests wait on real processes and the network, not on the CPU.
 exec .venv/bin/python -m pytest -n "${FAREGATE_TEST_WORKERS:-3}" --dist loadfile "$@"

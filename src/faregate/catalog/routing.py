@@ -202,7 +202,7 @@ class Router:
         """Seconds to wait before retry number `retry` (1, 2, ...) of a deployment already
         tried: exponential, capped, with jitter so retries of many requests spread out."""
         s = self.settings
-        ceiling = min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** (retry - 1))
+        ceiling: float = min(s.retry_backoff_max_s, s.retry_backoff_s * 2 ** (retry - 1))
         return ceiling / 2 + self._rng.random() * ceiling / 2
 
     def health(self) -> list[DeploymentHealth]:

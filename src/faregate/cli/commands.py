@@ -130,7 +130,10 @@ def _serve(args: argparse.Namespace) -> int:
             Faregate(settings), host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
             log_config=None,            # uvicorn's own lines go through our formatter too
-            proxy_headers=False, timeout_graceful_shutdown=settings.graceful_shutdown_timeout_s))
+            proxy_headers=False,
+            # uvicorn annotates int, but hands it to asyncio.timeout, which takes a float
+            timeout_graceful_shutdown=settings.graceful_shutdown_timeout_s,  # type: ignore[arg-type]
+        ))
         server.run(sockets=sockets)
     return 0 if server.started else 1
 

@@ -301,8 +301,8 @@ def _pieces(req: dict[str, Any]) -> list[Any]:
 
 
 def _schema_input(schema: dict[str, Any]) -> dict[str, Any]:
-    samples = {"string": "mock", "integer": 1, "number": 1, "boolean": True, "array": [],
-               "object": {}}
+    samples: dict[str | None, Any] = {"string": "mock", "integer": 1, "number": 1,
+                                      "boolean": True, "array": [], "object": {}}
     return {name: samples.get(prop.get("type") if isinstance(prop, dict) else None)
             for name, prop in (schema.get("properties") or {}).items()}
 
@@ -410,7 +410,7 @@ class MockAnthropic:
 
     @staticmethod
     def _tool_to_call(req: dict[str, Any]) -> dict[str, Any] | None:
-        tools = req.get("tools") or []
+        tools: list[dict[str, Any]] = req.get("tools") or []
         choice = req.get("tool_choice") or {"type": "auto"}
         last = req["messages"][-1]["content"]
         if not tools or choice["type"] == "none":

@@ -234,8 +234,10 @@ def _forced_tool_call(req: dict[str, Any]) -> dict[str, Any] | None:
     tools, choice = req.get("tools"), req.get("tool_choice")
     if not isinstance(tools, list) or not tools:
         return None
-    functions = [t.get("function") for t in tools
-                 if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    functions: list[dict[str, Any]] = [
+        t["function"] for t in tools
+        if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    function: dict[str, Any] | None
     if choice == "required" and functions:
         function = functions[0]
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):

@@ -152,7 +152,7 @@ class Metrics:
             MultiProcessCollector(self._exposed, path=multiprocess_dir)
         else:
             self._exposed = own
-        self._exposed.register(scrape_time)   # type: ignore[arg-type]
+        self._exposed.register(scrape_time)
 
     def finished(self, trace: RequestTrace, status: int, error: GatewayError | None) -> None:
         """Record one request, whatever way it ended; called once, at the edge."""

@@ -46,8 +46,10 @@ _TYPE_BY_STATUS = {400: "invalid_request_error", 401: "authentication_error",
 
 
 # The gateway's error types inside a relayed stream, as Anthropic's (else api_error).
-STREAM_ERROR_TYPES = {"rate_limit_error": "rate_limit_error", "timeout": "timeout_error",
-                      "budget_exceeded": "rate_limit_error"}
+# Keyed by object: looked up with whatever JSON value an error's "type" holds.
+STREAM_ERROR_TYPES: dict[object, str] = {
+    "rate_limit_error": "rate_limit_error", "timeout": "timeout_error",
+    "budget_exceeded": "rate_limit_error"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +269,7 @@ def _user_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
     for i, block in enumerate(blocks):
         at = f"{where}.content.{i}"
         kind = block.get("type") if isinstance(block, dict) else None
+        part: dict[str, Any]
         if kind == "text":
             part = {"type": "text", "text": _text_of(block, at)}
         elif kind == "image":
