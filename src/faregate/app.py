@@ -32,6 +32,7 @@ from faregate.keys.auth import Authenticator
 from faregate.keys.directory import KeyDirectory
 from faregate.observe.metrics import HealthChecks, Metrics
 from faregate.providers.anthropic import AnthropicClient
+from faregate.providers.base import pooled_session
 from faregate.providers.clients import ProviderClients
 from faregate.providers.openai_compat import OpenAICompatible
 from faregate.spend.journal import SpendJournal
@@ -122,7 +123,7 @@ class Faregate:
             await self._lifespan(receive, send)
 
     async def startup(self) -> None:
-        await self.upstream.open()
+        self.upstream.open(pooled_session())    # one pool for every provider's client
         await self.ledger.start()       # replays spend rows a crashed process left on disk
         self.db_health.start()
         await self.models.start()

@@ -16,6 +16,8 @@ from faregate.wire.openai_request import CallType, ParsedRequest, parse
 
 
 def deployment(**changes: Any) -> Deployment:
+    """A deployment with its own id, as config.py gives every model_list entry one."""
+    changes.setdefault("deployment_id", f"{changes.get('model_name', 'm')}#0")
     base = Deployment(
         model_name="m", provider="openai", upstream_model="up", api_base="http://up/v1",
         api_key=None, input_femtos=price_to_femtos("0.000001"),
@@ -106,6 +108,20 @@ def test_learning_is_per_deployment() -> None:
     bound.observe(a, req, 1 + 8 + 500)
     assert bound.overhead(a) == 500
     assert bound.overhead(b) == 64
+
+
+def test_learning_is_kept_by_deployment_id_not_by_object() -> None:
+    """The catalog makes new Deployment objects on every change: what was learned stays with
+    the deployment's id, and a new deployment that gets a freed object's address (id()) starts
+    from its own configured overhead."""
+    bound = PromptBound()
+    req = chat("x")
+    learned = deployment(model_name="a")
+    bound.observe(learned, req, 1 + 8 + 500)
+    assert bound.overhead(replace(learned)) == 500          # the same model, rebuilt
+    del learned             # one of these likely takes its address (not promised)
+    others = [deployment(model_name=f"n{i}") for i in range(50)]
+    assert [bound.overhead(d) for d in others] == [64] * 50
 
 
 def test_cost_rounds_each_side_up() -> None:

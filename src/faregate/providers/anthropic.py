@@ -1,6 +1,6 @@
 """Anthropic's Messages API behind the OpenAI-compatible client's interface.
 
-`AnthropicClient` has `OpenAICompatible`'s methods (`open`, `close`, `send`, `stream`): it takes
+`AnthropicClient` has `OpenAICompatible`'s methods (`use`, `check`, `send`, `stream`): it takes
 an OpenAI chat request's bytes, sends `POST {api_base}/v1/messages` (headers `x-api-key`,
 `anthropic-version`), and answers with an OpenAI chat.completion (or OpenAI SSE chunks ending in
 a usage chunk and `data: [DONE]`), so the gateway's path is the same for every provider.
@@ -11,6 +11,7 @@ retryable; 400 keeps its status and is not retried; 401/403 -> 502 upstream_auth
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -30,9 +31,11 @@ from faregate.providers.anthropic_translate import (
     sse_events,
     to_messages_request,
 )
-from faregate.providers.openai_compat import (
+from faregate.providers.base import (
+    PerDeployment,
     UpstreamReply,
     connection_failure,
+    sse_blocks,
     upstream_failure,
     with_retry_after,
 )
@@ -48,25 +51,26 @@ ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401,
 OVERLOADED = 529
 
 
+def _headers(d: Deployment) -> dict[str, str]:
+    headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
+    if d.api_key is not None:
+        headers["x-api-key"] = d.api_key.reveal()
+    return headers
+
+
 class AnthropicClient:
     def __init__(self, now: Callable[[], float] = time.time) -> None:
         self._session: aiohttp.ClientSession | None = None
-        self._headers: dict[int, dict[str, str]] = {}
+        self._headers_for = PerDeployment(_headers)
         self._now = now
 
-    async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
-                                         ttl_dns_cache=60)
-        self._session = aiohttp.ClientSession(connector=connector,
-                                              skip_auto_headers=("User-Agent",))
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+    def use(self, session: aiohttp.ClientSession) -> None:
+        """Send through `session` (the process's pooled one; its owner closes it)."""
+        self._session = session
 
     @property
     def _http(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "AnthropicClient.open() was not called"
+        assert self._session is not None, "AnthropicClient.use(session) was not called"
         return self._session
 
     def check(self, d: Deployment, path: str, body: dict[str, Any]) -> None:
@@ -90,15 +94,6 @@ class AnthropicClient:
         if stream:
             translated["stream"] = True
         return headers, orjson.dumps(translated), include_usage
-
-    def _headers_for(self, d: Deployment) -> dict[str, str]:
-        headers = self._headers.get(id(d))
-        if headers is None:
-            headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-            if d.api_key is not None:
-                headers["x-api-key"] = d.api_key.reveal()
-            self._headers[id(d)] = headers
-        return headers
 
     async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply:
         """POST one Messages request; return an OpenAI chat.completion and its usage."""
@@ -142,24 +137,21 @@ class AnthropicClient:
                 if resp.status >= 300:
                     raise with_retry_after(anthropic_failure(d, resp.status,
                                                              await resp.read()), resp.headers)
-                pending = b""
-                async for chunk in resp.content.iter_any():
-                    pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
-                    end = pending.rfind(b"\n\n")
-                    if end < 0:
-                        continue
-                    complete, pending = pending[:end], pending[end + 2:]
-                    chunks, failure = _translated(d, translator, complete)
-                    if chunks:
-                        # Chunks before an error event go out first: whether the caller has
-                        # received anything (and a retry is still possible) depends only on
-                        # the order of events, not on how they were split into reads.
-                        yield chunk_bytes(chunks) + (b"data: [DONE]\n\n" if translator.done
-                                                     else b"")
-                    if failure is not None:
-                        raise failure
-                    if translator.done:
-                        return
+                async with contextlib.aclosing(
+                        sse_blocks(resp.content.iter_any(), tail=False)) as blocks:
+                    async for complete in blocks:
+                        chunks, failure = _translated(d, translator, complete)
+                        if chunks:
+                            # Chunks before an error event go out first: whether the caller
+                            # has received anything (and a retry is still possible) depends
+                            # only on the order of events, not on how they were split into
+                            # reads.
+                            yield chunk_bytes(chunks) + (b"data: [DONE]\n\n"
+                                                         if translator.done else b"")
+                        if failure is not None:
+                            raise failure
+                        if translator.done:
+                            return
         except TimeoutError:
             raise _timeout(d, min(d.stream_timeout_s or d.timeout_s, d.timeout_s)) from None
         except aiohttp.ClientError as exc:

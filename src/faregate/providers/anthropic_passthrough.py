@@ -10,6 +10,7 @@ the gateway's stream meter reads and the /v1/messages edge removes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -19,7 +20,7 @@ import orjson
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
 from faregate.providers.anthropic_translate import openai_usage
-from faregate.providers.openai_compat import UpstreamReply, with_retry_after
+from faregate.providers.base import UpstreamReply, sse_blocks, with_retry_after
 
 # The events whose payload metering reads; the rest (deltas, pings) pass unparsed.
 _METERED = (b"event: message_start", b"event: message_delta", b"event: message_stop",
@@ -81,33 +82,30 @@ async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: di
                              ) as resp:
             if resp.status >= 300:
                 raise with_retry_after(failure(d, resp.status, await resp.read()), resp.headers)
-            pending = b""
-            async for chunk in resp.content.iter_any():
-                pending += chunk.replace(b"\r\n", b"\n") if b"\r" in chunk else chunk
-                end = pending.rfind(b"\n\n")
-                if end < 0:
-                    continue
-                complete, pending = pending[:end + 2], pending[end + 2:]
-                try:
-                    error = meter.read(complete)
-                except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
-                    raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' "
-                                        f"sent a malformed stream event: {exc}", status=502,
-                                        code="upstream_bad_stream", retryable=True) from None
-                if error is not None:
-                    kind, message, first = error
-                    if first and not yielded:
-                        raise failure(d, error_status.get(kind, 500),
-                                      orjson.dumps({"error": {"message": message}}))
+            async with contextlib.aclosing(
+                    sse_blocks(resp.content.iter_any(), tail=False)) as blocks:
+                async for complete in blocks:
+                    try:
+                        error = meter.read(complete)
+                    except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                        raise UpstreamError(
+                            f"The Anthropic upstream for model '{d.model_name}' sent a "
+                            f"malformed stream event: {exc}", status=502,
+                            code="upstream_bad_stream", retryable=True) from None
+                    if error is not None:
+                        kind, message, first = error
+                        if first and not yielded:
+                            raise failure(d, error_status.get(kind, 500),
+                                          orjson.dumps({"error": {"message": message}}))
+                        yield complete
+                        return
+                    if meter.stopped:
+                        yield complete + b"data: " + orjson.dumps(
+                            {"choices": [], "usage": openai_usage(meter.usage)}) \
+                            + b"\n\ndata: [DONE]\n\n"
+                        return
+                    yielded = True
                     yield complete
-                    return
-                if meter.stopped:
-                    yield complete + b"data: " + orjson.dumps(
-                        {"choices": [], "usage": openai_usage(meter.usage)}) \
-                        + b"\n\ndata: [DONE]\n\n"
-                    return
-                yielded = True
-                yield complete
     except TimeoutError as exc:
         raise timeout(d, exc) from None
     except aiohttp.ClientError as exc:

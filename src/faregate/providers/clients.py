@@ -1,37 +1,43 @@
 """One client per provider, picked by `Deployment.provider`, behind the one-client interface
-the gateway calls (`send`, `stream`); `open` and `close` reach every client."""
+the gateway calls (`send`, `stream`, `check`). Every client sends through the one pooled
+session `open` hands over; `close` closes it, once."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
+import aiohttp
+
 from faregate.config import Deployment
-from faregate.providers.openai_compat import UpstreamClient, UpstreamReply
+from faregate.providers.base import UpstreamClient, UpstreamReply
 
 
 class _Client(UpstreamClient, Protocol):
-    async def open(self) -> None: ...
-
-    async def close(self) -> None: ...
+    def use(self, session: aiohttp.ClientSession) -> None: ...
 
 
 class ProviderClients:
     def __init__(self, clients: Mapping[str, _Client], default: str = "openai") -> None:
         self._clients = dict(clients)
         self._default = self._clients[default]
+        self._session: aiohttp.ClientSession | None = None
 
     def client(self, d: Deployment) -> UpstreamClient:
         """The client for `d`'s provider ("openai" serves every OpenAI-compatible server)."""
         return self._clients.get(d.provider, self._default)
 
-    async def open(self) -> None:
+    def open(self, session: aiohttp.ClientSession) -> None:
+        """Send every provider's requests through `session` (base.pooled_session), which this
+        object then owns: `close` closes it."""
+        self._session = session
         for client in self._clients.values():
-            await client.open()
+            client.use(session)
 
     async def close(self) -> None:
-        for client in self._clients.values():
-            await client.close()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def send(self, d: Deployment, path: str, body: bytes) -> UpstreamReply:
         return await self.client(d).send(d, path, body)

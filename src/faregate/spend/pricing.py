@@ -50,14 +50,18 @@ def _or_input(price: int | None, d: Deployment) -> int:
 
 class PromptBound:
     def __init__(self) -> None:
-        self._learned: dict[int, int] = {}      # id(deployment) -> template overhead seen
+        # deployment_id -> template overhead seen. By id, not id(deployment): the catalog makes
+        # new Deployment objects on every change, and a freed object's id() is reused. What is
+        # learned survives a refresh; it only ever raises the bound, so it errs on the safe side.
+        self._learned: dict[str, int] = {}
 
     def _counted(self, deployment: Deployment, request: ParsedRequest) -> int:
         return (request.text_bytes + request.messages * deployment.per_message_overhead_tokens
                 + request.images * IMAGE_TOKENS)
 
     def overhead(self, deployment: Deployment) -> int:
-        return max(deployment.prompt_overhead_tokens, self._learned.get(id(deployment), 0))
+        return max(deployment.prompt_overhead_tokens,
+                   self._learned.get(deployment.deployment_id, 0))
 
     def tokens(self, deployment: Deployment, request: ParsedRequest) -> int:
         """An upper bound on the prompt tokens the upstream will count for this request."""
@@ -71,4 +75,4 @@ class PromptBound:
                         "prompt_overhead_tokens to at least %d)", deployment.model_name,
                         prompt_tokens, excess - self.overhead(deployment),
                         self.overhead(deployment), excess)
-            self._learned[id(deployment)] = excess
+            self._learned[deployment.deployment_id] = excess

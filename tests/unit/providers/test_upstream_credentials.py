@@ -10,6 +10,7 @@ from support import free_port
 
 from faregate.config import Deployment, without_credentials
 from faregate.errors import UpstreamError
+from faregate.providers.base import pooled_session
 from faregate.providers.openai_compat import OpenAICompatible
 
 
@@ -30,12 +31,12 @@ async def test_a_refused_connection_names_the_upstream_without_its_credentials()
                    api_key=None, input_femtos=1, output_femtos=1, max_output_tokens=10,
                    prompt_overhead_tokens=0, per_message_overhead_tokens=0, timeout_s=5)
     client = OpenAICompatible()
-    await client.open()
+    client.use(session := pooled_session())
     try:
         with pytest.raises(UpstreamError) as caught:
             await client.send(d, "/chat/completions", b"{}")
     finally:
-        await client.close()
+        await session.close()
     message = caught.value.body().decode()
     assert "127.0.0.1" in message and "hunter2" not in message and "s3cret" not in message
     assert d.shown_base == dataclasses.replace(d).shown_base     # cached per instance
