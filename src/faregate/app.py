@@ -8,7 +8,7 @@ import gc
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,7 +85,7 @@ class Faregate:
                              monotonic=monotonic, rng=rng)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, now)
-        pings = {"database": self._ping_database}
+        pings: dict[str, Callable[[], Awaitable[object]]] = {"database": self._ping_database}
         if self.redis is not None:
             pings["redis"] = self.redis.client.ping
         self.metrics = Metrics(lambda: self.ledger.pending, HealthChecks(pings),

@@ -254,7 +254,9 @@ class RedisAdmission:
     async def version(self, token: str) -> str:
         """The key's current version; read before its row, so the row is at least as new."""
         try:
-            return (await self.client.get(_keys(token)[4]) or b"0").decode()
+            version = await self.client.get(_keys(token)[4])
+            return "0" if version is None else version.decode() if isinstance(version, bytes) \
+                else str(version)
         except RedisError:
             return "?"                       # unknown: the next shared admission reloads it
 

@@ -39,7 +39,7 @@ from faregate.gateway.stream_meter import StreamMeter, check_first_event
 from faregate.gateway.usage import read_usage
 from faregate.keys.auth import Authenticator, Caller
 from faregate.observe.trace import RequestTrace
-from faregate.providers.openai_compat import UpstreamClient
+from faregate.providers.base import UpstreamClient
 from faregate.records import SpendRow
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
@@ -70,7 +70,7 @@ class Gateway:
         # cheaper than uuid4: a random per-process prefix and a counter.
         prefix = os.urandom(8).hex()
         counter = itertools.count(1)
-        self.new_request_id = lambda: f"{prefix}{next(counter):016x}"
+        self.new_request_id: Callable[[], str] = lambda: f"{prefix}{next(counter):016x}"
 
     async def handle(self, call_type: CallType, raw: bytes, caller: Caller,
                      trace: RequestTrace, parsed: ParsedRequest | None = None

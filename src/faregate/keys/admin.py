@@ -167,12 +167,13 @@ class KeyAdmin:
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="max_budget") from None
         if "budget_duration" in given:
-            out["budget_duration"] = self._duration(s.budget_duration, "budget_duration")
-            out["budget_reset_at"] = None if s.budget_duration is None \
-                else periods.add(now, s.budget_duration)
+            budget_duration = self._duration(s.budget_duration, "budget_duration")
+            out["budget_duration"] = budget_duration
+            out["budget_reset_at"] = None if budget_duration is None \
+                else periods.add(now, budget_duration)
         if "duration" in given:
-            out["expires"] = None if s.duration is None \
-                else periods.add(now, self._duration(s.duration, "duration"))
+            duration = self._duration(s.duration, "duration")
+            out["expires"] = None if duration is None else periods.add(now, duration)
         for name in ("tpm_limit", "rpm_limit", "max_parallel_requests"):
             if name in given:
                 value = getattr(s, name)

@@ -26,9 +26,6 @@ from faregate.providers.base import (
     with_retry_after,
 )
 
-# Temporary: gateway/request_path.py imports UpstreamClient from here; its home is base.py.
-from faregate.providers.base import UpstreamClient as UpstreamClient
-
 Prepared = tuple[dict[str, str], aiohttp.ClientTimeout, aiohttp.ClientTimeout]
 
 
