@@ -37,7 +37,6 @@ class Demand:
     most: int               # nano-dollars its full upper bound costs
     windows: tuple[Window, ...] = ()
     parallel_limit: int | None = None
-    lease_s: float = 900.0  # a crashed process's reservations expire after this
     key_version: str = "0"  # the key's version when it was loaded (shared admission checks it)
 
     def scaled(self, replicas: int) -> Demand:
@@ -59,15 +58,14 @@ class Admitted:
 
 
 def demand_for(request_id: str, key: KeyRecord, key_version: str, d: Deployment,
-               prompt_bound: int, wanted: int, n: int, lease_s: float) -> Demand:
+               prompt_bound: int, wanted: int, n: int) -> Demand:
     """The one question a request asks: its cost bounds on `d`'s prices (at least the prompt
     and one token per choice, at most everything `wanted`) and every window it counts in."""
     return Demand(request_id=request_id, key=key,
                   least=bound_cost(d, prompt_bound, n if wanted else 0),
                   most=bound_cost(d, prompt_bound, wanted),
                   windows=_windows(key, d, prompt_bound + wanted),
-                  parallel_limit=key.max_parallel_requests, lease_s=lease_s,
-                  key_version=key_version)
+                  parallel_limit=key.max_parallel_requests, key_version=key_version)
 
 
 def same_terms(admitted: Admitted, other: Demand) -> bool:

@@ -136,6 +136,25 @@ return 1
 """
 
 _BUMP = "return redis.call('INCR', KEYS[1])"
+
+# Keep a request's reservation and parallel slot while it is in flight; a lost one goes.
+_RENEW = """
+local t = redis.call('TIME')
+local lease = tonumber(ARGV[2])
+local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease
+for i = 1, 2 do
+  if redis.call('ZSCORE', KEYS[i], ARGV[1]) then
+    redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[1])
+    redis.call('PEXPIRE', KEYS[i], lease * 2)
+  end
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], lease * 2) end
+return 1
+"""
+# A reservation is a lease this short, renewed every RENEW_S while its request is in flight:
+# a replica that dies (or loses an answer) strands nothing for longer than LEASE_S.
+LEASE_S = 30.0
+RENEW_S = 5.0
 _POLL_S = 0.02
 
 
@@ -174,6 +193,7 @@ class RedisAdmission:
         self._init = self.client.register_script(_INIT)
         self._settle = self.client.register_script(_SETTLE)
         self._bump = self.client.register_script(_BUMP)
+        self._renew = self.client.register_script(_RENEW)
         self._load_key = load_key
         self._on_period_start = on_period_start
         self._wait_timeout_s = wait_timeout_s
@@ -184,15 +204,24 @@ class RedisAdmission:
         self._dirty: set[str] = set()          # keys whose Redis spend missed a settlement
         self._pending: list[tuple[str, list[str], list[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._held: dict[str, str] = {}        # request id -> key token, admitted in Redis
+        self._lost: dict[str, str] = {}        # ids whose admission answer was lost: release
+        self._renewer: asyncio.Task[None] | None = None
         self.healthy = True
 
     # --- the admission protocol
 
     async def admit(self, demand: Demand) -> Admitted:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._keep_leases())
         try:
             admitted = await self._admit_shared(demand)
         except RedisError as exc:
+            # The script may have reserved before its answer was lost: release that id as
+            # soon as Redis answers again, rather than when its lease ends.
+            self._lost[demand.request_id] = demand.key.token
             return await self._degraded(demand, exc)
+        self._held[demand.request_id] = demand.key.token
         self._recovered()
         return admitted
 
@@ -210,6 +239,7 @@ class RedisAdmission:
             await self._fallback.settle(admitted, cost, tokens)
             return
         admitted.settled = True
+        self._held.pop(demand.request_id, None)
         tpm = [w for w in demand.windows if w.tokens]
         self._pending.append((demand.key.token,
                               _keys(demand.key.token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
@@ -234,7 +264,32 @@ class RedisAdmission:
                             "will be re-read from the database", len(batch),
                             type(exc).__name__)
 
+    async def _keep_leases(self) -> None:
+        """Every RENEW_S: renew the leases of requests in flight here, release lost ones."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            held, lost = list(self._held.items()), list(self._lost.items())
+            if not held and not lost:
+                continue
+            lease_ms = int(LEASE_S * 1000)
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for rid, token in held:
+                        names = _keys(token)
+                        await self._renew(keys=[names[1], names[3], names[2]],
+                                          args=[rid, lease_ms], client=pipe)
+                    for rid, token in lost:
+                        await self._settle(keys=_keys(token)[:4], args=[rid, 0, 0],
+                                           client=pipe)
+                    await pipe.execute()
+            except RedisError:
+                continue        # Redis still away: try again next round
+            for rid, _ in lost:
+                self._lost.pop(rid, None)
+
     async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
         if self._flusher is not None:
             await self._flusher
         await self.client.aclose()
@@ -279,13 +334,14 @@ class RedisAdmission:
             self._dirty.discard(token)
         args: list[Any] = [demand.request_id, demand.least, demand.most,
                            -1 if key.max_budget_nanos is None else key.max_budget_nanos,
-                           int(demand.lease_s * 1000),
+                           int(LEASE_S * 1000),
                            -1 if demand.parallel_limit is None else demand.parallel_limit,
                            demand.key_version, -1 if key.budget_duration is None else 0, 0]
         for w in demand.windows:
             args += [w.limit, w.cost, int(w.tokens)]
         window_keys = [f"fg:w:{w.scope}" for w in demand.windows]
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
+        flushed = False
         while True:
             result = await self._admit(keys=names + window_keys, args=args)
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
@@ -301,6 +357,12 @@ class RedisAdmission:
                     int(result[1]), key.budget_duration or "", int(result[2]))
                 continue
             if verdict == "parallel":
+                if not flushed and self._flusher is not None and not self._flusher.done():
+                    flushed = True
+                    # This replica's own finished requests may not have freed their slots in
+                    # Redis yet (settlements are sent a moment after the answer).
+                    await asyncio.shield(self._flusher)
+                    continue
                 raise rate_limited(None, 0, 1, demand.parallel_limit)
             if verdict == "window":
                 window = demand.windows[int(result[1]) - 1]

@@ -104,7 +104,7 @@ class Gateway:
         for attempt in range(_ADMISSION_ATTEMPTS):
             prompt_bound, wanted = self._bounds(ask.request, d)
             demand = demand_for(demand_id, caller.key, caller.version, d, prompt_bound, wanted,
-                                ask.request.n, self._lease_s(d))
+                                ask.request.n)
             try:
                 admitted = await self._admission.admit(demand)
                 return Call(ask, caller, d, admitted, prompt_bound, wanted)
@@ -129,7 +129,7 @@ class Gateway:
         if (prompt_bound, wanted) == (call.prompt_bound, call.wanted) and same_terms(
                 call.admitted, demand_for(call.admitted.demand.request_id, call.caller.key,
                                           call.caller.version, d, prompt_bound, wanted,
-                                          call.request.n, self._lease_s(d))):
+                                          call.request.n)):
             call.deployment = d
             return call
         await self._admission.settle(call.admitted, 0, 0)
@@ -252,11 +252,6 @@ class Gateway:
     def _bounds(self, request: ParsedRequest, d: Deployment) -> tuple[int, int]:
         """(prompt bound, output tokens wanted) of `request` on `d`."""
         return self._bound.tokens(d, request), self._wanted_output(request, d)
-
-    def _lease_s(self, d: Deployment) -> float:
-        """A reservation outlives every attempt it may cover (a crashed process's lease)."""
-        s = self._router.settings
-        return (d.timeout_s + s.retry_backoff_max_s) * (s.num_retries + 1) + 60
 
     @staticmethod
     def _wanted_output(request: ParsedRequest, deployment: Deployment) -> int:

@@ -1,0 +1,126 @@
+"""RedisAdmission's leases (a private real Redis that the test pauses with SIGSTOP): a request
+in flight keeps its reservation and slot by renewal; one whose admission answer was lost in a
+hang is released within seconds of Redis answering again, not when a long lease ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from support import free_port, stop, wait_for_port
+
+from faregate.admission import shared
+from faregate.admission.budgets import Budgets
+from faregate.admission.demand import Demand
+from faregate.admission.local import LocalAdmission
+from faregate.admission.shared import RedisAdmission
+from faregate.errors import ServiceUnavailable
+from faregate.records import KeyRecord
+
+KEY = KeyRecord(token="leasetest", key_name="sk-...test", max_budget_nanos=1_000_000,
+                max_parallel_requests=1)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop(proc)
+
+
+def admission(url: str) -> RedisAdmission:
+    async def load_key(token: str) -> KeyRecord | None:
+        return KEY
+
+    local = LocalAdmission(Budgets(lambda: datetime.now(UTC), 1.0, lambda *_: None), 1.0)
+    return RedisAdmission(url, load_key, lambda *_: None, 1.0, "fail_closed", local, 1)
+
+
+async def slots_taken(adm: RedisAdmission) -> int:
+    return int(await adm.client.zcard(f"fg:{{{KEY.token}}}:parallel"))
+
+
+async def wait_until_free(adm: RedisAdmission, within_s: float) -> float:
+    start = time.monotonic()
+    while await slots_taken(adm) or await adm.client.hlen(f"fg:{{{KEY.token}}}:resv_amount"):
+        assert time.monotonic() - start < within_s, "slot or reservation still held"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_a_request_in_flight_keeps_its_slot_by_renewal(private_redis, monkeypatch) -> None:
+    monkeypatch.setattr(shared, "LEASE_S", 1.0)
+    monkeypatch.setattr(shared, "RENEW_S", 0.2)
+    adm = admission(private_redis[0])
+    try:
+        admitted = await adm.admit(Demand("r1", KEY, least=10, most=100, parallel_limit=1))
+        await asyncio.sleep(2.5)                 # well past the 1 s lease: renewed meanwhile
+        assert await slots_taken(adm) == 1
+        with pytest.raises(Exception, match="max_parallel_requests"):
+            await adm.admit(Demand("r2", KEY, least=10, most=100, parallel_limit=1))
+        await adm.settle(admitted, 5, 0)
+        await wait_until_free(adm, within_s=2.0)
+    finally:
+        await adm.close()
+
+
+async def test_an_answer_lost_in_a_hang_is_released_after_it(private_redis,
+                                                             monkeypatch) -> None:
+    monkeypatch.setattr(shared, "RENEW_S", 0.2)  # the lease stays 30 s: release must not wait
+    url, proc = private_redis
+    adm = admission(url)
+    try:
+        warm = await adm.admit(Demand("warm", KEY, least=10, most=100, parallel_limit=1))
+        await adm.settle(warm, 1, 0)
+        await wait_until_free(adm, within_s=2.0)
+        os.kill(proc.pid, signal.SIGSTOP)        # the script is sent, then runs on SIGCONT
+        with pytest.raises(ServiceUnavailable):
+            await adm.admit(Demand("lost", KEY, least=10, most=100, parallel_limit=1))
+        os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        assert await wait_until_free(adm, within_s=3.0) < 3.0
+        # The slot is free again for the next request.
+        admitted = await adm.admit(Demand("after", KEY, least=10, most=100, parallel_limit=1))
+        await adm.settle(admitted, 1, 0)
+    finally:
+        await adm.close()
+
+
+async def test_parallel_limit_admits_a_caller_whose_last_request_just_ended(
+        private_redis) -> None:
+    """At concurrency = max_parallel_requests, each caller's next request comes right after
+    its last answer: the slot freed by its settlement (sent a moment later) must not refuse it.
+    """
+    adm = admission(private_redis[0])
+    key = KEY.evolve(max_parallel_requests=2)
+    refused = 0
+
+    async def caller(n: int) -> None:
+        nonlocal refused
+        for i in range(50):
+            try:
+                admitted = await adm.admit(Demand(f"c{n}-{i}", key, least=1, most=10,
+                                                  parallel_limit=2))
+            except Exception:
+                refused += 1
+                continue
+            await adm.settle(admitted, 1, 0)
+
+    try:
+        await asyncio.gather(caller(1), caller(2))
+        assert refused == 0
+        await wait_until_free(adm, within_s=2.0)
+    finally:
+        await adm.close()
