@@ -40,6 +40,7 @@ from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
 from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
+from faregate.storage.protocols import Storage
 
 log = logging.getLogger("faregate")
 
@@ -54,11 +55,23 @@ def utc_now() -> datetime:
 
 
 class Faregate:
-    def __init__(self, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic,
+    """The gateway, on the storage it is given (and closes at shutdown)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *,
+                      monotonic: Callable[[], float] = time.monotonic,
+                      now: Callable[[], datetime] = utc_now,
+                      rng: random.Random | None = None) -> Faregate:
+        """The gateway on SQL storage at settings.database_url (SQLite or Postgres)."""
+        return cls(settings, storage=SqlStorage.from_url(settings.database_url),
+                   monotonic=monotonic, now=now, rng=rng)
+
+    def __init__(self, settings: Settings, *, storage: Storage,
+                 monotonic: Callable[[], float] = time.monotonic,
                  now: Callable[[], datetime] = utc_now,
                  rng: random.Random | None = None) -> None:
         self.settings = settings
-        self.storage = SqlStorage.from_url(settings.database_url)
+        self.storage = storage
         self.db_health = DatabaseHealth(self.storage, monotonic,
                                         settings.allow_requests_on_db_unavailable)
         self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s,

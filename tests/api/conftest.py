@@ -87,7 +87,7 @@ async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
     cfg = write_config(tmp_path / "config.yaml", mock_upstream,
                        extra_models=faulty_models(mock_upstream))
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
-    async with serve(Faregate(settings, now=clock.now)) as running:
+    async with serve(Faregate.from_settings(settings, now=clock.now)) as running:
         yield running
 
 

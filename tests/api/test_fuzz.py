@@ -71,7 +71,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str
     url = f"sqlite:///{tmp / 'faregate.db'}"
     migrate.upgrade(url)
     cfg = write_config(tmp / "config.yaml", mock_upstream)
-    app = Faregate(config.load({**os.environ, **env_for(url, tmp)}, cfg))
+    app = Faregate.from_settings(config.load({**os.environ, **env_for(url, tmp)}, cfg))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, loop="none",
                                            lifespan="on", log_level="critical"))

@@ -47,7 +47,7 @@ async def gateway(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
     with_fallback["router_settings"] = {"fallbacks": [{"claude-falls-back": ["qwen-local"]}]}
     cfg.write_text(yaml.safe_dump(with_fallback))
     settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
-    async with serve(Faregate(settings, now=clock.now)) as running:
+    async with serve(Faregate.from_settings(settings, now=clock.now)) as running:
         yield running
 
 

@@ -62,7 +62,7 @@ async def gw(db_url: str, mock_upstream: str, tmp_path: Path) -> AsyncIterator[R
     cfg = write_config(tmp_path / "config.yaml", mock_upstream)
     settings = config.load({**os.environ, **env_for(db_url, tmp_path),
                             "FAREGATE_SALT_KEY": SALT_KEY}, cfg)
-    async with serve(Faregate(settings)) as running:
+    async with serve(Faregate.from_settings(settings)) as running:
         yield running
 
 

@@ -61,7 +61,7 @@ async def start(db_url: str, mock_upstream: str, tmp_path: Path) -> AsyncIterato
                 path = tmp_path / "polling.yaml"
                 path.write_text(yaml.safe_dump(raw))
             settings = config.load({**os.environ, **env_for(db_url, tmp_path), **env}, path)
-            return await stack.enter_async_context(serve(Faregate(settings)))
+            return await stack.enter_async_context(serve(Faregate.from_settings(settings)))
         yield _start
 
 

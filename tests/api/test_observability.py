@@ -64,7 +64,8 @@ async def start(db_url: str, mock_upstream: str, tmp_path: Path, clock: Clock
     async with contextlib.AsyncExitStack() as stack:
         async def started(**overrides: object) -> RunningGateway:
             changed = dataclasses.replace(settings, **{"log_requests": True, **overrides})
-            return await stack.enter_async_context(serve(Faregate(changed, now=clock.now)))
+            return await stack.enter_async_context(
+                serve(Faregate.from_settings(changed, now=clock.now)))
         yield started
 
 

@@ -108,7 +108,7 @@ async def start(tmp_path: Path, clock: Clock) -> AsyncIterator[Start]:
                 env["REDIS_URL"] = SHARED_REDIS      # keys are per virtual key: no clashes
             settings = config.load(env, path)
             gw = await stack.enter_async_context(
-                serve(Faregate(settings, now=clock.now, rng=random.Random(7))))
+                serve(Faregate.from_settings(settings, now=clock.now, rng=random.Random(7))))
             spy_on_ledger(gw)
             return gw
         yield _start

@@ -28,8 +28,8 @@ from faregate.keys.admin import KeyAdmin, KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
-from faregate.storage.database import SpendQuery, SqlStorage
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
+from faregate.storage.protocols import AdminStore, SpendQuery
 from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
 
 log = logging.getLogger("faregate.admin")
@@ -97,7 +97,7 @@ class DeleteKeys(BaseModel):
     key_aliases: list[str] | None = None
 
 
-def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: SqlStorage) -> FastAPI:
+def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) -> FastAPI:
     app = FastAPI(title="faregate admin API", version="1",
                   docs_url=None, redoc_url=None)
 

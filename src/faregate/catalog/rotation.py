@@ -15,7 +15,7 @@ from typing import Any
 from faregate.catalog.sealing import Sealer, SealingError, is_sealed, key_id_of
 from faregate.catalog.stored_models import is_secret_param
 from faregate.records import StoredModel
-from faregate.storage.database import SqlStorage
+from faregate.storage.protocols import ModelStore
 
 MAX_ATTEMPTS = 5        # a row that keeps changing under us is reported, not fought over
 
@@ -36,17 +36,7 @@ class RotationSummary:
         return out
 
 
-async def rotate_database(database_url: str, sealer: Sealer, now: Callable[[], datetime]
-                          ) -> RotationSummary:
-    """`faregate rotate-salt-key`: rotate the stored models of the database at this URL."""
-    storage = SqlStorage.from_url(database_url)
-    try:
-        return await rotate(storage, sealer, now)
-    finally:
-        await storage.close()
-
-
-async def rotate(storage: SqlStorage, sealer: Sealer, now: Callable[[], datetime]
+async def rotate(storage: ModelStore, sealer: Sealer, now: Callable[[], datetime]
                  ) -> RotationSummary:
     """`sealer` seals under the new key and opens under the old ones."""
     new_id = sealer.current_key_id
@@ -66,7 +56,7 @@ async def rotate(storage: SqlStorage, sealer: Sealer, now: Callable[[], datetime
     return RotationSummary(new_id, len(models), resealed, already, tuple(failed))
 
 
-async def _rotate_one(storage: SqlStorage, sealer: Sealer, model: StoredModel | None,
+async def _rotate_one(storage: ModelStore, sealer: Sealer, model: StoredModel | None,
                       now: Callable[[], datetime]) -> tuple[int, int]:
     for _ in range(MAX_ATTEMPTS):
         if model is None:

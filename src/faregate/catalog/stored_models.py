@@ -23,7 +23,7 @@ from faregate.config import Deployment, deployment_from_entry
 from faregate.errors import ConfigError, InvalidRequest, NotFound
 from faregate.money import FEMTOS_PER_DOLLAR
 from faregate.records import StoredModel
-from faregate.storage.database import DuplicateModelId, SqlStorage
+from faregate.storage.protocols import DuplicateModelId, ModelStore
 
 log = logging.getLogger("faregate.models")
 
@@ -46,7 +46,7 @@ def redacted(params: dict[str, Any]) -> dict[str, Any]:
 
 
 class ModelCatalog:
-    def __init__(self, storage: SqlStorage, sealer: Sealer, router: Router,
+    def __init__(self, storage: ModelStore, sealer: Sealer, router: Router,
                  config_deployments: Sequence[Deployment], now: Callable[[], datetime],
                  poll_interval_s: float) -> None:
         self._storage = storage

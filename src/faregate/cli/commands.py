@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import uvicorn
@@ -30,6 +30,7 @@ from faregate.mocks import anthropic_server as mock_anthropic
 from faregate.mocks import openai_server as mock
 from faregate.observe import logs
 from faregate.storage import migrate
+from faregate.storage.database import SqlStorage
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
               f"faregate: master key from {settings.master_key_source}", flush=True)
         sockets = [_reuse_port_socket(args.host, args.port)] if args.reuse_port else None
         server = _DrainingServer(uvicorn.Config(
-            Faregate(settings), host=args.host, port=args.port, loop="uvloop",
+            Faregate.from_settings(settings), host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
             log_config=None,            # uvicorn's own lines go through our formatter too
             proxy_headers=False,
@@ -145,14 +146,24 @@ def _rotate_salt_key(args: argparse.Namespace) -> int:
     old = [k for k in (current, *previous) if k is not None]
     url = config.load_database_url(os.environ, args.config)
     try:
-        summary = asyncio.run(rotation.rotate_database(url, Sealer(new, old),
-                                                       lambda: datetime.now(UTC)))
+        summary = asyncio.run(_rotate_database(url, Sealer(new, old),
+                                               lambda: datetime.now(UTC)))
     except SealingError as exc:
         print(f"faregate: {exc}", file=sys.stderr)
         return 1
     for line in summary.lines():
         print(f"faregate: {line}", flush=True)
     return 1 if summary.failed else 0
+
+
+async def _rotate_database(database_url: str, sealer: Sealer, now: Callable[[], datetime]
+                           ) -> rotation.RotationSummary:
+    """Rotate the stored models of the database at this URL."""
+    storage = SqlStorage.from_url(database_url)
+    try:
+        return await rotation.rotate(storage, sealer, now)
+    finally:
+        await storage.close()
 
 
 def _admission_mode(settings: config.Settings) -> str:

@@ -19,7 +19,7 @@ from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, new_key
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
-from faregate.storage.database import DuplicateAlias, SqlStorage
+from faregate.storage.protocols import DuplicateAlias, KeyStore
 
 KeyChanged = Callable[[KeyRecord | None, str], Awaitable[None]]
 
@@ -44,7 +44,7 @@ class KeySettings:
 
 
 class KeyAdmin:
-    def __init__(self, storage: SqlStorage, directory: KeyDirectory, budgets: Admission,
+    def __init__(self, storage: KeyStore, directory: KeyDirectory, budgets: Admission,
                  now: Callable[[], datetime], models: Callable[[], Collection[str]],
                  on_change: KeyChanged | None = None) -> None:
         self._storage = storage

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from faregate.errors import ServiceUnavailable
 from faregate.records import KeyRecord
-from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
+from faregate.storage.protocols import KeyStore
 
 _NEGATIVE_TTL_S = 2.0
 _OUTAGE_RECHECK_S = 5.0      # during an outage, how often a cached key tries the database
@@ -26,7 +26,7 @@ class KeyDirectory:
     """With a version source (Redis mode), each entry remembers the key's version as it was
     read *before* the row, so shared admission can tell a stale entry from a fresh one."""
 
-    def __init__(self, storage: SqlStorage, clock: Callable[[], float], ttl_s: float,
+    def __init__(self, storage: KeyStore, clock: Callable[[], float], ttl_s: float,
                  versions: VersionSource | None = None,
                  health: DatabaseHealth | None = None) -> None:
         self._storage = storage

@@ -18,8 +18,8 @@ from datetime import datetime
 
 from faregate.records import SpendRow
 from faregate.spend.journal import Segment, SpendJournal
-from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
+from faregate.storage.protocols import SpendStore
 
 log = logging.getLogger("faregate.ledger")
 
@@ -31,7 +31,7 @@ _RETRY_MAX_S = 5.0
 
 
 class LedgerWriter:
-    def __init__(self, storage: SqlStorage, flush_interval_s: float, journal: SpendJournal,
+    def __init__(self, storage: SpendStore, flush_interval_s: float, journal: SpendJournal,
                  health: DatabaseHealth | None = None) -> None:
         self._storage = storage
         self._interval = flush_interval_s

@@ -1,5 +1,8 @@
 """SqlStorage: every query the gateway makes, one method each, on SQLite or Postgres.
 
+It implements every Protocol in storage/protocols.py (KeyStore, SpendStore, ModelStore,
+HealthProbe, Storage); the errors and SpendQuery are defined there and re-exported here.
+
 Values are always bound parameters. Spend rows are written with their key's aggregate in one
 transaction, and idempotently (a request id already present is skipped), so a key's spend is
 always the sum of its rows, even when a batch is retried.
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from faregate.records import KeyRecord, SpendRow, StoredModel
+from faregate.storage.protocols import DuplicateAlias as DuplicateAlias
+from faregate.storage.protocols import DuplicateModelId as DuplicateModelId
+from faregate.storage.protocols import SpendQuery as SpendQuery
 from faregate.storage.schema import keys, models, spend_logs
 
 
@@ -56,16 +61,6 @@ def create_engine(url: str) -> AsyncEngine:
 
         return engine
     return create_async_engine(sa_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
-
-
-@dataclass(frozen=True)
-class SpendQuery:
-    api_key: str | None = None
-    request_id: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-    page: int = 1
-    page_size: int = 100
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -113,14 +108,6 @@ def _key_values(record: KeyRecord) -> dict[str, Any]:
     }
 
 
-class DuplicateAlias(Exception):
-    pass
-
-
-class DuplicateModelId(Exception):
-    pass
-
-
 def _model_from_row(row: Any) -> StoredModel:
     return StoredModel(id=row.id, model_name=row.model_name,
                        litellm_params=orjson.loads(row.litellm_params),
@@ -134,6 +121,8 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 class SqlStorage:
+    """Storage on SQLAlchemy's async engine (Postgres or SQLite)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import sqlalchemy.exc
 
-from faregate.storage.database import SqlStorage
+from faregate.storage.protocols import HealthProbe
 
 log = logging.getLogger("faregate.database")
 
@@ -35,7 +35,7 @@ def is_outage(exc: BaseException) -> bool:
 
 
 class DatabaseHealth:
-    def __init__(self, storage: SqlStorage, clock: Callable[[], float],
+    def __init__(self, storage: HealthProbe, clock: Callable[[], float],
                  serve_while_down: bool) -> None:
         self._storage = storage
         self._clock = clock
