@@ -31,6 +31,7 @@ from faregate.mocks import openai_server as mock
 from faregate.observe import logs
 from faregate.storage import migrate
 from faregate.storage.database import SqlStorage
+from faregate.storage.health import is_outage, outage_reason
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,10 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and settings.demo_mock:
         raise ConfigError("--workers > 1 needs a --config; the demo runs one worker")
     if not args.no_migrate:
-        if settings.disable_schema_update:
-            migrate.require_current(settings.database_url)
-        else:
-            migrate.upgrade(settings.database_url)
+        _migrate_once_reachable(settings)
     if args.workers > 1:
         return _supervise(args)
     with _demo_upstream(settings) as settings:
@@ -137,6 +135,31 @@ def _serve(args: argparse.Namespace) -> int:
         ))
         server.run(sockets=sockets)
     return 0 if server.started else 1
+
+
+_START_RETRY_MAX_S = 30.0
+
+
+def _migrate_once_reachable(settings: config.Settings) -> None:
+    """Migrate (or check the schema) at start; while the database cannot serve (down, starting,
+    refusing connections, out of connections), say so in one line and retry with backoff, 1 s
+    doubling to 30 s, until it can or the process is stopped (SIGTERM, SIGINT)."""
+    delay = 1.0
+    while True:
+        try:
+            if settings.disable_schema_update:
+                migrate.require_current(settings.database_url)
+            else:
+                migrate.upgrade(settings.database_url)
+            return
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            print(f"faregate: database {_redacted(settings.database_url)} cannot serve yet "
+                  f"({outage_reason(exc)}); retrying in {delay:.0f}s", file=sys.stderr,
+                  flush=True)
+        time.sleep(delay)
+        delay = min(delay * 2, _START_RETRY_MAX_S)
 
 
 def _rotate_salt_key(args: argparse.Namespace) -> int:
