@@ -110,7 +110,9 @@ class Faregate:
         self._routes["GET", "/metrics"] = MetricsRoute(
             self.metrics, self.auth if settings.metrics_require_auth else None)
         self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,
-                                         self.router.health).routes)
+                                         self.router.health,
+                                         lambda: (self.models.unopened, self.models.kept)
+                                         ).routes)
         self.admin = build_admin_app(self.auth, self.keys, self.storage)
         # Models kept in the database join the config's in the Router, credentials opened
         # only in memory; /model/* manage them.

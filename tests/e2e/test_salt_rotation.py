@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,56 @@ def test_a_gateway_without_the_sealing_key_says_which_setting_to_fix(
         capture_output=True, text=True, timeout=60)
     assert rotate.returncode == 1 and "1 models failed" in rotate.stdout, rotate.stdout
     assert OLD not in rotate.stdout + rotate.stderr and NEW not in rotate.stdout + rotate.stderr
+
+
+def readiness(gw: ServedGateway) -> httpx.Response:
+    return httpx.get(gw.base_url + "/health/readiness", timeout=30)
+
+
+def test_a_replica_without_the_new_key_keeps_serving_from_memory_and_a_restart_is_not_ready(
+        tmp_path: Path, pg_url: str, mock_upstream: str, keyed_upstream: str) -> None:
+    """Rotated to NEW while a replica holding only OLD runs: it keeps serving the models with
+    the credentials it opened before (and says so in readiness); restarted with only OLD it
+    cannot open them, and readiness refuses instead of starting 'healthy'."""
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["general_settings"]["stored_models_poll_interval_s"] = POLL_S
+    cfg.write_text(yaml.safe_dump(raw))
+    base_env = {**os.environ, **env_for(pg_url, tmp_path)}
+    for name in ("FAREGATE_SALT_KEY", "LITELLM_SALT_KEY", "FAREGATE_SALT_KEY_PREVIOUS",
+                 "FAREGATE_NEW_SALT_KEY"):
+        base_env.pop(name, None)
+    gw = start_gateway(tmp_path, {**base_env, "FAREGATE_SALT_KEY": OLD}, ["--config", str(cfg)])
+    try:
+        resp = admin(gw, "/model/new", {"model_name": "stored-0", "litellm_params": {
+            "model": "openai/m", "api_base": keyed_upstream, "api_key": UPSTREAM_KEY,
+            "input_cost_per_token": 0, "output_cost_per_token": 0}})
+        assert resp.status_code == 200, resp.text
+        key = admin(gw, "/key/generate", {"models": []}).json()["key"]
+        assert chat(gw, key, "stored-0") == 200
+        rotate = subprocess.run(
+            [sys.executable, "-m", "faregate", "rotate-salt-key", "--config", str(cfg)],
+            env={**base_env, "FAREGATE_SALT_KEY": OLD, "FAREGATE_NEW_SALT_KEY": NEW},
+            capture_output=True, text=True, timeout=60)
+        assert rotate.returncode == 0, rotate.stdout + rotate.stderr
+        deadline = time.monotonic() + 30
+        while "cannot be opened any more" not in gw.output():   # the next poll read it
+            assert time.monotonic() < deadline, gw.output()[-2000:]
+            time.sleep(POLL_S)
+        assert [chat(gw, key, "stored-0") for _ in range(5)] == [200] * 5
+        ready = readiness(gw)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["stored_models_kept_from_memory"] == list(
+            ready.json()["stored_models_unopened"])
+    finally:
+        stop(gw.proc)
+    gw = start_gateway(tmp_path, {**base_env, "FAREGATE_SALT_KEY": OLD}, ["--config", str(cfg)])
+    try:
+        ready = readiness(gw)
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["status"] == "unhealthy"
+        assert len(ready.json()["stored_models_unopened"]) == 1
+        assert ready.json()["stored_models_kept_from_memory"] == []
+        assert OLD not in ready.text and NEW not in ready.text and UPSTREAM_KEY not in ready.text
+    finally:
+        stop(gw.proc)

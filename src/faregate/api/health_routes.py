@@ -12,7 +12,7 @@ no upstream is called (LiteLLM's /health calls every model; a probe must not spe
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -34,8 +34,11 @@ _ALIVE = b'"I\'m alive!"'
 
 class HealthRoutes:
     def __init__(self, database: DatabaseHealth, ledger: LedgerWriter, auth: Authenticator,
-                 deployments: Callable[[], Iterable[DeploymentHealth]]) -> None:
+                 deployments: Callable[[], Iterable[DeploymentHealth]],
+                 sealed: Callable[[], tuple[Mapping[str, str], Collection[str]]],
+                 ) -> None:
         self._database = database
+        self._sealed = sealed           # (stored models not opened: id -> why, those kept)
         self._ledger = ledger
         self._auth = auth
         self._deployments = deployments
@@ -57,9 +60,19 @@ class HealthRoutes:
             status, code = "degraded", 200
         else:
             status, code = "unhealthy", 503
-        body = {"status": status, "db": "connected" if up else "disconnected",
-                "spend_rows_waiting": self._ledger.pending,
-                "allow_requests_on_db_unavailable": self._database.serve_while_down}
+        body: dict[str, Any] = {
+            "status": status, "db": "connected" if up else "disconnected",
+            "spend_rows_waiting": self._ledger.pending,
+            "allow_requests_on_db_unavailable": self._database.serve_while_down}
+        unopened, kept = self._sealed()
+        if unopened:
+            # A sealed model this process cannot open is a model it would answer 400 for:
+            # not ready, unless it still serves the credential it opened before (say so).
+            body["stored_models_unopened"] = dict(unopened)
+            body["stored_models_kept_from_memory"] = sorted(kept)
+            if set(unopened) - set(kept):
+                status, code = "unhealthy", 503
+                body["status"] = status
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)
 
     async def _per_deployment(self, scope: Scope, receive: Any, send: Any) -> None:

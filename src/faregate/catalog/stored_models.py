@@ -56,6 +56,11 @@ class ModelCatalog:
         self._now = now
         self._poll_interval_s = poll_interval_s
         self._stored: list[StoredModel] = []
+        self._opened: dict[str, Deployment] = {}    # stored model id -> its last opening
+        # Stored models this process cannot open (id -> why), and of those the ones it still
+        # serves with the credential it opened before (a salt-key rotation it lacks the key of).
+        self.unopened: dict[str, str] = {}
+        self.kept: set[str] = set()
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
 
@@ -71,14 +76,32 @@ class ModelCatalog:
             self._router.replace([*self._config, *self._open_all(stored)])
 
     def _open_all(self, stored: list[StoredModel]) -> list[Deployment]:
-        out = []
+        out, opened, unopened, kept = [], {}, {}, set()
         for model in stored:
             try:
-                out.append(self._deployment(model))
-            except (SealingError, ConfigError) as exc:
-                # One unreadable row must not take the other models down; say which and why.
+                deployment = self._deployment(model)
+            except SealingError as exc:
+                unopened[model.id] = str(exc)
+                previous = self._opened.get(model.id)
+                if previous is None:
+                    # One unreadable row must not take the other models down; say which, why.
+                    log.error("stored model %s (%s) is not served: %s", model.id,
+                              model.model_name, exc)
+                    continue
+                # Resealed under a key this process lacks: the credential it opened before
+                # still works; keep serving it, loudly, rather than drop a live model.
+                log.error("stored model %s (%s) cannot be opened any more (%s); still serving "
+                          "it with the credential opened before. Give this replica the new "
+                          "FAREGATE_SALT_KEY and restart it", model.id, model.model_name, exc)
+                deployment = previous
+                kept.add(model.id)
+            except ConfigError as exc:
                 log.error("stored model %s (%s) is not served: %s", model.id, model.model_name,
                           exc)
+                continue
+            opened[model.id] = deployment
+            out.append(deployment)
+        self._opened, self.unopened, self.kept = opened, unopened, kept
         return out
 
     def _deployment(self, model: StoredModel) -> Deployment:
