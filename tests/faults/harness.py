@@ -16,8 +16,10 @@ from typing import Any
 import asyncpg
 import httpx
 import orjson
+from support import MASTER_KEY
 
 from faregate.keys.tokens import hash_key
+from faregate.money import NANOS_PER_DOLLAR
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Outcome:
     chunks: int = 0                 # stream events received
     finished: bool = False          # a stream that reached [DONE]
     at: float = 0.0                 # monotonic time it ended
+    usage: tuple[int, int] | None = None   # (prompt, completion) tokens the client was told
 
 
 @dataclass
@@ -75,7 +78,10 @@ async def _one(http: httpx.AsyncClient, body: dict[str, Any],
     try:
         if not body.get("stream"):
             resp = await http.post("/v1/chat/completions", json=body)
-            return Outcome(resp.status_code, resp.headers.get("x-request-id"))
+            outcome = Outcome(resp.status_code, resp.headers.get("x-request-id"))
+            if resp.status_code == 200:
+                outcome.usage = _usage(orjson.loads(resp.content).get("usage"))
+            return outcome
         async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
             outcome = Outcome(resp.status_code, resp.headers.get("x-request-id"))
             if resp.status_code != 200:
@@ -98,6 +104,8 @@ async def _read_events(resp: httpx.Response, outcome: Outcome,
             elif line.startswith("data: {"):
                 if '"error"' in line:
                     outcome.status = "error event"
+                elif '"usage":{' in line.replace(" ", ""):
+                    outcome.usage = _usage(orjson.loads(line[6:]).get("usage"))
                 outcome.chunks += 1
                 if leave_after_chunks is not None and outcome.chunks >= leave_after_chunks:
                     outcome.status = "client left"
@@ -106,28 +114,82 @@ async def _read_events(resp: httpx.Response, outcome: Outcome,
             outcome.status = "stream cut"
 
 
+def _usage(usage: Any) -> tuple[int, int] | None:
+    if not isinstance(usage, dict):
+        return None
+    return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+
+
 @dataclass(frozen=True)
 class Ledger:
     rows: dict[str, tuple[int, str, int]]    # request id -> (spend nanos, status, output)
     key_spend: int
+    max_budget: int | None = None            # the key's budget (nanos), None = unlimited
+    tokens: dict[str, tuple[int, int]] = field(default_factory=dict)  # id -> (prompt, output)
+    info_spend: int | None = None            # /key/info's total_spend (nanos), when read
 
     @property
     def spend_sum(self) -> int:
         return sum(spend for spend, _, _ in self.rows.values())
 
 
-async def read_ledger(database_url: str, key: str) -> Ledger:
+async def read_ledger(database_url: str, key: str, base_url: str | None = None) -> Ledger:
+    """The key's rows and spend as the database holds them; with the gateway's `base_url`,
+    also what its /key/info says the key spent."""
     token = hash_key(key)
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT request_id, spend_nanos, status, completion_tokens "
-                                "FROM faregate_spend_logs WHERE api_key = $1", token)
-        key_spend = await conn.fetchval("SELECT spend_nanos FROM faregate_keys WHERE token = $1",
-                                        token)
+        rows = await conn.fetch("SELECT request_id, spend_nanos, status, prompt_tokens, "
+                                "completion_tokens FROM faregate_spend_logs WHERE api_key = $1",
+                                token)
+        key_row = await conn.fetchrow("SELECT spend_nanos, max_budget_nanos FROM faregate_keys "
+                                      "WHERE token = $1", token)
     finally:
         await conn.close()
     return Ledger({r["request_id"]: (r["spend_nanos"], r["status"], r["completion_tokens"])
-                   for r in rows}, key_spend)
+                   for r in rows}, key_row["spend_nanos"], key_row["max_budget_nanos"],
+                  {r["request_id"]: (r["prompt_tokens"], r["completion_tokens"]) for r in rows},
+                  await key_info_spend(base_url, key) if base_url else None)
+
+
+async def key_info_spend(base_url: str, key: str) -> int:
+    """The key's lifetime spend as the gateway reports it (/key/info), in nanos."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+        resp = await http.get("/key/info", params={"key": key},
+                              headers={"Authorization": f"Bearer {MASTER_KEY}"})
+    assert resp.status_code == 200, resp.text
+    return round(resp.json()["info"]["total_spend"] * NANOS_PER_DOLLAR)
+
+
+def check_and_record(table: FaultTable, scenario: str, load: Load, ledger: Ledger,
+                     expected: set[str], note: str = "", *,
+                     allowed_5xx: frozenset[int] = frozenset({503})) -> None:
+    """Add the scenario's line to the table, then hold it to what every fault must keep:
+    every request in `expected` has its row and none has two; the key's spend is the sum of
+    its rows (and /key/info says the same, when it was read); spend never passes the budget; every
+    served answer was charged for the tokens the client was told; and no 5xx other than the
+    scenario's documented ones (503 by default)."""
+    table.add(TableLine(scenario, len(load.outcomes), len(load.served), load.failures(),
+                        len(expected), len(ledger.rows), ledger.key_spend == ledger.spend_sum,
+                        note))
+    missing = expected - set(ledger.rows)
+    assert not missing, f"{scenario}: {len(missing)} spend rows lost"
+    assert ledger.key_spend == ledger.spend_sum, f"{scenario}: key spend != ledger sum"
+    assert len(ledger.rows) <= len(load.outcomes), f"{scenario}: more rows than requests"
+    if ledger.info_spend is not None:
+        assert ledger.info_spend == ledger.spend_sum, \
+            f"{scenario}: /key/info says {ledger.info_spend} nanos, ledger {ledger.spend_sum}"
+    if ledger.max_budget is not None:
+        assert ledger.key_spend <= ledger.max_budget, \
+            f"{scenario}: spend {ledger.key_spend} passed the budget {ledger.max_budget}"
+    for outcome in load.served:
+        if outcome.usage is not None and outcome.request_id in ledger.tokens:
+            assert ledger.tokens[outcome.request_id] == outcome.usage, \
+                f"{scenario}: {outcome.request_id} charged {ledger.tokens[outcome.request_id]}" \
+                f" tokens, the client was told {outcome.usage}"
+    server_errors = {o.status for o in load.outcomes
+                     if isinstance(o.status, int) and o.status >= 500} - allowed_5xx
+    assert not server_errors, f"{scenario}: undocumented 5xx {sorted(server_errors)}"
 
 
 async def wait_until_written(base_url: str, timeout_s: float = 60.0) -> dict[str, Any]:

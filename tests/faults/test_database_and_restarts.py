@@ -19,7 +19,7 @@ from faults.harness import (
     FaultTable,
     Ledger,
     Load,
-    TableLine,
+    check_and_record,
     drive,
     read_ledger,
     wait_until_written,
@@ -30,17 +30,6 @@ from support import MASTER_KEY, chat, stop
 from faregate.cli.commands import WORKER_MIN_LIFE_S
 
 OUTAGE_S = 10.0
-
-
-def check_and_record(table: FaultTable, scenario: str, load: Load, ledger: Ledger,
-                     expected: set[str], note: str = "") -> None:
-    table.add(TableLine(scenario, len(load.outcomes), len(load.served),
-                                 load.failures(), len(expected), len(ledger.rows),
-                                 ledger.key_spend == ledger.spend_sum, note))
-    missing = expected - set(ledger.rows)
-    assert not missing, f"{scenario}: {len(missing)} spend rows lost"
-    assert ledger.key_spend == ledger.spend_sum, f"{scenario}: key spend != ledger sum"
-    assert len(ledger.rows) <= len(load.outcomes), f"{scenario}: more rows than requests"
 
 
 async def outage_during_load(pg: PrivatePostgres, gw: ServedGateway, key: str, n: int,
@@ -77,7 +66,7 @@ def test_postgres_stopped_for_10s_mid_load_serves_known_keys_and_loses_no_row(
             load, down_at, up_at, seen = await outage_during_load(private_pg, gw, key, 900,
                                                                   pace_s=0.06)
             await wait_until_written(gw.base_url)
-            return load, await read_ledger(db, key), down_at, up_at, seen
+            return load, await read_ledger(db, key, gw.base_url), down_at, up_at, seen
 
         load, ledger, down_at, up_at, seen = asyncio.run(scenario())
     finally:
@@ -107,7 +96,8 @@ def test_postgres_stopped_without_the_setting_refuses_fast_with_503(
             after = await drive(gw.base_url, key, [chat("after")], 1)  # ... and so is service
             assert after.failures() == {}
             await wait_until_written(gw.base_url)
-            return Load(load.outcomes + after.outcomes), await read_ledger(db, key), seen
+            return (Load(load.outcomes + after.outcomes), await read_ledger(db, key, gw.base_url),
+                    seen)
 
         load, ledger, seen = asyncio.run(scenario())
     finally:
@@ -181,7 +171,7 @@ def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
     restarted = start(tmp_path, db, models)
     try:
         asyncio.run(wait_until_written(restarted.base_url))
-        ledger = asyncio.run(read_ledger(db, key))
+        ledger = asyncio.run(read_ledger(db, key, restarted.base_url))
         replayed = re.search(r"replaying (\d+) spend rows", restarted.output())
     finally:
         stop(restarted.proc)

@@ -20,8 +20,14 @@ import httpx
 import pytest
 import yaml
 from faults.conftest import model, new_key, start
-from faults.harness import FaultTable, Load, drive, read_ledger, wait_until_written
-from faults.test_database_and_restarts import check_and_record
+from faults.harness import (
+    FaultTable,
+    Load,
+    check_and_record,
+    drive,
+    read_ledger,
+    wait_until_written,
+)
 from support import (
     MASTER_KEY,
     PG_ADMIN_URL,
