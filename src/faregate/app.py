@@ -16,6 +16,7 @@ from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Admission
 from faregate.admission.local import LocalAdmission
 from faregate.admission.shared import RedisAdmission
+from faregate.admission.sole import SoleAdmission
 from faregate.api.admin_routes import build_admin_app
 from faregate.api.anthropic_routes import AnthropicRoutes
 from faregate.api.health_routes import HealthRoutes
@@ -35,12 +36,14 @@ from faregate.providers.anthropic import AnthropicClient
 from faregate.providers.base import pooled_session
 from faregate.providers.clients import ProviderClients
 from faregate.providers.openai_compat import OpenAICompatible
+from faregate.spend.checkpoints import StreamCheckpoints
 from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound
 from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
 from faregate.storage.protocols import Storage
+from faregate.storage.replicas import ReplicaHeartbeat
 
 log = logging.getLogger("faregate")
 
@@ -84,7 +87,9 @@ class Faregate:
             self.redis = RedisAdmission(settings.redis_url, self.storage.get_key,
                                         self.ledger.record_period, BUDGET_WAIT_S,
                                         settings.redis_failure_mode, local, settings.replicas)
-        self.admission: Admission = self.redis or local
+        # Processes on one database find each other; without Redis only one may admit.
+        self.replicas = ReplicaHeartbeat(self.storage, self.redis is not None, monotonic)
+        self.admission: Admission = self.redis or SoleAdmission(local, self.replicas)
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
                                       self.redis.version if self.redis else None,
                                       self.db_health)
@@ -96,8 +101,10 @@ class Faregate:
                                          "anthropic": AnthropicClient()})
         self.router = Router(settings.deployments, settings.router_settings,
                              monotonic=monotonic, rng=rng)
+        # Open streams' progress on disk: a crash still charges what they delivered.
+        self.checkpoints = StreamCheckpoints(settings.spend_buffer_dir, now)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
-                               self.upstream, self.ledger, now)
+                               self.upstream, self.ledger, self.checkpoints, now)
         pings: dict[str, Callable[[], Awaitable[object]]] = {"database": self._ping_database}
         if self.redis is not None:
             pings["redis"] = self.redis.client.ping
@@ -110,7 +117,7 @@ class Faregate:
         self._routes["GET", "/metrics"] = MetricsRoute(
             self.metrics, self.auth if settings.metrics_require_auth else None)
         self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,
-                                         self.router.health,
+                                         self.router.health, self.replicas,
                                          lambda: (self.models.unopened, self.models.kept)
                                          ).routes)
         self.admin = build_admin_app(self.auth, self.keys, self.storage)
@@ -140,16 +147,25 @@ class Faregate:
     async def startup(self) -> None:
         self.upstream.open(pooled_session())    # one pool for every provider's client
         await self.ledger.start()       # replays spend rows a crashed process left on disk
+        self.checkpoints.start()
         self.db_health.start()
         await self.models.start()
+        await self.replicas.start()     # registers; alone, it admits from the first request
         # Everything allocated so far (modules, the app) lives as long as the process: keep it
         # out of the cyclic GC's scans, whose full passes otherwise stall requests for ms.
         gc.freeze()
 
+    async def begin_drain(self) -> None:
+        """The start of a SIGTERM drain: leave the replicas table first, so that a process
+        waiting for this one (a rolling deploy's new pod) admits at once."""
+        await self.replicas.leave()
+
     async def shutdown(self) -> None:
         """Flush every spend row, then let go of connections."""
+        await self.replicas.leave()
         await self.models.close()
         await self.db_health.stop()
+        await self.checkpoints.close()
         try:
             await self.ledger.close(retry_s=SHUTDOWN_FLUSH_RETRY_S)
         except Exception as exc:

@@ -41,6 +41,7 @@ from faregate.keys.auth import Authenticator, Caller
 from faregate.observe.trace import RequestTrace
 from faregate.providers.base import UpstreamClient
 from faregate.records import SpendRow
+from faregate.spend.checkpoints import INTERRUPTED, OpenStream, StreamCheckpoints
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
 from faregate.wire.openai_request import CallType, ParsedRequest, parse
@@ -57,13 +58,15 @@ _ADMISSION_ATTEMPTS = 3
 class Gateway:
     def __init__(self, router: Router, auth: Authenticator,
                  admission: Admission, bound: PromptBound, upstream: UpstreamClient,
-                 ledger: LedgerWriter, now: Callable[[], datetime]) -> None:
+                 ledger: LedgerWriter, checkpoints: StreamCheckpoints,
+                 now: Callable[[], datetime]) -> None:
         self._router = router
         self._auth = auth
         self._admission = admission
         self._bound = bound
         self._upstream = upstream
         self._ledger = ledger
+        self._checkpoints = checkpoints
         self._now = now
         self._retries = Retries(router, self)
         # Unique across processes and restarts (the ledger is idempotent by request id), and
@@ -174,23 +177,35 @@ class Gateway:
         await self._settle_reply(call, reply.usage)
         return Reply(reply.body, headers)
 
-    async def finish(self, call: Call, prompt: int, completion: int, status: str) -> None:
-        """Settle once: the ledger row and the admission's real cost."""
+    async def finish(self, call: Call, prompt: int, completion: int, status: str,
+                     stream: OpenStream | None = None) -> None:
+        """Settle once: the ledger row and the admission's real cost. A relayed `stream`'s
+        checkpoints end with its row."""
         if call.settled:
+            if stream is not None:
+                self._checkpoints.closed(stream)
             return
         call.settled = True
-        d = call.deployment
-        spend = cost(d, prompt, completion, call.cache_read, call.cache_write)
-        self._ledger.record(SpendRow(
-            request_id=call.ask.request_id, api_key=call.caller.key.token,
-            key_alias=call.caller.key.key_alias, model=d.model_name,
-            upstream=f"{d.shown_base}#{d.upstream_model}", call_type=call.request.call_type.value,
-            prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
-            start_time=call.ask.started, end_time=self._now(), status=status))
+        spend = cost(call.deployment, prompt, completion, call.cache_read, call.cache_write)
+        self._ledger.record(self._row(call, prompt, completion, spend, status))
+        if stream is not None:
+            # Right after the row, no await between: a crash in between leaves both on disk,
+            # and the ledger writes the dead process's journal (this row) first.
+            self._checkpoints.closed(stream)
         trace = call.ask.trace
         trace.prompt_tokens, trace.completion_tokens = prompt, completion
         trace.spend_nanos, trace.outcome = spend, status
         await self._admission.settle(call.admitted, spend, prompt + completion)
+
+    def _row(self, call: Call, prompt: int, completion: int, spend: int,
+             status: str) -> SpendRow:
+        d = call.deployment
+        return SpendRow(
+            request_id=call.ask.request_id, api_key=call.caller.key.token,
+            key_alias=call.caller.key.key_alias, model=d.model_name,
+            upstream=f"{d.shown_base}#{d.upstream_model}", call_type=call.request.call_type.value,
+            prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
+            start_time=call.ask.started, end_time=self._now(), status=status)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
@@ -305,14 +320,22 @@ class Gateway:
 
     async def _relay(self, call: Call, first: bytes | None,
                      blocks: AsyncGenerator[bytes, None]) -> AsyncGenerator[bytes, None]:
-        """Pass a stream through, read its usage, and settle whatever way it ends."""
+        """Pass a stream through, read its usage, and settle whatever way it ends. What it has
+        delivered is checkpointed on the way (spend/checkpoints.py), so that a crash before
+        its row leaves it charged."""
         meter = StreamMeter(call.request.usage_requested,
                             anthropic_events=call.request.call_type is CallType.MESSAGES)
+        # Charged as if cut now: the prompt at its bound, the chunks delivered so far.
+        stream = self._checkpoints.open(self._row(call, call.prompt_bound, 0, 0, INTERRUPTED),
+                                        call.deployment)
         try:
             if first is not None:
                 yield meter.pass_on(first)
+                # Back here, the edge has handed the previous block to the client's socket.
+                stream.reached(meter.produced)
                 async for block in blocks:
                     yield meter.pass_on(block)
+                    stream.reached(meter.produced)
         except GatewayError as exc:
             if isinstance(exc, UpstreamError):
                 self._router.failed(call.deployment, exc)     # counts towards its cooldown
@@ -338,4 +361,4 @@ class Gateway:
             else:
                 prompt, completion = 0, 0
                 status = "success" if meter.done else "failure"
-            await self.finish(call, prompt, completion, status)
+            await self.finish(call, prompt, completion, status, stream)
