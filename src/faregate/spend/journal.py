@@ -7,18 +7,21 @@ database has committed every row in it; rows are idempotent by request id, so re
 segment that was partly written before is harmless.
 
 Segments are locked (flock) by the process that owns them, so several workers or replicas can
-share a directory: a starting process adopts only the segments whose owner has died.
+share a directory: a process adopts only the segments whose owner has died (at start, and every
+few seconds while it runs: a predecessor may still be shutting down when it starts).
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -39,6 +42,7 @@ class Segment:
     rows: list[SpendRow] | None   # in memory when known; None = read it back from disk
     written: int = 0              # rows already committed to the database
     synced: bool = False
+    adopted: bool = False         # left by another process: its keys are held until written
 
     def read(self) -> list[SpendRow]:
         """The rows (blocking when they must be read back from disk)."""
@@ -76,6 +80,17 @@ class SpendJournal:
     def unsealed(self) -> int:
         return len(self._rows)
 
+    def write_segment(self, rows: list[SpendRow]) -> Segment:
+        """A new segment holding `rows` (another process's, handed over), fsync'd before this
+        returns: from then on they are this journal's to write (blocking: call from a thread)."""
+        self._seq += 1
+        path = self._dir / f"{self._prefix}-{self._seq:08d}{_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, b"".join(_encode(row) for row in rows))
+        os.fsync(fd)
+        return Segment(path, fd, rows, synced=True, adopted=True)
+
     def seal(self) -> Segment | None:
         """Close the current segment to appends and start a new one; None if it is empty.
 
@@ -110,7 +125,7 @@ class SpendJournal:
             if not path.exists():            # finished by its adopter between glob and lock
                 os.close(fd)
                 continue
-            orphans.append(Segment(path, fd, None))
+            orphans.append(Segment(path, fd, None, adopted=True))
         return orphans
 
     @staticmethod
@@ -151,20 +166,36 @@ def _age(path: Path) -> tuple[float, str]:
 
 
 def _encode(row: SpendRow) -> bytes:
-    return orjson.dumps([getattr(row, name) for name in _FIELDS],
-                        option=orjson.OPT_APPEND_NEWLINE)
+    values = [getattr(row, name) for name in _FIELDS]
+    try:
+        return orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        # Text orjson will not encode (a lone surrogate): the row must still be kept, to be
+        # charged or dead-lettered; the standard library escapes it and reads it back as it was.
+        return json.dumps([v.isoformat() if isinstance(v, datetime) else v
+                           for v in values]).encode() + b"\n"
+
+
+def _loads(line: bytes) -> list[Any]:
+    try:
+        values = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        values = json.loads(line)           # written by the fallback in _encode
+    if not isinstance(values, list):
+        raise ValueError("not a row")
+    return values
 
 
 def _decode_lines(path: Path) -> Iterator[SpendRow]:
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
             try:
-                values = orjson.loads(line)
+                values = _loads(line)
                 fields = dict(zip(_FIELDS, values, strict=True))
                 fields["start_time"] = datetime.fromisoformat(fields["start_time"])
                 fields["end_time"] = datetime.fromisoformat(fields["end_time"])
                 yield SpendRow(**fields)
-            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            except (ValueError, TypeError) as exc:
                 # Only a line cut by a crash mid-write (or a full disk) can be unreadable.
                 log.error("spend journal %s line %d is unreadable (%s); skipped", path.name,
                           number, exc)

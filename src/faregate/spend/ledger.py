@@ -4,8 +4,18 @@
 the request path never waits on the database. One task owns the writing: every flush interval
 it seals the journal's current segment and writes its rows; a segment is deleted once the
 database has them all. When the database is down, segments stay on disk (fsync'd every
-interval) and are written when it is back; after a crash the next start adopts them. Rows are
-idempotent by request id, so a replay never counts a row twice.
+interval) and are written when it is back. Rows are idempotent by request id, so a replay never
+counts a row twice.
+
+Rows other processes left behind are adopted at start and every ORPHAN_SCAN_S while running: the
+journal's orphaned segments, then what each orphan source hands over (stream checkpoints). Until
+they are in the database their keys are held (spend/holds.py): nothing reads those keys' spend
+to admit against them.
+
+A row the database refuses for its content (a NUL in a text column, ...) is found by halving
+the batch, set aside in the dead-letter file with a storable copy written in its place
+(spend/dead_letters.py), and the rest are written: one row never holds back the others.
+Outages are retried, in order.
 """
 
 from __future__ import annotations
@@ -14,42 +24,63 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 
 from faregate.records import SpendRow
+from faregate.spend.dead_letters import DeadLetter, DeadLetters, storable
+from faregate.spend.holds import KeyHolds, count_by_key
 from faregate.spend.journal import Segment, SpendJournal
-from faregate.storage.health import DatabaseHealth, is_outage
-from faregate.storage.protocols import SpendStore
+from faregate.storage.health import DatabaseHealth, is_outage, outage_reason, sqlstate
+from faregate.storage.protocols import SpendStore, SpendWritten
+from faregate.storage.rejected_rows import is_rejected_content
 
 log = logging.getLogger("faregate.ledger")
 
+# Rows recorded since the last write that wake the writer before its interval is up.
 MAX_BATCH = 500
+# Rows per transaction: one commit (one fsync on SQLite) and one round trip per this many.
+WRITE_BATCH = 5000
 # Rows kept in memory across sealed segments while the database is down; past this, older
 # segments are read back from disk when their turn comes.
 MAX_ROWS_IN_MEMORY = 200_000
+ORPHAN_SCAN_S = 5.0
 _RETRY_MAX_S = 5.0
+
+OrphanSource = Callable[[], list[SpendRow]]
 
 
 class LedgerWriter:
     def __init__(self, storage: SpendStore, flush_interval_s: float, journal: SpendJournal,
-                 health: DatabaseHealth | None = None) -> None:
+                 health: DatabaseHealth | None = None,
+                 dead_letters: DeadLetters | None = None) -> None:
         self._storage = storage
         self._interval = flush_interval_s
         self._journal = journal
         self._health = health
+        self.dead_letters = dead_letters or DeadLetters(journal.directory)
+        self.holds = KeyHolds()
+        self._sources: list[OrphanSource] = []
         self._sealed: list[Segment] = []
         self._sealed_rows = 0         # rows in sealed segments not yet in the database
         self._periods: dict[str, tuple[int, datetime | None]] = {}
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
+        self._adopting = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.written = 0
 
     @property
     def pending(self) -> int:
-        """Rows not yet in the database (on disk, waiting)."""
+        """Rows not yet in the database (on disk, waiting), adopted orphans included."""
         return self._journal.unsealed + self._sealed_rows
+
+    @property
+    def dead_lettered(self) -> int:
+        """Rows in the dead-letter file (until `faregate dead-letters` resolves them)."""
+        return self.dead_letters.count()
 
     def record(self, row: SpendRow) -> None:
         self._journal.append(row)
@@ -60,13 +91,34 @@ class LedgerWriter:
         self._periods[token] = (period_base, reset_at)
         self._wake.set()
 
+    def add_orphan_source(self, source: OrphanSource) -> None:
+        """`source()` (called in a thread, at start and at each orphan scan, after the orphaned
+        segments are adopted) returns rows another process left that this one must write: they
+        are made durable in this journal, written after the adopted segments, counted in
+        `pending`, and their keys are held until they are in the database."""
+        self._sources.append(source)
+
     async def start(self) -> None:
-        """Adopt what crashed processes left on disk, then start writing."""
-        orphans = await asyncio.to_thread(self._adopt_orphans)
-        if orphans:
-            log.warning("replaying %d spend rows left on disk by a process that stopped "
-                        "before writing them", orphans)
+        """Adopt what stopped processes left on disk, then start writing."""
+        await self.adopt_orphans()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-writer")
+
+    async def adopt_orphans(self) -> int:
+        """Take over orphaned segments and the orphan sources' rows; returns how many rows."""
+        async with self._adopting:
+            found = await asyncio.to_thread(self._find_orphans)
+            rows = 0
+            for segment, by_key in found:
+                count = sum(by_key.values())
+                self.holds.add(by_key)
+                self._sealed.append(segment)
+                self._sealed_rows += count
+                rows += count
+        if rows:
+            log.warning("replaying %d spend rows left by a process that stopped before "
+                        "writing them; their %d keys wait for them", rows, self.holds.keys)
+            self._wake.set()
+        return rows
 
     async def flush(self) -> None:
         """Write everything queued now; raises if the database refuses."""
@@ -99,24 +151,41 @@ class LedgerWriter:
                 SpendJournal.release(segment)
             self._journal.close()
 
-    def _adopt_orphans(self) -> int:
-        orphans = self._journal.adopt_orphans()
-        rows = 0
-        for segment in orphans:
-            rows += len(segment.read())
-            if rows > MAX_ROWS_IN_MEMORY:
+    def _find_orphans(self) -> list[tuple[Segment, Counter[str]]]:
+        """Blocking (a thread): lock and read orphaned segments, then call the sources."""
+        found = []
+        in_memory = self._sealed_rows
+        for segment in self._journal.adopt_orphans():
+            rows = segment.read()
+            found.append((segment, count_by_key(rows)))
+            in_memory += len(rows)
+            if in_memory > MAX_ROWS_IN_MEMORY:
                 segment.rows = None       # read again when its turn comes
-        self._sealed.extend(orphans)
-        self._sealed_rows += rows
-        return rows
+        for source in self._sources:
+            try:
+                handed = source()
+            except Exception:
+                log.exception("an orphan spend source failed; it is asked again at the next "
+                              "scan")
+                continue
+            if handed:
+                found.append((self._journal.write_segment(handed), count_by_key(handed)))
+        return found
 
     async def _run(self) -> None:
         retry_at = 0.0
         delay = self._interval
+        scan_at = time.monotonic() + ORPHAN_SCAN_S
         while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
             self._wake.clear()
+            if time.monotonic() >= scan_at:
+                scan_at = time.monotonic() + ORPHAN_SCAN_S
+                try:
+                    await self.adopt_orphans()
+                except Exception:
+                    log.exception("scanning the spend journal for orphaned rows failed")
             if time.monotonic() < retry_at:
                 # Backing off the database; keep what waits durable against a power cut.
                 await asyncio.to_thread(self._sync_all)
@@ -163,12 +232,47 @@ class LedgerWriter:
         rows = segment.rows if segment.rows is not None else \
             await asyncio.to_thread(segment.read)
         while segment.written < len(rows):
-            batch = rows[segment.written:segment.written + MAX_BATCH]
-            self.written += await self._storage.write_spend(batch)
+            batch = rows[segment.written:segment.written + WRITE_BATCH]
+            result = await self._write_batch(batch)
+            self.written += result.rows
             segment.written += len(batch)
             self._sealed_rows -= len(batch)
+            if segment.adopted:
+                self.holds.written(batch, result.by_key)
         self._sealed.pop(0)
         SpendJournal.discard(segment)
+
+    async def _write_batch(self, rows: Sequence[SpendRow]) -> SpendWritten:
+        """Write the rows; if the database refuses one for its content, halve the batch until
+        that row stands alone, dead-letter it, and write the others. Outages raise."""
+        try:
+            return await self._storage.write_spend_rows(rows)
+        except Exception as exc:
+            if not is_rejected_content(exc):
+                raise
+            if len(rows) == 1:
+                return await self._dead_letter(rows[0], exc)
+        middle = len(rows) // 2
+        return await self._write_batch(rows[:middle]) + await self._write_batch(rows[middle:])
+
+    async def _dead_letter(self, row: SpendRow, refusal: Exception) -> SpendWritten:
+        copy = storable(row)
+        try:
+            result = await self._storage.write_spend_rows([copy])
+            stored = True
+        except Exception as exc:
+            if not is_rejected_content(exc):
+                raise
+            result, stored = SpendWritten(), False
+        reason = outage_reason(refusal)
+        await asyncio.to_thread(self.dead_letters.add, DeadLetter(
+            row, reason, sqlstate(refusal), stored, datetime.now(UTC)))
+        log.error("spend row %s refused by the database (%s); kept in %s, %s",
+                  row.request_id.encode("unicode_escape").decode(), reason,
+                  self.dead_letters.path,
+                  "a storable copy counts its spend" if stored
+                  else "its spend is NOT counted: see `faregate dead-letters`")
+        return result
 
     def _sync_all(self) -> None:
         for segment in self._sealed:

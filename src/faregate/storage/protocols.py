@@ -8,8 +8,8 @@ build it. The value types and errors in these signatures live here too, as part 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,6 +32,21 @@ class SpendQuery:
     end: datetime | None = None
     page: int = 1
     page_size: int = 100
+
+
+@dataclass(frozen=True)
+class SpendWritten:
+    """What one write_spend_rows call added: the rows that were new, and their spend per key
+    (rows already in the database add nothing)."""
+
+    rows: int = 0
+    by_key: Mapping[str, int] = field(default_factory=dict)
+
+    def __add__(self, other: SpendWritten) -> SpendWritten:
+        by_key = dict(self.by_key)
+        for token, nanos in other.by_key.items():
+            by_key[token] = by_key.get(token, 0) + nanos
+        return SpendWritten(self.rows + other.rows, by_key)
 
 
 @runtime_checkable
@@ -74,6 +89,11 @@ class SpendStore(Protocol):
     async def write_spend(self, rows: Sequence[SpendRow]) -> int:
         """Insert the rows not yet recorded and add their spend to their keys, atomically;
         returns how many were new. Retrying a batch is safe (idempotent by request id)."""
+        ...
+
+    async def write_spend_rows(self, rows: Sequence[SpendRow]) -> SpendWritten:
+        """write_spend, saying what each key gained (the ledger credits keys whose rows another
+        process left behind)."""
         ...
 
     async def start_budget_period(self, token: str, period_base_nanos: int,

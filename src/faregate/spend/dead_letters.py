@@ -1,0 +1,143 @@
+"""DeadLetters: spend rows the database refused for their content, kept in a file.
+
+A file (JSON lines, `dead-letters.jsonl` in the journal directory), because the database just
+refused the row. Each line holds the original row exactly as recorded, the reason, the SQLSTATE
+(when the database gave one) and whether a storable copy of the row is in the ledger.
+
+The key's spend still counts the row: the writer stores a copy with every unstorable character
+escaped (NUL becomes the six characters `\\u0000`, a lone surrogate `\\ud800`), text cut to its
+column's length, token counts clamped to the column's range, and `status` set to `dead_letter`
+(so `SELECT ... WHERE status = 'dead_letter'` finds them). The request id, key and spend are
+the original's, so "a key's spend is the sum of its rows" stays true and a replay stays
+idempotent. Only if even the copy is refused is the row not counted (`stored: false`), and the
+key's spend then does not count it either. `faregate dead-letters list|retry|resolve` manages
+the file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from faregate.records import SpendRow
+from faregate.storage.schema import spend_logs
+
+FILE_NAME = "dead-letters.jsonl"
+DEAD_LETTER_STATUS = "dead_letter"
+_INT32_MAX = 2**31 - 1
+_FIELDS = [f.name for f in fields(SpendRow)]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    row: SpendRow                   # as recorded, unstorable characters and all
+    reason: str
+    sqlstate: str | None
+    stored: bool                    # a storable copy (status dead_letter) is in the ledger
+    at: datetime
+
+
+def storable(row: SpendRow) -> SpendRow:
+    """The copy of a refused row that any database takes, marked status=dead_letter."""
+    changes: dict[str, Any] = {"status": DEAD_LETTER_STATUS}
+    for name in ("request_id", "api_key", "key_alias", "model", "upstream", "call_type"):
+        value = getattr(row, name)
+        if value is not None:
+            length = getattr(spend_logs.c[name].type, "length", None)
+            changes[name] = _escaped(value)[:length]
+    for name in ("prompt_tokens", "completion_tokens"):
+        changes[name] = min(max(getattr(row, name), 0), _INT32_MAX)
+    return replace(row, **changes)
+
+
+def _escaped(text: str) -> str:
+    text = text.replace("\x00", "\\u0000")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class DeadLetters:
+    """The file; several processes may share it (appends and rewrites take its flock)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE_NAME
+        self._count_at: tuple[int, int] | None = None
+        self._count = 0
+
+    def add(self, letter: DeadLetter) -> None:
+        """Append one line and fsync it (blocking: call it from a thread). A request id
+        already in the file is not added again (a batch retried after an outage)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if any(known.row.request_id == letter.row.request_id for known in self.read()):
+                return
+            os.write(fd, _encode(letter))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[DeadLetter]:
+        try:
+            with self.path.open("rb") as lines:
+                return list(_decode(lines))
+        except FileNotFoundError:
+            return []
+
+    def count(self) -> int:
+        """Lines in the file (re-read only when it changed: readiness and /metrics ask)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return 0
+        if self._count_at != (stat.st_mtime_ns, stat.st_size):
+            self._count = len(self.read())
+            self._count_at = (stat.st_mtime_ns, stat.st_size)
+        return self._count
+
+    def remove(self, request_ids: set[str]) -> int:
+        """Drop these entries (blocking); returns how many went."""
+        if not self.path.exists():
+            return 0
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            letters = self.read()
+            kept = [letter for letter in letters if letter.row.request_id not in request_ids]
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_bytes(b"".join(_encode(letter) for letter in kept))
+            with temporary.open("rb") as written:
+                os.fsync(written.fileno())
+            os.replace(temporary, self.path)
+            return len(letters) - len(kept)
+        finally:
+            os.close(fd)
+
+
+def _encode(letter: DeadLetter) -> bytes:
+    row = {name: getattr(letter.row, name) for name in _FIELDS}
+    row["start_time"] = letter.row.start_time.isoformat()
+    row["end_time"] = letter.row.end_time.isoformat()
+    # The standard library's escapes keep NUL and lone surrogates exactly, in ASCII.
+    return json.dumps({"request_id": letter.row.request_id, "reason": letter.reason,
+                       "sqlstate": letter.sqlstate, "stored": letter.stored,
+                       "at": letter.at.isoformat(), "row": row}).encode() + b"\n"
+
+
+def _decode(lines: Any) -> Iterator[DeadLetter]:
+    for line in lines:
+        try:
+            item = json.loads(line)
+            row = dict(item["row"])
+            row["start_time"] = datetime.fromisoformat(row["start_time"])
+            row["end_time"] = datetime.fromisoformat(row["end_time"])
+            yield DeadLetter(SpendRow(**row), str(item["reason"]), item.get("sqlstate"),
+                             bool(item["stored"]), datetime.fromisoformat(item["at"]))
+        except (ValueError, KeyError, TypeError):
+            continue                # a line cut short by a crash mid-append
