@@ -82,7 +82,8 @@ async def test_migrations_produce_the_reference_schema(fresh_url: str) -> None:
     await asyncio.to_thread(migrate.upgrade, fresh_url)
     got = await on(fresh_url, reflect)
     want = reference()
-    assert set(got) == set(want) == {"faregate_keys", "faregate_spend_logs", "faregate_models"}
+    assert set(got) == set(want) == {"faregate_keys", "faregate_spend_logs", "faregate_models",
+                                     "faregate_replicas"}
     for table in want:
         assert got[table] == want[table], table
     # the reference is not trivially empty: the checks above compare something

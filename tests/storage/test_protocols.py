@@ -13,11 +13,12 @@ from faregate.storage.protocols import (
     HealthProbe,
     KeyStore,
     ModelStore,
+    ReplicaStore,
     SpendStore,
     Storage,
 )
 
-ALL = [KeyStore, SpendStore, ModelStore, HealthProbe, AdminStore, Storage]
+ALL = [KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, AdminStore, Storage]
 
 
 def members(protocol: type) -> list[str]:
@@ -40,7 +41,7 @@ def test_sql_storage_implements(protocol: type) -> None:
 def test_storage_is_every_concern() -> None:
     assert set(members(Storage)) == {
         *members(KeyStore), *members(SpendStore), *members(ModelStore), *members(HealthProbe),
-        "close"}
+        *members(ReplicaStore), "close"}
 
 
 def test_the_contracts_types_are_still_importable_from_database() -> None:

@@ -3,7 +3,9 @@
 Liveness says the process serves HTTP, nothing more: a database outage must not get every
 replica restarted. Readiness says whether this replica should get traffic: with the database
 down it is not ready, unless general_settings.allow_requests_on_db_unavailable says to serve
-through the outage (then it reports "degraded" and stays in the Service).
+through the outage (then it reports "degraded" and stays in the Service). It also lists the
+other processes on the database and, for one refusing because another admits without shared
+admission, why (storage/replicas.py): not ready once the handover grace is over.
 
 /health/deployments (master key) shows what the router saw of each deployment on this replica:
 no upstream is called (LiteLLM's /health calls every model; a probe must not spend money).
@@ -25,6 +27,7 @@ from faregate.errors import AdminOnly, GatewayError
 from faregate.keys.auth import Authenticator
 from faregate.spend.ledger import LedgerWriter
 from faregate.storage.health import DatabaseHealth
+from faregate.storage.replicas import ReplicaHeartbeat, shown
 
 log = logging.getLogger("faregate.health")
 
@@ -35,6 +38,7 @@ _ALIVE = b'"I\'m alive!"'
 class HealthRoutes:
     def __init__(self, database: DatabaseHealth, ledger: LedgerWriter, auth: Authenticator,
                  deployments: Callable[[], Iterable[DeploymentHealth]],
+                 replicas: ReplicaHeartbeat,
                  sealed: Callable[[], tuple[Mapping[str, str], Collection[str]]],
                  ) -> None:
         self._database = database
@@ -42,6 +46,7 @@ class HealthRoutes:
         self._ledger = ledger
         self._auth = auth
         self._deployments = deployments
+        self._replicas = replicas
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health/liveliness"): self._alive,
             ("GET", "/health/liveness"): self._alive,
@@ -71,6 +76,14 @@ class HealthRoutes:
             body["stored_models_unopened"] = dict(unopened)
             body["stored_models_kept_from_memory"] = sorted(kept)
             if set(unopened) - set(kept):
+                status, code = "unhealthy", 503
+                body["status"] = status
+        standing = self._replicas.standing
+        body["other_replicas"] = [shown(r) for r in standing.others]
+        if not standing.admitting:
+            # Another process on this database without shared admission: see storage/replicas.
+            body["admission_refused"] = standing.reason
+            if not self._replicas.ready():
                 status, code = "unhealthy", 503
                 body["status"] = status
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)

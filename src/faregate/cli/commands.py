@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import uvicorn
@@ -125,8 +125,9 @@ def _serve(args: argparse.Namespace) -> int:
               f"faregate: admission: {_admission_mode(settings)}\n"
               f"faregate: master key from {settings.master_key_source}", flush=True)
         sockets = [_reuse_port_socket(args.host, args.port)] if args.reuse_port else None
-        server = _DrainingServer(uvicorn.Config(
-            Faregate.from_settings(settings), host=args.host, port=args.port, loop="uvloop",
+        app = Faregate.from_settings(settings)
+        server = _DrainingServer(app.begin_drain, uvicorn.Config(
+            app, host=args.host, port=args.port, loop="uvloop",
             http="httptools", lifespan="on", access_log=False, log_level="warning",
             log_config=None,            # uvicorn's own lines go through our formatter too
             proxy_headers=False,
@@ -278,8 +279,20 @@ class _DrainingServer(uvicorn.Server):
     """SIGTERM is an orchestrator's ordinary stop: drain, flush the ledger, exit 0.
 
     uvicorn re-raises the signal after its graceful shutdown, which would make every rolling
-    deploy look like a crash; this keeps its handlers and drops the re-raise.
+    deploy look like a crash; this keeps its handlers and drops the re-raise. The app hears
+    of the drain at its start (`on_drain`), before in-flight requests finish.
     """
+
+    def __init__(self, on_drain: Callable[[], Awaitable[None]], config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._on_drain = on_drain
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await self._on_drain()
+        except Exception:
+            logging.getLogger("faregate").exception("the start of the drain failed")
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

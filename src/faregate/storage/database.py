@@ -28,9 +28,9 @@ from sqlalchemy.pool import NullPool
 from faregate.records import KeyRecord, SpendRow, StoredModel
 from faregate.storage.protocols import DuplicateAlias as DuplicateAlias
 from faregate.storage.protocols import DuplicateModelId as DuplicateModelId
+from faregate.storage.protocols import Replica, SpendWritten
 from faregate.storage.protocols import SpendQuery as SpendQuery
-from faregate.storage.protocols import SpendWritten
-from faregate.storage.schema import keys, models, spend_logs
+from faregate.storage.schema import keys, models, replicas, spend_logs
 
 
 def async_url(url: str) -> str:
@@ -336,6 +336,47 @@ class SqlStorage:
             total = (await conn.execute(
                 select(func.coalesce(func.sum(spend_logs.c.spend_nanos), 0)))).scalar_one()
         return int(total)
+
+    # serving processes (storage/replicas.py)
+
+    async def beat_replica(self, me: Replica, stale_after_s: float) -> list[Replica]:
+        """Upsert `me`'s heartbeat and read every live process, all on the database's clock
+        (hosts' clocks may disagree; a row's age is measured against the same clock)."""
+        async with self.engine.begin() as conn:
+            clock: datetime = (await conn.execute(select(func.now()))).scalar_one()
+            db_now = clock if clock.tzinfo is not None else clock.replace(tzinfo=UTC)
+            seen = await conn.execute(update(replicas).where(
+                replicas.c.replica_id == me.replica_id).values(last_seen=_as_utc(db_now)))
+            if not seen.rowcount:
+                # The same host and pid: an earlier process in this container, now gone.
+                await conn.execute(delete(replicas).where(
+                    replicas.c.host == me.host, replicas.c.pid == me.pid))
+                await conn.execute(replicas.insert().values(
+                    replica_id=me.replica_id, host=me.host, pid=me.pid,
+                    shares_admission=me.shares_admission, started_at=_as_utc(db_now),
+                    last_seen=_as_utc(db_now)))
+            rows = list(await conn.execute(select(replicas).order_by(
+                replicas.c.started_at, replicas.c.replica_id)))
+            live, gone = [], []
+            for row in rows:
+                age = (db_now - (_utc(row.last_seen) or db_now)).total_seconds()
+                if age <= stale_after_s:
+                    live.append(Replica(row.replica_id, row.host, row.pid,
+                                        bool(row.shares_admission), _utc(row.started_at),
+                                        max(0.0, age)))
+                elif age > _REPLICA_FORGOTTEN_S:
+                    gone.append(row.replica_id)
+            if gone:        # killed without a goodbye, long ago
+                await conn.execute(delete(replicas).where(replicas.c.replica_id.in_(gone)))
+        return live
+
+    async def remove_replica(self, replica_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(replicas).where(replicas.c.replica_id == replica_id))
+
+
+# A heartbeat row this old belongs to a process that will not come back.
+_REPLICA_FORGOTTEN_S = 3600.0
 
 
 _SPEND_COLUMNS = ("request_id", "api_key", "key_alias", "model", "upstream", "call_type",

@@ -141,8 +141,34 @@ class AdminStore(KeyStore, SpendStore, Protocol):
     """What the admin API reads itself, beside KeyAdmin: keys by alias and spend reports."""
 
 
+@dataclass(frozen=True)
+class Replica:
+    """A serving process on this database. `started_at` and `seen_s_ago` are filled in by the
+    store, on the database's clock (one clock for every host)."""
+
+    replica_id: str
+    host: str
+    pid: int
+    shares_admission: bool          # admits through Redis, so it may run beside others
+    started_at: datetime | None = None
+    seen_s_ago: float = 0.0
+
+
 @runtime_checkable
-class Storage(KeyStore, SpendStore, ModelStore, HealthProbe, Protocol):
+class ReplicaStore(Protocol):
+    """The serving processes' heartbeats (storage/replicas.py)."""
+
+    async def beat_replica(self, me: Replica, stale_after_s: float) -> list[Replica]:
+        """Record that `me` is alive now (registering it on its first beat) and return every
+        process seen within `stale_after_s`, `me` included, oldest first. A row left by an
+        earlier process with `me`'s host and pid (its container restarted) is removed."""
+        ...
+
+    async def remove_replica(self, replica_id: str) -> None: ...
+
+
+@runtime_checkable
+class Storage(KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, Protocol):
     """All of the above, and the connections' lifetime: what the composition root holds."""
 
     async def close(self) -> None: ...

@@ -69,3 +69,13 @@ models = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_models_model_name", "model_name"),
 )
+
+replicas = Table(
+    "faregate_replicas", metadata,
+    Column("replica_id", String(64), primary_key=True),
+    Column("host", String(256), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),     # the database's clock
+    Column("last_seen", DateTime(timezone=True), nullable=False),      # the database's clock
+    Column("shares_admission", Boolean, nullable=False),               # admits through Redis
+)
