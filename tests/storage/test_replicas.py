@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +25,7 @@ from faregate.records import KeyRecord
 from faregate.storage import migrate
 from faregate.storage.database import SqlStorage
 from faregate.storage.protocols import Replica
-from faregate.storage.replicas import ReplicaHeartbeat, standing
+from faregate.storage.replicas import ReplicaHeartbeat, standing, this_host
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -203,5 +206,22 @@ async def test_sole_admission_holds_then_refuses_with_a_503_naming_redis_url() -
         store.others = []
         admitted = await held                # admitted by the same call, not refused
         await admission.settle(admitted, 0, 0)
+    finally:
+        await beat.leave()
+
+
+async def test_a_process_on_this_host_that_no_longer_exists_is_gone_at_once() -> None:
+    """A restart after SIGKILL: the dead process's row is fresh, but its pid is gone here."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = FakeStore()
+    store.others = [at(Replica("dead", this_host(), dead.pid, False), 0)]
+    beat = ReplicaHeartbeat(store, False, Clock(), beat_s=0.01)
+    await beat.start()
+    try:
+        assert beat.standing.admitting
+        store.others = [at(Replica("alive", this_host(), os.getppid(), False), 0)]
+        await asyncio.sleep(0.05)
+        assert not beat.standing.admitting
     finally:
         await beat.leave()

@@ -89,8 +89,7 @@ class ReplicaHeartbeat:
                  monotonic: Callable[[], float], *, beat_s: float = BEAT_S,
                  stale_s: float = STALE_S, handover_s: float = HANDOVER_S) -> None:
         self._store = store
-        self.me = Replica(secrets.token_hex(8), socket.gethostname()[:256], os.getpid(),
-                          shares_admission)
+        self.me = Replica(secrets.token_hex(8), this_host(), os.getpid(), shares_admission)
         self._monotonic = monotonic
         self._beat_s = beat_s
         self._stale_s = stale_s
@@ -164,7 +163,10 @@ class ReplicaHeartbeat:
 
     async def _beat(self) -> None:
         live = await self._store.beat_replica(self.me, self._stale_s)
-        self._set(standing(self.me, live))
+        # On this host, a process that no longer exists is gone now, not in STALE_S (a
+        # restart after SIGKILL).
+        self._set(standing(self.me, [r for r in live if r.host != self.me.host
+                                     or r.pid == self.me.pid or _exists(r.pid)]))
 
     def _set(self, new: Standing) -> None:
         old, self.standing = self.standing, new
@@ -191,6 +193,26 @@ class ReplicaHeartbeat:
             log.error("faregate processes without REDIS_URL share this database (%s): they "
                       "refuse requests while any process admits through Redis",
                       ", ".join(_named(r) for r in new.others if not r.shares_admission))
+
+
+def this_host() -> str:
+    """The host name, with the pid namespace where there is one: containers sharing a host
+    name (host networking) have pids of their own, so host + pid names one process."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return socket.gethostname()[:256]
+    return f"{socket.gethostname()[:200]} {namespace}"
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _ids(s: Standing) -> set[str]:
