@@ -103,6 +103,7 @@ class Faregate:
                              monotonic=monotonic, rng=rng)
         # Open streams' progress on disk: a crash still charges what they delivered.
         self.checkpoints = StreamCheckpoints(settings.spend_buffer_dir, now)
+        self.ledger.add_orphan_source(self.checkpoints.adopt_orphans)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
                                self.upstream, self.ledger, self.checkpoints, now)
         pings: dict[str, Callable[[], Awaitable[object]]] = {"database": self._ping_database}
