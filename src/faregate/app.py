@@ -96,7 +96,8 @@ class Faregate:
         self.auth = Authenticator(settings.master_key, self.directory, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
-                             self.redis.key_changed if self.redis else None)
+                             self.redis.key_changed if self.redis else None,
+                             is_master_key=settings.master_key.matches)
         self.upstream = ProviderClients({"openai": OpenAICompatible(),
                                          "anthropic": AnthropicClient()})
         self.router = Router(settings.deployments, settings.router_settings,

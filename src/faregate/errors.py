@@ -10,7 +10,7 @@
     │   └── ModelAccessDenied         401 key_model_access_denied
     ├── AdminOnly                     403 auth_error
     ├── NotFound                      404 not_found_error
-    ├── BudgetExceeded                429 budget_exceeded
+    ├── BudgetExceeded                429 budget_exceeded (x-should-retry: false)
     ├── RateLimited                   429 rate_limit_exceeded
     ├── ServiceUnavailable            503 service_unavailable
     └── UpstreamError                 status of the upstream (502 when it sent none)
@@ -94,8 +94,18 @@ class NotFound(GatewayError):
 
 
 class BudgetExceeded(GatewayError):
+    """A retry cannot succeed until the budget is raised or its period resets, so it says so
+    to the clients: `x-should-retry: false`, which the openai and anthropic SDKs honour before
+    their rule of retrying every 429 (a RateLimited 429 stays retryable: it clears in seconds).
+    """
+
     status = 429
     type = "budget_exceeded"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code=code, param=param,
+                         headers={"x-should-retry": "false", **(headers or {})})
 
 
 class RateLimited(GatewayError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 from api.conftest import RunningGateway
@@ -104,3 +105,61 @@ async def test_sdk_raises_typed_errors(gateway: RunningGateway) -> None:
     with pytest.raises(openai.AuthenticationError):
         await client(gateway, "sk-not-a-real-key-000").chat.completions.create(
             model="qwen-local", messages=[{"role": "user", "content": "hi"}])
+
+
+def counting_sdk(gw: RunningGateway, key: str, sent: list[str],
+                 max_retries: int) -> openai.AsyncOpenAI:
+    """The SDK with retries on, counting every HTTP request it sends (retries included)."""
+    async def count(request: httpx.Request) -> None:
+        sent.append(request.url.path)
+
+    client = openai.AsyncOpenAI(api_key=key, base_url=gw.base_url + "/v1",
+                                max_retries=max_retries,
+                                http_client=httpx.AsyncClient(event_hooks={"request": [count]}))
+    gw.clients.append(client)
+    return client
+
+
+async def test_a_budget_refusal_is_sent_once_on_every_openai_route(gateway: RunningGateway
+                                                                   ) -> None:
+    """A spent budget cannot pass on a retry: the 429 says `x-should-retry: false`, which the
+    SDK honours before its rule of retrying every 429."""
+    key = await gateway.new_key(max_budget=0.0000001)
+    sent: list[str] = []
+    sdk = counting_sdk(gateway, key, sent, max_retries=3)
+    calls = {
+        "/v1/chat/completions": lambda: sdk.chat.completions.create(
+            model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=4),
+        "/v1/completions": lambda: sdk.completions.create(model="qwen-local", prompt="hi",
+                                                          max_tokens=4),
+        "/v1/embeddings": lambda: sdk.embeddings.create(model="qwen-local", input="hi"),
+    }
+    for path, call in calls.items():
+        sent.clear()
+        with pytest.raises(openai.RateLimitError) as refused:
+            await call()
+        assert refused.value.body["type"] == "budget_exceeded"  # type: ignore[index]
+        assert refused.value.response.headers["x-should-retry"] == "false"
+        assert sent == [path], f"the SDK sent {path} {len(sent)} times"
+    assert (await ledger(gateway, key)) == []
+
+
+async def test_a_rate_limit_429_stays_retryable(gateway: RunningGateway) -> None:
+    """A limit that clears in seconds keeps the SDK's retries: no x-should-retry on it."""
+    key = await gateway.new_key(models=["qwen-local", "slow-model"], max_parallel_requests=1,
+                                max_budget=1.0)
+    holder = await client(gateway, key).chat.completions.create(
+        model="slow-model", messages=[{"role": "user", "content": "hold the slot"}],
+        max_tokens=500, stream=True)     # one event every 20 ms: the slot stays taken
+    try:
+        await anext(aiter(holder))
+        sent: list[str] = []
+        with pytest.raises(openai.RateLimitError) as refused:
+            await counting_sdk(gateway, key, sent, max_retries=1).chat.completions.create(
+                model="qwen-local", messages=[{"role": "user", "content": "hi"}],
+                max_tokens=4)
+        assert refused.value.body["type"] == "rate_limit_exceeded"  # type: ignore[index]
+        assert "x-should-retry" not in refused.value.response.headers
+        assert sent == ["/v1/chat/completions"] * 2, "the SDK did not retry a rate limit"
+    finally:
+        await holder.close()

@@ -12,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from faregate.api.openapi import publish_openapi
+from faregate.api.storable_input import StorableInput
 from faregate.errors import (
     AdminOnly,
     GatewayError,
@@ -30,7 +31,6 @@ from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
 from faregate.storage.protocols import AdminStore, SpendQuery
-from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
 
 log = logging.getLogger("faregate.admin")
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
@@ -55,15 +55,6 @@ class KeyFields(BaseModel):
                   Annotated[str, Field(max_length=256)]] | None = Field(default=None,
                                                                          max_length=100)
     blocked: bool | None = None
-
-    @field_validator("metadata")
-    @classmethod
-    def _writable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        problem = None if value is None else unwritable(value)
-        if problem:
-            raise ValueError(f"cannot be stored ({problem}): nest at most {MAX_JSON_DEPTH} "
-                             "levels and keep integers within 64 bits")
-        return value
 
     def settings(self) -> KeySettings:
         return KeySettings(**{n: getattr(self, n) for n in KeySettings.__dataclass_fields__})
@@ -100,6 +91,7 @@ class DeleteKeys(BaseModel):
 def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) -> FastAPI:
     app = FastAPI(title="faregate admin API", version="1",
                   docs_url=None, redoc_url=None)
+    app.router.route_class = StorableInput     # unstorable input is a 400 on every route
 
     async def caller(request: Request) -> Caller:
         headers = request.headers

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from faregate.api.storable_input import StorableInput
 from faregate.catalog.stored_models import ModelCatalog, stored_view
 from faregate.errors import AdminOnly, InvalidRequest
 from faregate.keys.auth import Authenticator, Caller
@@ -42,7 +43,7 @@ class ModelRef(BaseModel):
 
 
 def build_model_routes(auth: Authenticator, catalog: ModelCatalog) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
     async def master(request: Request) -> Caller:
         headers = request.headers

@@ -24,6 +24,7 @@ from faregate.errors import ConfigError, InvalidRequest, NotFound
 from faregate.money import FEMTOS_PER_DOLLAR
 from faregate.records import StoredModel
 from faregate.storage.protocols import DuplicateModelId, ModelStore
+from faregate.wire.storable import LEDGER_UPSTREAM_CHARS, check_stored_size
 
 log = logging.getLogger("faregate.models")
 
@@ -226,10 +227,21 @@ class ModelCatalog:
                 raise InvalidRequest(f"litellm_params.{name} must be a string",
                                      param=f"litellm_params.{name}")
         try:
-            deployment_from_entry({"model_name": model_name, "litellm_params": params,
-                                   "model_info": info}, "model", "new")
+            deployment = deployment_from_entry({"model_name": model_name,
+                                                "litellm_params": params,
+                                                "model_info": info}, "model", "new")
         except ConfigError as exc:
             raise InvalidRequest(str(exc), code="invalid_model") from None
+        check_stored_size(params, "litellm_params")
+        check_stored_size(info, "model_info")
+        # Every call's ledger row names the upstream as "<api_base>#<model>" in a column of
+        # fixed width; a longer one would be a row the database refuses, on every call.
+        upstream = len(deployment.shown_base) + 1 + len(deployment.upstream_model)
+        if upstream > LEDGER_UPSTREAM_CHARS:
+            raise InvalidRequest(
+                f"litellm_params.api_base and litellm_params.model are {upstream} characters "
+                f"together; the spend ledger records at most {LEDGER_UPSTREAM_CHARS - 1}: "
+                "shorten them", param="litellm_params.api_base", code="value_too_large")
 
     def _sealed(self, params: dict[str, Any], model_id: str) -> dict[str, Any]:
         secrets = [k for k in params if is_secret_param(k)]

@@ -20,8 +20,12 @@ from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, 
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
 from faregate.storage.protocols import DuplicateAlias, KeyStore
+from faregate.wire.storable import check_stored_size
 
 KeyChanged = Callable[[KeyRecord | None, str], Awaitable[None]]
+# Settings stored as one JSON document each: each may be at most MAX_STORED_JSON_BYTES.
+_JSON_COLUMNS = frozenset({"models", "metadata", "model_rpm_limit", "model_tpm_limit",
+                           "aliases"})
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,12 @@ class KeySettings:
 class KeyAdmin:
     def __init__(self, storage: KeyStore, directory: KeyDirectory, budgets: Admission,
                  now: Callable[[], datetime], models: Callable[[], Collection[str]],
-                 on_change: KeyChanged | None = None) -> None:
+                 on_change: KeyChanged | None = None, *,
+                 is_master_key: Callable[[str], bool]) -> None:
         self._storage = storage
+        # A virtual key equal to the master key would be charged for the master key's calls
+        # (they share a hash) while the master key is never refused: no key may be it.
+        self._is_master_key = is_master_key
         self._directory = directory
         self._budgets = budgets
         self._now = now
@@ -61,10 +69,7 @@ class KeyAdmin:
 
     async def generate(self, settings: KeySettings, key: str | None = None,
                        given: Collection[str] = ()) -> tuple[str, KeyRecord]:
-        if key is not None and (not key.startswith(PREFIX)
-                                or not 16 <= len(key) <= MAX_KEY_CHARS):
-            raise InvalidRequest("A custom 'key' must start with 'sk-' and be 16 to "
-                                 f"{MAX_KEY_CHARS} characters long", param="key")
+        self._check_custom_key(key, "key")
         key = key or new_key()
         now = self._now()
         changes = self._changes(settings, set(given) | {"models"}, now)
@@ -119,6 +124,7 @@ class KeyAdmin:
     async def regenerate(self, token: str, key: str | None = None) -> tuple[str, KeyRecord]:
         """A new secret for the same key: settings, spend and ledger stay; the old one dies."""
         await self.info(token)
+        self._check_custom_key(key, "new_key")
         key = key or new_key()
         record = await self._storage.replace_token(token, hash_key(key), display_name(key))
         if record is None:
@@ -149,6 +155,17 @@ class KeyAdmin:
             "aliases": record.aliases, "blocked": record.blocked,
             "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
         }
+
+    def _check_custom_key(self, key: str | None, param: str) -> None:
+        if key is None:
+            return
+        if not key.startswith(PREFIX) or not 16 <= len(key) <= MAX_KEY_CHARS:
+            raise InvalidRequest(f"A custom '{param}' must start with 'sk-' and be 16 to "
+                                 f"{MAX_KEY_CHARS} characters long", param=param)
+        if self._is_master_key(key):
+            raise InvalidRequest(f"'{param}' is the master key; a virtual key must be another "
+                                 "value (or leave it out for a generated one)", param=param,
+                                 code="master_key_reused")
 
     def _changes(self, s: KeySettings, given: set[str], now: datetime) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -199,6 +216,8 @@ class KeyAdmin:
             out["metadata"] = s.metadata or {}
         if "blocked" in given:
             out["blocked"] = bool(s.blocked)
+        for name in _JSON_COLUMNS & set(out):
+            check_stored_size(out[name], name)
         return out
 
     def _aliases(self, aliases: dict[str, str]) -> dict[str, str]:

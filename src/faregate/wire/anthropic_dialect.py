@@ -17,13 +17,13 @@ from typing import Any
 import orjson
 
 from faregate.errors import (
-    BudgetExceeded,
     GatewayError,
     InvalidRequest,
     ModelAccessDenied,
 )
 from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
 from faregate.wire.openai_request import CallType, ParsedRequest
+from faregate.wire.storable import check_text
 
 # Fields translated to the OpenAI request; any other top-level field is refused (400), as
 # Anthropic refuses unknown fields, so that nothing the client asked for is silently lost.
@@ -168,6 +168,7 @@ def _model_max_tokens_stream(body: dict[str, Any], counting: bool) -> tuple[str,
     if not isinstance(model, str) or not model:
         raise _bad("model: Field required (a string naming one of the gateway's models)",
                    param="model")
+    check_text(model, "model")     # the one rule for text that may reach a stored row
     max_tokens = body.get("max_tokens", 1 if counting else None)
     if max_tokens is None:
         raise _bad("max_tokens: Field required", param="max_tokens")
@@ -470,14 +471,12 @@ def error_type(status: int) -> str:
 
 def error_body(exc: GatewayError) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """(status, body, headers) of `exc` in Anthropic's error shape. An exhausted budget is a
-    429 rate_limit_error that tells Anthropic's SDKs not to retry it (x-should-retry)."""
+    429 rate_limit_error whose own `x-should-retry: false` (errors.BudgetExceeded) tells
+    Anthropic's SDKs not to retry it."""
     status = error_status(exc)
     body = orjson.dumps({"type": "error",
                          "error": {"type": error_type(status), "message": exc.message}})
-    headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    if isinstance(exc, BudgetExceeded):
-        headers.append((b"x-should-retry", b"false"))
-    return status, body, headers
+    return status, body, [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

@@ -12,6 +12,8 @@ from typing import Any
 
 import orjson
 
+from faregate.errors import InvalidRequest
+
 MAX_JSON_DEPTH = 254    # orjson's writer: arrays and objects nested at most this deep
 
 
@@ -23,3 +25,8 @@ def unwritable(value: Any) -> str | None:
     except orjson.JSONEncodeError as exc:
         return str(exc)
     return None
+
+
+def too_deep() -> InvalidRequest:
+    return InvalidRequest(f"The request body nests arrays and objects more than "
+                          f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")

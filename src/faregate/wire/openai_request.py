@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from faregate.errors import InvalidRequest
-from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.wire.json_limits import MAX_JSON_DEPTH, too_deep, unwritable
+from faregate.wire.storable import check_text
 
 
 class CallType(Enum):
@@ -45,17 +46,18 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if str(exc).startswith("depth limit exceeded"):
-            raise _too_deep() from None
+            raise too_deep() from None
         raise InvalidRequest(f"The request body is not valid JSON (UTF-8): {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object, e.g. "
                              '{"model": "...", "messages": [...]}')
     # Counting brackets is a cheap upper bound on the depth; check only when it could be over.
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
-        raise _too_deep()
+        raise too_deep()
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string", param="model")
+    check_text(model, "model")     # the one rule for text that may reach a stored row
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -90,11 +92,6 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
         text_bytes, messages, images = _prompt_text(body.get("input"), "input"), 0, 0
     return ParsedRequest(call_type, body, model, stream, usage_requested, max_field, max_tokens,
                          n, text_bytes, messages, images)
-
-
-def _too_deep() -> InvalidRequest:
-    return InvalidRequest(f"The request body nests arrays and objects more than "
-                          f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")
 
 
 def _json_bytes(value: Any) -> int:
