@@ -84,7 +84,9 @@ class Faregate:
         self.redis: RedisAdmission | None = None
         if settings.redis_url:
             # Replicas: admission is decided in Redis; Postgres stays the source of truth.
-            self.redis = RedisAdmission(settings.redis_url, self.storage.get_key,
+            # Its key loader waits for spend rows left behind to reach the database.
+            self.redis = RedisAdmission(settings.redis_url,
+                                        lambda token: self.directory.read_settled(token),
                                         self.ledger.record_period, BUDGET_WAIT_S,
                                         settings.redis_failure_mode, local, settings.replicas)
         # Processes on one database find each other; without Redis only one may admit.
@@ -92,7 +94,9 @@ class Faregate:
         self.admission: Admission = self.redis or SoleAdmission(local, self.replicas)
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
                                       self.redis.version if self.redis else None,
-                                      self.db_health)
+                                      self.db_health, self.ledger.holds)
+        # Rows a stopped process left, once written, count in this process's accounts too.
+        self.ledger.holds.on_written(self.budgets.credit)
         self.auth = Authenticator(settings.master_key, self.directory, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
@@ -111,7 +115,8 @@ class Faregate:
         if self.redis is not None:
             pings["redis"] = self.redis.client.ping
         self.metrics = Metrics(lambda: self.ledger.pending, HealthChecks(pings),
-                               settings.prometheus_multiproc_dir, self.router.health)
+                               settings.prometheus_multiproc_dir, self.router.health,
+                               dead_letters=lambda: self.ledger.dead_lettered)
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes, self.metrics,
                                     settings.log_requests).routes
         self._routes.update(AnthropicRoutes(self.gateway, settings.max_request_body_bytes,

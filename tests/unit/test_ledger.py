@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from faregate.records import KeyRecord, SpendRow
+from faregate.spend import ledger
 from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import MAX_BATCH, LedgerWriter
 from faregate.storage import migrate
@@ -337,3 +338,82 @@ async def test_flush_beside_the_background_writer_writes_each_row_once(
         await close(writer)
     assert writer.written == 300
     assert await key_spend(storage, KEY_A) == 600 == await row_sum(storage, KEY_A)
+
+
+# --- rows other processes left: adopted, held per key, credited -------------------------
+
+async def test_keys_with_rows_left_behind_are_held_until_those_rows_are_written(
+        storage: SqlStorage, spool: Path) -> None:
+    crash_after_recording(spool, 6, KEY_A)
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    credited: list[tuple[str, int]] = []
+    writer.holds.on_written(lambda token, nanos: credited.append((token, nanos)))
+    await writer.adopt_orphans()
+    assert writer.holds.held(KEY_A)
+    assert not writer.holds.held(KEY_B)                  # nothing pending: never waits
+    assert await writer.holds.wait(KEY_B, 0.01)
+    assert not await writer.holds.wait(KEY_A, 0.01)      # not written yet
+    waiting = asyncio.ensure_future(writer.holds.wait(KEY_A, 10))
+    await flush(writer)
+    assert await waiting
+    assert not writer.holds.held(KEY_A)
+    assert credited == [(KEY_A, 6 * 7)]
+    assert await key_spend(storage, KEY_A) == 42
+    await close(writer)
+
+
+async def test_an_orphan_source_is_made_durable_written_and_held(
+        storage: SqlStorage, spool: Path) -> None:
+    crash_after_recording(spool, 2, KEY_A)
+    handed = [row("checkpoint-1", KEY_B, spend=500), row("checkpoint-2", KEY_B, spend=5)]
+    calls: list[int] = []
+
+    def source() -> list[SpendRow]:
+        calls.append(1)
+        return handed if len(calls) == 1 else []
+
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    writer.add_orphan_source(source)
+    await writer.start()
+    try:
+        assert calls == [1]
+        assert writer.pending == 4                       # the segment's 2 and the source's 2
+        assert writer.holds.held(KEY_A) and writer.holds.held(KEY_B)
+        # On disk before anything is written: a crash now would not lose them.
+        on_disk = "".join(p.read_text() for p in spool.glob("*.spend"))
+        assert "checkpoint-1" in on_disk and "checkpoint-2" in on_disk
+        await flush(writer)
+        assert not writer.holds.held(KEY_B)
+        assert await key_spend(storage, KEY_B) == 505 == await row_sum(storage, KEY_B)
+        assert await key_spend(storage, KEY_A) == 14
+    finally:
+        await close(writer)
+
+
+async def test_segments_orphaned_while_running_are_picked_up(
+        storage: SqlStorage, spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger, "ORPHAN_SCAN_S", 0.05)
+    writer = LedgerWriter(storage, 0.01, SpendJournal(spool))
+    await writer.start()
+    try:
+        # A predecessor sharing the directory stops (killed) after this one started.
+        crash_after_recording(spool, 5, KEY_B)
+        async with asyncio.timeout(10):
+            while await key_spend(storage, KEY_B) != 35:
+                await asyncio.sleep(0.02)
+    finally:
+        await close(writer)
+    assert await row_sum(storage, KEY_B) == 35
+
+
+async def test_a_database_error_that_is_not_about_a_row_is_retried_not_dead_lettered(
+        url: str, spool: Path) -> None:
+    store = SqlStorage.from_url(url)                     # no tables yet
+    try:
+        writer = LedgerWriter(store, 60, SpendJournal(spool))
+        writer.record(row("r0", spend=3))
+        with pytest.raises(Exception, match="faregate_spend_logs"):
+            await flush(writer)
+        assert writer.dead_lettered == 0 and writer.pending == 1
+    finally:
+        await store.close()

@@ -119,6 +119,13 @@ class Budgets:
     def forget(self, token: str) -> None:
         self._accounts.pop(token, None)
 
+    def credit(self, token: str, nanos: int) -> None:
+        """Spend another process left behind reached the database: a key this process is
+        already admitting counts it too (one not seen yet reads it with its row)."""
+        acc = self._accounts.get(token)
+        if acc is not None:
+            acc.spend += nanos
+
     def _roll_period(self, key: KeyRecord, acc: Account) -> None:
         if key.budget_duration is None or acc.reset_at is None:
             return

@@ -68,6 +68,8 @@ class HealthRoutes:
         body: dict[str, Any] = {
             "status": status, "db": "connected" if up else "disconnected",
             "spend_rows_waiting": self._ledger.pending,
+            # Counted in the key's spend as a storable copy; still 200: see operations.md.
+            "spend_rows_dead_lettered": self._ledger.dead_lettered,
             "allow_requests_on_db_unavailable": self._database.serve_while_down}
         unopened, kept = self._sealed()
         if unopened:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -29,6 +30,8 @@ from faregate.errors import ConfigError
 from faregate.mocks import anthropic_server as mock_anthropic
 from faregate.mocks import openai_server as mock
 from faregate.observe import logs
+from faregate.spend import dead_letters
+from faregate.spend.dead_letters import DeadLetters
 from faregate.storage import migrate
 from faregate.storage.database import SqlStorage
 from faregate.storage.health import is_outage, outage_reason
@@ -69,6 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="the environment variable holding the new key "
                           "(default FAREGATE_NEW_SALT_KEY); never pass a key itself")
 
+    dead = commands.add_parser(
+        "dead-letters", help="spend rows the database refused: list, retry, resolve")
+    dead.add_argument("action", choices=("list", "retry", "resolve"),
+                      help="list them; retry the rows not counted yet; resolve (drop) entries")
+    dead.add_argument("--config")
+    dead.add_argument("--request-id", action="append", default=[], metavar="ID",
+                      help="resolve: this entry (repeat for more)")
+    dead.add_argument("--all", action="store_true", help="resolve: every entry")
+
     val = commands.add_parser("validate", help="run the runbook's validation against a gateway")
     val.add_argument("--base-url", default="http://127.0.0.1:4000")
     val.add_argument("--master-key", default=os.environ.get("FAREGATE_MASTER_KEY"))
@@ -87,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "rotate-salt-key":
             return _rotate_salt_key(args)
+        if args.command == "dead-letters":
+            return _dead_letters(args)
         if args.command == "mock-anthropic":
             print(f"faregate mock Anthropic on http://{args.host}:{args.port}", flush=True)
             mock_anthropic.serve(args.host, args.port, args.api_key)
@@ -188,6 +202,42 @@ async def _rotate_database(database_url: str, sealer: Sealer, now: Callable[[], 
         return await rotation.rotate(storage, sealer, now)
     finally:
         await storage.close()
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    settings = config.load(os.environ, args.config)
+    letters = DeadLetters(settings.spend_buffer_dir)
+    if args.action == "list":
+        for letter in letters.read():
+            row = letter.row
+            print(json.dumps({"request_id": row.request_id, "api_key": row.api_key,
+                              "key_alias": row.key_alias, "model": row.model,
+                              "spend_nanos": row.spend_nanos, "status": row.status,
+                              "counted": letter.stored, "reason": letter.reason,
+                              "sqlstate": letter.sqlstate, "at": letter.at.isoformat()}))
+        return 0
+    if args.action == "resolve":
+        if not args.all and not args.request_id:
+            print("faregate: resolve needs --request-id ID (repeatable) or --all",
+                  file=sys.stderr)
+            return 2
+        ids = {letter.row.request_id for letter in letters.read()} if args.all \
+            else set(args.request_id)
+        print(f"faregate: resolved {letters.remove(ids)} dead-lettered spend rows")
+        return 0
+    storage = SqlStorage.from_url(settings.database_url)
+
+    async def retry() -> dead_letters.Retried:
+        try:
+            return await dead_letters.retry(letters, storage)
+        finally:
+            await storage.close()
+
+    done = asyncio.run(retry())
+    print(f"faregate: {len(done.originals)} rows written as recorded (entries removed), "
+          f"{len(done.copies)} as storable copies (entries kept, marked counted), "
+          f"{len(done.refused)} still refused")
+    return 1 if done.refused else 0
 
 
 def _admission_mode(settings: config.Settings) -> str:

@@ -3,6 +3,11 @@
 A hit costs a dict lookup. Admin changes made through this process replace the entry at once;
 entries also expire after `ttl_s` so that changes made elsewhere are picked up. Unknown tokens
 are remembered briefly so a flood of bad keys does not become a flood of queries.
+
+A key whose spend rows left by another process are still on their way to the database (held,
+spend/holds.py) is read only once they are there: the row read then counts them, so admission
+starts from the whole spend. A request for such a key waits for that (up to `hold_wait_s`), then
+gets the documented 503 `database_unavailable`; other keys never wait.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ from collections.abc import Awaitable, Callable
 
 from faregate.errors import ServiceUnavailable
 from faregate.records import KeyRecord
+from faregate.spend.holds import KeyHolds
 from faregate.storage.health import DatabaseHealth, is_outage
 from faregate.storage.protocols import KeyStore
 
 _NEGATIVE_TTL_S = 2.0
 _OUTAGE_RECHECK_S = 5.0      # during an outage, how often a cached key tries the database
 _MAX_NEGATIVE = 10_000
+# How long a request waits for its key's left-behind spend rows to reach the database.
+HOLD_WAIT_S = 5.0
 
 
 VersionSource = Callable[[str], Awaitable[str]]
@@ -28,8 +36,11 @@ class KeyDirectory:
 
     def __init__(self, storage: KeyStore, clock: Callable[[], float], ttl_s: float,
                  versions: VersionSource | None = None,
-                 health: DatabaseHealth | None = None) -> None:
+                 health: DatabaseHealth | None = None, holds: KeyHolds | None = None,
+                 hold_wait_s: float = HOLD_WAIT_S) -> None:
         self._storage = storage
+        self._holds = holds
+        self._hold_wait_s = hold_wait_s
         self._health = health
         self._clock = clock
         self._ttl_s = ttl_s
@@ -48,6 +59,9 @@ class KeyDirectory:
     async def lookup(self, token: str) -> tuple[KeyRecord | None, str]:
         if self._health is not None and self._health.refuses_requests:
             raise _database_down()
+        if self._holds is not None and self._holds.held(token):
+            await self._wait_for_replay(token)
+            self._known.pop(token, None)           # read before those rows: read it again
         now = self._clock()
         hit = self._known.get(token)
         if hit is not None and hit[2] > now:
@@ -77,6 +91,20 @@ class KeyDirectory:
         else:
             self._known[token] = (record, version, now + self._ttl_s)
         return record, version
+
+    async def read_settled(self, token: str) -> KeyRecord | None:
+        """The key's row from the database, once no spend row left behind for it is still on
+        its way there (the Redis admission loads a key's spend with this)."""
+        if self._holds is not None and self._holds.held(token):
+            await self._wait_for_replay(token)
+        return await self._storage.get_key(token)
+
+    async def _wait_for_replay(self, token: str) -> None:
+        if self._holds is not None and not await self._holds.wait(token, self._hold_wait_s):
+            raise ServiceUnavailable(
+                "Spend rows for this key left by a gateway process that stopped are not in the "
+                "database yet (it is unreachable, or the key's row is locked), so the key's "
+                "budget cannot be checked; retry shortly", code="database_unavailable")
 
     def put(self, record: KeyRecord) -> None:
         """This process changed the key: drop the entry (with its version) and let the next

@@ -82,8 +82,10 @@ class _ScrapeTimeGauges:
     """A collector: values read when Prometheus scrapes, not kept up to date per request."""
 
     def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
-                 deployments: Callable[[], Iterable[DeploymentHealth]]) -> None:
+                 deployments: Callable[[], Iterable[DeploymentHealth]],
+                 dead_letters: Callable[[], int] | None = None) -> None:
         self._ledger_pending = ledger_pending
+        self._dead_letters = dead_letters
         self._health = health
         self._deployments = deployments
 
@@ -100,6 +102,11 @@ class _ScrapeTimeGauges:
         yield GaugeMetricFamily(PREFIX + "ledger_pending_rows",
                                 "Spend rows accepted but not yet written to the database",
                                 value=self._ledger_pending())
+        if self._dead_letters is not None:
+            yield GaugeMetricFamily(PREFIX + "ledger_dead_letter_rows",
+                                    "Spend rows the database refused for their content, kept "
+                                    "in the journal's dead-letter file (faregate dead-letters)",
+                                    value=self._dead_letters())
         for name, up in self._health.up.items():
             yield GaugeMetricFamily(f"{PREFIX}{name}_up",
                                     f"1 if the {name} answered its last ping, else 0",
@@ -109,7 +116,8 @@ class _ScrapeTimeGauges:
 class Metrics:
     def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
                  multiprocess_dir: str | None = None,
-                 deployments: Callable[[], Iterable[DeploymentHealth]] = tuple) -> None:
+                 deployments: Callable[[], Iterable[DeploymentHealth]] = tuple,
+                 dead_letters: Callable[[], int] | None = None) -> None:
         self._health = health
         own = CollectorRegistry(auto_describe=True)
         alias_labels = ("model", "api_key_alias")
@@ -145,7 +153,7 @@ class Metrics:
                                "Requests on the OpenAI routes not yet answered in full",
                                registry=own, multiprocess_mode="livesum")
         self._series: dict[tuple[str, str, int], _Series] = {}
-        scrape_time = _ScrapeTimeGauges(ledger_pending, health, deployments)
+        scrape_time = _ScrapeTimeGauges(ledger_pending, health, deployments, dead_letters)
         if multiprocess_dir:
             # Every worker writes its series to files there; a scrape sums them all.
             self._exposed = CollectorRegistry()

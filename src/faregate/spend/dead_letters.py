@@ -11,21 +11,25 @@ column's length, token counts clamped to the column's range, and `status` set to
 the original's, so "a key's spend is the sum of its rows" stays true and a replay stays
 idempotent. Only if even the copy is refused is the row not counted (`stored: false`), and the
 key's spend then does not count it either. `faregate dead-letters list|retry|resolve` manages
-the file.
+the file: `retry` writes the rows not stored (the original if the database takes it now, else
+the copy), `resolve` drops entries once someone has looked at them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from faregate.records import SpendRow
+from faregate.storage.protocols import SpendStore
+from faregate.storage.rejected_rows import is_rejected_content
 from faregate.storage.schema import spend_logs
 
 FILE_NAME = "dead-letters.jsonl"
@@ -103,21 +107,64 @@ class DeadLetters:
 
     def remove(self, request_ids: set[str]) -> int:
         """Drop these entries (blocking); returns how many went."""
+        return self._rewrite(lambda letter: None if letter.row.request_id in request_ids
+                             else letter)
+
+    def mark_stored(self, request_ids: set[str]) -> int:
+        """Their storable copies are in the ledger now (blocking)."""
+        return self._rewrite(lambda letter: replace(letter, stored=True)
+                             if letter.row.request_id in request_ids else letter)
+
+    def _rewrite(self, change: Callable[[DeadLetter], DeadLetter | None]) -> int:
+        """Rewrite the file with each entry changed (None: dropped); how many changed."""
         if not self.path.exists():
             return 0
         fd = os.open(self.path, os.O_RDWR)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)     # appenders wait; the lock goes with the old file
             letters = self.read()
-            kept = [letter for letter in letters if letter.row.request_id not in request_ids]
+            changed = [change(letter) for letter in letters]
+            kept = [letter for letter in changed if letter is not None]
             temporary = self.path.with_suffix(".tmp")
             temporary.write_bytes(b"".join(_encode(letter) for letter in kept))
             with temporary.open("rb") as written:
                 os.fsync(written.fileno())
             os.replace(temporary, self.path)
-            return len(letters) - len(kept)
+            return sum(1 for old, new in zip(letters, changed, strict=True) if new != old)
         finally:
             os.close(fd)
+
+
+@dataclass(frozen=True)
+class Retried:
+    originals: list[str]            # written as recorded: the entry is gone from the file
+    copies: list[str]               # the database still refuses the original: copy written
+    refused: list[str]              # not even the copy: still not counted
+
+
+async def retry(letters: DeadLetters, storage: SpendStore) -> Retried:
+    """Write every dead-lettered row not yet counted: the original if the database takes it
+    now, else its storable copy. Outages raise (nothing is lost: run it again)."""
+    originals: list[str] = []
+    copies: list[str] = []
+    refused: list[str] = []
+    for letter in await asyncio.to_thread(letters.read):
+        if letter.stored:
+            continue
+        for row, done in ((letter.row, originals), (storable(letter.row), copies)):
+            try:
+                await storage.write_spend_rows([row])
+            except Exception as exc:
+                if not is_rejected_content(exc):
+                    raise
+                continue
+            done.append(letter.row.request_id)
+            break
+        else:
+            refused.append(letter.row.request_id)
+    await asyncio.to_thread(letters.remove, set(originals))
+    await asyncio.to_thread(letters.mark_stored, set(copies))
+    return Retried(originals, copies, refused)
 
 
 def _encode(letter: DeadLetter) -> bytes:

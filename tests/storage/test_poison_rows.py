@@ -1,0 +1,143 @@
+"""A spend row the database refuses for its content holds back no other row (issue 13, finding
+2), on SQLite and on the real Postgres: it is found by halving the batch, kept in the
+dead-letter file with the reason, a storable copy counts its spend, and `retry` writes what was
+not counted."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from faregate.records import KeyRecord, SpendRow
+from faregate.spend import dead_letters
+from faregate.spend.dead_letters import DEAD_LETTER_STATUS, DeadLetters
+from faregate.spend.journal import SpendJournal
+from faregate.spend.ledger import LedgerWriter
+from faregate.storage.database import SpendQuery, SqlStorage
+
+T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
+KEY_A, KEY_B = "a" * 64, "b" * 64
+LONE_SURROGATE = "openai/x\ud800y"       # not Unicode: no database stores it
+
+
+def row(request_id: str, api_key: str = KEY_A, spend: int = 100, model: str = "m",
+        i: int = 0) -> SpendRow:
+    start = T0 + timedelta(seconds=i)
+    return SpendRow(request_id=request_id, api_key=api_key, key_alias=None, model=model,
+                    upstream="http://up/v1#m", call_type="chat_completion", prompt_tokens=10,
+                    completion_tokens=5, spend_nanos=spend, start_time=start,
+                    end_time=start + timedelta(seconds=1), status="success")
+
+
+@pytest.fixture
+async def storage(db_url: str) -> AsyncIterator[SqlStorage]:
+    store = SqlStorage.from_url(db_url)
+    for token in (KEY_A, KEY_B):
+        await store.insert_key(KeyRecord(token=token, key_name="sk-...x", created_at=T0,
+                                         updated_at=T0))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def bad_models(db_url: str) -> list[str]:
+    models = [LONE_SURROGATE]
+    if db_url.startswith("postgres"):
+        # Postgres also refuses NUL in text (22021) and text longer than the column (22001).
+        models += ["openai/x\x00y", "m" * 300]
+    return models
+
+
+async def ledger_rows(storage: SqlStorage, token: str) -> dict[str, dict]:
+    rows = await storage.spend_logs(SpendQuery(api_key=token, page_size=10_000))
+    return {r["request_id"]: r for r in rows}
+
+
+async def key_spend(storage: SqlStorage, token: str) -> int:
+    record = await storage.get_key(token)
+    assert record is not None
+    return record.spend_nanos
+
+
+async def test_a_refused_row_is_dead_lettered_and_every_other_row_written(
+        storage: SqlStorage, db_url: str, tmp_path: Path) -> None:
+    spool = tmp_path / "journal"
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    bad = bad_models(db_url)
+    good = [row(f"good-{i}", KEY_A if i % 2 else KEY_B, spend=10 + i, i=i) for i in range(40)]
+    poison = [row(f"bad-{n}", KEY_A, spend=1000 + n, model=m) for n, m in enumerate(bad)]
+    for i, r in enumerate(good):
+        writer.record(r)
+        if i in (3, 20, 37) and poison:
+            writer.record(poison.pop())            # bad rows in the middle of the batch
+    for r in poison:
+        writer.record(r)
+    await asyncio.wait_for(writer.flush(), 30)     # the old writer raised here, forever
+
+    assert writer.pending == 0
+    rows_a, rows_b = await ledger_rows(storage, KEY_A), await ledger_rows(storage, KEY_B)
+    for r in good:                                  # every good row, as recorded
+        written = (rows_a if r.api_key == KEY_A else rows_b)[r.request_id]
+        assert (written["spend_nanos"], written["model"], written["status"]) == \
+            (r.spend_nanos, r.model, "success")
+    for n, model in enumerate(bad):                 # each bad row: a marked, storable copy
+        copy = rows_a[f"bad-{n}"]
+        assert copy["status"] == DEAD_LETTER_STATUS and copy["spend_nanos"] == 1000 + n
+        assert copy["model"] != model
+    # The key's spend is still the sum of its rows, and counts the refused rows.
+    assert await key_spend(storage, KEY_A) == sum(r["spend_nanos"] for r in rows_a.values()) \
+        == sum(r.spend_nanos for r in good if r.api_key == KEY_A) + \
+        sum(1000 + n for n in range(len(bad)))
+    assert await key_spend(storage, KEY_B) == sum(r["spend_nanos"] for r in rows_b.values())
+
+    letters = {letter.row.request_id: letter for letter in DeadLetters(spool).read()}
+    assert set(letters) == {f"bad-{n}" for n in range(len(bad))}
+    for n, model in enumerate(bad):
+        letter = letters[f"bad-{n}"]
+        assert letter.row.model == model           # the original, exactly
+        assert letter.stored and letter.reason
+    if db_url.startswith("postgres"):
+        assert letters["bad-1"].sqlstate == "22021"  # NUL
+        assert letters["bad-2"].sqlstate == "22001"  # too long
+    assert writer.dead_lettered == len(bad)
+    await writer.close()
+
+    # A restart replays nothing again: the segment went once the batch was through.
+    again = LedgerWriter(storage, 60, SpendJournal(spool))
+    await again.start()
+    assert again.pending == 0
+    await again.close()
+    assert len(DeadLetters(spool).read()) == len(bad)
+
+
+async def test_retry_writes_what_was_not_counted_and_resolve_drops_entries(
+        storage: SqlStorage, tmp_path: Path) -> None:
+    letters = DeadLetters(tmp_path)
+    # Refused before even a copy could be stored (say its key row was missing then).
+    await asyncio.to_thread(letters.add, dead_letters.DeadLetter(
+        row("later-ok", spend=7), "SQLSTATE 23503: ...", "23503", False, T0))
+    await asyncio.to_thread(letters.add, dead_letters.DeadLetter(
+        row("never-ok", spend=9, model=LONE_SURROGATE), "UnicodeEncodeError", None, False, T0))
+    await asyncio.to_thread(letters.add, dead_letters.DeadLetter(   # the same id again: once
+        row("never-ok", spend=9, model=LONE_SURROGATE), "UnicodeEncodeError", None, False, T0))
+    assert letters.count() == 2
+
+    done = await dead_letters.retry(letters, storage)
+    assert (done.originals, done.copies, done.refused) == (["later-ok"], ["never-ok"], [])
+    rows = await ledger_rows(storage, KEY_A)
+    assert rows["later-ok"]["status"] == "success"
+    assert rows["never-ok"]["status"] == DEAD_LETTER_STATUS
+    assert await key_spend(storage, KEY_A) == 16
+    left = letters.read()
+    assert [(x.row.request_id, x.stored) for x in left] == [("never-ok", True)]
+    assert left[0].row.model == LONE_SURROGATE      # the original stays until resolved
+
+    assert (await dead_letters.retry(letters, storage)).copies == []   # nothing left to do
+    assert await key_spend(storage, KEY_A) == 16
+    assert letters.remove({"never-ok"}) == 1
+    assert letters.count() == 0
