@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.conftest import RunningGateway
-from support import chat
+from support import MASTER_KEY, chat
 
 
 async def call(gw: RunningGateway, key: str, model: str = "qwen-local") -> int:
@@ -115,3 +115,27 @@ async def test_health_routes_need_no_auth(gateway: RunningGateway) -> None:
     assert (await gateway.http.get("/health/liveliness")).status_code == 200
     ready = await gateway.http.get("/health/readiness")
     assert ready.status_code == 200 and ready.json()["db"] == "connected"
+
+
+async def test_the_master_key_is_never_a_virtual_key(gateway: RunningGateway) -> None:
+    """A copy of the master key would share its hash, so the master key's calls (never
+    refused) would be charged to the copy: /key/generate and both regenerates refuse it."""
+    key = await gateway.new_key(max_budget=1)
+    for path, body in [("/key/generate", {"key": MASTER_KEY}),
+                       ("/key/regenerate", {"key": key, "new_key": MASTER_KEY}),
+                       (f"/key/{key}/regenerate", {"new_key": MASTER_KEY})]:
+        resp = await gateway.admin("POST", path, json=body)
+        error = resp.json()["error"]
+        assert resp.status_code == 400, (path, resp.text)
+        assert error["code"] == "master_key_reused" and "master key" in error["message"]
+        assert MASTER_KEY not in resp.text
+    assert await call(gateway, key) == 200         # the key was not re-keyed
+    assert await call(gateway, MASTER_KEY) == 200
+    await gateway.app.ledger.flush()
+    listed = (await gateway.admin("GET", "/key/list",
+                                  params={"return_full_object": "true"})).json()
+    assert listed["total_count"] == 1
+    [only] = listed["keys"]
+    assert only["key_name"] == f"sk-...{key[-4:]}"
+    rows = (await gateway.admin("GET", "/spend/logs", params={"api_key": key})).json()
+    assert len(rows) == 1, "the master key's call was charged to a virtual key"
