@@ -21,7 +21,7 @@ from faregate.errors import (
     InvalidRequest,
     ModelAccessDenied,
 )
-from faregate.wire.json_limits import MAX_JSON_DEPTH, unwritable
+from faregate.wire.json_limits import MAX_JSON_DEPTH, too_deep, unwritable
 from faregate.wire.openai_request import CallType, ParsedRequest
 from faregate.wire.storable import check_text
 
@@ -148,7 +148,7 @@ def _translate(body: dict[str, Any], counting: bool) -> TranslatedRequest:
     try:
         return TranslatedRequest(orjson.dumps(out), model, stream)
     except orjson.JSONEncodeError:
-        raise _too_deep() from None
+        raise too_deep() from None
 
 
 def _load(raw: bytes) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequ
     bytes (tool inputs and results, documents, thinking), images apart."""
     # The gateway writes the body again (model, a capped max_tokens): it must be writable.
     if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and unwritable(body):
-        raise _too_deep()
+        raise too_deep()
     model, max_tokens, stream = _model_max_tokens_stream(body, counting)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -218,12 +218,6 @@ def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequ
 
 def _json_bytes(value: Any) -> int:
     return 0 if value is None else len(orjson.dumps(value))
-
-
-def _too_deep() -> InvalidRequest:
-    # orjson writes at most MAX_JSON_DEPTH levels (a tool schema or input nested deeper).
-    return InvalidRequest(f"The request body nests arrays and objects more than "
-                          f"{MAX_JSON_DEPTH} levels deep; flatten it", code="json_too_deep")
 
 
 def _system(system: Any) -> list[dict[str, Any]]:
@@ -302,7 +296,7 @@ def _assistant_blocks(blocks: list[Any], where: str) -> list[dict[str, Any]]:
             try:
                 arguments = orjson.dumps(tool_input).decode()
             except orjson.JSONEncodeError:
-                raise _too_deep() from None
+                raise too_deep() from None
             calls.append({"id": tool_id, "type": "function",
                           "function": {"name": name, "arguments": arguments}})
         elif kind in ("thinking", "redacted_thinking"):
