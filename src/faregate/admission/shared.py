@@ -18,6 +18,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from faregate.admission import periods
@@ -151,11 +154,18 @@ end
 if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PEXPIRE', KEYS[3], lease * 2) end
 return 1
 """
+# A call to Redis waits this long for its answer. 0.5 s refused healthy requests of a loaded
+# replica under a 300-request burst; while Redis hangs, each refusal takes this long.
+CALL_TIMEOUT_S = 2.0
+CONNECT_TIMEOUT_S = 0.5
 # A reservation is a lease this short, renewed every RENEW_S while its request is in flight:
 # a replica that dies (or loses an answer) strands nothing for longer than LEASE_S.
 LEASE_S = 30.0
 RENEW_S = 5.0
 _POLL_S = 0.02
+# A parallel refusal is decided again while this replica's settlements reach Redis, this often
+# at most (callers at the limit may each have one on its way).
+_PARALLEL_RECHECKS = 4
 
 
 def _keys(token: str) -> list[str]:
@@ -186,9 +196,17 @@ class RedisAdmission:
                  on_period_start: Callable[[str, int, datetime | None], None],
                  wait_timeout_s: float, fail_mode: str, fallback: LocalAdmission,
                  replicas: int) -> None:
-        self.client = aioredis.Redis.from_url(url, socket_timeout=2.0,
-                                              socket_connect_timeout=0.5,
-                                              health_check_interval=10)
+        self.client = aioredis.Redis.from_url(
+            url, socket_timeout=CALL_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
+            health_check_interval=10,
+            # A pooled connection that a restarted Redis closed fails at once: send the call
+            # again on a fresh one (from_url's pool retries nothing by default, and each stale
+            # connection cost a 503 after recovery; pipelines retry the same way). Not
+            # timeouts: a hang costs one timeout, not two. A call Redis ran before closing
+            # the connection runs twice: admission books the same request id again (its
+            # windows count it twice for a minute), a settlement adds its cost twice: both
+            # stricter, never looser.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self._admit = self.client.register_script(_ADMIT)
         self._init = self.client.register_script(_INIT)
         self._settle = self.client.register_script(_SETTLE)
@@ -204,6 +222,7 @@ class RedisAdmission:
         self._dirty: set[str] = set()          # keys whose Redis spend missed a settlement
         self._pending: list[tuple[str, list[str], list[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._flushes = 0                       # settlement batches sent so far
         self._held: dict[str, str] = {}        # request id -> key token, admitted in Redis
         self._lost: dict[str, str] = {}        # ids whose admission answer was lost: release
         self._renewer: asyncio.Task[None] | None = None
@@ -263,6 +282,8 @@ class RedisAdmission:
                 log.warning("redis: could not settle %d requests (%s); their keys' spend "
                             "will be re-read from the database", len(batch),
                             type(exc).__name__)
+            finally:
+                self._flushes += 1
 
     async def _keep_leases(self) -> None:
         """Every RENEW_S: renew the leases of requests in flight here, release lost ones."""
@@ -341,8 +362,9 @@ class RedisAdmission:
             args += [w.limit, w.cost, int(w.tokens)]
         window_keys = [f"fg:w:{w.scope}" for w in demand.windows]
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
-        flushed = False
+        rechecks = 0
         while True:
+            flushes = self._flushes
             result = await self._admit(keys=names + window_keys, args=args)
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if verdict == "ok":
@@ -357,11 +379,14 @@ class RedisAdmission:
                     int(result[1]), key.budget_duration or "", int(result[2]))
                 continue
             if verdict == "parallel":
-                if not flushed and self._flusher is not None and not self._flusher.done():
-                    flushed = True
+                flushing = self._flusher is not None and not self._flusher.done()
+                if rechecks < _PARALLEL_RECHECKS and (flushing or self._flushes != flushes):
+                    rechecks += 1
                     # This replica's own finished requests may not have freed their slots in
-                    # Redis yet (settlements are sent a moment after the answer).
-                    await asyncio.shield(self._flusher)
+                    # Redis yet (settlements are sent a moment after the answer), or freed
+                    # them while this script waited in line behind them: decide again.
+                    if flushing and self._flusher is not None:
+                        await asyncio.shield(self._flusher)
                     continue
                 raise rate_limited(None, 0, 1, demand.parallel_limit)
             if verdict == "window":
