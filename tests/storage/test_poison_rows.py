@@ -6,6 +6,8 @@ not counted."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -141,3 +143,39 @@ async def test_retry_writes_what_was_not_counted_and_resolve_drops_entries(
     assert await key_spend(storage, KEY_A) == 16
     assert letters.remove({"never-ok"}) == 1
     assert letters.count() == 0
+
+
+_KILLED_WITH_A_BAD_ROW = """
+import os, signal, sys
+from datetime import UTC, datetime
+from pathlib import Path
+from faregate.records import SpendRow
+from faregate.spend.journal import SpendJournal
+
+journal = SpendJournal(Path(sys.argv[1]))
+t = datetime(2024, 5, 1, 12, tzinfo=UTC)
+for i in range(20):
+    model = "openai/x\\ud800y" if i == 7 else "m"
+    journal.append(SpendRow(f"left-{i}", sys.argv[2], None, model, "u", "chat_completion",
+                            1, 2, 10, t, t, "success"))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_a_bad_row_left_by_a_killed_process_does_not_block_the_replay(
+        storage: SqlStorage, tmp_path: Path) -> None:
+    spool = tmp_path / "journal"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _KILLED_WITH_A_BAD_ROW, str(spool), KEY_A)
+    assert await proc.wait() == -signal.SIGKILL
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    await writer.start()                                 # the restart used to fail forever
+    assert writer.holds.held(KEY_A) and writer.pending == 20
+    await asyncio.wait_for(writer.flush(), 30)
+    assert not writer.holds.held(KEY_A)                 # the key is not held forever either
+    rows = await ledger_rows(storage, KEY_A)
+    assert len(rows) == 20 and rows["left-7"]["status"] == DEAD_LETTER_STATUS
+    assert await key_spend(storage, KEY_A) == 200
+    assert [x.row.request_id for x in DeadLetters(spool).read()] == ["left-7"]
+    await writer.close()
+    assert list(spool.glob("*.spend")) == []
