@@ -155,6 +155,16 @@ def test_compaction_keeps_only_open_streams_and_stays_owned(spool: Path, clock: 
     assert {i: r.completion_tokens for i, r in adopted(spool, clock).items()} == {"kept": 9}
 
 
+def test_a_file_left_half_made_is_removed_once_it_is_old(spool: Path, clock: Clock) -> None:
+    spool.mkdir()
+    fresh, old = spool / "1-a.streams-new", spool / "2-b.streams-new"
+    fresh.write_bytes(b"")                         # its maker may be about to lock it
+    old.write_bytes(b'["open", "x"')               # a compaction cut by a crash
+    os.utime(old, (0, 0))
+    assert adopted(spool, clock) == {}
+    assert fresh.exists() and not old.exists()
+
+
 async def test_close_removes_the_file_or_leaves_open_streams_for_the_next_start(
         spool: Path, clock: Clock) -> None:
     clean = StreamCheckpoints(spool, clock)

@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -45,7 +46,8 @@ EVERY_S = 1.0
 COMPACT_BYTES = 1 << 20
 
 _SUFFIX = ".streams"
-_COMPACTING = ".streams-compacting"
+_NEW = ".streams-new"             # a file being made (created, locked, then renamed)
+_NEW_LEFT_S = 60.0                # one older than this, unlocked: its maker died making it
 _OPEN, _CLOSED = "open", "closed"
 _FIELDS = SpendRow.__slots__
 
@@ -92,7 +94,9 @@ class StreamCheckpoints:
         self._compact_bytes = compact_bytes
         self._name = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._path = self._dir / f"{self._name}{_SUFFIX}"
-        self._fd = _create_locked(self._path)
+        self._new = self._dir / f"{self._name}{_NEW}"
+        self._fd = _create_locked(self._new)
+        os.rename(self._new, self._path)
         self._size = 0
         self._open: dict[str, OpenStream] = {}
         self._task: asyncio.Task[None] | None = None
@@ -186,11 +190,12 @@ class StreamCheckpoints:
                 log.warning("charging %d streams that were open when the process owning %s "
                             "stopped, from their last checkpoints", len(found), path.name)
             rows.extend(found)
-        for path in self._dir.glob(f"*{_COMPACTING}"):
-            fd = _lock_orphan(path)          # a compaction cut by a crash: its file is whole
-            if fd is not None:
-                path.unlink(missing_ok=True)
-                os.close(fd)
+        for path in self._dir.glob(f"*{_NEW}"):
+            if _age_s(path) > _NEW_LEFT_S:   # a compaction cut by a crash: the file is whole
+                fd = _lock_orphan(path)
+                if fd is not None:
+                    path.unlink(missing_ok=True)
+                    os.close(fd)
         return rows
 
     async def _run(self) -> None:
@@ -214,14 +219,13 @@ class StreamCheckpoints:
     def _compact(self, now: datetime) -> None:
         """Rewrite the file with one record per open stream; a live owner's lock is on the new
         file before it takes the name."""
-        temp = self._dir / f"{self._name}{_COMPACTING}"
-        fd = _create_locked(temp)
+        fd = _create_locked(self._new)
         try:
             data = b"".join(s.record(now) for s in self._open.values() if s.written)
             os.write(fd, data)
-            os.replace(temp, self._path)
+            os.replace(self._new, self._path)
         except BaseException:
-            temp.unlink(missing_ok=True)
+            self._new.unlink(missing_ok=True)
             os.close(fd)
             raise
         os.close(self._fd)
@@ -232,9 +236,18 @@ class StreamCheckpoints:
 
 
 def _create_locked(path: Path) -> int:
+    """A new file at `path` (a `_NEW` name, which adopters leave alone for a minute), locked;
+    the caller renames it into place, so that adopters never see it unlocked."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return fd
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _lock_orphan(path: Path) -> int | None:
