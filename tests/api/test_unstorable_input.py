@@ -30,6 +30,7 @@ from support import MASTER_KEY, env_for, write_config
 from faregate import config
 from faregate.api.anthropic_routes import AnthropicRoutes
 from faregate.api.openai_routes import OpenAIRoutes
+from faregate.api.storable_input import MAX_ADMIN_BODY_BYTES
 from faregate.app import Faregate
 from faregate.storage.schema import keys, models, spend_logs
 from faregate.wire.storable import LEDGER_UPSTREAM_CHARS
@@ -370,3 +371,21 @@ async def test_the_ledger_upstream_column_bounds_a_stored_model(gw: RunningGatew
     assert len(row["api_base"]) == LEDGER_UPSTREAM_CHARS
     assert [m["model_name"] for m in (await gw.admin("GET", "/model/info")).json()["data"]
             if m["model_name"].startswith("wide-")] == ["wide-0"]
+
+
+async def test_an_admin_body_is_read_only_so_far(gw: RunningGateway) -> None:
+    """Past MAX_ADMIN_BODY_BYTES an admin body is a 413, announced or not, before the caller
+    is known: nothing is buffered past the bound."""
+    big = orjson.dumps({"metadata": {"a": "x" * MAX_ADMIN_BODY_BYTES}})
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(big), 65536):
+            yield big[start:start + 65536]
+
+    for headers in ({"Authorization": f"Bearer {MASTER_KEY}"}, {}):
+        for content in (big, chunked()):
+            resp = await gw.http.post("/key/generate", content=content, headers=headers)
+            error = openai_error(resp.status_code, resp.json())
+            assert resp.status_code == 413 and error["code"] == "body_too_large", resp.text
+    fits = {"metadata": {"a": "x" * 60_000}}
+    assert (await gw.admin("POST", "/key/generate", json=fits)).status_code == 200

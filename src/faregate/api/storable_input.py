@@ -4,7 +4,7 @@ query or its path, is refused with a 400 naming the field if it could not be sto
 
 It is the route class of every admin route (`build_admin_app` and `build_model_routes` set
 it), so a new route is checked without asking. A body that is not JSON at all is left to
-FastAPI, which refuses it with its own 400.
+FastAPI, which refuses it with its own 400; one past MAX_ADMIN_BODY_BYTES is a 413.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
-from faregate.wire.storable import check_storable, check_text
+from faregate.errors import BodyTooLarge
+from faregate.wire.storable import MAX_STORED_JSON_BYTES, check_storable, check_text
+
+# Admin bodies are small (a key's settings, a model entry: a few stored documents); reading
+# more than this before the caller is even authenticated would only cost memory.
+MAX_ADMIN_BODY_BYTES = 1024 * 1024
 
 
 class StorableInput(APIRoute):
@@ -39,7 +44,7 @@ async def refuse_unstorable(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str):
             check_text(value, name)
-    raw = await request.body()
+    raw = await _bounded_body(request)
     if not raw.strip():
         return
     try:
@@ -49,3 +54,26 @@ async def refuse_unstorable(request: Request) -> None:
     except (ValueError, RecursionError):
         return      # not JSON: FastAPI answers its 400
     check_storable(body)
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, read at most MAX_ADMIN_BODY_BYTES far (BodyTooLarge past it), and kept where
+    Starlette keeps it for the handler."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_ADMIN_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_ADMIN_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    request._body = b"".join(chunks)     # Starlette's own cache: Request.body() returns it
+    return request._body
+
+
+def _too_large() -> BodyTooLarge:
+    return BodyTooLarge(f"An admin request body may be at most {MAX_ADMIN_BODY_BYTES} bytes "
+                        "(each stored JSON document at most "
+                        f"{MAX_STORED_JSON_BYTES})", code="body_too_large")
