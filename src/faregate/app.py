@@ -122,7 +122,8 @@ class Faregate:
         self._routes.update(AnthropicRoutes(self.gateway, settings.max_request_body_bytes,
                                             self.metrics, settings.log_requests).routes)
         self._routes["GET", "/metrics"] = MetricsRoute(
-            self.metrics, self.auth if settings.metrics_require_auth else None)
+            self.metrics, self.auth if settings.metrics_require_auth else None,
+            settings.metrics_token)
         self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,
                                          self.router.health, self.replicas,
                                          lambda: (self.models.unopened, self.models.kept)

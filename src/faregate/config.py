@@ -112,7 +112,9 @@ class Settings:
     stored_models_poll_interval_s: float = 10.0     # how often replicas re-read stored models
     log_format: str = "json"                    # or "text" (FAREGATE_LOG_FORMAT)
     log_requests: bool = False                  # one access line per OpenAI-route request
-    metrics_require_auth: bool = False          # /metrics asks for the master key
+    # /metrics shows key aliases and their spend: it asks for the master key or metrics_token.
+    metrics_require_auth: bool = True
+    metrics_token: Secret | None = None         # a scraper's bearer token for /metrics only
     prometheus_multiproc_dir: str | None = None  # --workers: where workers share metrics
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -191,8 +193,9 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
         metrics_require_auth=_bool(
             general.get("require_auth_for_metrics_endpoint",
                         _mapping(raw.get("litellm_settings"), "litellm_settings")
-                        .get("require_auth_for_metrics_endpoint", False)),
+                        .get("require_auth_for_metrics_endpoint", True)),
             "general_settings.require_auth_for_metrics_endpoint"),
+        metrics_token=_metrics_token(general, env),
         prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )
 
@@ -516,6 +519,21 @@ def _master_key(general: dict[str, Any], env: _Env, data_dir: Path) -> tuple[Sec
     value = key_file.read_text().strip()
     source = f"file {key_file} (minted once; set FAREGATE_MASTER_KEY to choose your own)"
     return _checked_master(value, source), source
+
+
+def _metrics_token(general: dict[str, Any], env: _Env) -> Secret | None:
+    """general_settings.metrics_token (an os.environ/NAME reference) or FAREGATE_METRICS_TOKEN:
+    what Prometheus sends as its bearer token, so that it need not hold the master key."""
+    setting = "general_settings.metrics_token (or FAREGATE_METRICS_TOKEN)"
+    value = env.resolve(general.get("metrics_token"), "general_settings.metrics_token") \
+        or env.get("FAREGATE_METRICS_TOKEN")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) < 16 or value != value.strip() \
+            or any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"{setting} must be at least 16 printable characters without "
+                          "spaces (e.g. `openssl rand -hex 24`)")
+    return Secret(value)
 
 
 def _checked_master(value: Any, source: str) -> Secret:

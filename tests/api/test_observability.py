@@ -23,6 +23,7 @@ from faregate import config
 from faregate.app import Faregate
 from faregate.keys.tokens import hash_key
 from faregate.observe.logs import JsonFormatter
+from faregate.secret import Secret
 
 PROMPT_MARKER = "zebra-quartz-prompt-marker"
 
@@ -82,7 +83,7 @@ async def scrape(gw: RunningGateway) -> Samples:
     """/metrics once every request has been recorded (a stream is recorded after its last
     byte reached the client, so wait for in-flight to reach 0)."""
     for _ in range(200):
-        resp = await gw.http.get("/metrics")
+        resp = await gw.http.get("/metrics", headers=bearer(MASTER_KEY))
         assert resp.status_code == 200, resp.text
         assert resp.headers["content-type"].startswith("text/plain")
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
@@ -187,20 +188,40 @@ async def test_metrics_count_successes_streams_rejections_and_upstream_errors(
         assert key not in every_label_value and hash_key(key) not in every_label_value
 
 
-async def test_metrics_are_open_by_default(observed: RunningGateway) -> None:
-    assert (await observed.http.get("/metrics")).status_code == 200
-
-
-async def test_metrics_can_require_the_master_key(start: Start) -> None:
-    observed = await start(metrics_require_auth=True)
+async def test_metrics_need_the_master_key_by_default(observed: RunningGateway) -> None:
+    """/metrics names key aliases with their spend: not for anyone who reaches the port."""
     anonymous = await observed.http.get("/metrics")
     assert anonymous.status_code == 401
     assert anonymous.json()["error"]["code"] == "missing_api_key"
-    key = await observed.new_key()
+    assert "faregate_" not in anonymous.text
+    key = await observed.new_key(key_alias="alias-not-for-strangers")
     virtual = await observed.http.get("/metrics", headers=bearer(key))
     assert virtual.status_code == 403
     assert "master key" in virtual.json()["error"]["message"]
+    assert "FAREGATE_METRICS_TOKEN" in virtual.json()["error"]["message"]
+    wrong = await observed.http.get("/metrics", headers=bearer("sk-not-a-key-at-all"))
+    assert wrong.status_code == 401
     assert (await observed.http.get("/metrics", headers=bearer(MASTER_KEY))).status_code == 200
+
+
+async def test_a_metrics_token_opens_metrics_and_nothing_else(start: Start) -> None:
+    token = "prometheus-scrape-token-0123456789"
+    observed = await start(metrics_token=Secret(token))
+    assert (await observed.http.get("/metrics", headers=bearer(token))).status_code == 200
+    assert (await observed.http.get("/metrics",
+                                    headers={"Authorization": f"bearer  {token}"})
+            ).status_code == 200
+    assert (await observed.http.get("/metrics", headers=bearer(token + "x"))).status_code == 401
+    assert (await observed.http.get("/metrics", headers=bearer(MASTER_KEY))).status_code == 200
+    # the scraper's token is no key: no admin route, no model call
+    assert (await observed.http.get("/key/list", headers=bearer(token))).status_code == 401
+    call = await observed.http.post("/v1/chat/completions", json=chat(), headers=bearer(token))
+    assert call.status_code == 401
+
+
+async def test_metrics_can_be_opened(start: Start) -> None:
+    observed = await start(metrics_require_auth=False)
+    assert (await observed.http.get("/metrics")).status_code == 200
 
 
 async def test_every_response_carries_the_request_id_the_ledger_keeps(
@@ -310,7 +331,7 @@ async def test_no_secret_and_no_prompt_in_any_log_line(observed: RunningGateway,
     await gw.http.post("/key/update", json={"key": key, "max_budget": "x"},
                        headers=bearer(MASTER_KEY))                                   # 422
     await gw.http.post("/key/regenerate", json={"key": other}, headers=bearer(MASTER_KEY))
-    await gw.http.get("/metrics")
+    await gw.http.get("/metrics", headers=bearer(MASTER_KEY))
     await gw.http.get("/health/readiness")
     await scrape(gw)
     await gw.app.ledger.flush()

@@ -196,8 +196,9 @@ async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
     bad, good = gw.app.router.health()
     assert bad.cooling_down and bad.fails_last_minute == 1 and bad.last_error
     assert not good.cooling_down
+    scrape = await gw.http.get("/metrics", headers={"Authorization": f"Bearer {MASTER_KEY}"})
     states = {s.labels["model_id"]: s.value for f in text_string_to_metric_families(
-        (await gw.http.get("/metrics")).text) if f.name == "faregate_deployment_state"
+        scrape.text) if f.name == "faregate_deployment_state"
         for s in f.samples}
     assert states == {bad.deployment_id: 2, good.deployment_id: 0}
     rows = await ledger_rows(gw, key)

@@ -193,6 +193,37 @@ def test_production_scrapes_the_metrics_the_gateway_serves() -> None:
         "kubernetes.io/metadata.name": "monitoring"}}} in peers
 
 
+def test_prometheus_scrapes_with_the_metrics_token_the_pods_accept() -> None:
+    """/metrics asks for a bearer token: the ServiceMonitor sends the one the pods read."""
+    objects = render("production")
+    [endpoint] = the(objects, "ServiceMonitor")["spec"]["endpoints"]
+    credentials = endpoint["authorization"]["credentials"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    ref = env_of(container(the(objects, "Deployment")))["FAREGATE_METRICS_TOKEN"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": credentials["name"],
+                                               "key": credentials["key"]}
+    general = yaml.safe_load(config_yaml(objects))["general_settings"]
+    assert general["require_auth_for_metrics_endpoint"] is True
+    # the default (no ServiceMonitor) still asks for a token, and reads no token Secret
+    default = render("default")
+    default_general = yaml.safe_load(config_yaml(default))["general_settings"]
+    assert default_general["require_auth_for_metrics_endpoint"] is True
+    assert "FAREGATE_METRICS_TOKEN" not in env_of(container(the(default, "Deployment")))
+
+
+def test_a_service_monitor_without_a_token_needs_an_open_metrics_endpoint() -> None:
+    refused = helm("template", "faregate", str(CHART), *VARIANTS["production"],
+                   "--set", "metricsToken.enabled=false")
+    assert refused.returncode != 0
+    assert "metrics" in refused.stderr
+    opened = template(*VARIANTS["production"], "--set", "metricsToken.enabled=false",
+                      "--set", "metricsRequireAuth=false").objects()
+    [endpoint] = the(opened, "ServiceMonitor")["spec"]["endpoints"]
+    assert "authorization" not in endpoint
+    opened_general = yaml.safe_load(config_yaml(opened))["general_settings"]
+    assert opened_general["require_auth_for_metrics_endpoint"] is False
+
+
 def test_service_and_pdb_select_the_gateway_pods() -> None:
     objects = render("production-monitoring")
     pod_labels = the(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]

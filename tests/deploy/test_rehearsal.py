@@ -37,6 +37,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("redis-server") is None,
                        reason="needs redis-server (Debian package redis-server)"),
 ]
+METRICS_TOKEN = "rehearsal-metrics-token-0123456789"
 VARIANT = "production"          # several replicas + Redis: the bring-up worth rehearsing
 UPSTREAM_KEY = "vllm-rehearsal-key"
 
@@ -159,6 +160,7 @@ def test_bring_up_migrate_then_replicas_then_validate(
         ("faregate-pg-app", "uri"): fresh_database,
         ("faregate-redis", "REDIS_URL"): redis_url,
         ("vllm-api-key", "VLLM_API_KEY"): UPSTREAM_KEY,
+        ("faregate-metrics-token", "FAREGATE_METRICS_TOKEN"): METRICS_TOKEN,
     }
     cluster = Cluster(objects, secrets, tmp_path, keyed_upstream)
     try:
@@ -180,6 +182,12 @@ def test_bring_up_migrate_then_replicas_then_validate(
             assert probe(url, "/health/liveliness") == 200
             assert probe(url, "/health/readiness") == 200, log.read_text()
             assert "shared through Redis" in log.read_text()
+
+        # Prometheus' scrape: the token the ServiceMonitor sends opens /metrics; nothing else
+        scrape = httpx.get(f"{pods[0][1]}/metrics", timeout=10,
+                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scrape.status_code == 200 and "faregate_" in scrape.text
+        assert probe(pods[0][1], "/metrics") == 401
 
         # 4. the runbook's validation against one replica ...
         (_, first, _), (_, second, _) = pods

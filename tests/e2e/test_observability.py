@@ -77,7 +77,8 @@ def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 
 
 def requests_counted(base_url: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", headers={"Connection": "close"}).text
+    text = httpx.get(f"{base_url}/metrics", headers={"Connection": "close",
+                                                "Authorization": f"Bearer {MASTER_KEY}"}).text
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
                if s.name == "faregate_proxy_total_requests_metric_total")
 

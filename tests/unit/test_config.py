@@ -441,3 +441,28 @@ def test_repr_never_shows_secrets(tmp_path: Path) -> None:
 def test_repr_never_shows_minted_master_key(tmp_path: Path) -> None:
     settings = load({"FAREGATE_DATA_DIR": str(tmp_path / "data")}, None)
     assert settings.master_key.reveal() not in repr(settings)
+
+
+# /metrics
+
+def test_metrics_need_auth_by_default_and_may_be_opened(tmp_path: Path) -> None:
+    assert load_model(tmp_path).metrics_require_auth is True
+    assert load_model(tmp_path).metrics_token is None
+    opened = load_model(tmp_path, general="require_auth_for_metrics_endpoint: false")
+    assert opened.metrics_require_auth is False
+
+
+def test_metrics_token_from_the_environment_or_a_reference(tmp_path: Path) -> None:
+    token = "scrape-token-0123456789abcdef"
+    settings = load_model(tmp_path, FAREGATE_METRICS_TOKEN=token)
+    assert settings.metrics_token is not None and settings.metrics_token.matches(token)
+    assert token not in repr(settings)
+    referenced = load_model(tmp_path, general="metrics_token: os.environ/SCRAPE",
+                            SCRAPE=token)
+    assert referenced.metrics_token is not None and referenced.metrics_token.matches(token)
+
+
+@pytest.mark.parametrize("token", ["short", "has a space 0123456789", "tab\t0123456789abcdef"])
+def test_a_weak_or_garbled_metrics_token_names_the_setting(tmp_path: Path, token: str) -> None:
+    with pytest.raises(ConfigError, match="metrics_token"):
+        load_model(tmp_path, FAREGATE_METRICS_TOKEN=token)

@@ -86,5 +86,6 @@ app.kubernetes.io/part-of: faregate
 {{- $_ := set $general "redis_failure_mode" .Values.redis.failureMode -}}
 {{- $_ := set $general "replicas" (int (include "faregate.processCount" .)) -}}
 {{- end -}}
+{{- $_ := set $general "require_auth_for_metrics_endpoint" .Values.metricsRequireAuth -}}
 {{- toYaml (dict "model_list" .Values.modelList "general_settings" $general) -}}
 {{- end -}}
