@@ -62,16 +62,21 @@ def test_sigkill_with_rows_stuck_behind_a_row_lock_then_restart_keeps_the_budget
     gateways = [start(tmp_path, db, models)]
     key = new_key(gateways[0].base_url, max_budget=BUDGET_USD)
     bystander = new_key(gateways[0].base_url, max_budget=BUDGET_USD)   # nothing left behind
+    neighbour = new_key(gateways[0].base_url, max_budget=BUDGET_USD)   # rows left beside the key's
     lock = RowLock(db, key)
 
-    async def scenario() -> tuple[Load, Load, Load, int, Ledger]:
+    async def scenario() -> tuple[Load, Load, Load, Load, int, Ledger, Ledger]:
         first = gateways[0]
         before = await drive(first.base_url, key, [chat(f"a{i}") for i in range(200)], 8)
         await wait_until_written(first.base_url)
         await lock.take()
         try:
-            # Served from memory; every row waits in the journal behind the lock.
+            # Served from memory; every row waits in the journal behind the lock, then the
+            # neighbour's rows too (behind the same blocked write, in a later segment: rows
+            # inside the blocked transaction itself wait for it even after the kill, since
+            # Postgres ends a dead client's statement only once its lock wait is over).
             stuck = await drive(first.base_url, key, [chat(f"b{i}") for i in range(400)], 8)
+            beside = await drive(first.base_url, neighbour, [chat(f"n{i}") for i in range(50)], 2)
             first.proc.kill()
             await asyncio.to_thread(first.proc.wait, 10)
             gateways.append(await asyncio.to_thread(start, tmp_path, db, models))
@@ -79,6 +84,9 @@ def test_sigkill_with_rows_stuck_behind_a_row_lock_then_restart_keeps_the_budget
             # The lock is still held: the rows left behind cannot be written yet.
             held = await drive(second.base_url, key, [chat(f"c{i}") for i in range(4)], 4)
             other = await drive(second.base_url, bystander, [chat("other")], 1)
+            # The neighbour's left rows are written in a transaction of their own.
+            other = Load(other.outcomes + (await drive(second.base_url, neighbour,
+                                                       [chat("neighbour")], 1)).outcomes)
             async with httpx.AsyncClient(base_url=second.base_url) as http:
                 waiting = (await http.get("/health/readiness")).json()["spend_rows_waiting"]
         finally:
@@ -86,10 +94,11 @@ def test_sigkill_with_rows_stuck_behind_a_row_lock_then_restart_keeps_the_budget
         rest = await drive(second.base_url, key, [chat(f"d{i}") for i in range(700)], 8)
         await wait_until_written(second.base_url)
         return (Load(before.outcomes + stuck.outcomes), Load(held.outcomes + rest.outcomes),
-                other, waiting, await read_ledger(db, key, second.base_url))
+                other, beside, waiting, await read_ledger(db, key, second.base_url),
+                await read_ledger(db, neighbour, second.base_url))
 
     try:
-        load, after, other, waiting, ledger = asyncio.run(scenario())
+        load, after, other, beside, waiting, ledger, neighbours = asyncio.run(scenario())
         replayed = re.search(r"replaying (\d+) spend rows", gateways[-1].output())
     finally:
         for gateway in gateways:
@@ -99,11 +108,15 @@ def test_sigkill_with_rows_stuck_behind_a_row_lock_then_restart_keeps_the_budget
                      whole, ledger, whole.ids(lambda o: o.status == 200),
                      f"{len(load.served)} served before the kill, {len(after.served)} after; "
                      f"{replayed.group(1) if replayed else 0} rows replayed")
+    served_beside = Load(beside.outcomes + other.outcomes[1:])
+    check_and_record(fault_table, "  the same: another key's rows left beside the locked one",
+                     served_beside, neighbours, served_beside.ids(lambda o: o.status == 200),
+                     "served after the restart while the other key's row was still locked")
     assert len(load.served) == 600                       # the budget allowed all of these
-    assert replayed is not None and int(replayed.group(1)) >= 400
+    assert replayed is not None and int(replayed.group(1)) >= 450
     assert waiting >= 400                                 # readiness counts the adopted rows
     # While its rows could not be written, the key got the documented 503, not an admission.
     assert {o.status for o in after.outcomes[:4]} == {503}
-    assert other.failures() == {}                         # another key did not wait for it
+    assert other.failures() == {}                         # other keys did not wait for it
     assert set(after.failures()) <= {"429", "503"} and "429" in after.failures()
     assert len(ledger.rows) == len(whole.served)          # each served call: one row

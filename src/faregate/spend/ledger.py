@@ -10,7 +10,8 @@ counts a row twice.
 Rows other processes left behind are adopted at start and every ORPHAN_SCAN_S while running: the
 journal's orphaned segments, then what each orphan source hands over (stream checkpoints). Until
 they are in the database their keys are held (spend/holds.py): nothing reads those keys' spend
-to admit against them.
+to admit against them. They are written key by key, so a key whose row is locked holds back no
+other key's rows.
 
 A row the database refuses for its content (a NUL in a text column, ...) is found by halving
 the batch, set aside in the dead-letter file with a storable copy written in its place
@@ -46,6 +47,8 @@ WRITE_BATCH = 5000
 # segments are read back from disk when their turn comes.
 MAX_ROWS_IN_MEMORY = 200_000
 ORPHAN_SCAN_S = 5.0
+# Keys whose left-behind rows are written at once (Postgres' pool holds 20 connections).
+_KEYS_AT_ONCE = 8
 _RETRY_MAX_S = 5.0
 
 OrphanSource = Callable[[], list[SpendRow]]
@@ -64,6 +67,9 @@ class LedgerWriter:
         self._sources: list[OrphanSource] = []
         self._sealed: list[Segment] = []
         self._sealed_rows = 0         # rows in sealed segments not yet in the database
+        # Adopted segments being written (key by key), and how many rows of each key are in.
+        self._adopted: list[Segment] | None = None
+        self._adopted_progress: dict[str, int] = {}
         self._periods: dict[str, tuple[int, datetime | None]] = {}
         self._wake = asyncio.Event()
         self._writing = asyncio.Lock()
@@ -215,7 +221,9 @@ class LedgerWriter:
             if segment is not None:
                 self._sealed.append(segment)
                 self._sealed_rows += len(segment.read())
-        if self._sealed:
+        if self._sealed and self._sealed[0].adopted:
+            await self._write_adopted()
+        elif self._sealed:
             await self._write_segment(self._sealed[0])
         periods, self._periods = self._periods, {}
         try:
@@ -233,14 +241,50 @@ class LedgerWriter:
             await asyncio.to_thread(segment.read)
         while segment.written < len(rows):
             batch = rows[segment.written:segment.written + WRITE_BATCH]
-            result = await self._write_batch(batch)
-            self.written += result.rows
+            self.written += (await self._write_batch(batch)).rows
             segment.written += len(batch)
             self._sealed_rows -= len(batch)
-            if segment.adopted:
-                self.holds.written(batch, result.by_key)
         self._sealed.pop(0)
         SpendJournal.discard(segment)
+
+    async def _write_adopted(self) -> None:
+        """The adopted segments at the head of the queue, as one unit written key by key:
+        each key's rows in transactions of their own, several keys at once, each key's hold
+        ending as soon as its rows are in. A key whose row is locked (or whose writes fail)
+        holds back only itself; the segments go once every key is through."""
+        if self._adopted is None:
+            count = next((i for i, s in enumerate(self._sealed) if not s.adopted),
+                         len(self._sealed))
+            self._adopted, self._adopted_progress = self._sealed[:count], {}
+        by_key: dict[str, list[SpendRow]] = {}
+        for segment in self._adopted:
+            rows = segment.rows if segment.rows is not None else \
+                await asyncio.to_thread(segment.read)
+            for row in rows:
+                by_key.setdefault(row.api_key, []).append(row)
+        progress = self._adopted_progress
+        at_once = asyncio.Semaphore(_KEYS_AT_ONCE)
+
+        async def write(token: str, rows: list[SpendRow]) -> None:
+            async with at_once:
+                while (done := progress.get(token, 0)) < len(rows):
+                    chunk = rows[done:done + WRITE_BATCH]
+                    result = await self._write_batch(chunk)
+                    self.written += result.rows
+                    progress[token] = done + len(chunk)
+                    self._sealed_rows -= len(chunk)
+                    self.holds.written(chunk, result.by_key)
+
+        outcomes = await asyncio.gather(
+            *(write(t, r) for t, r in by_key.items() if progress.get(t, 0) < len(r)),
+            return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        for segment in self._adopted:
+            self._sealed.remove(segment)
+            SpendJournal.discard(segment)
+        self._adopted = None
 
     async def _write_batch(self, rows: Sequence[SpendRow]) -> SpendWritten:
         """Write the rows; if the database refuses one for its content, halve the batch until
