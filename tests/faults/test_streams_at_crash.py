@@ -194,7 +194,13 @@ def sigterm_with_streams_open(private_pg: PrivatePostgres, fault_mock: str, tmp_
         load, answer, code = asyncio.run(scenario())
     finally:
         stop(gw.proc)
-    return load, asyncio.run(read_ledger(db, key)), answer, code, gw.output()
+    # A process started after it says what /key/info says (nothing was left for it to write).
+    after = start(tmp_path, db, [model("slow", fault_mock, upstream_model="slow-25")])
+    try:
+        ledger = asyncio.run(read_ledger(db, key, after.base_url))
+    finally:
+        stop(after.proc)
+    return load, ledger, answer, code, gw.output()
 
 
 def test_sigterm_with_a_30s_grace_lets_open_streams_finish_and_charges_them_in_full(
