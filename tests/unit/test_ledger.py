@@ -19,6 +19,7 @@ from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import MAX_BATCH, LedgerWriter
 from faregate.storage import migrate
 from faregate.storage.database import SpendQuery, SqlStorage
+from faregate.storage.protocols import SpendWritten
 
 T0 = datetime(2024, 5, 1, 12, tzinfo=UTC)
 KEY_A, KEY_B = "a" * 64, "b" * 64
@@ -417,3 +418,42 @@ async def test_a_database_error_that_is_not_about_a_row_is_retried_not_dead_lett
         assert writer.dead_lettered == 0 and writer.pending == 1
     finally:
         await store.close()
+
+
+class _CheckViolation(Exception):
+    sqlstate = "23514"          # what a CHECK constraint says: a refusal of the row's content
+
+
+class _RefusesOneRow:
+    """The storage, refusing any batch that holds one given request id (copy included)."""
+
+    def __init__(self, storage: SqlStorage, refused: str) -> None:
+        self._storage, self._refused = storage, refused
+        self.calls = 0
+
+    async def write_spend_rows(self, rows: list[SpendRow]) -> SpendWritten:
+        self.calls += 1
+        if any(r.request_id == self._refused for r in rows):
+            raise _CheckViolation("new row violates check constraint")
+        return await self._storage.write_spend_rows(rows)
+
+    async def start_budget_period(self, token: str, base: int, reset_at: datetime) -> None:
+        await self._storage.start_budget_period(token, base, reset_at)
+
+
+async def test_a_refusal_the_cheap_look_misses_is_found_by_halving_the_batch(
+        storage: SqlStorage, spool: Path) -> None:
+    store = _RefusesOneRow(storage, "r137")
+    writer = LedgerWriter(store, 60, SpendJournal(spool))    # type: ignore[arg-type]
+    for i in range(300):
+        writer.record(row(f"r{i}", KEY_A if i % 3 else KEY_B, spend=2, i=i))
+    await flush(writer)
+    assert writer.pending == 0 and writer.written == 299
+    assert store.calls < 40                               # halving, not row by row
+    (letter,) = writer.dead_letters.read()
+    assert (letter.row.request_id, letter.sqlstate, letter.stored) == ("r137", "23514", False)
+    # Not even its copy could be stored: neither the ledger nor the key counts it.
+    for token in (KEY_A, KEY_B):
+        assert await key_spend(storage, token) == await row_sum(storage, token)
+    assert await storage.total_spend() == 2 * 299
+    await close(writer)

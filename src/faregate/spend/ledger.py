@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from faregate.records import SpendRow
-from faregate.spend.dead_letters import DeadLetter, DeadLetters, storable
+from faregate.spend.dead_letters import DeadLetter, DeadLetters, looks_unstorable, storable
 from faregate.spend.holds import KeyHolds, count_by_key
 from faregate.spend.journal import Segment, SpendJournal
 from faregate.storage.health import DatabaseHealth, is_outage, outage_reason, sqlstate
@@ -287,8 +287,21 @@ class LedgerWriter:
         self._adopted = None
 
     async def _write_batch(self, rows: Sequence[SpendRow]) -> SpendWritten:
-        """Write the rows; if the database refuses one for its content, halve the batch until
-        that row stands alone, dead-letter it, and write the others. Outages raise."""
+        """Write the rows; a row the database refuses for its content is dead-lettered and the
+        others written. Outages raise. Rows that look unstorable go alone (one round trip each
+        when refused, e.g. every call to a model whose name holds a NUL); any other refusal is
+        found by halving the batch."""
+        suspects = [row for row in rows if looks_unstorable(row)]
+        if not suspects:
+            return await self._write_halving(rows)
+        result = await self._write_halving([row for row in rows if not looks_unstorable(row)])
+        for row in suspects:
+            result = result + await self._write_halving([row])
+        return result
+
+    async def _write_halving(self, rows: Sequence[SpendRow]) -> SpendWritten:
+        if not rows:
+            return SpendWritten()
         try:
             return await self._storage.write_spend_rows(rows)
         except Exception as exc:
@@ -297,7 +310,8 @@ class LedgerWriter:
             if len(rows) == 1:
                 return await self._dead_letter(rows[0], exc)
         middle = len(rows) // 2
-        return await self._write_batch(rows[:middle]) + await self._write_batch(rows[middle:])
+        return await self._write_halving(rows[:middle]) + \
+            await self._write_halving(rows[middle:])
 
     async def _dead_letter(self, row: SpendRow, refusal: Exception) -> SpendWritten:
         copy = storable(row)
