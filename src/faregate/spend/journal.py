@@ -85,10 +85,12 @@ class SpendJournal:
         returns: from then on they are this journal's to write (blocking: call from a thread)."""
         self._seq += 1
         path = self._dir / f"{self._prefix}-{self._seq:08d}{_SUFFIX}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, b"".join(_encode(row) for row in rows))
-        os.fsync(fd)
+        fd = _create_locked(path, b"".join(_encode(row) for row in rows))
+        directory = os.open(self._dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)                 # the new name, too, survives a power cut
+        finally:
+            os.close(directory)
         return Segment(path, fd, rows, synced=True, adopted=True)
 
     def seal(self) -> Segment | None:
@@ -153,9 +155,21 @@ class SpendJournal:
     def _open_segment(self) -> None:
         self._seq += 1
         self._path = self._dir / f"{self._prefix}-{self._seq:08d}{_SUFFIX}"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._fd = _create_locked(self._path)
         self._rows = []
+
+
+def _create_locked(path: Path, content: bytes = b"") -> int:
+    """A new segment, locked (and holding `content`, fsync'd) before it has its name: another
+    process scanning for orphans must never find it unlocked."""
+    hidden = path.with_name(path.name + ".new")
+    fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if content:
+        os.write(fd, content)
+        os.fsync(fd)
+    os.rename(hidden, path)
+    return fd
 
 
 def _age(path: Path) -> tuple[float, str]:
