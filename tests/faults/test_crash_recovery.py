@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+from e2e.test_replicas import RedisServer
 from faults.conftest import model, new_database, new_key, start
 from faults.harness import (
     FaultTable,
@@ -120,3 +121,53 @@ def test_sigkill_with_rows_stuck_behind_a_row_lock_then_restart_keeps_the_budget
     assert other.failures() == {}                         # other keys did not wait for it
     assert set(after.failures()) <= {"429", "503"} and "429" in after.failures()
     assert len(ledger.rows) == len(whole.served)          # each served call: one row
+
+
+def test_redis_mode_sigkill_and_a_redis_restart_with_rows_stuck_keeps_the_budget(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    """With Redis, a key's budget state is loaded from the database when Redis lacks it (here:
+    Redis restarted without persistence along with the gateway): the same hold applies first."""
+    redis = RedisServer(tmp_path)
+    redis.start()
+    db = new_database(private_pg)
+    models = [model("qwen-local", fault_mock)]
+    general = {"redis_url": redis.url}
+    gateways = [start(tmp_path, db, models, general)]
+    key = new_key(gateways[0].base_url, max_budget=BUDGET_USD)
+    lock = RowLock(db, key)
+
+    async def scenario() -> tuple[Load, Load, Ledger]:
+        first = gateways[0]
+        before = await drive(first.base_url, key, [chat(f"a{i}") for i in range(200)], 8)
+        await wait_until_written(first.base_url)
+        await lock.take()
+        try:
+            stuck = await drive(first.base_url, key, [chat(f"b{i}") for i in range(400)], 8)
+            first.proc.kill()
+            await asyncio.to_thread(first.proc.wait, 10)
+            await asyncio.to_thread(redis.stop)            # Redis forgets every key's spend
+            await asyncio.to_thread(redis.start)
+            gateways.append(await asyncio.to_thread(start, tmp_path, db, models, general))
+            held = await drive(gateways[1].base_url, key, [chat(f"c{i}") for i in range(4)], 4)
+        finally:
+            await lock.release()
+        rest = await drive(gateways[1].base_url, key, [chat(f"d{i}") for i in range(700)], 8)
+        await wait_until_written(gateways[1].base_url)
+        return (Load(before.outcomes + stuck.outcomes), Load(held.outcomes + rest.outcomes),
+                await read_ledger(db, key, gateways[1].base_url))
+
+    try:
+        load, after, ledger = asyncio.run(scenario())
+    finally:
+        for gateway in gateways:
+            stop(gateway.proc)
+        redis.stop()
+    whole = Load(load.outcomes + after.outcomes)
+    check_and_record(fault_table, "SIGKILL + Redis restart, key row locked, restart (Redis)",
+                     whole, ledger, whole.ids(lambda o: o.status == 200),
+                     f"{len(load.served)} served before the kill, {len(after.served)} after")
+    assert len(load.served) == 600
+    assert {o.status for o in after.outcomes[:4]} == {503}
+    assert set(after.failures()) <= {"429", "503"} and "429" in after.failures()
+    assert len(ledger.rows) == len(whole.served)
