@@ -167,7 +167,7 @@ def config(tmp_path: Path, general: str = "", extra: str = "") -> Path:
 
 def test_observability_defaults(tmp_path: Path) -> None:
     s = load({**ENV, "FAREGATE_DATA_DIR": str(tmp_path)}, config(tmp_path))
-    assert (s.log_format, s.log_requests, s.metrics_require_auth) == ("json", False, False)
+    assert (s.log_format, s.log_requests, s.metrics_require_auth) == ("json", False, True)
     assert s.prometheus_multiproc_dir is None
 
 
