@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
-from api.conftest import Clock, RunningGateway
-from support import chat
+from api.conftest import Clock, RunningGateway, serve
+from support import chat, env_for, mock_upstream_process, write_config
+
+from faregate import config
+from faregate.app import Faregate
 
 # The mock reports 8 prompt tokens for "ping" and exactly max_tokens completion tokens:
 # 8 * $0.000001 + 16 * $0.000002 = $0.00004 per call with max_tokens 16.
@@ -151,3 +157,54 @@ async def test_client_leaving_mid_stream_cancels_upstream_and_pays_for_what_was_
     account = gateway.app.budgets.account(
         await gateway.app.directory.get(row["api_key"]))  # type: ignore[arg-type]
     assert account.reserved == 0
+
+
+# Output small beside the prompt's bound: where the bound's slack decides what is left.
+MAX_OUTPUT = 24
+
+
+@pytest.fixture(scope="module")
+def templated_upstream() -> Iterator[str]:
+    """The mock upstream with a realistic chat template: 24 prompt tokens the client never sent."""
+    with mock_upstream_process("--template-tokens", "24") as url:
+        yield url
+
+
+@pytest.fixture
+async def templated_gateway(db_url: str, templated_upstream: str, tmp_path: Path,
+                            clock: Clock) -> AsyncIterator[RunningGateway]:
+    cfg = write_config(tmp_path / "config.yaml", templated_upstream,
+                       model_info={"max_output_tokens": MAX_OUTPUT})
+    settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
+    async with serve(Faregate.from_settings(settings, now=clock.now)) as running:
+        yield running
+
+
+@pytest.mark.parametrize("calls", [10.5, 3.5])
+async def test_a_small_budget_is_spent_to_95_percent_with_a_chat_template(
+        templated_gateway: RunningGateway, calls: float) -> None:
+    """A budget that pays for N.5 calls without max_tokens: the last call is admitted with a
+    capped max_tokens while the budget covers its prompt and a few tokens (issue 13: refused
+    after 10 with 6.4% of the budget left)."""
+    gw = templated_gateway
+    probe = await gw.new_key(max_budget=100)       # a budgeted call, as the key's will be
+    assert (await gw.http.post("/v1/chat/completions", json=chat(max_tokens=None),
+                               headers={"Authorization": f"Bearer {probe}"})).status_code == 200
+    one_call, _, _ = await key_state(gw, probe)
+    budget = round(calls * one_call, 9)
+    key = await gw.new_key(max_budget=budget)
+    headers = {"Authorization": f"Bearer {key}"}
+    outputs = []
+    for _ in range(100):
+        resp = await gw.http.post("/v1/chat/completions", json=chat(max_tokens=None),
+                                  headers=headers)
+        if resp.status_code == 429:
+            assert resp.json()["error"]["type"] == "budget_exceeded"
+            break
+        assert resp.status_code == 200, resp.text
+        outputs.append(resp.json()["usage"]["completion_tokens"])
+    spend, rows, ledger_sum = await key_state(gw, key)
+    # every call but the last got the model's whole output; the last one a capped part of it
+    assert outputs[:-1] == [MAX_OUTPUT] * int(calls) and 0 < outputs[-1] < MAX_OUTPUT, outputs
+    assert 0.95 * budget <= spend <= budget, f"{spend / budget:.2%} of the budget used"
+    assert rows == len(outputs) and ledger_sum == pytest.approx(spend)

@@ -58,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mock_cmd.add_argument("--port", type=int, default=8001)
     mock_cmd.add_argument("--latency-ms", type=float, default=0.0)
     mock_cmd.add_argument("--api-key", help="require this bearer key")
+    mock_cmd.add_argument("--template-tokens", type=int, default=3,
+                          help="prompt tokens its chat template adds (default 3)")
 
     anth = commands.add_parser("mock-anthropic",
                                help="run the mock Anthropic Messages API (checks each request)")
@@ -107,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "mock-upstream":
             print(f"faregate mock upstream on http://{args.host}:{args.port}/v1", flush=True)
-            mock.serve(args.host, args.port, args.latency_ms, args.api_key)
+            mock.serve(args.host, args.port, args.latency_ms, args.api_key,
+                       args.template_tokens)
             return 0
         if not args.master_key:
             parser.error("validate needs --master-key (or FAREGATE_MASTER_KEY)")

@@ -19,7 +19,8 @@ Deterministic usage rule:
 * chat ``prompt_tokens = sum(words(content) + 4 for each message) + 3``; a
   content that is a list of parts counts the ``text`` of each part (non-text
   parts count 0), a null or missing content counts 0.  The +4 per message and
-  +3 simulate a chat template, as real servers add.
+  +3 simulate a chat template, as real servers add (``template_tokens`` sets the
+  +3: a realistic template adds a few dozen).
 * completions ``prompt_tokens = words(prompt)``, summed over a list of strings.
 * embeddings ``prompt_tokens = sum(words(s))`` over the inputs; token-id inputs
   (a list of ints, or a list of lists of ints) count one token per int.
@@ -275,8 +276,10 @@ def _model_fault(model: str) -> Fault | None:
 class MockUpstream:
     """ASGI callable; all state (options, id counter) lives on the instance."""
 
-    def __init__(self, latency_ms: float = 0.0, api_key: str | None = None) -> None:
+    def __init__(self, latency_ms: float = 0.0, api_key: str | None = None,
+                 template_tokens: int = 3) -> None:
         self.latency_s = max(0.0, latency_ms) / 1000.0
+        self._template_tokens = max(0, template_tokens)
         self._auth = b"Bearer " + api_key.encode() if api_key is not None else None
         self._ids = itertools.count(1)
         self.stats = MockStats()
@@ -388,7 +391,7 @@ class MockUpstream:
         messages = req.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("'messages' must be a non-empty array")
-        prompt = 3
+        prompt = self._template_tokens
         for m in messages:
             if not isinstance(m, dict):
                 raise _BadRequest("'messages' items must be objects")
@@ -558,12 +561,14 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def build_app(latency_ms: float = 0.0, api_key: str | None = None) -> MockUpstream:
+def build_app(latency_ms: float = 0.0, api_key: str | None = None,
+              template_tokens: int = 3) -> MockUpstream:
     """Return the mock upstream as an ASGI callable."""
-    return MockUpstream(latency_ms=latency_ms, api_key=api_key)
+    return MockUpstream(latency_ms=latency_ms, api_key=api_key, template_tokens=template_tokens)
 
 
-def serve(host: str, port: int, latency_ms: float = 0.0, api_key: str | None = None) -> None:
+def serve(host: str, port: int, latency_ms: float = 0.0, api_key: str | None = None,
+          template_tokens: int = 3) -> None:
     """Run the mock upstream with uvicorn, tuned for throughput (blocks)."""
     import uvicorn  # local import: the app itself does not need uvicorn
 
@@ -571,7 +576,7 @@ def serve(host: str, port: int, latency_ms: float = 0.0, api_key: str | None = N
     logging.getLogger("uvicorn.error").addFilter(
         lambda record: not (record.exc_info and isinstance(record.exc_info[1], MockDrop)))
     uvicorn.run(
-        build_app(latency_ms=latency_ms, api_key=api_key),
+        build_app(latency_ms=latency_ms, api_key=api_key, template_tokens=template_tokens),
         host=host,
         port=port,
         loop="uvloop",

@@ -4,11 +4,19 @@ The prompt bound is text bytes + a per-message overhead + a per-model overhead (
 default system prompts). Upstreams report the real prompt tokens; when they show a larger
 template overhead than configured, the bound learns it (it only ever grows), so budgets hold
 even for a model whose template nobody measured.
+
+A prompt the deployment has already counted is bound by that count: the same input on the same
+deployment is the same number of tokens. The byte bound is loose (English runs ~4 bytes a
+token, and the default overheads are a guess), and on a small budget that slack is what the
+last requests cannot spend: a repeated prompt no longer pays for it (docs/budgets.md).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+
+import orjson
 
 from faregate.config import Deployment
 from faregate.money import token_cost
@@ -18,6 +26,15 @@ log = logging.getLogger("faregate.pricing")
 
 # A vision model may spend thousands of tokens on an image whatever its URL's length.
 IMAGE_TOKENS = 4096
+# Prompts whose upstream count is remembered (least recently used go first), and the largest
+# prompt looked up (hashing costs ~0.3 us per KB, twice per request).
+COUNTED_PROMPTS = 4096
+COUNTED_MAX_BYTES = 64 * 1024
+# Body fields that do not reach the prompt's tokens (the gateway itself rewrites some).
+_NOT_PROMPT = frozenset({
+    "model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n",
+    "temperature", "top_p", "top_k", "seed", "stop", "stop_sequences", "user", "metadata",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs"})
 
 
 def cost(deployment: Deployment, prompt_tokens: int, completion_tokens: int,
@@ -54,6 +71,8 @@ class PromptBound:
         # new Deployment objects on every change, and a freed object's id() is reused. What is
         # learned survives a refresh; it only ever raises the bound, so it errs on the safe side.
         self._learned: dict[str, int] = {}
+        # (deployment, call type, body length, body hash) -> prompt tokens the upstream counted
+        self._counted_prompts: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
 
     def _counted(self, deployment: Deployment, request: ParsedRequest) -> int:
         return (request.text_bytes + request.messages * deployment.per_message_overhead_tokens
@@ -64,10 +83,29 @@ class PromptBound:
                    self._learned.get(deployment.deployment_id, 0))
 
     def tokens(self, deployment: Deployment, request: ParsedRequest) -> int:
-        """An upper bound on the prompt tokens the upstream will count for this request."""
-        return self._counted(deployment, request) + self.overhead(deployment)
+        """An upper bound on the prompt tokens the upstream will count for this request: its
+        own count when it has counted this very prompt, else the byte bound."""
+        bound = self._counted(deployment, request) + self.overhead(deployment)
+        key = _prompt_key(deployment, request)
+        if key is not None:
+            seen = self._counted_prompts.get(key)
+            if seen is not None:
+                self._counted_prompts.move_to_end(key)
+                return min(seen, bound)
+        return bound
 
     def observe(self, deployment: Deployment, request: ParsedRequest, prompt_tokens: int) -> None:
+        key = _prompt_key(deployment, request)
+        if key is not None:
+            # The largest count seen: a prompt never binds below what it was charged.
+            self._counted_prompts[key] = max(prompt_tokens, self._counted_prompts.get(key, 0))
+            self._counted_prompts.move_to_end(key)
+            if len(self._counted_prompts) > COUNTED_PROMPTS:
+                self._counted_prompts.popitem(last=False)
+        self._learn_overhead(deployment, request, prompt_tokens)
+
+    def _learn_overhead(self, deployment: Deployment, request: ParsedRequest,
+                        prompt_tokens: int) -> None:
         excess = prompt_tokens - self._counted(deployment, request)
         if excess > self.overhead(deployment):
             log.warning("model %s: upstream counted %d prompt tokens, %d more than the bound's "
@@ -76,3 +114,16 @@ class PromptBound:
                         prompt_tokens, excess - self.overhead(deployment),
                         self.overhead(deployment), excess)
             self._learned[deployment.deployment_id] = excess
+
+
+def _prompt_key(deployment: Deployment, request: ParsedRequest
+                ) -> tuple[str, str, int, int] | None:
+    """What identifies a prompt: the body less the fields that do not reach it, on one
+    deployment. Python's hash is keyed per process, so a client cannot aim at a collision."""
+    if request.text_bytes > COUNTED_MAX_BYTES:
+        return None
+    try:
+        text = orjson.dumps({k: v for k, v in request.body.items() if k not in _NOT_PROMPT})
+    except orjson.JSONEncodeError:
+        return None
+    return deployment.deployment_id, str(request.call_type), len(text), hash(text)
