@@ -43,6 +43,7 @@ class Segment:
     written: int = 0              # rows already committed to the database
     synced: bool = False
     adopted: bool = False         # left by another process: its keys are held until written
+    size: int = 0                 # rows, once counted (adopted segments)
 
     def read(self) -> list[SpendRow]:
         """The rows (blocking when they must be read back from disk)."""

@@ -115,7 +115,7 @@ class LedgerWriter:
             found = await asyncio.to_thread(self._find_orphans)
             rows = 0
             for segment, by_key in found:
-                count = sum(by_key.values())
+                count = segment.size = sum(by_key.values())
                 self.holds.add(by_key)
                 self._sealed.append(segment)
                 self._sealed_rows += count
@@ -253,9 +253,15 @@ class LedgerWriter:
         ending as soon as its rows are in. A key whose row is locked (or whose writes fail)
         holds back only itself; the segments go once every key is through."""
         if self._adopted is None:
-            count = next((i for i, s in enumerate(self._sealed) if not s.adopted),
-                         len(self._sealed))
-            self._adopted, self._adopted_progress = self._sealed[:count], {}
+            # As many as memory allows (at least one): all their rows are read at once.
+            group: list[Segment] = []
+            rows_in = 0
+            for segment in self._sealed:
+                if not segment.adopted or (group and rows_in + segment.size > MAX_ROWS_IN_MEMORY):
+                    break
+                group.append(segment)
+                rows_in += segment.size
+            self._adopted, self._adopted_progress = group, {}
         by_key: dict[str, list[SpendRow]] = {}
         for segment in self._adopted:
             rows = segment.rows if segment.rows is not None else \
