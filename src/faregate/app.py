@@ -116,7 +116,9 @@ class Faregate:
             pings["redis"] = self.redis.client.ping
         self.metrics = Metrics(lambda: self.ledger.pending, HealthChecks(pings),
                                settings.prometheus_multiproc_dir, self.router.health,
-                               dead_letters=lambda: self.ledger.dead_lettered)
+                               dead_letters=lambda: self.ledger.dead_lettered,
+                               replicas=lambda: (len(self.replicas.standing.others),
+                                                 not self.replicas.standing.admitting))
         self._routes = OpenAIRoutes(self.gateway, settings.max_request_body_bytes, self.metrics,
                                     settings.log_requests).routes
         self._routes.update(AnthropicRoutes(self.gateway, settings.max_request_body_bytes,

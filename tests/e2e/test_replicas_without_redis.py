@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 from e2e.conftest import ServedGateway, start_gateway
+from prometheus_client.parser import text_string_to_metric_families
 from support import MASTER_KEY, chat, env_for, stop, write_config
 
 
@@ -24,6 +25,13 @@ def readiness(gw: ServedGateway) -> httpx.Response:
 def call(gw: ServedGateway, key: str) -> httpx.Response:
     return httpx.post(f"{gw.base_url}/v1/chat/completions", json=chat(),
                       headers={"Authorization": f"Bearer {key}"}, timeout=60)
+
+
+def gauges(gw: ServedGateway) -> dict[str, float]:
+    text = httpx.get(f"{gw.base_url}/metrics", timeout=10,
+                     headers={"Authorization": f"Bearer {MASTER_KEY}"}).text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name in ("faregate_replicas_other_live", "faregate_admission_refused")}
 
 
 def until(check: Any, what: str, timeout_s: float = 20.0) -> Any:
@@ -61,6 +69,10 @@ def test_a_second_process_without_redis_waits_for_the_first_and_takes_over(
                             "the first process never saw the second")
         assert first_ready.status_code == 200 and "admission_refused" not in first_ready.json()
         assert call(first, key).status_code == 200          # the first keeps serving
+        assert gauges(second) == {"faregate_replicas_other_live": 1,
+                                  "faregate_admission_refused": 1}
+        assert gauges(first) == {"faregate_replicas_other_live": 1,
+                                 "faregate_admission_refused": 0}
 
         refused = call(second, key)                          # held, then refused
         assert refused.status_code == 503, refused.text

@@ -83,9 +83,11 @@ class _ScrapeTimeGauges:
 
     def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
                  deployments: Callable[[], Iterable[DeploymentHealth]],
-                 dead_letters: Callable[[], int] | None = None) -> None:
+                 dead_letters: Callable[[], int] | None = None,
+                 replicas: Callable[[], tuple[int, bool]] | None = None) -> None:
         self._ledger_pending = ledger_pending
         self._dead_letters = dead_letters
+        self._replicas = replicas           # (other live processes, this one refusing)
         self._health = health
         self._deployments = deployments
 
@@ -107,6 +109,15 @@ class _ScrapeTimeGauges:
                                     "Spend rows the database refused for their content, kept "
                                     "in the journal's dead-letter file (faregate dead-letters)",
                                     value=self._dead_letters())
+        if self._replicas is not None:
+            others, refusing = self._replicas()
+            yield GaugeMetricFamily(PREFIX + "replicas_other_live",
+                                    "Other faregate processes beating in this database",
+                                    value=others)
+            yield GaugeMetricFamily(PREFIX + "admission_refused",
+                                    "1 while this process refuses requests because another "
+                                    "uses the database without shared admission (REDIS_URL)",
+                                    value=1 if refusing else 0)
         for name, up in self._health.up.items():
             yield GaugeMetricFamily(f"{PREFIX}{name}_up",
                                     f"1 if the {name} answered its last ping, else 0",
@@ -117,7 +128,8 @@ class Metrics:
     def __init__(self, ledger_pending: Callable[[], int], health: HealthChecks,
                  multiprocess_dir: str | None = None,
                  deployments: Callable[[], Iterable[DeploymentHealth]] = tuple,
-                 dead_letters: Callable[[], int] | None = None) -> None:
+                 dead_letters: Callable[[], int] | None = None,
+                 replicas: Callable[[], tuple[int, bool]] | None = None) -> None:
         self._health = health
         own = CollectorRegistry(auto_describe=True)
         alias_labels = ("model", "api_key_alias")
@@ -153,7 +165,8 @@ class Metrics:
                                "Requests on the OpenAI routes not yet answered in full",
                                registry=own, multiprocess_mode="livesum")
         self._series: dict[tuple[str, str, int], _Series] = {}
-        scrape_time = _ScrapeTimeGauges(ledger_pending, health, deployments, dead_letters)
+        scrape_time = _ScrapeTimeGauges(ledger_pending, health, deployments, dead_letters,
+                                        replicas)
         if multiprocess_dir:
             # Every worker writes its series to files there; a scrape sums them all.
             self._exposed = CollectorRegistry()
