@@ -52,7 +52,9 @@ class SpendRow:
     spend_nanos: int
     start_time: datetime
     end_time: datetime
-    status: str                           # success | partial | failure
+    status: str                           # success | partial | failure | interrupted (a stream cut
+    #                                       by a crash, charged from its checkpoint) | dead_letter
+    #                                       (a storable copy of a row the database refused)
 
 
 @dataclass(frozen=True)

@@ -158,15 +158,12 @@ class LedgerWriter:
             self._journal.close()
 
     def _find_orphans(self) -> list[tuple[Segment, Counter[str]]]:
-        """Blocking (a thread): lock and read orphaned segments, then call the sources."""
-        found = []
-        in_memory = self._sealed_rows
-        for segment in self._journal.adopt_orphans():
-            rows = segment.read()
-            found.append((segment, count_by_key(rows)))
-            in_memory += len(rows)
-            if in_memory > MAX_ROWS_IN_MEMORY:
-                segment.rows = None       # read again when its turn comes
+        """Blocking (a thread): call the sources, then lock and read orphaned segments.
+
+        The sources are asked first and their rows are queued last: a process that dies
+        between the two steps then has its own journal rows written before any row a source
+        made for it (rows are idempotent by request id, so the first one written counts)."""
+        handed_rows = []
         for source in self._sources:
             try:
                 handed = source()
@@ -175,7 +172,17 @@ class LedgerWriter:
                               "scan")
                 continue
             if handed:
-                found.append((self._journal.write_segment(handed), count_by_key(handed)))
+                handed_rows.append(handed)
+        found = []
+        in_memory = self._sealed_rows
+        for segment in self._journal.adopt_orphans():
+            rows = segment.read()
+            found.append((segment, count_by_key(rows)))
+            in_memory += len(rows)
+            if in_memory > MAX_ROWS_IN_MEMORY:
+                segment.rows = None       # read again when its turn comes
+        for handed in handed_rows:
+            found.append((self._journal.write_segment(handed), count_by_key(handed)))
         return found
 
     async def _run(self) -> None:
