@@ -13,6 +13,7 @@ last requests cannot spend: a repeated prompt no longer pays for it (docs/budget
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import OrderedDict
 
@@ -20,16 +21,17 @@ import orjson
 
 from faregate.config import Deployment
 from faregate.money import token_cost
-from faregate.wire.openai_request import ParsedRequest
+from faregate.wire.openai_request import CallType, ParsedRequest
 
 log = logging.getLogger("faregate.pricing")
 
 # A vision model may spend thousands of tokens on an image whatever its URL's length.
 IMAGE_TOKENS = 4096
 # Prompts whose upstream count is remembered (least recently used go first), and the largest
-# prompt looked up (hashing costs ~0.3 us per KB, twice per request).
+# prompt looked up (its key costs ~0.7 us per KB of body, twice per request).
 COUNTED_PROMPTS = 4096
-COUNTED_MAX_BYTES = 64 * 1024
+COUNTED_MAX_BYTES = 32 * 1024
+_KEY_AS_IS_BYTES = 256
 # Body fields that do not reach the prompt's tokens (the gateway itself rewrites some).
 _NOT_PROMPT = frozenset({
     "model", "max_tokens", "max_completion_tokens", "stream", "stream_options", "n",
@@ -72,7 +74,7 @@ class PromptBound:
         # learned survives a refresh; it only ever raises the bound, so it errs on the safe side.
         self._learned: dict[str, int] = {}
         # (deployment, call type, body length, body hash) -> prompt tokens the upstream counted
-        self._counted_prompts: OrderedDict[tuple[str, str, int, int], int] = OrderedDict()
+        self._counted_prompts: OrderedDict[tuple[str, CallType, bytes], int] = OrderedDict()
 
     def _counted(self, deployment: Deployment, request: ParsedRequest) -> int:
         return (request.text_bytes + request.messages * deployment.per_message_overhead_tokens
@@ -117,13 +119,15 @@ class PromptBound:
 
 
 def _prompt_key(deployment: Deployment, request: ParsedRequest
-                ) -> tuple[str, str, int, int] | None:
+                ) -> tuple[str, CallType, bytes] | None:
     """What identifies a prompt: the body less the fields that do not reach it, on one
-    deployment. Python's hash is keyed per process, so a client cannot aim at a collision."""
+    deployment; by SHA-256, so that no client can make a dear prompt pass for a cheap one."""
     if request.text_bytes > COUNTED_MAX_BYTES:
         return None
     try:
         text = orjson.dumps({k: v for k, v in request.body.items() if k not in _NOT_PROMPT})
     except orjson.JSONEncodeError:
         return None
-    return deployment.deployment_id, str(request.call_type), len(text), hash(text)
+    # A short body is its own key (exact, and cheaper than hashing it).
+    digest = text if len(text) <= _KEY_AS_IS_BYTES else hashlib.sha256(text).digest()
+    return deployment.deployment_id, request.call_type, digest
