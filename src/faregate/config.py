@@ -8,6 +8,7 @@ Nothing here writes os.environ.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -22,8 +23,13 @@ from faregate.errors import ConfigError
 from faregate.money import price_to_femtos
 from faregate.secret import Secret
 
+log = logging.getLogger("faregate.config")
+
 ENV_PREFIX = "os.environ/"
 MASTER_KEY_ENV_NAMES = ("FAREGATE_MASTER_KEY", "LITELLM_MASTER_KEY", "PROXY_MASTER_KEY")
+MASTER_KEY_PREFIX = "sk-"
+# Shorter master keys are accepted (LiteLLM's docs use sk-1234) with a warning at every start.
+STRONG_MASTER_KEY_CHARS = 32
 DEMO_MODEL = "demo"
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
@@ -537,8 +543,29 @@ def _metrics_token(general: dict[str, Any], env: _Env) -> Secret | None:
 
 
 def _checked_master(value: Any, source: str) -> Secret:
-    if not isinstance(value, str) or not value.startswith("sk-") or len(value) < 8:
-        raise ConfigError(f"the master key from {source} must be a string starting with 'sk-'")
+    """The master key, or a ConfigError naming the one rule it breaks (never its value).
+
+    A short key is accepted, loudly: LiteLLM's docs and quick starts use `sk-1234`, and a
+    drop-in must start from their config; the warning says what a guessable key risks.
+    """
+    where = f"the master key from {source}"
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string (got a {type(value).__name__}); quote it "
+                          "in YAML")
+    if not value.startswith(MASTER_KEY_PREFIX):
+        raise ConfigError(f"{where} must start with '{MASTER_KEY_PREFIX}' (as LiteLLM's "
+                          f"does), e.g. sk- followed by `openssl rand -hex 24`")
+    if len(value) == len(MASTER_KEY_PREFIX):
+        raise ConfigError(f"{where} is only the '{MASTER_KEY_PREFIX}' prefix; add at least "
+                          "one character after it (32 random ones: `openssl rand -hex 24`)")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"{where} contains a space or a control character, which an "
+                          "'Authorization: Bearer' header cannot carry; remove it")
+    if len(value) < STRONG_MASTER_KEY_CHARS:
+        log.warning("%s is %d characters long: anyone who guesses it administers every key "
+                    "and spends every budget. Use at least %d random characters (sk- followed "
+                    "by `openssl rand -hex 24`) anywhere but a laptop", where, len(value),
+                    STRONG_MASTER_KEY_CHARS)
     return Secret(value)
 
 

@@ -286,6 +286,39 @@ def test_master_key_env_reference_in_general_settings_is_checked(tmp_path: Path)
              write(tmp_path, model_config(general="master_key: os.environ/MY_KEY")))
 
 
+@pytest.mark.parametrize(("value", "rule"), [
+    ("12345678", "must be a string"),                 # YAML reads it as an int
+    ("password123", "must start with 'sk-'"),
+    ("sk-", "only the 'sk-' prefix"),
+    ("'sk-12 34'", "space or a control character"),
+    ('"sk-12\\t34"', "space or a control character"),
+])
+def test_master_key_refusal_names_the_rule_broken(tmp_path: Path, value: str,
+                                                  rule: str) -> None:
+    with pytest.raises(ConfigError, match=rule) as info:
+        load_model(tmp_path, general=f"master_key: {value}")
+    assert "general_settings.master_key" in str(info.value)
+    assert "sk-12" not in str(info.value) and "password123" not in str(info.value)
+
+
+def test_litellm_docs_master_key_is_accepted_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """LiteLLM's quick starts use sk-1234: a drop-in starts from their config, loudly."""
+    settings = load_model(tmp_path, general="master_key: sk-1234")
+    assert settings.master_key.reveal() == "sk-1234"
+    (record,) = [r for r in caplog.records if r.name == "faregate.config"]
+    assert record.levelname == "WARNING"
+    assert "7 characters long" in record.getMessage()
+    assert "general_settings.master_key" in record.getMessage()
+    assert "sk-1234" not in record.getMessage()          # never echo the secret
+
+
+def test_strong_master_key_starts_quietly(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    load_model(tmp_path, general="master_key: sk-" + "a" * 29)
+    assert not [r for r in caplog.records if r.name == "faregate.config"]
+
+
 MASTER_ENVS = {"FAREGATE_MASTER_KEY": "sk-faregate-111", "LITELLM_MASTER_KEY": "sk-litellm-222",
                "PROXY_MASTER_KEY": "sk-proxy-333"}
 
