@@ -1,4 +1,5 @@
-"""Frozen records that cross module boundaries: a virtual key, a spend row, a stored model."""
+"""Frozen records that cross module boundaries: a virtual key, a spend row, a stored model, and
+the payers above a key (users, teams and their members, organizations, end users, budgets)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ class KeyRecord:
     blocked: bool = False
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    user_id: str | None = None            # the owner; pays too for a personal key (no team)
+    team_id: str | None = None
+    organization_id: str | None = None
+    budget_id: str | None = None          # a named budget for terms the key leaves null
 
     @property
     def period_spend_nanos(self) -> int:
@@ -55,6 +60,12 @@ class SpendRow:
     status: str                           # success | partial | failure | interrupted (a stream cut
     #                                       by a crash, charged from its checkpoint) | dead_letter
     #                                       (a storable copy of a row the database refused)
+    # The payers above the key. Appended last, defaulted: the journal writes a row as a list
+    # in this order, and lines written before these existed must still decode.
+    user_id: str | None = None
+    team_id: str | None = None
+    organization_id: str | None = None
+    end_user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,3 +78,141 @@ class StoredModel:
     model_info: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BudgetRecord:
+    """A named budget (/budget/new): terms an entity with this budget_id falls back to where
+    its own are null."""
+
+    budget_id: str
+    max_budget_nanos: int | None = None
+    budget_duration: str | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    user_email: str | None = None
+    user_alias: str | None = None
+    user_role: str = "internal_user"
+    models: tuple[str, ...] = ()
+    max_budget_nanos: int | None = None
+    spend_nanos: int = 0                  # the sum of the rows naming this user
+    period_base_nanos: int = 0
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    budget_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OrganizationRecord:
+    organization_id: str
+    organization_alias: str | None = None
+    models: tuple[str, ...] = ()
+    max_budget_nanos: int | None = None
+    spend_nanos: int = 0                  # the sum of the rows naming this organization
+    period_base_nanos: int = 0
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    budget_id: str | None = None
+    blocked: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OrganizationMemberRecord:
+    organization_id: str
+    user_id: str
+    user_role: str = "internal_user"
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TeamRecord:
+    team_id: str
+    team_alias: str | None = None
+    organization_id: str | None = None
+    models: tuple[str, ...] = ()
+    max_budget_nanos: int | None = None
+    spend_nanos: int = 0                  # the sum of the rows naming this team
+    period_base_nanos: int = 0
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    blocked: bool = False
+    budget_id: str | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class MemberRecord:
+    """A user within a team: its budget there (max_budget_in_team) and its spend there (the
+    sum of the rows naming both the team and the user)."""
+
+    team_id: str
+    user_id: str
+    role: str = "user"                    # admin | user
+    max_budget_in_team_nanos: int | None = None
+    spend_nanos: int = 0
+    period_base_nanos: int = 0
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EndUserRecord:
+    """A customer of the gateway's users' apps (x-litellm-end-user-id or the body's `user`)."""
+
+    end_user_id: str
+    alias: str | None = None
+    blocked: bool = False
+    max_budget_nanos: int | None = None
+    spend_nanos: int = 0                  # the sum of the rows naming this end user
+    period_base_nanos: int = 0
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+    budget_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyPayers:
+    """A key with everything above it that pays for its requests, read in one round trip
+    (admission builds its payers from this). `member` is the key's user within its team;
+    `budgets` holds the named budgets any of them references, by budget_id."""
+
+    key: KeyRecord
+    user: UserRecord | None = None
+    team: TeamRecord | None = None
+    member: MemberRecord | None = None
+    organization: OrganizationRecord | None = None
+    budgets: dict[str, BudgetRecord] = field(default_factory=dict)

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import UniqueConstraint, inspect
+from sqlalchemy import MetaData, Table, UniqueConstraint, inspect
 from sqlalchemy.engine import Connection
 from support import fresh_pg_database
 
 from faregate.errors import ConfigError
+from faregate.records import SpendRow
 from faregate.storage import migrate
-from faregate.storage.database import create_engine
+from faregate.storage.database import SqlStorage, create_engine
+from faregate.storage.protocols import SpendQuery
 from faregate.storage.schema import metadata
 
 
@@ -82,14 +86,18 @@ async def test_migrations_produce_the_reference_schema(fresh_url: str) -> None:
     await asyncio.to_thread(migrate.upgrade, fresh_url)
     got = await on(fresh_url, reflect)
     want = reference()
-    assert set(got) == set(want) == {"faregate_keys", "faregate_spend_logs", "faregate_models",
-                                     "faregate_replicas"}
+    assert set(got) == set(want) == {
+        "faregate_keys", "faregate_spend_logs", "faregate_models", "faregate_replicas",
+        "faregate_budgets", "faregate_users", "faregate_organizations",
+        "faregate_organization_members", "faregate_teams", "faregate_team_members",
+        "faregate_end_users"}
     for table in want:
         assert got[table] == want[table], table
     # the reference is not trivially empty: the checks above compare something
     assert want["faregate_keys"]["unique"] == [("key_alias",)]
-    assert set(want["faregate_spend_logs"]["indexes"]) == {"ix_spend_logs_api_key_start",
-                                                           "ix_spend_logs_start"}
+    assert set(want["faregate_spend_logs"]["indexes"]) == {
+        "ix_spend_logs_api_key_start", "ix_spend_logs_start", "ix_spend_logs_user_start",
+        "ix_spend_logs_team_start", "ix_spend_logs_org_start", "ix_spend_logs_end_user_start"}
     assert want["faregate_keys"]["columns"]["key_alias"] is True
     assert want["faregate_keys"]["columns"]["spend_nanos"] is False
 
@@ -133,3 +141,56 @@ def test_sync_callers_can_migrate(tmp_path: Path) -> None:
         migrate.require_current(url)
     migrate.upgrade(url)
     migrate.require_current(url)
+
+
+async def test_upgrade_from_0005_keeps_every_key_and_its_spend(fresh_url: str) -> None:
+    """A database written by the previous release (0005), with keys and spend rows, upgraded to
+    head: every key, its spend and its rows are there, the new columns are empty, and spend
+    written after the upgrade still adds up."""
+    await asyncio.to_thread(command.upgrade, migrate._config(fresh_url), "0005")
+    assert await migrate.current_revision(fresh_url) == "0005"
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    keys_0005 = [{"token": f"{n:064x}", "key_name": f"sk-...{n:04d}", "models": "[]",
+                  "spend_nanos": 300 * n, "period_base_nanos": n, "metadata": "{}",
+                  "blocked": False, "created_at": t0, "updated_at": t0,
+                  "model_rpm_limit": "{}", "model_tpm_limit": "{}", "aliases": "{}"}
+                 for n in range(1, 6)]
+    rows_0005 = [{"request_id": f"r{n}-{i}", "api_key": f"{n:064x}", "key_alias": None,
+                  "model": "m", "upstream": "u", "call_type": "chat_completion",
+                  "prompt_tokens": 1, "completion_tokens": 1, "spend_nanos": 100 * n,
+                  "start_time": t0, "end_time": t0, "status": "success"}
+                 for n in range(1, 6) for i in range(3)]
+
+    def write_0005(conn: Connection) -> None:
+        meta = MetaData()
+        conn.execute(Table("faregate_keys", meta, autoload_with=conn).insert(), keys_0005)
+        conn.execute(Table("faregate_spend_logs", meta, autoload_with=conn).insert(), rows_0005)
+        conn.commit()
+
+    await on(fresh_url, write_0005)
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+    assert await migrate.current_revision(fresh_url) == migrate.head_revision()
+
+    storage = SqlStorage.from_url(fresh_url)
+    try:
+        listed, total = await storage.list_keys(1, 100)
+        assert total == 5
+        for n, record in enumerate(listed, 1):
+            assert record.token == f"{n:064x}"
+            assert (record.spend_nanos, record.period_base_nanos) == (300 * n, n)
+            assert (record.user_id, record.team_id, record.organization_id,
+                    record.budget_id) == (None, None, None, None)
+        logs = await storage.spend_logs(SpendQuery(api_key=f"{2:064x}", page_size=100))
+        assert sorted(r["request_id"] for r in logs) == ["r2-0", "r2-1", "r2-2"]
+        assert all(r["user_id"] is None and r["end_user"] is None for r in logs)
+        # the ledger goes on adding to the upgraded keys, and a retried old row adds nothing
+        new = SpendRow("r2-new", f"{2:064x}", None, "m", "u", "chat_completion", 1, 1, 50,
+                       t0, t0, "success")
+        old = SpendRow("r2-0", f"{2:064x}", None, "m", "u", "chat_completion", 1, 1, 200,
+                       t0, t0, "success")
+        assert await storage.write_spend([new, old]) == 1
+        after = await storage.get_key(f"{2:064x}")
+        assert after is not None and after.spend_nanos == 650
+    finally:
+        await storage.close()
+

@@ -15,7 +15,7 @@ import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
 from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
-from faregate.api.openai_routes import Handler, send_stream
+from faregate.api.openai_routes import Handler, answer_headers, refusal_headers, send_stream
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.keys.auth import Caller
@@ -52,6 +52,7 @@ class AnthropicRoutes:
         """Serve one Messages call and record it once, however it ends."""
         authorization, api_key, client_id = credentials(scope)
         trace = new_trace(self._gateway.new_request_id(), client_id)
+        caller: Caller | None = None
         with CallRecord(trace, self._metrics, self._log_requests) as call:
             try:
                 raw = await read_body(scope, receive, self._max_body)
@@ -66,23 +67,25 @@ class AnthropicRoutes:
                     reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
                                                        caller, trace)
             except Exception as exc:
-                await call.failed(exc, scope, send, _error_response)
+                await call.failed(exc, scope, send, _error_response,
+                                  refusal_headers(self._gateway, caller))
                 return
             message_id = "msg_" + trace.request_id
+            extra = id_headers(trace, False) + answer_headers(self._gateway, caller, trace,
+                                                              reply)
             if isinstance(request, ParsedRequest):
                 call.status = 200
-                await _relay_passed_through(reply, receive, send, id_headers(trace, False))
+                await _relay_passed_through(reply, receive, send, extra)
             elif isinstance(reply, Reply):
                 call.status = reply.status
                 body = translate_reply(reply.body, request.model, message_id)
-                await send_bytes(send, reply.status, body,
-                                 JSON_HEADERS + reply.headers + id_headers(trace, False))
+                await send_bytes(send, reply.status, body, JSON_HEADERS + reply.headers + extra)
             else:
                 call.status = 200
                 translator = StreamTranslator(request.model, message_id)
                 head = translator.start() + translator.feed(reply.head)
                 await send_stream(StreamReply(head, _translated(reply.events, translator),
-                                              reply.headers + id_headers(trace, False)),
+                                              reply.headers + extra),
                                   receive, send)
 
     def _anthropic_only(self, caller: Caller, model: str) -> bool:

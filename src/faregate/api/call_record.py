@@ -76,9 +76,9 @@ class CallRecord:
         REQUEST_TRACE.reset(self._context)
 
     async def failed(self, exc: Exception, scope: Scope, send: Any,
-                     render: RenderError) -> None:
-        """Answer a call that failed before its reply: the route's error, or nothing at all
-        to a client that already left."""
+                     render: RenderError, extra: Headers | None = None) -> None:
+        """Answer a call that failed before its reply: the route's error (with `extra`
+        headers), or nothing at all to a client that already left."""
         if isinstance(exc, ClientGone):
             self.status = 499       # nginx's "client closed request": nothing was answered
             return
@@ -87,7 +87,8 @@ class CallRecord:
             exc = GatewayError("Internal error in the gateway; see its logs")
         self.error = exc
         self.status, body, headers = render(exc)
-        await send_bytes(send, self.status, body, headers + id_headers(self.trace, True))
+        await send_bytes(send, self.status, body,
+                         headers + id_headers(self.trace, True) + (extra or []))
 
 
 def _log_request(trace: RequestTrace, status: int) -> None:

@@ -17,10 +17,13 @@ from faregate.api.asgi_io import (
     send_bytes,
     send_error,
 )
-from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
+from faregate.api.call_record import CallRecord, Headers, credentials, id_headers, new_trace
+from faregate.api.litellm_headers import call_headers, key_headers
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
+from faregate.keys.auth import Caller
 from faregate.observe.metrics import Metrics
+from faregate.observe.trace import RequestTrace
 from faregate.wire.openai_request import CallType
 
 Handler = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -50,21 +53,25 @@ class OpenAIRoutes:
         """Serve one call and record it once, however it ends (metrics, the access line)."""
         authorization, api_key, client_id = credentials(scope)
         trace = new_trace(self._gateway.new_request_id(), client_id)
+        caller: Caller | None = None
         with CallRecord(trace, self._metrics, self._log_requests) as call:
             try:
                 raw = await read_body(scope, receive, self._max_body)
                 caller = await self._gateway.authenticate(authorization, api_key)
                 reply = await self._gateway.handle(call_type, raw, caller, trace)
             except Exception as exc:
-                await call.failed(exc, scope, send, error_response)
+                await call.failed(exc, scope, send, error_response,
+                                  refusal_headers(self._gateway, caller))
                 return
             if isinstance(reply, Reply):
                 call.status = reply.status
                 await send_bytes(send, reply.status, reply.body,
-                                 JSON_HEADERS + reply.headers + id_headers(trace, False))
+                                 JSON_HEADERS + reply.headers + id_headers(trace, False)
+                                 + answer_headers(self._gateway, caller, trace, reply))
             else:
                 call.status = 200
-                reply.headers += id_headers(trace, False)
+                reply.headers += id_headers(trace, False) + answer_headers(
+                    self._gateway, caller, trace, reply)
                 await send_stream(reply, receive, send)
 
     async def _models(self, scope: Scope, receive: Any, send: Any) -> None:
@@ -77,6 +84,20 @@ class OpenAIRoutes:
             return
         await send_bytes(send, 200, self._gateway.models(caller),
                          JSON_HEADERS + id_headers(trace, True))
+
+
+def answer_headers(gateway: Gateway, caller: Caller, trace: RequestTrace,
+                   reply: Reply | StreamReply) -> Headers:
+    """LiteLLM's headers of an answer: a whole reply was settled, so its cost is known and the
+    key's spend includes it; a stream's headers leave before its cost is known."""
+    cost = trace.spend_nanos if isinstance(reply, Reply) else None
+    return call_headers(trace, caller.key, gateway.key_spend(caller), cost)
+
+
+def refusal_headers(gateway: Gateway, caller: Caller | None) -> Headers:
+    """A refusal after the key was known (budget, limits, model access) still tells the caller
+    its spend and budget, as LiteLLM's does."""
+    return [] if caller is None else key_headers(caller.key, gateway.key_spend(caller))
 
 
 async def _wrong_method(allow: str, scope: Scope, receive: Any, send: Any) -> None:

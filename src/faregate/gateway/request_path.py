@@ -210,6 +210,11 @@ class Gateway:
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
 
+    def key_spend(self, caller: Caller) -> int:
+        """The key's spend this budget period as admission knows it (for the answer's headers;
+        no store round trip)."""
+        return self._admission.period_spend(caller.key)
+
     async def prompt_bound(self, raw: bytes, caller: Caller,
                            parsed: ParsedRequest | None = None) -> int:
         """The prompt tokens the budget would reserve for chat request `raw` (or `parsed`) on

@@ -31,6 +31,7 @@ log = logging.getLogger("faregate.journal")
 
 _SUFFIX = ".spend"
 _FIELDS = SpendRow.__slots__
+_OLDEST_LINE = _FIELDS.index("status") + 1   # the fields every journal line has had
 
 
 @dataclass(slots=True)
@@ -206,7 +207,10 @@ def _decode_lines(path: Path) -> Iterator[SpendRow]:
         for number, line in enumerate(lines, 1):
             try:
                 values = _loads(line)
-                fields = dict(zip(_FIELDS, values, strict=True))
+                if not _OLDEST_LINE <= len(values) <= len(_FIELDS):
+                    raise ValueError(f"{len(values)} fields")
+                # A line written before the payer fields existed is shorter: they default.
+                fields = dict(zip(_FIELDS, values, strict=False))
                 fields["start_time"] = datetime.fromisoformat(fields["start_time"])
                 fields["end_time"] = datetime.fromisoformat(fields["end_time"])
                 yield SpendRow(**fields)

@@ -39,6 +39,13 @@ keys = Table(
     Column("model_rpm_limit", Text, nullable=False, default="{}"),
     Column("model_tpm_limit", Text, nullable=False, default="{}"),
     Column("aliases", Text, nullable=False, default="{}"),
+    Column("user_id", String(256), nullable=True),
+    Column("team_id", String(256), nullable=True),
+    Column("organization_id", String(256), nullable=True),
+    Column("budget_id", String(256), nullable=True),
+    Index("ix_keys_user_id", "user_id"),
+    Index("ix_keys_team_id", "team_id"),
+    Index("ix_keys_created_at", "created_at", "token"),
 )
 
 spend_logs = Table(
@@ -55,8 +62,16 @@ spend_logs = Table(
     Column("start_time", DateTime(timezone=True), nullable=False),
     Column("end_time", DateTime(timezone=True), nullable=False),
     Column("status", String(16), nullable=False),
+    Column("user_id", String(256), nullable=True),
+    Column("team_id", String(256), nullable=True),
+    Column("organization_id", String(256), nullable=True),
+    Column("end_user", String(256), nullable=True),
     Index("ix_spend_logs_api_key_start", "api_key", "start_time"),
     Index("ix_spend_logs_start", "start_time"),
+    Index("ix_spend_logs_user_start", "user_id", "start_time"),
+    Index("ix_spend_logs_team_start", "team_id", "start_time"),
+    Index("ix_spend_logs_org_start", "organization_id", "start_time"),
+    Index("ix_spend_logs_end_user_start", "end_user", "start_time"),
 )
 
 models = Table(
@@ -78,4 +93,121 @@ replicas = Table(
     Column("started_at", DateTime(timezone=True), nullable=False),     # the database's clock
     Column("last_seen", DateTime(timezone=True), nullable=False),      # the database's clock
     Column("shares_admission", Boolean, nullable=False),               # admits through Redis
+)
+
+
+# The payers above keys (issue 14). Each level's spend_nanos is the sum of the spend rows that
+# name it, kept by write_spend in the same transaction as the rows.
+ENTITY_ID = 256       # ids are the caller's (LiteLLM lets them choose), or generated uuids
+
+
+def _budget_columns() -> list[Column[object]]:
+    """A payer's budget terms and limits, as on keys."""
+    return [
+        Column("max_budget_nanos", BigInteger, nullable=True),
+        Column("spend_nanos", BigInteger, nullable=False, default=0),
+        Column("period_base_nanos", BigInteger, nullable=False, default=0),
+        Column("budget_duration", String(32), nullable=True),
+        Column("budget_reset_at", DateTime(timezone=True), nullable=True),
+        Column("tpm_limit", Integer, nullable=True),
+        Column("rpm_limit", Integer, nullable=True),
+        Column("max_parallel_requests", Integer, nullable=True),
+    ]
+
+
+budgets = Table(
+    "faregate_budgets", metadata,
+    Column("budget_id", String(ENTITY_ID), primary_key=True),
+    Column("max_budget_nanos", BigInteger, nullable=True),
+    Column("budget_duration", String(32), nullable=True),
+    Column("tpm_limit", Integer, nullable=True),
+    Column("rpm_limit", Integer, nullable=True),
+    Column("max_parallel_requests", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_budgets_created_at", "created_at", "budget_id"),
+)
+
+users = Table(
+    "faregate_users", metadata,
+    Column("user_id", String(ENTITY_ID), primary_key=True),
+    Column("user_email", String(256), nullable=True),
+    Column("user_alias", String(256), nullable=True),
+    Column("user_role", String(32), nullable=False, default="internal_user"),
+    Column("models", Text, nullable=False, default="[]"),
+    *_budget_columns(),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Column("budget_id", String(ENTITY_ID), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_users_created_at", "created_at", "user_id"),
+    Index("ix_users_user_email", "user_email"),
+)
+
+organizations = Table(
+    "faregate_organizations", metadata,
+    Column("organization_id", String(ENTITY_ID), primary_key=True),
+    Column("organization_alias", String(256), nullable=True),
+    Column("models", Text, nullable=False, default="[]"),
+    *_budget_columns(),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Column("budget_id", String(ENTITY_ID), nullable=True),
+    Column("blocked", Boolean, nullable=False, default=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_organizations_created_at", "created_at", "organization_id"),
+)
+
+organization_members = Table(
+    "faregate_organization_members", metadata,
+    Column("organization_id", String(ENTITY_ID), primary_key=True),
+    Column("user_id", String(ENTITY_ID), primary_key=True),
+    Column("user_role", String(32), nullable=False, default="internal_user"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_organization_members_user_id", "user_id"),
+)
+
+teams = Table(
+    "faregate_teams", metadata,
+    Column("team_id", String(ENTITY_ID), primary_key=True),
+    Column("team_alias", String(256), nullable=True),
+    Column("organization_id", String(ENTITY_ID), nullable=True),
+    Column("models", Text, nullable=False, default="[]"),
+    *_budget_columns(),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Column("blocked", Boolean, nullable=False, default=False),
+    Column("budget_id", String(ENTITY_ID), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_teams_created_at", "created_at", "team_id"),
+    Index("ix_teams_organization_id", "organization_id"),
+)
+
+team_members = Table(
+    "faregate_team_members", metadata,
+    Column("team_id", String(ENTITY_ID), primary_key=True),
+    Column("user_id", String(ENTITY_ID), primary_key=True),
+    Column("role", String(16), nullable=False, default="user"),
+    Column("max_budget_in_team_nanos", BigInteger, nullable=True),
+    Column("spend_nanos", BigInteger, nullable=False, default=0),
+    Column("period_base_nanos", BigInteger, nullable=False, default=0),
+    Column("budget_duration", String(32), nullable=True),
+    Column("budget_reset_at", DateTime(timezone=True), nullable=True),
+    Column("tpm_limit", Integer, nullable=True),
+    Column("rpm_limit", Integer, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_team_members_user_id", "user_id"),
+)
+
+end_users = Table(
+    "faregate_end_users", metadata,
+    Column("end_user_id", String(ENTITY_ID), primary_key=True),
+    Column("alias", String(256), nullable=True),
+    Column("blocked", Boolean, nullable=False, default=False),
+    *_budget_columns(),
+    Column("budget_id", String(ENTITY_ID), nullable=True),
+    Column("metadata", Text, nullable=False, default="{}"),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_end_users_created_at", "created_at", "end_user_id"),
 )

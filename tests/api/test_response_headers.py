@@ -1,0 +1,137 @@
+"""The headers clients read off every answer (issue 14 part 11): OpenAI's x-ratelimit-* and
+LiteLLM's x-litellm-* (cost, key spend, key budget), on JSON answers, streams, the Anthropic
+route and refusals; read with the openai SDK's raw responses and with httpx."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from api.conftest import RunningGateway
+from support import PRICE_IN, PRICE_OUT, chat
+
+
+def dollars(prompt: int, completion: int) -> str:
+    """A cost as LiteLLM writes it: str() of a float of dollars."""
+    return str((round(prompt * PRICE_IN * 1e9) + round(completion * PRICE_OUT * 1e9)) / 1e9)
+
+
+async def test_json_answer_carries_cost_spend_and_budget(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=2.5)
+    sdk = gateway.sdk(key)
+    raw = await sdk.chat.completions.with_raw_response.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hello there"}], max_tokens=5)
+    reply = raw.parse()
+    assert reply.usage is not None
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (9, 5)
+    headers = raw.headers
+    assert headers["x-litellm-response-cost"] == dollars(9, 5)
+    assert headers["x-litellm-key-spend"] == dollars(9, 5)      # the spend includes this call
+    assert headers["x-litellm-key-max-budget"] == "2.5"
+    assert headers["x-litellm-call-id"] == headers["x-request-id"]
+    assert headers["x-litellm-model-group"] == "qwen-local"
+
+    again = await sdk.chat.completions.with_raw_response.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hello there"}], max_tokens=5)
+    assert float(again.headers["x-litellm-key-spend"]) == pytest.approx(
+        2 * float(dollars(9, 5)))
+    assert again.headers["x-litellm-call-id"] != headers["x-litellm-call-id"]
+    info = (await gateway.admin("GET", "/key/info", params={"key": key})).json()["info"]
+    assert info["spend"] == pytest.approx(float(again.headers["x-litellm-key-spend"]))
+
+
+async def test_rate_limit_headers_count_down(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(rpm_limit=5, tpm_limit=10_000)
+    sdk = gateway.sdk(key)
+    seen = []
+    for _ in range(2):
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        seen.append(raw.headers)
+    assert [h["x-ratelimit-limit-requests"] for h in seen] == ["5", "5"]
+    assert [h["x-ratelimit-remaining-requests"] for h in seen] == ["4", "3"]
+    assert all(h["x-ratelimit-reset-requests"].endswith("s") for h in seen)
+    assert [h["x-ratelimit-limit-tokens"] for h in seen] == ["10000", "10000"]
+    # Each answer counts itself at what admission booked for it (its bound: the prompt bound
+    # is exact once the upstream has counted that prompt) and the calls before at their usage.
+    first, second = (int(h["x-ratelimit-remaining-tokens"]) for h in seen)
+    assert first <= 10_000 - (8 + 4)
+    assert second == 10_000 - 2 * (8 + 4)
+    assert seen[0]["x-litellm-key-rpm-limit"] == "5"
+    assert seen[0]["x-litellm-key-tpm-limit"] == "10000"
+    assert "x-litellm-key-max-budget" not in seen[0]          # no budget: left out, not "None"
+
+
+async def test_stream_headers_leave_before_the_cost_is_known(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0, rpm_limit=3)
+    async with gateway.http.stream("POST", "/v1/chat/completions",
+                                   json=chat("hi", max_tokens=3, stream=True),
+                                   headers={"Authorization": f"Bearer {key}"}) as resp:
+        assert resp.status_code == 200
+        headers = resp.headers
+        body = b"".join([chunk async for chunk in resp.aiter_bytes()])
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert "x-litellm-response-cost" not in headers            # as LiteLLM: not known yet
+    assert headers["x-litellm-key-spend"] == "0.0"             # the spend before this stream
+    assert headers["x-litellm-key-max-budget"] == "1.0"
+    assert headers["x-ratelimit-remaining-requests"] == "2"
+    assert headers["x-litellm-call-id"] == headers["x-request-id"]
+
+    # The next answer's spend includes the stream.
+    raw = await gateway.sdk(key).chat.completions.with_raw_response.create(
+        model="qwen-local", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    assert float(raw.headers["x-litellm-key-spend"]) == pytest.approx(
+        float(dollars(8, 3)) * 2)
+
+
+async def test_anthropic_route_carries_the_same_headers(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(max_budget=1.0, rpm_limit=9)
+    resp = await gateway.http.post("/v1/messages", headers={"x-api-key": key}, json={
+        "model": "qwen-local", "max_tokens": 5, "messages": [{"role": "user", "content": "ping"}]})
+    assert resp.status_code == 200, resp.text
+    usage = resp.json()["usage"]
+    cost = dollars(usage["input_tokens"], usage["output_tokens"])
+    assert resp.headers["x-litellm-response-cost"] == cost
+    assert resp.headers["x-litellm-key-spend"] == cost
+    assert resp.headers["x-litellm-key-max-budget"] == "1.0"
+    assert resp.headers["x-ratelimit-remaining-requests"] == "8"
+
+
+async def test_refusals_after_authentication_carry_the_key_state(
+        gateway: RunningGateway) -> None:
+    broke = await gateway.new_key(max_budget=0)
+    resp = await gateway.http.post("/v1/chat/completions", json=chat("hi"),
+                                   headers={"Authorization": f"Bearer {broke}"})
+    assert resp.status_code == 429 and resp.json()["error"]["type"] == "budget_exceeded"
+    assert resp.headers["x-litellm-key-spend"] == "0.0"
+    assert resp.headers["x-litellm-key-max-budget"] == "0.0"
+    assert "x-litellm-response-cost" not in resp.headers
+
+    limited = await gateway.new_key(rpm_limit=1)
+    ok = await gateway.http.post("/v1/chat/completions", json=chat("hi", max_tokens=2),
+                                 headers={"Authorization": f"Bearer {limited}"})
+    assert ok.status_code == 200
+    refused = await gateway.http.post("/v1/chat/completions", json=chat("hi", max_tokens=2),
+                                      headers={"Authorization": f"Bearer {limited}"})
+    assert refused.status_code == 429 and "Retry-After" in refused.headers
+    assert refused.headers["x-litellm-key-rpm-limit"] == "1"
+    assert float(refused.headers["x-litellm-key-spend"]) == pytest.approx(
+        float(ok.headers["x-litellm-key-spend"]))
+
+
+async def test_unknown_caller_learns_nothing_of_any_key(gateway: RunningGateway) -> None:
+    resp = await gateway.http.post("/v1/chat/completions", json=chat("hi"),
+                                   headers={"Authorization": "Bearer sk-nobody-0123456789"})
+    assert resp.status_code == 401
+    assert not [name for name in resp.headers if name.startswith("x-litellm-key")]
+
+
+async def test_headers_read_by_a_plain_httpx_client(gateway: RunningGateway) -> None:
+    """What LiteLLM users' budget brakes do: float() the spend and budget off each answer."""
+    key = await gateway.new_key(max_budget=0.001)
+    async with httpx.AsyncClient(base_url=gateway.base_url) as client:
+        resp = await client.post("/v1/chat/completions", json=chat("hi", max_tokens=2),
+                                 headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200
+    spend = float(resp.headers["x-litellm-key-spend"])
+    budget = float(resp.headers["x-litellm-key-max-budget"])
+    assert 0 < spend < budget == 0.001
