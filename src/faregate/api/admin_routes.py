@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
 from faregate.api.openapi import publish_openapi
@@ -25,7 +25,7 @@ from faregate.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from faregate.keys.admin import KeyAdmin, KeySettings
+from faregate.keys.admin import NOT_SUPPORTED_YET, KeyAdmin, KeySettings, check_supported
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
@@ -55,6 +55,21 @@ class KeyFields(BaseModel):
                   Annotated[str, Field(max_length=256)]] | None = Field(default=None,
                                                                          max_length=100)
     blocked: bool | None = None
+    soft_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
+    tags: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None,
+                                                                   max_length=100)
+    key_type: str | None = None             # accepted values only (check_supported)
+    send_invite_email: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        """LiteLLM's fields faregate does not enforce: a 400 naming the field, or (a value
+        that asks for nothing) dropped."""
+        if isinstance(data, dict):
+            check_supported(data)
+            return {k: v for k, v in data.items() if k not in NOT_SUPPORTED_YET}
+        return data
 
     def settings(self) -> KeySettings:
         return KeySettings(**{n: getattr(self, n) for n in KeySettings.__dataclass_fields__})

@@ -45,6 +45,73 @@ class KeySettings:
     model_tpm_limit: dict[str, int] | None = None
     aliases: dict[str, str] | None = None
     blocked: bool | None = None
+    soft_budget: float | None = None
+    tags: list[str] | None = None
+
+
+# LiteLLM's documented /key/generate and /key/update fields that faregate does not enforce yet,
+# and why. Each is refused by name (400, code field_not_supported) rather than stored and
+# ignored, unless its value asks for nothing (null, [], {}, false: LiteLLM's UI and SDKs send
+# those as defaults).
+NOT_SUPPORTED_YET: dict[str, str] = {
+    "user_id": "users arrive with issue 14's hierarchy (/user/*)",
+    "team_id": "teams arrive with issue 14's hierarchy (/team/*)",
+    "organization_id": "organizations arrive with issue 14's hierarchy (/organization/*)",
+    "budget_id": "named budgets arrive with issue 14's hierarchy (/budget/*)",
+    "model_max_budget": "per-model budgets are not enforced yet; use max_budget, or "
+                        "model_rpm_limit/model_tpm_limit",
+    "budget_fallbacks": "per-model budgets (model_max_budget) are not enforced yet",
+    "allowed_routes": "a virtual key already calls only the LLM routes and reads its own "
+                      "/key/info and /spend/logs; narrowing that is not enforced yet",
+    "allowed_passthrough_routes": "faregate has no pass-through routes",
+    "permissions": "per-key permissions are not enforced yet",
+    "object_permission": "per-key MCP/vector-store permissions are not enforced yet",
+    "guardrails": "faregate runs no guardrails",
+    "disable_global_guardrails": "faregate runs no guardrails",
+    "policies": "faregate runs no guardrail policies",
+    "enforced_params": "required request params are not enforced yet",
+    "allowed_cache_controls": "faregate has no response cache",
+    "config": "LiteLLM deprecated per-key config",
+    "router_settings": "per-key router settings are not enforced yet; routing is config.yaml's",
+    "prompts": "faregate has no prompt management",
+    "access_group_ids": "access groups arrive with issue 14 part 9",
+    "allowed_vector_store_indexes": "faregate serves no vector stores",
+    "rpm_limit_type": "rpm_limit is always enforced exactly (guaranteed throughput is not "
+                      "offered)",
+    "tpm_limit_type": "tpm_limit is always enforced exactly (guaranteed throughput is not "
+                      "offered)",
+    "auto_rotate": "scheduled key rotation is not offered yet; call /key/regenerate",
+    "rotation_interval": "scheduled key rotation is not offered yet; call /key/regenerate",
+    "spend": "a key's spend is the sum of its ledger rows; it cannot be set",
+    "soft_budget_cooldown": "faregate sends no soft-budget alerts",
+    "logging": "per-key logging callbacks are not offered",
+}
+# Accepted values of fields that change nothing here: every faregate key is LiteLLM's
+# "llm_api"-like key (LLM routes plus reading its own state); faregate sends no email.
+ACCEPTED_ONLY: dict[str, tuple[tuple[Any, ...], str]] = {
+    "key_type": (("default", "llm_api"), "a faregate virtual key calls the LLM routes and "
+                 "reads its own /key/info ('default' or 'llm_api'); management and read-only "
+                 "keys are not offered yet"),
+    "send_invite_email": ((False,), "faregate sends no email"),
+}
+_NOTHING: tuple[Any, ...] = (None, [], {}, False, "")
+# Kept in the key's metadata, as LiteLLM keeps tags: no column of their own.
+_IN_METADATA = ("tags", "soft_budget")
+
+
+def check_supported(body: dict[str, Any]) -> None:
+    """A 400 naming the first field of `body` that faregate would otherwise ignore."""
+    for name, value in body.items():
+        if name in NOT_SUPPORTED_YET and not any(
+                value == nothing and type(value) is type(nothing) for nothing in _NOTHING):
+            raise InvalidRequest(f"'{name}' is not supported yet: {NOT_SUPPORTED_YET[name]}. "
+                                 "Leave it out (see docs/admin-api.md for every key field)",
+                                 param=name, code="field_not_supported")
+        if name in ACCEPTED_ONLY and value is not None:
+            accepted, why = ACCEPTED_ONLY[name]
+            if not any(value == ok and type(value) is type(ok) for ok in accepted):
+                raise InvalidRequest(f"'{name}'={value!r} is not supported yet: {why}",
+                                     param=name, code="field_not_supported")
 
 
 class KeyAdmin:
@@ -94,8 +161,8 @@ class KeyAdmin:
 
     async def update(self, token: str, settings: KeySettings,
                      given: Collection[str]) -> KeyRecord:
-        await self.info(token)
-        changes = self._changes(settings, set(given), self._now())
+        current = await self.info(token)
+        changes = self._changes(settings, set(given), self._now(), current.metadata)
         try:
             record = await self._storage.update_key(token, changes)
         except DuplicateAlias:
@@ -153,8 +220,19 @@ class KeyAdmin:
             "rpm_limit": record.rpm_limit, "max_parallel_requests": record.max_parallel_requests,
             "model_rpm_limit": record.model_rpm_limit, "model_tpm_limit": record.model_tpm_limit,
             "aliases": record.aliases, "blocked": record.blocked,
+            "tags": record.metadata.get("tags") or [],
+            **self._soft_budget_view(record),
             "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
         }
+
+    def _soft_budget_view(self, record: KeyRecord) -> dict[str, Any]:
+        """soft_budget and whether this period's spend has reached it: a marker for whoever
+        reads /key/info (faregate sends no alerts), never a refusal."""
+        soft = record.metadata.get("soft_budget")
+        if not isinstance(soft, int | float) or isinstance(soft, bool):
+            return {"soft_budget": None, "soft_budget_reached": False}
+        spent = nanos_to_dollars(self._budgets.period_spend(record))
+        return {"soft_budget": soft, "soft_budget_reached": spent >= soft}
 
     def _check_custom_key(self, key: str | None, param: str) -> None:
         if key is None:
@@ -167,7 +245,10 @@ class KeyAdmin:
                                  "value (or leave it out for a generated one)", param=param,
                                  code="master_key_reused")
 
-    def _changes(self, s: KeySettings, given: set[str], now: datetime) -> dict[str, Any]:
+    def _changes(self, s: KeySettings, given: set[str], now: datetime,
+                 metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The record's changes from the fields `given`; `metadata`: the key's stored one (an
+        update), whose tags and soft_budget survive a new metadata that leaves them out."""
         out: dict[str, Any] = {}
         if "models" in given:
             models = s.models or []
@@ -212,12 +293,37 @@ class KeyAdmin:
             out["aliases"] = self._aliases(s.aliases or {})
         if "key_alias" in given:
             out["key_alias"] = s.key_alias
-        if "metadata" in given:
-            out["metadata"] = s.metadata or {}
+        if given & {"metadata", *_IN_METADATA}:
+            out["metadata"] = self._metadata(s, given, metadata or {})
         if "blocked" in given:
             out["blocked"] = bool(s.blocked)
         for name in _JSON_COLUMNS & set(out):
             check_stored_size(out[name], name)
+        return out
+
+    @staticmethod
+    def _metadata(s: KeySettings, given: set[str], stored: dict[str, Any]) -> dict[str, Any]:
+        """The metadata to store: the given one (else the stored one), with tags and
+        soft_budget kept from the stored one unless given (as fields or inside metadata)."""
+        out = dict(s.metadata or {}) if "metadata" in given else dict(stored)
+        for name in _IN_METADATA:
+            if name in given:
+                value = getattr(s, name)
+                if value is None:
+                    out.pop(name, None)
+                else:
+                    out[name] = value
+            elif name not in out and name in stored:
+                out[name] = stored[name]
+        soft = out.get("soft_budget")
+        if soft is not None and (isinstance(soft, bool) or not isinstance(soft, int | float)
+                                 or soft < 0):
+            raise InvalidRequest("'soft_budget' must be a number of dollars >= 0",
+                                 param="soft_budget")
+        tags = out.get("tags")
+        if tags is not None and (not isinstance(tags, list)
+                                 or not all(isinstance(t, str) for t in tags)):
+            raise InvalidRequest("'tags' must be a list of strings", param="tags")
         return out
 
     def _aliases(self, aliases: dict[str, str]) -> dict[str, str]:
