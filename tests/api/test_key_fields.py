@@ -3,6 +3,7 @@ enforces take effect, the rest are a 400 naming the field, never stored and igno
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -48,6 +49,13 @@ SOMETHING: dict[str, Any] = {
 
 def test_every_unsupported_field_has_a_case() -> None:
     assert set(SOMETHING) == set(NOT_SUPPORTED_YET)
+
+
+def test_every_field_is_in_the_docs_table() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "admin-api.md").read_text()
+    table = doc.split("### Key fields: LiteLLM's and faregate's", 1)[1].split("\n\n`tests", 1)[0]
+    for field in [*NOT_SUPPORTED_YET, *ACCEPTED_ONLY, "tags", "soft_budget"]:
+        assert f"`{field}`" in table, field
 
 
 @pytest.mark.parametrize("field", sorted(NOT_SUPPORTED_YET))
