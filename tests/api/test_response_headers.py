@@ -4,10 +4,57 @@ route and refusals; read with the openai SDK's raw responses and with httpx."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
 import httpx
+import orjson
 import pytest
-from api.conftest import RunningGateway
-from support import PRICE_IN, PRICE_OUT, chat
+from api.conftest import RunningGateway, serve
+from support import (
+    PRICE_IN,
+    PRICE_OUT,
+    chat,
+    env_for,
+    free_port,
+    stop,
+    wait_for_port,
+    write_config,
+)
+
+from faregate import config
+from faregate.app import Faregate
+
+ANTHROPIC_KEY = "ak-test-anthropic-headers"
+
+
+@pytest.fixture(scope="module")
+def mock_anthropic() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "faregate", "mock-anthropic", "--port",
+                             str(port), "--api-key", ANTHROPIC_KEY], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+async def with_claude(db_url: str, mock_upstream: str, mock_anthropic: str, tmp_path: Path
+                      ) -> AsyncIterator[RunningGateway]:
+    """A gateway with an Anthropic model, whose /v1/messages answers pass through as sent."""
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream, extra_models=[
+        {"model_name": "claude-haiku", "litellm_params": {
+            "model": "anthropic/claude-3-5-haiku-20241022", "api_base": mock_anthropic,
+            "api_key": ANTHROPIC_KEY, "input_cost_per_token": PRICE_IN,
+            "output_cost_per_token": PRICE_OUT}}])
+    settings = config.load({**os.environ, **env_for(db_url, tmp_path)}, cfg)
+    async with serve(Faregate.from_settings(settings)) as running:
+        yield running
 
 
 def dollars(prompt: int, completion: int) -> str:
@@ -135,3 +182,26 @@ async def test_headers_read_by_a_plain_httpx_client(gateway: RunningGateway) -> 
     spend = float(resp.headers["x-litellm-key-spend"])
     budget = float(resp.headers["x-litellm-key-max-budget"])
     assert 0 < spend < budget == 0.001
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_anthropic_model_passed_through_carries_the_headers(
+        with_claude: RunningGateway, stream: bool) -> None:
+    key = await with_claude.new_key(models=["claude-haiku"], max_budget=1.0)
+    body = {"model": "claude-haiku", "max_tokens": 5, "stream": stream,
+            "messages": [{"role": "user", "content": "ping"}]}
+    async with with_claude.http.stream("POST", "/v1/messages", json=body,
+                                       headers={"x-api-key": key}) as resp:
+        assert resp.status_code == 200
+        content = b"".join([chunk async for chunk in resp.aiter_bytes()])
+    assert resp.headers["x-litellm-key-max-budget"] == "1.0"
+    assert resp.headers["x-litellm-model-group"] == "claude-haiku"
+    if stream:
+        assert b"message_stop" in content
+        assert "x-litellm-response-cost" not in resp.headers
+        assert resp.headers["x-litellm-key-spend"] == "0.0"
+    else:
+        usage = orjson.loads(content)["usage"]
+        cost = dollars(usage["input_tokens"], usage["output_tokens"])
+        assert resp.headers["x-litellm-response-cost"] == cost
+        assert resp.headers["x-litellm-key-spend"] == cost
