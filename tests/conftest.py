@@ -58,7 +58,10 @@ def pg_migrated_url(pg_server_url: str) -> str:
 async def truncate_pg(url: str) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("TRUNCATE faregate_keys, faregate_spend_logs, faregate_models")
+        await conn.execute(
+            "TRUNCATE faregate_keys, faregate_spend_logs, faregate_models, faregate_budgets, "
+            "faregate_users, faregate_teams, faregate_team_members, faregate_organizations, "
+            "faregate_organization_members, faregate_end_users")
     finally:
         await conn.close()
 

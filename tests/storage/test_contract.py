@@ -249,7 +249,8 @@ async def test_write_spend_row_fields_round_trip(storage: SqlStorage) -> None:
         "request_id": "req-xyz", "api_key": token(1), "key_alias": "al", "model": "qwen",
         "upstream": "http://u#q", "call_type": "text_completion", "prompt_tokens": 123,
         "completion_tokens": 456, "spend_nanos": 77, "start_time": original.start_time,
-        "end_time": original.end_time, "status": "partial"}
+        "end_time": original.end_time, "status": "partial", "user_id": None,
+        "team_id": None, "organization_id": None, "end_user": None}
     assert is_utc(got["start_time"]) and is_utc(got["end_time"])
 
 

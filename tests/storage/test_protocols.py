@@ -11,6 +11,7 @@ from faregate.storage.database import SqlStorage
 from faregate.storage.protocols import (
     AdminStore,
     HealthProbe,
+    HierarchyStore,
     KeyStore,
     ModelStore,
     ReplicaStore,
@@ -18,7 +19,8 @@ from faregate.storage.protocols import (
     Storage,
 )
 
-ALL = [KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, AdminStore, Storage]
+ALL = [KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, HierarchyStore,
+       AdminStore, Storage]
 
 
 def members(protocol: type) -> list[str]:
@@ -41,7 +43,7 @@ def test_sql_storage_implements(protocol: type) -> None:
 def test_storage_is_every_concern() -> None:
     assert set(members(Storage)) == {
         *members(KeyStore), *members(SpendStore), *members(ModelStore), *members(HealthProbe),
-        *members(ReplicaStore), "close"}
+        *members(ReplicaStore), *members(HierarchyStore), "close"}
 
 
 def test_the_contracts_types_are_still_importable_from_database() -> None:

@@ -38,7 +38,8 @@ _INT32_MAX = 2**31 - 1
 _FIELDS = [f.name for f in fields(SpendRow)]
 _TEXT_COLUMNS = [(name, getattr(spend_logs.c[name].type, "length", None))
                  for name in ("request_id", "api_key", "key_alias", "model", "upstream",
-                              "call_type", "status")]
+                              "call_type", "status", "user_id", "team_id", "organization_id",
+                              "end_user")]
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from faregate.records import KeyRecord, SpendRow, StoredModel
+from faregate.storage.hierarchy import HierarchyQueries, key_from_mapping
+from faregate.storage.payer_spend import (
+    PAYER_COLUMNS,
+    add_payer_spend_postgres,
+    names_a_payer,
+    payer_amounts,
+    sqlite_steps,
+)
 from faregate.storage.protocols import DuplicateAlias as DuplicateAlias
 from faregate.storage.protocols import DuplicateModelId as DuplicateModelId
-from faregate.storage.protocols import Replica, SpendWritten
+from faregate.storage.protocols import Replica, SpendTotal, SpendWritten
 from faregate.storage.protocols import SpendQuery as SpendQuery
 from faregate.storage.schema import keys, models, replicas, spend_logs
 
@@ -81,19 +89,7 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _key_from_row(row: Any) -> KeyRecord:
-    return KeyRecord(
-        token=row.token, key_name=row.key_name, key_alias=row.key_alias,
-        models=tuple(orjson.loads(row.models)), max_budget_nanos=row.max_budget_nanos,
-        spend_nanos=row.spend_nanos, period_base_nanos=row.period_base_nanos,
-        budget_duration=row.budget_duration, budget_reset_at=_utc(row.budget_reset_at),
-        expires=_utc(row.expires), metadata=orjson.loads(row.metadata),
-        tpm_limit=row.tpm_limit, rpm_limit=row.rpm_limit,
-        max_parallel_requests=row.max_parallel_requests,
-        model_rpm_limit=orjson.loads(row.model_rpm_limit),
-        model_tpm_limit=orjson.loads(row.model_tpm_limit), aliases=orjson.loads(row.aliases),
-        blocked=bool(row.blocked),
-        created_at=_utc(row.created_at), updated_at=_utc(row.updated_at),
-    )
+    return key_from_mapping(row._mapping)
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -114,7 +110,9 @@ def _key_values(record: KeyRecord) -> dict[str, Any]:
         "model_tpm_limit": orjson.dumps(record.model_tpm_limit).decode(),
         "aliases": orjson.dumps(record.aliases).decode(),
         "blocked": record.blocked, "created_at": _as_utc(record.created_at),
-        "updated_at": _as_utc(record.updated_at),
+        "updated_at": _as_utc(record.updated_at), "user_id": record.user_id,
+        "team_id": record.team_id, "organization_id": record.organization_id,
+        "budget_id": record.budget_id,
     }
 
 
@@ -130,7 +128,7 @@ def _params_text(params: dict[str, Any]) -> str:
     return orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()
 
 
-class SqlStorage:
+class SqlStorage(HierarchyQueries):
     """Storage on SQLAlchemy's async engine (Postgres or SQLite)."""
 
     def __init__(self, engine: AsyncEngine) -> None:
@@ -311,14 +309,7 @@ class SqlStorage:
 
     async def spend_logs(self, query: SpendQuery) -> list[dict[str, Any]]:
         stmt: Select[Any] = select(spend_logs)
-        if query.api_key is not None:
-            stmt = stmt.where(spend_logs.c.api_key == query.api_key)
-        if query.request_id is not None:
-            stmt = stmt.where(spend_logs.c.request_id == query.request_id)
-        if query.start is not None:
-            stmt = stmt.where(spend_logs.c.start_time >= _as_utc(query.start))
-        if query.end is not None:
-            stmt = stmt.where(spend_logs.c.start_time < _as_utc(query.end))
+        stmt = _spend_filtered(stmt, query)
         stmt = (stmt.order_by(spend_logs.c.start_time.desc(), spend_logs.c.request_id)
                 .limit(query.page_size).offset((query.page - 1) * query.page_size))
         async with self.engine.connect() as conn:
@@ -330,6 +321,24 @@ class SqlStorage:
                 item["end_time"] = _utc(item["end_time"])
                 out.append(item)
             return out
+
+    async def spend_totals(self, level: str, query: SpendQuery) -> list[SpendTotal]:
+        """Each payer of a level's spend over the query's rows, summed in SQL, dearest first
+        (the query's page and page_size apply to the payers)."""
+        if level not in _TOTAL_COLUMNS:
+            raise ValueError(f"no spend totals by {level!r}; one of {', '.join(_TOTAL_COLUMNS)}")
+        column = spend_logs.c[_TOTAL_COLUMNS[level]]
+        amount = func.sum(spend_logs.c.spend_nanos)
+        stmt = _spend_filtered(select(
+            column.label("id"), amount.label("spend"), func.count().label("requests"),
+            func.sum(spend_logs.c.prompt_tokens).label("prompt"),
+            func.sum(spend_logs.c.completion_tokens).label("completion")), query)
+        stmt = (stmt.where(column.is_not(None)).group_by(column)
+                .order_by(amount.desc(), column)
+                .limit(query.page_size).offset((query.page - 1) * query.page_size))
+        async with self.engine.connect() as conn:
+            return [SpendTotal(r.id, int(r.spend), int(r.requests), int(r.prompt),
+                               int(r.completion)) for r in await conn.execute(stmt)]
 
     async def total_spend(self) -> int:
         async with self.engine.connect() as conn:
@@ -375,23 +384,42 @@ class SqlStorage:
             await conn.execute(delete(replicas).where(replicas.c.replica_id == replica_id))
 
 
+# spend_totals' levels and the spend_logs column each groups by
+_TOTAL_COLUMNS = {"key": "api_key", "user": "user_id", "team": "team_id",
+                  "organization": "organization_id", "end_user": "end_user", "model": "model"}
+
+
+def _spend_filtered(stmt: Select[Any], query: SpendQuery) -> Select[Any]:
+    for name in ("api_key", "request_id", "user_id", "team_id", "organization_id", "end_user"):
+        value = getattr(query, name)
+        if value is not None:
+            stmt = stmt.where(spend_logs.c[name] == value)
+    if query.start is not None:
+        stmt = stmt.where(spend_logs.c.start_time >= _as_utc(query.start))
+    if query.end is not None:
+        stmt = stmt.where(spend_logs.c.start_time < _as_utc(query.end))
+    return stmt
+
+
 # A heartbeat row this old belongs to a process that will not come back.
 _REPLICA_FORGOTTEN_S = 3600.0
 
 
 _SPEND_COLUMNS = ("request_id", "api_key", "key_alias", "model", "upstream", "call_type",
                   "prompt_tokens", "completion_tokens", "spend_nanos", "start_time", "end_time",
-                  "status")
+                  "status", *PAYER_COLUMNS)
 _PG_TYPES = ("text", "text", "text", "text", "text", "text", "int", "int", "bigint",
-             "timestamptz", "timestamptz", "text")
+             "timestamptz", "timestamptz", "text", "text", "text", "text", "text")
 
-# One statement: insert what is new, add exactly the new rows' spend to their keys.
-_PG_WRITE_SPEND = f"""
+# One statement: insert what is new, add exactly the new rows' spend to their keys. It answers
+# the spend per key, or (_PG_WRITE_SPEND_NEW_IDS) the new rows' ids, when payers above the keys
+# need their share too.
+_PG_WRITE_SPEND_CTE = f"""
 WITH new_rows AS (
     INSERT INTO faregate_spend_logs ({", ".join(_SPEND_COLUMNS)})
     SELECT * FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_PG_TYPES))})
     ON CONFLICT (request_id) DO NOTHING
-    RETURNING api_key, spend_nanos
+    RETURNING request_id, api_key, spend_nanos
 ), per_key AS (
     SELECT api_key, count(*) AS n, sum(spend_nanos) AS amount FROM new_rows GROUP BY api_key
 ), locked AS (
@@ -403,16 +431,31 @@ WITH new_rows AS (
     FROM per_key JOIN locked ON locked.token = per_key.api_key
     WHERE k.token = per_key.api_key
 )
-SELECT api_key, n, amount FROM per_key
 """
+_PG_WRITE_SPEND = _PG_WRITE_SPEND_CTE + "SELECT api_key, n, amount FROM per_key"
+_PG_WRITE_SPEND_NEW_IDS = _PG_WRITE_SPEND_CTE + "SELECT request_id FROM new_rows"
 
 
 async def _write_spend_postgres(conn: Any, rows: Sequence[SpendRow]) -> SpendWritten:
     unique = _first_of_each(rows)
     columns = [[getattr(r, name) for r in unique] for name in _SPEND_COLUMNS]
-    per_key = await conn.fetch(_PG_WRITE_SPEND, *columns)
-    return SpendWritten(sum(int(r["n"]) for r in per_key),
-                        {r["api_key"]: int(r["amount"]) for r in per_key})
+    if not names_a_payer(unique):
+        per_key = await conn.fetch(_PG_WRITE_SPEND, *columns)
+        return SpendWritten(sum(int(r["n"]) for r in per_key),
+                            {r["api_key"]: int(r["amount"]) for r in per_key})
+    async with conn.transaction():
+        inserted = {r["request_id"] for r in await conn.fetch(_PG_WRITE_SPEND_NEW_IDS, *columns)}
+        new = [r for r in unique if r.request_id in inserted]
+        amounts = payer_amounts(new)
+        await add_payer_spend_postgres(conn, amounts)
+    return SpendWritten(len(new), _per_key(new), amounts.by_scope())
+
+
+def _per_key(rows: Sequence[SpendRow]) -> dict[str, int]:
+    per_key: dict[str, int] = defaultdict(int)
+    for r in rows:
+        per_key[r.api_key] += r.spend_nanos
+    return dict(per_key)
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -446,26 +489,30 @@ def _json(rows: Sequence[SpendRow], values: list[Any]) -> bytes:
         # Text that is not valid Unicode (a lone surrogate): say which, as the driver would.
         for row in rows:
             for value in (row.request_id, row.api_key, row.key_alias, row.model, row.upstream,
-                          row.call_type, row.status):
+                          row.call_type, row.status, row.user_id, row.team_id,
+                          row.organization_id, row.end_user):
                 if value is not None:
                     value.encode("utf-8")
         raise
 
 
 def _sqlite_plan(rows: Sequence[SpendRow], found: list[Any]) -> tuple[
-        SpendWritten, bytes, bytes]:
-    """What the rows not found add, and the insert's and the key update's JSON."""
+        SpendWritten, list[tuple[str, tuple[object, ...]]]]:
+    """What the rows not found add, and the statements that write them: the insert, the keys'
+    update, then the payers' above the keys (storage/payer_spend.py)."""
     known = {r[0] for r in found}
     new = [r for r in _first_of_each(rows) if r.request_id not in known]
-    per_key: dict[str, int] = defaultdict(int)
-    for r in new:
-        per_key[r.api_key] += r.spend_nanos
+    per_key = _per_key(new)
     inserted = _json(new, [
         (r.request_id, r.api_key, r.key_alias, r.model, r.upstream, r.call_type,
          r.prompt_tokens, r.completion_tokens, r.spend_nanos, _sqlite_time(r.start_time),
-         _sqlite_time(r.end_time), r.status) for r in new])
-    return SpendWritten(len(new), dict(per_key)), inserted, \
-        orjson.dumps(sorted(per_key.items()))
+         _sqlite_time(r.end_time), r.status, r.user_id, r.team_id, r.organization_id,
+         r.end_user) for r in new])
+    amounts = payer_amounts(new)
+    steps: list[tuple[str, tuple[object, ...]]] = [
+        (_SQLITE_INSERT, (inserted,)), (_SQLITE_ADD, (orjson.dumps(sorted(per_key.items())),)),
+        *sqlite_steps(amounts, _sqlite_time(datetime.now(UTC)))]
+    return SpendWritten(len(new), per_key, amounts.by_scope()), steps
 
 
 async def _write_spend_sqlite(conn: Any, rows: Sequence[SpendRow]) -> SpendWritten:
@@ -475,9 +522,9 @@ async def _write_spend_sqlite(conn: Any, rows: Sequence[SpendRow]) -> SpendWritt
     try:
         found = await conn.execute_fetchall(
             _SQLITE_KNOWN, (_json(rows, [r.request_id for r in rows]),))
-        written, inserted, added = _sqlite_plan(rows, list(found))
-        await conn.execute(_SQLITE_INSERT, (inserted,))
-        await conn.execute(_SQLITE_ADD, (added,))
+        written, steps = _sqlite_plan(rows, list(found))
+        for statement, params in steps:
+            await conn.execute(statement, params)
         await conn.commit()
     except BaseException:
         await conn.rollback()
@@ -510,9 +557,9 @@ class _SqliteSpendWriter:
         try:
             found = conn.execute(
                 _SQLITE_KNOWN, (_json(rows, [r.request_id for r in rows]),)).fetchall()
-            written, inserted, added = _sqlite_plan(rows, found)
-            conn.execute(_SQLITE_INSERT, (inserted,))
-            conn.execute(_SQLITE_ADD, (added,))
+            written, steps = _sqlite_plan(rows, found)
+            for statement, params in steps:
+                conn.execute(statement, params)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

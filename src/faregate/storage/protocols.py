@@ -11,9 +11,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from faregate.records import KeyRecord, SpendRow, StoredModel
+from faregate.records import (
+    BudgetRecord,
+    EndUserRecord,
+    KeyPayers,
+    KeyRecord,
+    MemberRecord,
+    OrganizationMemberRecord,
+    OrganizationRecord,
+    SpendRow,
+    StoredModel,
+    TeamRecord,
+    UserRecord,
+)
+
+T = TypeVar("T")
 
 
 class DuplicateAlias(Exception):
@@ -24,10 +38,62 @@ class DuplicateModelId(Exception):
     pass
 
 
+class DuplicateId(Exception):
+    """A budget, user, team, organization, membership or end user with that id exists."""
+
+    def __init__(self, kind: str, entity_id: str) -> None:
+        super().__init__(f"{kind} {entity_id} already exists")
+        self.kind = kind
+        self.entity_id = entity_id
+
+
+# A payer's scope: its account name in every store (the hierarchy design). Keys' scope carries
+# the token; a member's carries the team and the user.
+SCOPE_LEVELS = ("key", "user", "team", "member", "org", "end_user")
+
+
+def scope(level: str, *ids: str) -> str:
+    if level not in SCOPE_LEVELS or len(ids) != (2 if level == "member" else 1):
+        raise ValueError(f"no scope {level} of {len(ids)} ids")
+    return ":".join((level, *ids))
+
+
+def parse_scope(text: str) -> tuple[str, tuple[str, ...]]:
+    """"team:t1" -> ("team", ("t1",)); "member:t1:u1" -> ("member", ("t1", "u1")). Ids may hold
+    colons, except a member's team id (the first colon after it ends it)."""
+    level, sep, rest = text.partition(":")
+    if not sep or level not in SCOPE_LEVELS or not rest:
+        raise ValueError(f"not a payer scope: {text!r}")
+    if level == "member":
+        team_id, sep, user_id = rest.partition(":")
+        if not (sep and team_id and user_id):
+            raise ValueError(f"not a member scope: {text!r}")
+        return level, (team_id, user_id)
+    return level, (rest,)
+
+
+@dataclass(frozen=True)
+class PageAfter:
+    """Where a keyset-paginated list goes on: after this (created_at, id)."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_after: PageAfter | None        # None: this was the last page
+
+
 @dataclass(frozen=True)
 class SpendQuery:
     api_key: str | None = None
     request_id: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+    organization_id: str | None = None
+    end_user: str | None = None
     start: datetime | None = None
     end: datetime | None = None
     page: int = 1
@@ -36,17 +102,35 @@ class SpendQuery:
 
 @dataclass(frozen=True)
 class SpendWritten:
-    """What one write_spend_rows call added: the rows that were new, and their spend per key
-    (rows already in the database add nothing)."""
+    """What one write_spend_rows call added: the rows that were new, their spend per key, and
+    per payer above the key by scope ("team:t1", "member:t1:u1", ...); rows already in the
+    database add nothing."""
 
     rows: int = 0
     by_key: Mapping[str, int] = field(default_factory=dict)
+    by_payer: Mapping[str, int] = field(default_factory=dict)
 
     def __add__(self, other: SpendWritten) -> SpendWritten:
-        by_key = dict(self.by_key)
-        for token, nanos in other.by_key.items():
-            by_key[token] = by_key.get(token, 0) + nanos
-        return SpendWritten(self.rows + other.rows, by_key)
+        return SpendWritten(self.rows + other.rows, _summed(self.by_key, other.by_key),
+                            _summed(self.by_payer, other.by_payer))
+
+
+def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for name, nanos in b.items():
+        out[name] = out.get(name, 0) + nanos
+    return out
+
+
+@dataclass(frozen=True)
+class SpendTotal:
+    """One payer's spend over a query's rows (SpendStore.spend_totals)."""
+
+    id: str
+    spend_nanos: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
 
 
 @runtime_checkable
@@ -99,7 +183,19 @@ class SpendStore(Protocol):
     async def start_budget_period(self, token: str, period_base_nanos: int,
                                   reset_at: datetime | None) -> None: ...
 
+    async def start_period(self, scope: str, period_base_nanos: int,
+                           reset_at: datetime | None) -> bool:
+        """start_budget_period for a payer above the key, by scope ("team:t1",
+        "member:t1:u1", ...); False if it does not exist."""
+        ...
+
     async def spend_logs(self, query: SpendQuery) -> list[dict[str, Any]]: ...
+
+    async def spend_totals(self, level: str, query: SpendQuery) -> list[SpendTotal]:
+        """Each payer of a level's spend over the rows the query selects (its filters and
+        dates; not its page), summed in SQL, dearest first. level: key, user, team,
+        organization, end_user or model."""
+        ...
 
     async def total_spend(self) -> int: ...
 
@@ -127,6 +223,83 @@ class ModelStore(Protocol):
         ...
 
     async def delete_model(self, model_id: str) -> bool: ...
+
+
+@runtime_checkable
+class HierarchyStore(Protocol):
+    """The payers above keys (storage/hierarchy.py): budgets, users, teams and their members,
+    organizations and their members, end users; and a key's payers in one round trip.
+    Inserts raise DuplicateId; updates take record field names (never spend, which only the
+    ledger writes) and return None when the row does not exist; lists are keyset pages."""
+
+    async def insert_budget(self, record: BudgetRecord) -> None: ...
+    async def get_budget(self, budget_id: str) -> BudgetRecord | None: ...
+    async def update_budget(self, budget_id: str,
+                            changes: Mapping[str, Any]) -> BudgetRecord | None: ...
+    async def delete_budget(self, budget_id: str) -> bool: ...
+    async def list_budgets(self, after: PageAfter | None = None,
+                           limit: int = 100) -> Page[BudgetRecord]: ...
+
+    async def insert_user(self, record: UserRecord) -> None: ...
+    async def get_user(self, user_id: str) -> UserRecord | None: ...
+    async def update_user(self, user_id: str,
+                          changes: Mapping[str, Any]) -> UserRecord | None: ...
+    async def delete_user(self, user_id: str) -> bool: ...
+    async def list_users(self, filters: Mapping[str, Any] | None = None,
+                         after: PageAfter | None = None,
+                         limit: int = 100) -> Page[UserRecord]: ...
+
+    async def insert_organization(self, record: OrganizationRecord) -> None: ...
+    async def get_organization(self, organization_id: str) -> OrganizationRecord | None: ...
+    async def update_organization(self, organization_id: str, changes: Mapping[str, Any]
+                                  ) -> OrganizationRecord | None: ...
+    async def delete_organization(self, organization_id: str) -> bool: ...
+    async def list_organizations(self, filters: Mapping[str, Any] | None = None,
+                                 after: PageAfter | None = None,
+                                 limit: int = 100) -> Page[OrganizationRecord]: ...
+    async def add_organization_member(self, record: OrganizationMemberRecord) -> None: ...
+    async def update_organization_member(self, organization_id: str, user_id: str,
+                                         changes: Mapping[str, Any]
+                                         ) -> OrganizationMemberRecord | None: ...
+    async def remove_organization_member(self, organization_id: str, user_id: str) -> bool: ...
+    async def list_organization_members(self, organization_id: str
+                                        ) -> list[OrganizationMemberRecord]: ...
+
+    async def insert_team(self, record: TeamRecord) -> None: ...
+    async def get_team(self, team_id: str) -> TeamRecord | None: ...
+    async def update_team(self, team_id: str,
+                          changes: Mapping[str, Any]) -> TeamRecord | None: ...
+    async def delete_team(self, team_id: str) -> bool: ...
+    async def list_teams(self, filters: Mapping[str, Any] | None = None,
+                         after: PageAfter | None = None,
+                         limit: int = 100) -> Page[TeamRecord]: ...
+    async def add_team_member(self, record: MemberRecord) -> None: ...
+    async def get_team_member(self, team_id: str, user_id: str) -> MemberRecord | None: ...
+    async def update_team_member(self, team_id: str, user_id: str,
+                                 changes: Mapping[str, Any]) -> MemberRecord | None: ...
+    async def remove_team_member(self, team_id: str, user_id: str) -> bool: ...
+    async def list_team_members(self, team_id: str) -> list[MemberRecord]: ...
+    async def list_user_teams(self, user_id: str) -> list[MemberRecord]: ...
+
+    async def insert_end_user(self, record: EndUserRecord) -> None: ...
+    async def get_end_user(self, end_user_id: str) -> EndUserRecord | None: ...
+    async def get_or_create_end_user(self, end_user_id: str,
+                                     budget_id: str | None = None) -> EndUserRecord: ...
+    async def update_end_user(self, end_user_id: str,
+                              changes: Mapping[str, Any]) -> EndUserRecord | None: ...
+    async def delete_end_user(self, end_user_id: str) -> bool: ...
+    async def list_end_users(self, filters: Mapping[str, Any] | None = None,
+                             after: PageAfter | None = None,
+                             limit: int = 100) -> Page[EndUserRecord]: ...
+
+    async def list_keys_page(self, filters: Mapping[str, Any] | None = None,
+                             after: PageAfter | None = None,
+                             limit: int = 100) -> Page[KeyRecord]: ...
+
+    async def get_key_payers(self, token: str) -> KeyPayers | None:
+        """The key, its user, team, membership, organization (the team's, else the key's) and
+        the named budgets they reference, in one round trip; None if no such key."""
+        ...
 
 
 @runtime_checkable
@@ -168,7 +341,8 @@ class ReplicaStore(Protocol):
 
 
 @runtime_checkable
-class Storage(KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, Protocol):
+class Storage(KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, HierarchyStore,
+              Protocol):
     """All of the above, and the connections' lifetime: what the composition root holds."""
 
     async def close(self) -> None: ...

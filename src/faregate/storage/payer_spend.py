@@ -1,0 +1,164 @@
+"""The spend of the payers above a key, added in the same transaction as the rows.
+
+A spend row names up to five payers besides its key: its user, team, the user within the team
+(a member), organization and end user. write_spend adds each new row's spend to every one of
+them, so each level's spend_nanos is the sum of the rows that name it, as a key's is. Rows
+already recorded add nothing anywhere (the insert skips them; only the rows it inserted are
+counted here).
+
+A payer named by a row but missing from its table gains nothing (as for a key: the row stays
+the record), except an end user, who is created by its first row (LiteLLM creates end users
+on first use; their spend must add up from the first request).
+
+Levels are written in one fixed order, and within a level in id order, locked first on
+Postgres: two processes writing batches at once can wait for each other, never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from faregate.records import SpendRow
+from faregate.storage.protocols import scope
+from faregate.storage.schema import end_users, organizations, team_members, teams, users
+
+
+@dataclass(frozen=True)
+class _Level:
+    name: str                       # the scope's level
+    table: str
+    id_columns: tuple[str, ...]
+    created_on_first_row: bool = False
+
+
+_LEVELS = (
+    _Level("user", users.name, ("user_id",)),
+    _Level("team", teams.name, ("team_id",)),
+    _Level("member", team_members.name, ("team_id", "user_id")),
+    _Level("org", organizations.name, ("organization_id",)),
+    _Level("end_user", end_users.name, ("end_user_id",), created_on_first_row=True),
+)
+
+PAYER_COLUMNS = ("user_id", "team_id", "organization_id", "end_user")
+
+
+def names_a_payer(rows: Sequence[SpendRow]) -> bool:
+    return any(r.user_id or r.team_id or r.organization_id or r.end_user for r in rows)
+
+
+def _ids(level: str, row: SpendRow) -> tuple[str, ...] | None:
+    if level == "user":
+        return (row.user_id,) if row.user_id else None
+    if level == "team":
+        return (row.team_id,) if row.team_id else None
+    if level == "member":
+        return (row.team_id, row.user_id) if row.team_id and row.user_id else None
+    if level == "org":
+        return (row.organization_id,) if row.organization_id else None
+    return (row.end_user,) if row.end_user else None
+
+
+@dataclass(frozen=True)
+class PayerAmounts:
+    """What the new rows add to each payer above their keys, level by level, ids sorted."""
+
+    by_level: tuple[tuple[_Level, tuple[tuple[tuple[str, ...], int], ...]], ...]
+
+    def by_scope(self) -> dict[str, int]:
+        return {scope(level.name, *ids): amount
+                for level, amounts in self.by_level for ids, amount in amounts}
+
+
+def payer_amounts(new_rows: Sequence[SpendRow]) -> PayerAmounts:
+    out = []
+    for level in _LEVELS:
+        sums: dict[tuple[str, ...], int] = defaultdict(int)
+        for row in new_rows:
+            ids = _ids(level.name, row)
+            if ids is not None:
+                sums[ids] += row.spend_nanos
+        if sums:
+            out.append((level, tuple(sorted(sums.items()))))
+    return PayerAmounts(tuple(out))
+
+
+# Postgres: one statement per level, ids and amounts as arrays.
+
+def _pg_statement(level: _Level) -> str:
+    ids = level.id_columns
+    arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(ids)))
+    amount = f"${len(ids) + 1}::bigint[]"
+    names = ", ".join(f"id{i}" for i in range(len(ids)))
+    given = f"SELECT * FROM unnest({arrays}, {amount}) AS a({names}, amount)"
+    match = " AND ".join(f"t.{c} = a.id{i}" for i, c in enumerate(ids))
+    if level.created_on_first_row:
+        return (
+            f"INSERT INTO {level.table} AS t ({ids[0]}, blocked, spend_nanos, "
+            "period_base_nanos, metadata, created_at, updated_at) "
+            f"SELECT id0, false, amount, 0, '{{}}', now(), now() FROM ({given}) a ORDER BY id0 "
+            f"ON CONFLICT ({ids[0]}) DO UPDATE SET "
+            "spend_nanos = t.spend_nanos + excluded.spend_nanos")
+    order = ", ".join(f"t.{c}" for c in ids)
+    return (
+        f"WITH a AS ({given}), locked AS ("
+        f"SELECT {order} FROM {level.table} t JOIN a ON {match} ORDER BY {order} FOR UPDATE OF t"
+        f") UPDATE {level.table} t SET spend_nanos = t.spend_nanos + a.amount FROM a "
+        f"WHERE {match}")
+
+
+_PG_STATEMENTS = {level.name: _pg_statement(level) for level in _LEVELS}
+
+
+def pg_arguments(amounts: tuple[tuple[tuple[str, ...], int], ...],
+                 width: int) -> list[list[object]]:
+    columns: list[list[object]] = [[ids[i] for ids, _ in amounts] for i in range(width)]
+    columns.append([amount for _, amount in amounts])
+    return columns
+
+
+async def add_payer_spend_postgres(conn: Any, amounts: PayerAmounts) -> None:
+    """On an asyncpg connection, inside the rows' transaction."""
+    for level, sums in amounts.by_level:
+        await conn.execute(_PG_STATEMENTS[level.name],
+                           *pg_arguments(sums, len(level.id_columns)))
+
+
+# SQLite: one statement per level, the amounts as one JSON array (see database.py on why).
+
+def _sqlite_statement(level: _Level) -> str:
+    ids = level.id_columns
+    if level.created_on_first_row:
+        return (
+            f"INSERT INTO {level.table} ({ids[0]}, blocked, spend_nanos, period_base_nanos, "
+            "metadata, created_at, updated_at) SELECT json_extract(value, '$[0]'), 0, "
+            "json_extract(value, '$[1]'), 0, '{}', ?2, ?2 FROM json_each(?1) WHERE true "
+            f"ON CONFLICT ({ids[0]}) DO UPDATE SET "
+            "spend_nanos = spend_nanos + excluded.spend_nanos")
+    match = " AND ".join(f"json_extract(value, '$[{i}]') = {level.table}.{c}"
+                         for i, c in enumerate(ids))
+    listed = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(ids)))
+    target = ids[0] if len(ids) == 1 else f"({', '.join(ids)})"
+    return (
+        f"UPDATE {level.table} SET spend_nanos = spend_nanos + (SELECT "
+        f"json_extract(value, '$[{len(ids)}]') FROM json_each(?1) WHERE {match}) "
+        f"WHERE {target} IN (SELECT {listed} FROM json_each(?1))")
+
+
+SQLITE_STATEMENTS = {level.name: _sqlite_statement(level) for level in _LEVELS}
+
+
+def sqlite_steps(amounts: PayerAmounts, now: str) -> list[tuple[str, tuple[object, ...]]]:
+    """The statements and parameters that add the amounts (`now`: created_at for end users
+    made by their first row, in SQLite's stored format)."""
+    steps: list[tuple[str, tuple[object, ...]]] = []
+    for level, sums in amounts.by_level:
+        payload = orjson.dumps([[*ids, amount] for ids, amount in sums])
+        params: tuple[object, ...] = (payload, now) if level.created_on_first_row \
+            else (payload,)
+        steps.append((SQLITE_STATEMENTS[level.name], params))
+    return steps
