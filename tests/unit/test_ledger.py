@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from faregate.records import KeyRecord, SpendRow
+from faregate.records import KeyRecord, MemberRecord, SpendRow, TeamRecord
 from faregate.spend import ledger
 from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import MAX_BATCH, LedgerWriter
@@ -171,6 +171,33 @@ async def test_record_period_reaches_the_key(storage: SqlStorage, spool: Path) -
     assert record is not None
     assert record.period_base_nanos == 23_456
     assert record.budget_reset_at == reset_at + timedelta(days=1)
+
+
+async def test_record_period_reaches_every_level(storage: SqlStorage, spool: Path) -> None:
+    """Periods by scope: a key's (by "key:<token>" as by its bare token), a team's, a member's,
+    an end user's; a malformed scope is refused at once, not at every flush."""
+    now = datetime.now(UTC)
+    await storage.insert_team(TeamRecord("t1", created_at=now, updated_at=now))
+    await storage.add_team_member(MemberRecord("t1", "u1", created_at=now))
+    await storage.get_or_create_end_user("c1")
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    reset_at = T0 + timedelta(days=1)
+    writer.record_period(f"key:{KEY_A}", 11, reset_at)
+    writer.record_period("team:t1", 22, reset_at)
+    writer.record_period("member:t1:u1", 33, reset_at)
+    writer.record_period("end_user:c1", 44, None)
+    writer.record_period("team:missing", 55, None)          # gone since: nothing to do
+    with pytest.raises(ValueError):
+        writer.record_period("squad:t1", 1, None)
+    await flush(writer)
+    key_record = await storage.get_key(KEY_A)
+    assert key_record is not None and key_record.period_base_nanos == 11
+    team = await storage.get_team("t1")
+    assert team is not None and (team.period_base_nanos, team.budget_reset_at) == (22, reset_at)
+    member = await storage.get_team_member("t1", "u1")
+    assert member is not None and member.period_base_nanos == 33
+    end_user = await storage.get_end_user("c1")
+    assert end_user is not None and end_user.period_base_nanos == 44
 
 
 async def test_rows_survive_a_failed_write(url: str, spool: Path) -> None:

@@ -34,7 +34,7 @@ from faregate.spend.dead_letters import DeadLetter, DeadLetters, looks_unstorabl
 from faregate.spend.holds import KeyHolds, count_by_key
 from faregate.spend.journal import Segment, SpendJournal
 from faregate.storage.health import DatabaseHealth, is_outage, outage_reason, sqlstate
-from faregate.storage.protocols import SpendStore, SpendWritten
+from faregate.storage.protocols import SpendStore, SpendWritten, parse_scope
 from faregate.storage.rejected_rows import is_rejected_content
 
 log = logging.getLogger("faregate.ledger")
@@ -93,8 +93,14 @@ class LedgerWriter:
         if self._journal.unsealed >= MAX_BATCH:
             self._wake.set()
 
-    def record_period(self, token: str, period_base: int, reset_at: datetime | None) -> None:
-        self._periods[token] = (period_base, reset_at)
+    def record_period(self, account: str, period_base: int, reset_at: datetime | None) -> None:
+        """A payer's new budget period, written with the next flush (the newest per payer wins).
+        `account` is a payer's scope ("key:<token>", "team:<id>", "member:<team>:<user>", ...)
+        or, as before scopes, a key's bare token (hex: never holds a colon). A malformed scope
+        raises ValueError here, rather than fail every flush."""
+        if ":" in account:
+            parse_scope(account)
+        self._periods[account] = (period_base, reset_at)
         self._wake.set()
 
     def add_orphan_source(self, source: OrphanSource) -> None:
@@ -234,14 +240,24 @@ class LedgerWriter:
             await self._write_segment(self._sealed[0])
         periods, self._periods = self._periods, {}
         try:
-            for token, (base, reset_at) in periods.items():
-                await self._storage.start_budget_period(token, base, reset_at)
+            for account, (base, reset_at) in periods.items():
+                await self._start_period(account, base, reset_at)
         except Exception:
-            for token, value in periods.items():
-                self._periods.setdefault(token, value)
+            for account, value in periods.items():
+                self._periods.setdefault(account, value)
             raise
         if self._health is not None:
             self._health.succeeded()
+
+    async def _start_period(self, account: str, base: int, reset_at: datetime | None) -> None:
+        if ":" not in account:
+            await self._storage.start_budget_period(account, base, reset_at)
+            return
+        level, ids = parse_scope(account)
+        if level == "key":
+            await self._storage.start_budget_period(ids[0], base, reset_at)
+        else:
+            await self._storage.start_period(account, base, reset_at)
 
     async def _write_segment(self, segment: Segment) -> None:
         rows = segment.rows if segment.rows is not None else \
