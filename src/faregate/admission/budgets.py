@@ -1,11 +1,15 @@
-"""Budgets that hold: reserve before the upstream call, settle to the real cost after.
+"""Budgets that hold at every level: reserve before the upstream call, settle to the real cost
+after.
 
-A request reserves an upper bound of its cost against max_budget - spend - open reservations,
-in one step with no await in between, so no interleaving of concurrent requests can overshoot.
-When a key's open reservations are what stands in the way, a request waits for them to settle
-instead of failing: a burst then uses the budget as fully as a sequence of calls would.
-When the budget cannot cover the whole output a request asks for, it gets a smaller grant and
-the gateway caps the upstream's max_tokens to it (see docs/budgets.md).
+A request reserves an upper bound of its cost on every payer with a budget (its key, and its
+user, team, team membership, organization, end user when they have budgets): max_budget -
+period spend - open reservations must leave at least `least` on EVERY one of them, the grant is
+the smallest room among them (at most `most`), and it is booked on all of them in one step with
+no await in between, so no interleaving of concurrent requests can overshoot any level.
+When open reservations are what stands in the way, a request waits for them to settle instead
+of failing: a burst then uses a budget as fully as a sequence of calls would. When a budget
+cannot cover the whole output a request asks for, it gets a smaller grant and the gateway caps
+the upstream's max_tokens to it (see docs/budgets.md).
 
 This store is exact within one process; admission/shared.py decides the same rule in Redis for
 replicas.
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from faregate.admission import periods
+from faregate.admission.demand import KEY, Payer, key_payer, key_scope
 from faregate.admission.refusals import budget_exceeded
 from faregate.errors import BudgetExceeded
 from faregate.records import KeyRecord
@@ -36,108 +41,165 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    token: str
-    nanos: int                      # reserved; 0 for keys without a budget
+    nanos: int                      # reserved on each account; 0 when no payer has a budget
+    # The accounts it is booked on (those of the payers with a budget). Released on these very
+    # accounts, even if a payer's account was forgotten (re-read) meanwhile.
+    accounts: tuple[Account, ...] = ()
 
 
-NO_BUDGET = Grant("", 0)
+NO_BUDGET = Grant(0)
 
 
 class Budgets:
     def __init__(self, now: Callable[[], datetime], wait_timeout_s: float,
                  on_period_start: Callable[[str, int, datetime | None], None]) -> None:
+        """`on_period_start(scope, period_base, reset_at)`: a payer's new period, to record."""
         self._now = now
         self._wait_timeout_s = wait_timeout_s
         self._on_period_start = on_period_start
         self._accounts: dict[str, Account] = {}
 
-    def account(self, key: KeyRecord) -> Account:
-        acc = self._accounts.get(key.token)
+    def account_of(self, payer: Payer) -> Account:
+        acc = self._accounts.get(payer.scope)
         if acc is None:
-            acc = Account(key.spend_nanos, key.period_base_nanos, key.budget_reset_at)
-            self._accounts[key.token] = acc
+            acc = Account(payer.spend_nanos, payer.period_base_nanos, payer.budget_reset_at)
+            self._accounts[payer.scope] = acc
         return acc
 
+    def account(self, key: KeyRecord) -> Account:
+        """The key's account."""
+        return self.account_of(key_payer(key))
+
     def period_spend(self, key: KeyRecord) -> int:
-        acc = self._accounts.get(key.token)
+        acc = self._accounts.get(key_scope(key.token))
         return acc.spend - acc.period_base if acc else key.period_spend_nanos
 
     def lifetime_spend(self, key: KeyRecord) -> int:
-        acc = self._accounts.get(key.token)
+        acc = self._accounts.get(key_scope(key.token))
         return acc.spend if acc else key.spend_nanos
 
-    async def reserve(self, key: KeyRecord, least: int, most: int) -> Grant:
-        """Reserve between `least` and `most` nano-dollars, or raise BudgetExceeded."""
+    async def reserve(self, payers: tuple[Payer, ...], least: int, most: int) -> Grant:
+        """Reserve between `least` and `most` nano-dollars on every payer with a budget, or
+        raise BudgetExceeded naming the payer that refuses."""
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
         while True:
-            grant = self.try_reserve(key, least, most)
+            grant = self.try_reserve(payers, least, most)
             if grant is not None:
                 return grant
-            await self.wait_for_settlement(key, deadline, least)
+            await self.wait_for_settlement(payers, deadline, least)
 
-    def try_reserve(self, key: KeyRecord, least: int, most: int) -> Grant | None:
-        """One atomic attempt: a grant, None if settlements in flight may make room, or
-        BudgetExceeded if nothing will."""
-        if key.max_budget_nanos is None:
+    def try_reserve(self, payers: tuple[Payer, ...], least: int, most: int) -> Grant | None:
+        """One atomic attempt over all payers: a grant booked on every payer with a budget,
+        None if settlements in flight may make room on those short of it, or BudgetExceeded
+        (naming the first payer that nothing will make room on)."""
+        granted = most
+        booked: list[Account] = []
+        waiting = False
+        for payer in payers:
+            if payer.max_budget_nanos is None:
+                continue
+            acc = self.account_of(payer)
+            self._roll_period(payer, acc)
+            spent = acc.spend - acc.period_base
+            available = payer.max_budget_nanos - spent - acc.reserved
+            if available < least:
+                if acc.reserved == 0 or payer.max_budget_nanos - spent < least:
+                    raise self._exceeded(payer, acc, least)
+                waiting = True
+            granted = min(granted, available)
+            booked.append(acc)
+        if waiting:
+            return None
+        if not booked:
             return NO_BUDGET
-        acc = self.account(key)
-        self._roll_period(key, acc)
-        spent = acc.spend - acc.period_base
-        available = key.max_budget_nanos - spent - acc.reserved
-        if available >= least:
-            granted = min(most, available)
+        for acc in booked:
             acc.reserved += granted
-            return Grant(key.token, granted)
-        if acc.reserved == 0 or key.max_budget_nanos - spent < least:
-            raise self._exceeded(key, acc, least)
-        return None
+        return Grant(granted, tuple(booked))
 
-    async def wait_for_settlement(self, key: KeyRecord, deadline: float, least: int) -> None:
-        """Wait until a reservation on the key settles; BudgetExceeded at the deadline."""
-        acc = self.account(key)
+    async def wait_for_settlement(self, payers: tuple[Payer, ...], deadline: float,
+                                  least: int) -> None:
+        """Wait until a reservation settles on a payer whose reservations leave it short of
+        `least`; BudgetExceeded (naming that payer) at the deadline."""
+        short = [(payer, self.account_of(payer)) for payer in payers
+                 if payer.max_budget_nanos is not None and self._room(payer) < least]
+        if not short:
+            return                  # a settlement came first: decide again
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
-            raise self._exceeded(key, acc, least)
-        if acc.settled is None:
-            acc.settled = asyncio.get_running_loop().create_future()
-        await asyncio.wait((acc.settled,), timeout=left)
+            payer, acc = short[0]
+            raise self._exceeded(payer, acc, least)
+        loop = asyncio.get_running_loop()
+        for _, acc in short:
+            if acc.settled is None:
+                acc.settled = loop.create_future()
+        await asyncio.wait([acc.settled for _, acc in short if acc.settled is not None],
+                           timeout=left, return_when=asyncio.FIRST_COMPLETED)
+
+    def _room(self, payer: Payer) -> int:
+        acc = self.account_of(payer)
+        return (payer.max_budget_nanos or 0) - (acc.spend - acc.period_base) - acc.reserved
 
     @staticmethod
-    def _exceeded(key: KeyRecord, acc: Account, least: int) -> BudgetExceeded:
-        return budget_exceeded(acc.spend - acc.period_base, key.max_budget_nanos or 0,
-                               acc.reserved, least)
+    def _exceeded(payer: Payer, acc: Account, least: int) -> BudgetExceeded:
+        return budget_exceeded(payer, acc.spend - acc.period_base, acc.reserved, least)
 
-    def settle(self, grant: Grant, key: KeyRecord, cost: int) -> None:
-        """Release a reservation and book the real cost (also for keys without a budget)."""
-        acc = self.account(key)
-        acc.reserved -= grant.nanos
-        acc.spend += cost
-        if acc.settled is not None:
-            acc.settled.set_result(None)
-            acc.settled = None
+    def settle(self, grant: Grant, payers: tuple[Payer, ...], cost: int) -> None:
+        """Release a reservation and book the real cost on every payer with an account: the key
+        always (its spend is shown), a payer above it only if it has a budget or already had an
+        account (an end user without one must not cost memory)."""
+        for acc in grant.accounts:
+            acc.reserved -= grant.nanos
+            _wake(acc)
+        for payer in payers:
+            if payer.max_budget_nanos is None and payer.level != KEY:
+                known = self._accounts.get(payer.scope)
+                if known is not None:
+                    known.spend += cost
+                continue
+            acc = self.account_of(payer)
+            acc.spend += cost
+            _wake(acc)
 
-    def forget(self, token: str) -> None:
-        self._accounts.pop(token, None)
+    def forget(self, scope: str) -> None:
+        self._accounts.pop(scope, None)
 
     def credit(self, token: str, nanos: int) -> None:
         """Spend another process left behind reached the database: a key this process is
         already admitting counts it too (one not seen yet reads it with its row)."""
-        acc = self._accounts.get(token)
+        acc = self._accounts.get(key_scope(token))
         if acc is not None:
             acc.spend += nanos
 
-    def _roll_period(self, key: KeyRecord, acc: Account) -> None:
-        if key.budget_duration is None or acc.reset_at is None:
+    def _roll_period(self, payer: Payer, acc: Account) -> None:
+        if payer.budget_duration is None or acc.reset_at is None:
             return
         now = self._now()
         if now < acc.reset_at:
             return
-        reset_at = periods.next_reset(acc.reset_at, key.budget_duration, now)
+        reset_at = periods.next_reset(acc.reset_at, payer.budget_duration, now)
         acc.period_base, acc.reset_at = acc.spend, reset_at
-        self._on_period_start(key.token, acc.period_base, reset_at)
+        self._on_period_start(payer.scope, acc.period_base, reset_at)
 
-    def change_period(self, key: KeyRecord) -> None:
-        """Admin changed budget_duration: start a new period from the record's values."""
-        acc = self._accounts.get(key.token)
+    def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        """Admin changed budget_duration: the period now ends at `reset_at`."""
+        acc = self._accounts.get(scope)
         if acc is not None:
-            acc.reset_at = key.budget_reset_at
+            acc.reset_at = reset_at
+
+
+def keys_only(record_key_period: Callable[[str, int, datetime | None], None]
+              ) -> Callable[[str, int, datetime | None], None]:
+    """Admission's period callback (by scope) for a recorder of keys' periods (by token). The
+    periods of payers above the key are not recorded yet: the glue that loads them writes
+    them too (storage's start_period); until then such a payer's period is rolled again from
+    its stored reset time after a restart."""
+    def record(scope: str, base: int, reset_at: datetime | None) -> None:
+        if scope.startswith("key:"):
+            record_key_period(scope[4:], base, reset_at)
+    return record
+
+
+def _wake(acc: Account) -> None:
+    if acc.settled is not None:
+        acc.settled.set_result(None)
+        acc.settled = None

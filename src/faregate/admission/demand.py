@@ -1,15 +1,19 @@
 """What one request asks of admission, and what admission grants it.
 
-Every limit that applies to a request (key, key+model, deployment) is a Window; admission
-checks all of them and the budget in one atomic step, and books them all or none. The gateway
-asks one question per request (`demand_for`) and reads one answer (`Admitted`, and
-`output_allowed` for the output tokens its grant pays for); the stores (local.py, shared.py)
-decide it.
+A request is paid for by one or more payers (its key first, then the key's user, team, team
+membership, organization and end user when it has them): each is a `Payer`, with its own
+budget, limits and account. Every limit that applies to a request (each payer's rpm/tpm, the
+key's per-model ones, the deployment's) is a Window; admission checks all of them, every
+payer's parallel slots and every payer's budget in one atomic step, and books them all or
+none. The gateway asks one question per request (`demand_for`) and reads one answer
+(`Admitted`, and `output_allowed` for the output tokens its grant pays for); the stores
+(local.py, shared.py) decide it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Protocol
 
 from faregate.config import Deployment
@@ -20,6 +24,15 @@ from faregate.spend.pricing import bound_cost
 WINDOW_S = 60
 
 
+# A payer's level, as its scope begins ("team:<team_id>"); the storage layer names accounts the
+# same way. A member is a user within a team: "member:<team_id>:<user_id>".
+KEY, USER, TEAM, MEMBER, ORG, END_USER = "key", "user", "team", "member", "org", "end_user"
+
+
+def key_scope(token: str) -> str:
+    return f"key:{token}"
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
     scope: str              # stable name of the counter, e.g. "key:<hash>:rpm"
@@ -27,6 +40,39 @@ class Window:
     limit: int
     cost: int               # 1 request, or the request's token upper bound
     setting: str            # the setting that imposes it, for error messages
+    owner: str = ""         # whose limit, for messages: "" for the key or deployment, else
+    #                         e.g. "team t1"
+
+
+@dataclass(frozen=True, slots=True)
+class Payer:
+    """One payer of a request: its account's name, its budget terms and its limits, as its
+    record had them when it was loaded (the store keeps the live account)."""
+
+    scope: str                              # "key:<token>", "team:<id>", ...: its account
+    level: str                              # KEY, USER, TEAM, MEMBER, ORG or END_USER
+    name: str                               # what a refusal calls it: the key's name, an id
+    max_budget_nanos: int | None = None     # None: no budget at this level
+    spend_nanos: int = 0                    # lifetime, when loaded
+    period_base_nanos: int = 0              # lifetime spend at the current period's start
+    budget_duration: str | None = None
+    budget_reset_at: datetime | None = None
+    max_parallel_requests: int | None = None
+    rpm_limit: int | None = None            # a key's own are in its windows (demand_for)
+    tpm_limit: int | None = None
+    version: str = "0"                      # when loaded (shared admission checks it)
+    alias: str | None = None                # a key's alias, for its refusal
+
+    @property
+    def period_spend_nanos(self) -> int:
+        return self.spend_nanos - self.period_base_nanos
+
+
+def key_payer(key: KeyRecord, version: str = "0") -> Payer:
+    return Payer(key_scope(key.token), KEY, key.key_name, key.max_budget_nanos,
+                 key.spend_nanos, key.period_base_nanos, key.budget_duration,
+                 key.budget_reset_at, key.max_parallel_requests, key.rpm_limit, key.tpm_limit,
+                 version, key.key_alias)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,16 +82,23 @@ class Demand:
     least: int              # nano-dollars the request needs at the very least
     most: int               # nano-dollars its full upper bound costs
     windows: tuple[Window, ...] = ()
-    parallel_limit: int | None = None
-    key_version: str = "0"  # the key's version when it was loaded (shared admission checks it)
+    # Who pays, the key first; left out, the key alone (read from `key`). A budget or
+    # parallel limit is each payer's own (Payer.max_budget_nanos, .max_parallel_requests).
+    payers: tuple[Payer, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.payers:
+            object.__setattr__(self, "payers", (key_payer(self.key),))
 
     def scaled(self, replicas: int) -> Demand:
         """This replica's share of every limit, for admission without the shared store."""
         if replicas <= 1:
             return self
         share = [replace(w, limit=-(-w.limit // replicas)) for w in self.windows]
-        parallel = None if self.parallel_limit is None else -(-self.parallel_limit // replicas)
-        return replace(self, windows=tuple(share), parallel_limit=parallel)
+        payers = [p if p.max_parallel_requests is None else
+                  replace(p, max_parallel_requests=-(-p.max_parallel_requests // replicas))
+                  for p in self.payers]
+        return replace(self, windows=tuple(share), payers=tuple(payers))
 
 
 @dataclass(slots=True)
@@ -58,14 +111,19 @@ class Admitted:
 
 
 def demand_for(request_id: str, key: KeyRecord, key_version: str, d: Deployment,
-               prompt_bound: int, wanted: int, n: int) -> Demand:
+               prompt_bound: int, wanted: int, n: int,
+               payers: tuple[Payer, ...] = ()) -> Demand:
     """The one question a request asks: its cost bounds on `d`'s prices (at least the prompt
-    and one token per choice, at most everything `wanted`) and every window it counts in."""
-    return Demand(request_id=request_id, key=key,
-                  least=bound_cost(d, prompt_bound, n if wanted else 0),
-                  most=bound_cost(d, prompt_bound, wanted),
-                  windows=_windows(key, d, prompt_bound + wanted),
-                  parallel_limit=key.max_parallel_requests, key_version=key_version)
+    and one token per choice, at most everything `wanted`), every window it counts in, and
+    who pays: the key, then `payers` (its user, team, membership, organization, end user,
+    each with a budget or limits of its own)."""
+    tokens = prompt_bound + wanted
+    windows = _windows(key, d, tokens)
+    if payers:
+        windows += tuple(w for above in payers for w in _payer_windows(above, tokens))
+    return Demand(request_id, key, bound_cost(d, prompt_bound, n if wanted else 0),
+                  bound_cost(d, prompt_bound, wanted), windows,
+                  (key_payer(key, key_version), *payers))
 
 
 def same_terms(admitted: Admitted, other: Demand) -> bool:
@@ -102,8 +160,21 @@ def _windows(key: KeyRecord, d: Deployment, tokens: int) -> tuple[Window, ...]:
                  if limit is not None)
 
 
+def _payer_windows(payer: Payer, tokens: int) -> tuple[Window, ...]:
+    """A payer above the key's own rpm/tpm windows, counted under its scope."""
+    owner = f"{payer.level} {payer.name}"
+    out: tuple[Window, ...] = ()
+    if payer.rpm_limit is not None:
+        out += (Window(f"{payer.scope}:rpm", False, payer.rpm_limit, 1, "rpm_limit", owner),)
+    if payer.tpm_limit is not None:
+        out += (Window(f"{payer.scope}:tpm", True, payer.tpm_limit, tokens, "tpm_limit",
+                       owner),)
+    return out
+
+
 class StaleKey(Exception):
-    """The key changed since this process loaded it: reload it and decide again."""
+    """A payer (the key, or one above it: the argument is its scope) changed since this
+    process loaded it: reload it and decide again."""
 
 
 class Admission(Protocol):
@@ -116,9 +187,11 @@ class Admission(Protocol):
 
     def lifetime_spend(self, key: KeyRecord) -> int: ...
 
-    def forget(self, token: str) -> None: ...
+    def forget(self, scope: str) -> None:
+        """The payer changed (an admin's update, a delete): read its record again."""
 
-    def change_period(self, key: KeyRecord) -> None: ...
+    def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        """Admin changed the payer's budget_duration: its period now ends at `reset_at`."""
 
 
 def ratelimit_headers(requests: tuple[int, int, int] | None,

@@ -1,7 +1,8 @@
 """Admission within one process: exact, because each decision runs with no await inside it.
 
-Used without Redis (one process, SQLite or Postgres). Rate limits refuse at once; a budget
-that other requests' reservations stand in the way of waits for them to settle.
+Used without Redis (one process, SQLite or Postgres). Rate limits and parallel slots (every
+payer's) refuse at once; a budget that other requests' reservations stand in the way of (on
+any payer) waits for them to settle.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from datetime import datetime
 
 from faregate.admission.budgets import Budgets, Grant
 from faregate.admission.demand import Admitted, Demand, ratelimit_headers
@@ -25,29 +27,31 @@ class LocalAdmission:
         self._wait_timeout_s = wait_timeout_s
         self._clock = clock
         self._windows: defaultdict[str, SlidingWindow] = defaultdict(SlidingWindow)
-        self._parallel: defaultdict[str, int] = defaultdict(int)
+        self._parallel: defaultdict[str, int] = defaultdict(int)    # by payer scope
         self._grants: dict[str, Grant] = {}
 
     async def admit(self, demand: Demand) -> Admitted:
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
-        key = demand.key
+        payers = demand.payers
         while True:
             now_s = int(self._clock())
             headers = self._check(demand, now_s)          # raises RateLimited
-            grant = self._budgets.try_reserve(key, demand.least, demand.most)
+            grant = self._budgets.try_reserve(payers, demand.least, demand.most)
             if grant is not None:
                 for window in demand.windows:
                     self._windows[window.scope].add(now_s, window.cost)
-                if demand.parallel_limit is not None:
-                    self._parallel[key.token] += 1
+                for payer in payers:
+                    if payer.max_parallel_requests is not None:
+                        self._parallel[payer.scope] += 1
                 self._grants[demand.request_id] = grant
                 return Admitted(demand, grant.nanos, now_s, headers)
-            await self._budgets.wait_for_settlement(key, deadline, demand.least)
+            await self._budgets.wait_for_settlement(payers, deadline, demand.least)
 
     def _check(self, demand: Demand, now_s: int) -> list[tuple[bytes, bytes]]:
-        if demand.parallel_limit is not None and \
-                self._parallel[demand.key.token] >= demand.parallel_limit:
-            raise rate_limited(None, 0, 1, demand.parallel_limit)
+        for payer in demand.payers:
+            limit = payer.max_parallel_requests
+            if limit is not None and self._parallel[payer.scope] >= limit:
+                raise rate_limited(None, 0, 1, payer)
         tightest: dict[bool, tuple[int, int, int]] = {}
         for window in demand.windows:
             counter = self._windows[window.scope]
@@ -68,12 +72,13 @@ class LocalAdmission:
         grant = self._grants.pop(demand.request_id, None)
         if grant is None:
             return
-        self._budgets.settle(grant, demand.key, cost)
+        self._budgets.settle(grant, demand.payers, cost)
         for window in demand.windows:
             if window.tokens:
                 self._windows[window.scope].adjust(admitted.second, tokens - window.cost)
-        if demand.parallel_limit is not None:
-            self._parallel[demand.key.token] -= 1
+        for payer in demand.payers:
+            if payer.max_parallel_requests is not None:
+                self._parallel[payer.scope] -= 1
 
     def period_spend(self, key: KeyRecord) -> int:
         return self._budgets.period_spend(key)
@@ -81,8 +86,8 @@ class LocalAdmission:
     def lifetime_spend(self, key: KeyRecord) -> int:
         return self._budgets.lifetime_spend(key)
 
-    def forget(self, token: str) -> None:
-        self._budgets.forget(token)
+    def forget(self, scope: str) -> None:
+        self._budgets.forget(scope)
 
-    def change_period(self, key: KeyRecord) -> None:
-        self._budgets.change_period(key)
+    def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        self._budgets.change_period(scope, reset_at)

@@ -1,12 +1,13 @@
-"""Admission shared by every replica through Redis: one Lua script decides a request's budget
-and all its rate limits atomically, so no replica can interleave between the checks.
+"""Admission shared by every replica through Redis: one Lua script decides a request's
+budgets (every payer's: key, user, team, membership, organization, end user), parallel slots
+and rate limits atomically, so no replica can interleave between the checks.
 
-Postgres stays the source of truth for spend: a key's Redis budget state is initialised from
+Postgres stays the source of truth for spend: a payer's Redis budget state is initialised from
 its database row the first time a replica needs it (and again after Redis lost its data).
 Reservations and parallel slots are leases: a replica that dies mid-request frees them when
-they expire. Every admin change to a key bumps its version in Redis; the script refuses to
-admit against an older version, so a blocked or deleted key is refused by every replica at
-once (the replica reloads the key and decides again).
+they expire. Every admin change to a payer bumps its version in Redis; the script refuses to
+admit against an older version, so a blocked or deleted key (or team, organization, ...) is
+refused by every replica at once (the replica reloads it and decides again).
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from faregate.admission import periods
-from faregate.admission.demand import Admitted, Demand, StaleKey, ratelimit_headers
+from faregate.admission.demand import (
+    KEY,
+    Admitted,
+    Demand,
+    Payer,
+    StaleKey,
+    ratelimit_headers,
+)
 from faregate.admission.local import LocalAdmission
 from faregate.admission.refusals import budget_exceeded, rate_limited
 from faregate.errors import ServiceUnavailable
@@ -32,84 +40,134 @@ from faregate.records import KeyRecord
 
 log = logging.getLogger("faregate.redis")
 
+# KEYS: per payer, 5 (budget, resv, resv_amount, parallel, version), then the windows.
+# ARGV: request id, least, most, lease ms, payer count; per payer 5 (max budget or -1,
+# parallel limit or -1, version, roll_from, roll_to); per window 3 (limit, cost, tokens?).
+# roll_from = -1 when the payer has no budget_duration; else the period end this call may roll
+# past (0: none proposed yet) and roll_to its successor, computed in Python (one calendar for
+# every store). Nothing is written unless the request is admitted: a period due is rolled in
+# the decision, and stored with the admission.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = tonumber(t[1])
 local rid, least, most = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_budget, lease = tonumber(ARGV[4]), now + tonumber(ARGV[5])
-local parallel = tonumber(ARGV[6])
--- The period: ARGV[8] = -1 when the key has none; else the period end this call may roll past
--- (0: none yet), ARGV[9] its successor, computed in Python (one calendar for every store).
-local roll_from, roll_to = tonumber(ARGV[8]), tonumber(ARGV[9])
+local lease_ms = tonumber(ARGV[4])
+local lease = now + lease_ms
+local n = tonumber(ARGV[5])
+local w0 = 5 + 5 * n
 
-if (redis.call('GET', KEYS[5]) or '0') ~= ARGV[7] then return {'stale'} end
+for p = 1, n do
+  if (redis.call('GET', KEYS[p * 5]) or '0') ~= ARGV[5 + (p - 1) * 5 + 3] then
+    return {'stale', p}
+  end
+end
 
-if parallel >= 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if redis.call('ZCARD', KEYS[4]) >= parallel then return {'parallel'} end
+for p = 1, n do
+  local parallel = tonumber(ARGV[5 + (p - 1) * 5 + 2])
+  if parallel >= 0 then
+    local slots = KEYS[(p - 1) * 5 + 4]
+    redis.call('ZREMRANGEBYSCORE', slots, '-inf', now)
+    if redis.call('ZCARD', slots) >= parallel then return {'parallel', p} end
+  end
 end
 
 local heads = {}
-for i = 6, #KEYS do
-  local a = 10 + (i - 6) * 3
-  local limit, cost = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local fields = redis.call('HGETALL', KEYS[i])
+for i = 1, #KEYS - 5 * n do
+  local counter = KEYS[5 * n + i]
+  local a = w0 + (i - 1) * 3
+  local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local fields = redis.call('HGETALL', counter)
   local used, oldest = 0, sec
   for f = 1, #fields, 2 do
     local s = tonumber(fields[f])
-    if s <= sec - 60 then redis.call('HDEL', KEYS[i], fields[f])
+    if s <= sec - 60 then redis.call('HDEL', counter, fields[f])
     else
       used = used + tonumber(fields[f + 1])
       if s < oldest then oldest = s end
     end
   end
   local reset = oldest + 60 - sec
-  if used + cost > limit then return {'window', i - 5, used, reset} end
+  if used + cost > limit then return {'window', i, used, reset} end
   heads[#heads + 1] = {limit, limit - used - cost, reset}
 end
 
-local grant, rolled, base, reset_at = 0, 0, 0, 0
-if max_budget >= 0 then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {'init'} end
-  local b = redis.call('HMGET', KEYS[1], 'spend', 'base', 'reset_at')
-  local spend = tonumber(b[1])
-  base, reset_at = tonumber(b[2]), tonumber(b[3])
-  if roll_from >= 0 and reset_at > 0 and now >= reset_at then
-    if roll_from ~= reset_at or roll_to <= now then return {'roll', reset_at, now} end
-    base, reset_at = spend, roll_to
-    redis.call('HSET', KEYS[1], 'base', base, 'reset_at', reset_at)
-    rolled = 1
+local budgeted, due = {}, {}
+for p = 1, n do
+  local a = 5 + (p - 1) * 5
+  if tonumber(ARGV[a + 1]) >= 0 then
+    local b = (p - 1) * 5
+    if redis.call('EXISTS', KEYS[b + 1]) == 0 then return {'init', p} end
+    local st = redis.call('HMGET', KEYS[b + 1], 'spend', 'base', 'reset_at')
+    local spend, base, reset_at = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
+    local roll_from, roll_to = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+    local rolled = 0
+    if roll_from >= 0 and reset_at > 0 and now >= reset_at then
+      if roll_from ~= reset_at or roll_to <= now then
+        due[#due + 1] = p
+        due[#due + 1] = reset_at
+      else
+        base, reset_at, rolled = spend, roll_to, 1
+      end
+    end
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[b + 2], '-inf', now)
+    for _, r in ipairs(gone) do redis.call('HDEL', KEYS[b + 3], r) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[b + 2], '-inf', now)
+    local reserved = 0
+    for _, v in ipairs(redis.call('HVALS', KEYS[b + 3])) do reserved = reserved + tonumber(v) end
+    budgeted[#budgeted + 1] = {p, spend, base, reset_at, rolled, reserved}
   end
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
-  for _, r in ipairs(gone) do redis.call('HDEL', KEYS[3], r) end
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  local reserved = 0
-  for _, v in ipairs(redis.call('HVALS', KEYS[3])) do reserved = reserved + tonumber(v) end
-  local spent = spend - base
-  local available = max_budget - spent - reserved
-  if available < least then
-    local wait = 0
-    if reserved > 0 and max_budget - spent >= least then wait = 1 end
-    return {'budget', spent, reserved, wait}
-  end
-  grant = math.min(most, available)
-  redis.call('HSET', KEYS[3], rid, grant)
-  redis.call('ZADD', KEYS[2], lease, rid)
-  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[5]) * 2)
-  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[5]) * 2)
+end
+if #due > 0 then
+  local out = {'roll', now}
+  for _, v in ipairs(due) do out[#out + 1] = v end
+  return out
 end
 
-for i = 6, #KEYS do
-  redis.call('HINCRBY', KEYS[i], sec, tonumber(ARGV[10 + (i - 6) * 3 + 1]))
-  redis.call('EXPIRE', KEYS[i], 120)
+-- Every payer with a budget must have `least` available; the grant is the smallest room. A
+-- payer nothing will make room on refuses at once; one whose reservations stand in the way
+-- may be waited for.
+local grant, waiting = most, nil
+if #budgeted == 0 then grant = 0 end
+for _, s in ipairs(budgeted) do
+  local max_budget = tonumber(ARGV[5 + (s[1] - 1) * 5 + 1])
+  local spent, reserved = s[2] - s[3], s[6]
+  local available = max_budget - spent - reserved
+  if available < least then
+    if reserved > 0 and max_budget - spent >= least then
+      if waiting == nil then waiting = {'budget', s[1], spent, reserved, 1} end
+    else
+      return {'budget', s[1], spent, reserved, 0}
+    end
+  elseif available < grant then
+    grant = available
+  end
 end
-if parallel >= 0 then
-  redis.call('ZADD', KEYS[4], lease, rid)
-  redis.call('PEXPIRE', KEYS[4], tonumber(ARGV[5]) * 2)
-end
-local out = {'ok', grant, sec, rolled, base, reset_at}
+if waiting ~= nil then return waiting end
+
+local out = {'ok', grant, sec}
 for _, h in ipairs(heads) do out[#out + 1] = h[1]; out[#out + 1] = h[2]; out[#out + 1] = h[3] end
+for _, s in ipairs(budgeted) do
+  local b = (s[1] - 1) * 5
+  if s[5] == 1 then
+    redis.call('HSET', KEYS[b + 1], 'base', s[3], 'reset_at', s[4])
+    out[#out + 1] = s[1]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
+  end
+  redis.call('HSET', KEYS[b + 3], rid, grant)
+  redis.call('ZADD', KEYS[b + 2], lease, rid)
+  redis.call('PEXPIRE', KEYS[b + 2], lease_ms * 2)
+  redis.call('PEXPIRE', KEYS[b + 3], lease_ms * 2)
+end
+for i = 1, #KEYS - 5 * n do
+  redis.call('HINCRBY', KEYS[5 * n + i], sec, tonumber(ARGV[w0 + (i - 1) * 3 + 2]))
+  redis.call('EXPIRE', KEYS[5 * n + i], 120)
+end
+for p = 1, n do
+  if tonumber(ARGV[5 + (p - 1) * 5 + 2]) >= 0 then
+    redis.call('ZADD', KEYS[(p - 1) * 5 + 4], lease, rid)
+    redis.call('PEXPIRE', KEYS[(p - 1) * 5 + 4], lease_ms * 2)
+  end
+end
 return out
 """
 
@@ -120,15 +178,21 @@ end
 return 1
 """
 
+# KEYS: per payer 4 (budget, resv, resv_amount, parallel), then the tpm windows. ARGV: request
+# id, cost, the window second, payer count, then each window's token delta.
 _SETTLE = """
-redis.call('HDEL', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-if tonumber(ARGV[2]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'spend', ARGV[2])
+local n, cost = tonumber(ARGV[4]), tonumber(ARGV[2])
+for p = 1, n do
+  local b = (p - 1) * 4
+  redis.call('HDEL', KEYS[b + 3], ARGV[1])
+  redis.call('ZREM', KEYS[b + 2], ARGV[1])
+  redis.call('ZREM', KEYS[b + 4], ARGV[1])
+  if cost > 0 and redis.call('EXISTS', KEYS[b + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[b + 1], 'spend', cost)
+  end
 end
-for i = 5, #KEYS do
-  local delta = tonumber(ARGV[i - 1])
+for i = 4 * n + 1, #KEYS do
+  local delta = tonumber(ARGV[4 + i - 4 * n])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[i], ARGV[3]) == 1 then
     if redis.call('HINCRBY', KEYS[i], ARGV[3], delta) < 0 then
       redis.call('HSET', KEYS[i], ARGV[3], 0)
@@ -168,10 +232,26 @@ _POLL_S = 0.02
 _PARALLEL_RECHECKS = 4
 
 
-def _keys(token: str) -> list[str]:
-    # One hash tag per virtual key: its budget, leases and version live in one cluster slot.
-    return [f"fg:{{{token}}}:budget", f"fg:{{{token}}}:resv", f"fg:{{{token}}}:resv_amount",
-            f"fg:{{{token}}}:parallel", f"fg:{{{token}}}:version"]
+def _prefix(payer: Payer) -> str:
+    """A payer's hash tag: a key's token (the names keys have always had, so replicas of an
+    older version share their state during a rollout), else its scope ("team:t1")."""
+    return payer.scope[4:] if payer.level == KEY else payer.scope
+
+
+def _prefix_of(scope: str) -> str:
+    return scope[4:] if scope.startswith("key:") else scope
+
+
+def _keys(prefix: str) -> list[str]:
+    # One hash tag per payer: its budget, leases and version live in one cluster slot (a
+    # request's payers and windows do not: see docs/replicas.md, Redis Cluster).
+    return [f"fg:{{{prefix}}}:budget", f"fg:{{{prefix}}}:resv", f"fg:{{{prefix}}}:resv_amount",
+            f"fg:{{{prefix}}}:parallel", f"fg:{{{prefix}}}:version"]
+
+
+def _settle_keys(demand: Demand) -> list[str]:
+    """Each payer's budget, leases and slots, as _SETTLE reads them."""
+    return [name for payer in demand.payers for name in _keys(_prefix(payer))[:4]]
 
 
 def _next_reset_ms(reset_ms: int, duration: str, now_ms: int) -> int:
@@ -195,7 +275,12 @@ class RedisAdmission:
     def __init__(self, url: str, load_key: Callable[[str], Awaitable[KeyRecord | None]],
                  on_period_start: Callable[[str, int, datetime | None], None],
                  wait_timeout_s: float, fail_mode: str, fallback: LocalAdmission,
-                 replicas: int) -> None:
+                 replicas: int,
+                 load_payer: Callable[[Payer], Awaitable[Payer | None]] | None = None) -> None:
+        """`load_key(token)`: the key's database row. `load_payer(payer)`: a payer above the
+        key as its database row has it now (None: it is gone); without it, a payer's Redis
+        state starts from the values its demand carries. `on_period_start(scope, base,
+        reset_at)`: a payer's new period, to record."""
         self.client = aioredis.Redis.from_url(
             url, socket_timeout=CALL_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
             health_check_interval=10,
@@ -213,18 +298,19 @@ class RedisAdmission:
         self._bump = self.client.register_script(_BUMP)
         self._renew = self.client.register_script(_RENEW)
         self._load_key = load_key
+        self._load_payer = load_payer
         self._on_period_start = on_period_start
         self._wait_timeout_s = wait_timeout_s
         self._fail_mode = fail_mode
         self._fallback = fallback
         self._replicas = replicas
         self._local: set[str] = set()         # request ids admitted by the fallback
-        self._dirty: set[str] = set()          # keys whose Redis spend missed a settlement
-        self._pending: list[tuple[str, list[str], list[Any]]] = []
+        self._dirty: set[str] = set()          # payers (prefixes) whose spend missed a settlement
+        self._pending: list[tuple[Demand, list[str], list[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._flushes = 0                       # settlement batches sent so far
-        self._held: dict[str, str] = {}        # request id -> key token, admitted in Redis
-        self._lost: dict[str, str] = {}        # ids whose admission answer was lost: release
+        self._held: dict[str, Demand] = {}     # request id -> its demand, admitted in Redis
+        self._lost: dict[str, Demand] = {}     # ids whose admission answer was lost: release
         self._renewer: asyncio.Task[None] | None = None
         self.healthy = True
 
@@ -238,9 +324,9 @@ class RedisAdmission:
         except RedisError as exc:
             # The script may have reserved before its answer was lost: release that id as
             # soon as Redis answers again, rather than when its lease ends.
-            self._lost[demand.request_id] = demand.key.token
+            self._lost[demand.request_id] = demand
             return await self._degraded(demand, exc)
-        self._held[demand.request_id] = demand.key.token
+        self._held[demand.request_id] = demand
         self._recovered()
         return admitted
 
@@ -260,9 +346,9 @@ class RedisAdmission:
         admitted.settled = True
         self._held.pop(demand.request_id, None)
         tpm = [w for w in demand.windows if w.tokens]
-        self._pending.append((demand.key.token,
-                              _keys(demand.key.token)[:4] + [f"fg:w:{w.scope}" for w in tpm],
-                              [demand.request_id, cost, admitted.second,
+        self._pending.append((demand,
+                              _settle_keys(demand) + [f"fg:w:{w.scope}" for w in tpm],
+                              [demand.request_id, cost, admitted.second, len(demand.payers),
                                *[tokens - w.cost for w in tpm]]))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
@@ -277,9 +363,10 @@ class RedisAdmission:
                     await pipe.execute()
             except RedisError as exc:
                 # The leases free the reservations; the spend is in the ledger. Re-read these
-                # keys' spend from the database once Redis answers again.
-                self._dirty.update(token for token, _, _ in batch)
-                log.warning("redis: could not settle %d requests (%s); their keys' spend "
+                # payers' spend from the database once Redis answers again.
+                self._dirty.update(_prefix(payer) for demand, _, _ in batch
+                                   for payer in demand.payers)
+                log.warning("redis: could not settle %d requests (%s); their payers' spend "
                             "will be re-read from the database", len(batch),
                             type(exc).__name__)
             finally:
@@ -295,13 +382,14 @@ class RedisAdmission:
             lease_ms = int(LEASE_S * 1000)
             try:
                 async with self.client.pipeline(transaction=False) as pipe:
-                    for rid, token in held:
-                        names = _keys(token)
-                        await self._renew(keys=[names[1], names[3], names[2]],
-                                          args=[rid, lease_ms], client=pipe)
-                    for rid, token in lost:
-                        await self._settle(keys=_keys(token)[:4], args=[rid, 0, 0],
-                                           client=pipe)
+                    for rid, demand in held:
+                        for payer in demand.payers:
+                            names = _keys(_prefix(payer))
+                            await self._renew(keys=[names[1], names[3], names[2]],
+                                              args=[rid, lease_ms], client=pipe)
+                    for rid, demand in lost:
+                        await self._settle(keys=_settle_keys(demand),
+                                           args=[rid, 0, 0, len(demand.payers)], client=pipe)
                     await pipe.execute()
             except RedisError:
                 continue        # Redis still away: try again next round
@@ -321,16 +409,21 @@ class RedisAdmission:
     def lifetime_spend(self, key: KeyRecord) -> int:
         return key.spend_nanos
 
-    def forget(self, token: str) -> None:
-        self._fallback.forget(token)
+    def forget(self, scope: str) -> None:
+        self._fallback.forget(scope)
 
-    def change_period(self, key: KeyRecord) -> None:
-        self._fallback.change_period(key)
+    def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        self._fallback.change_period(scope, reset_at)
 
     async def version(self, token: str) -> str:
         """The key's current version; read before its row, so the row is at least as new."""
+        return await self.payer_version(f"key:{token}")
+
+    async def payer_version(self, scope: str) -> str:
+        """A payer's current version ("key:<token>", "team:<id>", ...); read it before the
+        payer's row, so that the row is at least as new."""
         try:
-            version = await self.client.get(_keys(token)[4])
+            version = await self.client.get(_keys(_prefix_of(scope))[4])
             return "0" if version is None else version.decode() if isinstance(version, bytes) \
                 else str(version)
         except RedisError:
@@ -338,45 +431,58 @@ class RedisAdmission:
 
     async def key_changed(self, key: KeyRecord | None, token: str) -> None:
         """After an admin change hit the database: every replica must notice at once."""
-        names = _keys(token)
+        await self.payer_changed(f"key:{token}",
+                                 None if key is None else key.budget_reset_at)
+
+    async def payer_changed(self, scope: str, reset_at: datetime | None) -> None:
+        """After an admin change to a payer (a team blocked, an organization's budget raised,
+        a key updated) hit the database: bump its version, so that every replica's next
+        request with it reloads it; `reset_at`: its period's end, if it has one."""
+        names = _keys(_prefix_of(scope))
         await self._bump(keys=[names[4]])
-        if key is not None and key.budget_reset_at is not None:
-            await self.client.hset(names[0], "reset_at",
-                                   _ms(key.budget_reset_at))
+        if reset_at is not None:
+            await self.client.hset(names[0], "reset_at", _ms(reset_at))
 
     # --- internals
 
     async def _admit_shared(self, demand: Demand) -> Admitted:
-        key = demand.key
-        token = key.token
-        names = _keys(token)
-        if token in self._dirty:
-            await self.client.delete(names[0])
-            self._dirty.discard(token)
-        args: list[Any] = [demand.request_id, demand.least, demand.most,
-                           -1 if key.max_budget_nanos is None else key.max_budget_nanos,
-                           int(LEASE_S * 1000),
-                           -1 if demand.parallel_limit is None else demand.parallel_limit,
-                           demand.key_version, -1 if key.budget_duration is None else 0, 0]
+        payers = demand.payers
+        names: list[str] = []
+        args: list[Any] = [demand.request_id, demand.least, demand.most, int(LEASE_S * 1000),
+                           len(payers)]
+        for payer in payers:
+            prefix = _prefix(payer)
+            payer_names = _keys(prefix)
+            if prefix in self._dirty:
+                await self.client.delete(payer_names[0])
+                self._dirty.discard(prefix)
+            names += payer_names
+            args += [-1 if payer.max_budget_nanos is None else payer.max_budget_nanos,
+                     -1 if payer.max_parallel_requests is None
+                     else payer.max_parallel_requests,
+                     payer.version, -1 if payer.budget_duration is None else 0, 0]
         for w in demand.windows:
             args += [w.limit, w.cost, int(w.tokens)]
-        window_keys = [f"fg:w:{w.scope}" for w in demand.windows]
+        names += [f"fg:w:{w.scope}" for w in demand.windows]
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
         rechecks = 0
         while True:
             flushes = self._flushes
-            result = await self._admit(keys=names + window_keys, args=args)
+            result = await self._admit(keys=names, args=args)
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if verdict == "ok":
                 return self._admitted(demand, result)
             if verdict == "stale":
-                raise StaleKey(token)
+                raise StaleKey(payers[int(result[1]) - 1].scope)
             if verdict == "init":
-                await self._initialise(token)
+                await self._initialise(payers[int(result[1]) - 1])
                 continue
-            if verdict == "roll":     # the period ended: propose its successor, decide again
-                args[7], args[8] = int(result[1]), _next_reset_ms(
-                    int(result[1]), key.budget_duration or "", int(result[2]))
+            if verdict == "roll":     # periods ended: propose their successors, decide again
+                now_ms = int(result[1])
+                for at in range(2, len(result), 2):
+                    i, reset_ms = int(result[at]) - 1, int(result[at + 1])
+                    args[8 + 5 * i], args[9 + 5 * i] = reset_ms, _next_reset_ms(
+                        reset_ms, payers[i].budget_duration or "", now_ms)
                 continue
             if verdict == "parallel":
                 flushing = self._flusher is not None and not self._flusher.done()
@@ -388,33 +494,41 @@ class RedisAdmission:
                     if flushing and self._flusher is not None:
                         await asyncio.shield(self._flusher)
                     continue
-                raise rate_limited(None, 0, 1, demand.parallel_limit)
+                raise rate_limited(None, 0, 1, payers[int(result[1]) - 1])
             if verdict == "window":
                 window = demand.windows[int(result[1]) - 1]
                 raise rate_limited(window, int(result[2]), max(1, int(result[3])))
-            spent, reserved, may_wait = int(result[1]), int(result[2]), int(result[3])
+            payer = payers[int(result[1]) - 1]
+            spent, reserved, may_wait = int(result[2]), int(result[3]), int(result[4])
             if not may_wait or asyncio.get_running_loop().time() >= deadline:
-                raise budget_exceeded(spent, key.max_budget_nanos or 0, reserved, demand.least)
+                raise budget_exceeded(payer, spent, reserved, demand.least)
             await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
 
-    async def _initialise(self, token: str) -> None:
-        fresh = await self._load_key(token)   # the database row, not a cached copy
+    async def _initialise(self, payer: Payer) -> None:
+        """A payer's budget state in Redis, from its database row (not a cached copy)."""
+        fresh: Payer | KeyRecord | None
+        if payer.level == KEY:
+            fresh = await self._load_key(payer.scope[4:])
+        elif self._load_payer is not None:
+            fresh = await self._load_payer(payer)
+        else:
+            fresh = payer
         if fresh is None:
-            raise StaleKey(token)
+            raise StaleKey(payer.scope)
         reset_ms = _ms(fresh.budget_reset_at) if fresh.budget_reset_at else 0
-        await self._init(keys=[_keys(token)[0]],
+        await self._init(keys=[_keys(_prefix(payer))[0]],
                          args=[fresh.spend_nanos, fresh.period_base_nanos, reset_ms])
 
     def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:
-        grant, second, rolled = int(result[1]), int(result[2]), int(result[3])
-        if rolled:
-            reset_at = _at(int(result[5]))
-            self._on_period_start(demand.key.token, int(result[4]), reset_at)
+        grant, second = int(result[1]), int(result[2])
         heads: dict[bool, tuple[int, int, int]] = {}
         for i, window in enumerate(demand.windows):
-            values = (int(result[6 + 3 * i]), int(result[7 + 3 * i]), int(result[8 + 3 * i]))
+            values = (int(result[3 + 3 * i]), int(result[4 + 3 * i]), int(result[5 + 3 * i]))
             if window.tokens not in heads or values[1] < heads[window.tokens][1]:
                 heads[window.tokens] = values
+        for at in range(3 + 3 * len(demand.windows), len(result), 3):     # periods rolled
+            payer = demand.payers[int(result[at]) - 1]
+            self._on_period_start(payer.scope, int(result[at + 1]), _at(int(result[at + 2])))
         return Admitted(demand, grant, second,
                         ratelimit_headers(heads.get(False), heads.get(True)))
 
@@ -431,7 +545,7 @@ class RedisAdmission:
                 "(general_settings.redis_failure_mode: fail_closed)", code="redis_unavailable")
         admitted = await self._fallback.admit(demand.scaled(self._replicas))
         self._local.add(demand.request_id)
-        self._dirty.add(demand.key.token)
+        self._dirty.update(_prefix(payer) for payer in demand.payers)
         return admitted
 
     def _recovered(self) -> None:

@@ -9,6 +9,8 @@ naming REDIS_URL. The common case, alone, costs one attribute read.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from faregate.admission.demand import Admitted, Demand
 from faregate.admission.local import LocalAdmission
 from faregate.errors import ServiceUnavailable
@@ -45,8 +47,8 @@ class SoleAdmission:
     def lifetime_spend(self, key: KeyRecord) -> int:
         return self._inner.lifetime_spend(key)
 
-    def forget(self, token: str) -> None:
-        self._inner.forget(token)
+    def forget(self, scope: str) -> None:
+        self._inner.forget(scope)
 
-    def change_period(self, key: KeyRecord) -> None:
-        self._inner.change_period(key)
+    def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        self._inner.change_period(scope, reset_at)

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from faregate.admission import periods
-from faregate.admission.demand import Admission
+from faregate.admission.demand import Admission, key_scope
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.auth import ALL_MODELS
 from faregate.keys.directory import KeyDirectory
@@ -172,7 +172,7 @@ class KeyAdmin:
             raise NotFound("The key was deleted meanwhile", code="key_not_found")
         self._directory.put(record)
         if "budget_duration" in changes:
-            self._budgets.change_period(record)
+            self._budgets.change_period(key_scope(record.token), record.budget_reset_at)
         await self._changed(record, token)
         return record
 
@@ -183,7 +183,7 @@ class KeyAdmin:
         deleted = await self._storage.delete_keys(tokens)
         for token in tokens:
             self._directory.forget(token)
-            self._budgets.forget(token)
+            self._budgets.forget(key_scope(token))
         for token in deleted:
             await self._changed(None, token)
         return deleted
@@ -197,7 +197,7 @@ class KeyAdmin:
         if record is None:
             raise NotFound("The key was deleted meanwhile", code="key_not_found")
         self._directory.forget(token)
-        self._budgets.forget(token)
+        self._budgets.forget(key_scope(token))
         self._directory.put(record)
         await self._changed(None, token)
         return key, record

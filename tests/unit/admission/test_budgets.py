@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from faregate.admission.budgets import NO_BUDGET, Budgets, Grant
+from faregate.admission.budgets import NO_BUDGET, Budgets
+from faregate.admission.demand import Payer, key_payer, key_scope
 from faregate.errors import BudgetExceeded
 from faregate.records import KeyRecord
 
@@ -30,8 +31,8 @@ class Clock:
 
 
 class Periods(list[tuple[str, int, datetime | None]]):
-    def __call__(self, token: str, base: int, reset_at: datetime | None) -> None:
-        self.append((token, base, reset_at))
+    def __call__(self, scope: str, base: int, reset_at: datetime | None) -> None:
+        self.append((scope, base, reset_at))
 
 
 def budgets(wait_timeout_s: float = PATIENT_S, clock: Clock | None = None,
@@ -42,6 +43,11 @@ def budgets(wait_timeout_s: float = PATIENT_S, clock: Clock | None = None,
 def key(max_budget: int | None = 100, spend: int = 0, **fields: object) -> KeyRecord:
     return KeyRecord(token="t" * 64, key_name="sk-...abcd", max_budget_nanos=max_budget,
                      spend_nanos=spend, **fields)  # type: ignore[arg-type]
+
+
+def of(k: KeyRecord) -> tuple[Payer, ...]:
+    """The key alone as the payers of a request."""
+    return (key_payer(k),)
 
 
 def committed(b: Budgets, k: KeyRecord) -> int:
@@ -56,10 +62,10 @@ def committed(b: Budgets, k: KeyRecord) -> int:
 async def test_no_budget_key_gets_no_budget_grant() -> None:
     b = budgets()
     k = key(max_budget=None)
-    grant = await b.reserve(k, 10**15, 10**18)
+    grant = await b.reserve(of(k), 10**15, 10**18)
     assert grant is NO_BUDGET
     assert grant.nanos == 0
-    b.settle(grant, k, 1234)                   # spend is still booked
+    b.settle(grant, of(k), 1234)                   # spend is still booked
     assert b.lifetime_spend(k) == 1234
     assert b.account(k).reserved == 0
 
@@ -70,16 +76,16 @@ async def test_no_budget_key_gets_no_budget_grant() -> None:
 async def test_full_grant_when_it_fits() -> None:
     b = budgets()
     k = key(100)
-    grant = await b.reserve(k, 10, 40)
-    assert grant == Grant(k.token, 40)
+    grant = await b.reserve(of(k), 10, 40)
+    assert grant.nanos == 40
     assert b.account(k).reserved == 40
 
 
 async def test_partial_grant_between_least_and_most() -> None:
     b = budgets()
     k = key(100, spend=30)
-    assert (await b.reserve(k, 10, 50)).nanos == 50
-    second = await b.reserve(k, 10, 50)
+    assert (await b.reserve(of(k), 10, 50)).nanos == 50
+    second = await b.reserve(of(k), 10, 50)
     assert second.nanos == 20                   # all that is left, >= least, < most
     assert committed(b, k) == 100
 
@@ -87,7 +93,7 @@ async def test_partial_grant_between_least_and_most() -> None:
 async def test_spend_counts_from_the_period_base() -> None:
     b = budgets()
     k = key(100, spend=550, period_base_nanos=500)       # 50 spent this period
-    assert (await b.reserve(k, 1, 1000)).nanos == 50
+    assert (await b.reserve(of(k), 1, 1000)).nanos == 50
     assert b.period_spend(k) == 50
     assert b.lifetime_spend(k) == 550
 
@@ -96,37 +102,37 @@ async def test_exceeded_when_least_does_not_fit_and_nothing_is_reserved() -> Non
     b = budgets()
     k = key(100, spend=95)
     with pytest.raises(BudgetExceeded) as info:
-        await b.reserve(k, 6, 20)
+        await b.reserve(of(k), 6, 20)
     assert info.value.message.startswith("Budget has been exceeded")
     assert info.value.status == 429
     assert b.account(k).reserved == 0                    # a refusal reserves nothing
-    assert (await b.reserve(k, 5, 20)).nanos == 5        # exactly what is left still fits
+    assert (await b.reserve(of(k), 5, 20)).nanos == 5        # exactly what is left still fits
 
 
 async def test_exceeded_at_once_when_waiting_cannot_help() -> None:
     """Even when the reservations in flight settle at 0, `least` would not fit: no waiting."""
     b = budgets(wait_timeout_s=PATIENT_S)
     k = key(100, spend=60)
-    await b.reserve(k, 30, 30)
+    await b.reserve(of(k), 30, 30)
     with pytest.raises(BudgetExceeded):
-        await asyncio.wait_for(b.reserve(k, 41, 50), 2.0)
+        await asyncio.wait_for(b.reserve(of(k), 41, 50), 2.0)
 
 
 async def test_exhausted_budget_refuses_even_zero_cost_least() -> None:
     b = budgets()
     k = key(100, spend=120)                    # overspent (e.g. budget lowered by an admin)
     with pytest.raises(BudgetExceeded):
-        await b.reserve(k, 0, 10)
+        await b.reserve(of(k), 0, 10)
 
 
 async def test_settle_releases_and_books() -> None:
     b = budgets()
     k = key(100)
-    grant = await b.reserve(k, 10, 60)
-    b.settle(grant, k, 25)
+    grant = await b.reserve(of(k), 10, 60)
+    b.settle(grant, of(k), 25)
     acc = b.account(k)
     assert (acc.reserved, acc.spend) == (0, 25)
-    assert (await b.reserve(k, 1, 1000)).nanos == 75
+    assert (await b.reserve(of(k), 1, 1000)).nanos == 75
 
 
 # concurrency
@@ -142,7 +148,7 @@ async def _burst(b: Budgets, k: KeyRecord, n: int, least: int, most: int,
     async def one(i: int) -> bool:
         await asyncio.sleep(delays[i] / 3)
         try:
-            grant = await b.reserve(k, least, most)
+            grant = await b.reserve(of(k), least, most)
         except BudgetExceeded:
             return False
         assert least <= grant.nanos <= most
@@ -150,7 +156,7 @@ async def _burst(b: Budgets, k: KeyRecord, n: int, least: int, most: int,
         await asyncio.sleep(delays[i])
         cost = cost_of(grant, rng)  # type: ignore[operator]
         assert 0 <= cost <= grant.nanos
-        b.settle(grant, k, cost)
+        b.settle(grant, of(k), cost)
         assert committed(b, k) <= k.max_budget_nanos
         return True
 
@@ -202,12 +208,12 @@ async def test_burst_random_costs_never_overshoot(seed: int) -> None:
 async def test_waiter_wakes_when_a_reservation_settles_smaller() -> None:
     b = budgets(wait_timeout_s=PATIENT_S)
     k = key(100)
-    holder = await b.reserve(k, 100, 100)
-    waiter = asyncio.create_task(b.reserve(k, 30, 50))
+    holder = await b.reserve(of(k), 100, 100)
+    waiter = asyncio.create_task(b.reserve(of(k), 30, 50))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not waiter.done()                              # it waits rather than fails
-    b.settle(holder, k, 60)
+    b.settle(holder, of(k), 60)
     grant = await asyncio.wait_for(waiter, 2.0)
     assert grant.nanos == 40                              # what the holder left over
     assert committed(b, k) == 100
@@ -217,22 +223,22 @@ async def test_waiter_wakes_when_settle_races_its_first_wait() -> None:
     """Settling right after the waiter first yields must still wake it (no lost wake-up)."""
     b = budgets(wait_timeout_s=PATIENT_S)
     k = key(10)
-    holder = await b.reserve(k, 10, 10)
-    waiter = asyncio.create_task(b.reserve(k, 5, 5))
+    holder = await b.reserve(of(k), 10, 10)
+    waiter = asyncio.create_task(b.reserve(of(k), 5, 5))
     await asyncio.sleep(0)                                # the waiter runs up to its wait
-    b.settle(holder, k, 5)
+    b.settle(holder, of(k), 5)
     assert (await asyncio.wait_for(waiter, 2.0)).nanos == 5
 
 
 async def test_waiter_fails_promptly_when_the_settled_cost_leaves_too_little() -> None:
     b = budgets(wait_timeout_s=PATIENT_S)
     k = key(100)
-    holder = await b.reserve(k, 80, 80)
-    waiter = asyncio.create_task(b.reserve(k, 30, 30))
+    holder = await b.reserve(of(k), 80, 80)
+    waiter = asyncio.create_task(b.reserve(of(k), 30, 30))
     for _ in range(5):
         await asyncio.sleep(0)
     assert not waiter.done()
-    b.settle(holder, k, 80)
+    b.settle(holder, of(k), 80)
     with pytest.raises(BudgetExceeded):
         await asyncio.wait_for(waiter, 2.0)
 
@@ -240,12 +246,12 @@ async def test_waiter_fails_promptly_when_the_settled_cost_leaves_too_little() -
 async def test_many_waiters_all_woken() -> None:
     b = budgets(wait_timeout_s=PATIENT_S)
     k = key(100)
-    holder = await b.reserve(k, 100, 100)
-    waiters = [asyncio.create_task(b.reserve(k, 10, 10)) for _ in range(5)]
+    holder = await b.reserve(of(k), 100, 100)
+    waiters = [asyncio.create_task(b.reserve(of(k), 10, 10)) for _ in range(5)]
     for _ in range(5):
         await asyncio.sleep(0)
     assert not any(w.done() for w in waiters)
-    b.settle(holder, k, 0)
+    b.settle(holder, of(k), 0)
     grants = await asyncio.wait_for(asyncio.gather(*waiters), 2.0)
     assert [g.nanos for g in grants] == [10] * 5
 
@@ -253,14 +259,14 @@ async def test_many_waiters_all_woken() -> None:
 async def test_wait_timeout_raises_budget_exceeded() -> None:
     b = budgets(wait_timeout_s=0.05)
     k = key(100)
-    holder = await b.reserve(k, 100, 100)
+    holder = await b.reserve(of(k), 100, 100)
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(BudgetExceeded, match=r"^Budget has been exceeded"):
-        await asyncio.wait_for(b.reserve(k, 10, 10), 5.0)
+        await asyncio.wait_for(b.reserve(of(k), 10, 10), 5.0)
     assert loop.time() - started >= 0.04
     assert b.account(k).reserved == 100                   # the holder's grant is untouched
-    b.settle(holder, k, 100)
+    b.settle(holder, of(k), 100)
 
 
 # budget periods
@@ -276,22 +282,22 @@ async def test_period_reset_starts_spend_again_at_zero() -> None:
     b = budgets(clock=clock, periods=periods)
     k = period_key()
     with pytest.raises(BudgetExceeded):
-        await b.reserve(k, 1, 1)
+        await b.reserve(of(k), 1, 1)
     assert periods == []
 
     clock.advance(hours=23, minutes=59)
     with pytest.raises(BudgetExceeded):
-        await b.reserve(k, 1, 1)
+        await b.reserve(of(k), 1, 1)
     assert periods == []
 
     clock.advance(minutes=1)                               # exactly at reset_at
-    grant = await b.reserve(k, 10, 100)
+    grant = await b.reserve(of(k), 10, 100)
     assert grant.nanos == 100                              # the whole budget again
-    assert periods == [(k.token, 100, T0 + timedelta(days=2))]
+    assert periods == [(key_scope(k.token), 100, T0 + timedelta(days=2))]
     assert b.period_spend(k) == 0
     assert b.lifetime_spend(k) == 100
 
-    b.settle(grant, k, 30)
+    b.settle(grant, of(k), 30)
     assert b.period_spend(k) == 30
     assert b.lifetime_spend(k) == 130
 
@@ -301,10 +307,10 @@ async def test_period_reset_skips_missed_periods() -> None:
     b = budgets(clock=clock, periods=periods)
     k = period_key()
     clock.advance(days=3, hours=12)
-    assert (await b.reserve(k, 1, 1)).nanos == 1
-    assert periods == [(k.token, 100, T0 + timedelta(days=4))]
+    assert (await b.reserve(of(k), 1, 1)).nanos == 1
+    assert periods == [(key_scope(k.token), 100, T0 + timedelta(days=4))]
     # no second roll within the new period
-    await b.reserve(k, 1, 1)
+    await b.reserve(of(k), 1, 1)
     assert len(periods) == 1
 
 
@@ -313,12 +319,12 @@ async def test_period_reset_keeps_reservations_in_flight() -> None:
     b = budgets(clock=clock, periods=periods)
     k = key(max_budget=100, spend=0, budget_duration="1h",
             budget_reset_at=T0 + timedelta(hours=1))
-    first = await b.reserve(k, 70, 70)
+    first = await b.reserve(of(k), 70, 70)
     clock.advance(hours=1)
-    second = await b.reserve(k, 1, 100)
+    second = await b.reserve(of(k), 1, 100)
     assert second.nanos == 30                    # the 70 in flight still count
-    b.settle(first, k, 70)
-    assert periods == [(k.token, 0, T0 + timedelta(hours=2))]
+    b.settle(first, of(k), 70)
+    assert periods == [(key_scope(k.token), 0, T0 + timedelta(hours=2))]
     assert committed(b, k) == 100
 
 
@@ -327,8 +333,8 @@ async def test_monthly_period() -> None:
     b = budgets(clock=clock, periods=periods)
     k = key(max_budget=100, spend=100, budget_duration="1mo",
             budget_reset_at=datetime(2024, 1, 31, tzinfo=UTC))
-    await b.reserve(k, 1, 1)
-    assert periods == [(k.token, 100, datetime(2024, 2, 29, tzinfo=UTC))]
+    await b.reserve(of(k), 1, 1)
+    assert periods == [(key_scope(k.token), 100, datetime(2024, 2, 29, tzinfo=UTC))]
 
 
 async def test_no_roll_without_duration_or_reset_time() -> None:
@@ -340,7 +346,7 @@ async def test_no_roll_without_duration_or_reset_time() -> None:
     clock.advance(days=10)
     for k in (no_duration, no_reset):
         with pytest.raises(BudgetExceeded):
-            await b.reserve(k, 1, 1)
+            await b.reserve(of(k), 1, 1)
     assert periods == []
 
 
@@ -350,20 +356,20 @@ async def test_change_period_uses_the_records_reset_time() -> None:
     k = key(max_budget=100, spend=100, budget_duration="1d",
             budget_reset_at=T0 + timedelta(days=30))
     with pytest.raises(BudgetExceeded):
-        await b.reserve(k, 1, 1)
+        await b.reserve(of(k), 1, 1)
     k = k.evolve(budget_reset_at=T0 + timedelta(hours=1))
-    b.change_period(k)
+    b.change_period(key_scope(k.token), k.budget_reset_at)
     clock.advance(hours=1)
-    assert (await b.reserve(k, 1, 1)).nanos == 1
-    assert periods == [(k.token, 100, T0 + timedelta(days=1, hours=1))]
+    assert (await b.reserve(of(k), 1, 1)).nanos == 1
+    assert periods == [(key_scope(k.token), 100, T0 + timedelta(days=1, hours=1))]
 
 
 async def test_spend_views_before_and_after_forget() -> None:
     b = budgets()
     k = key(100, spend=40, period_base_nanos=10)
     assert (b.period_spend(k), b.lifetime_spend(k)) == (30, 40)   # from the record
-    grant = await b.reserve(k, 5, 5)
-    b.settle(grant, k, 5)
+    grant = await b.reserve(of(k), 5, 5)
+    b.settle(grant, of(k), 5)
     assert (b.period_spend(k), b.lifetime_spend(k)) == (35, 45)
-    b.forget(k.token)
+    b.forget(key_scope(k.token))
     assert (b.period_spend(k), b.lifetime_spend(k)) == (30, 40)

@@ -30,7 +30,9 @@ def admission(clock: Clock) -> LocalAdmission:
 
 def demand(i: int, key: KeyRecord, *windows: Window, least: int = 0, most: int = 0,
            parallel: int | None = None) -> Demand:
-    return Demand(f"r{i}", key, least, most, windows, parallel)
+    if parallel is not None:
+        key = key.evolve(max_parallel_requests=parallel)
+    return Demand(f"r{i}", key, least, most, windows)
 
 
 async def test_rpm_window_slides_and_admits_again() -> None:

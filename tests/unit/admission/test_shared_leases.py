@@ -65,11 +65,11 @@ async def test_a_request_in_flight_keeps_its_slot_by_renewal(private_redis, monk
     monkeypatch.setattr(shared, "RENEW_S", 0.2)
     adm = admission(private_redis[0])
     try:
-        admitted = await adm.admit(Demand("r1", KEY, least=10, most=100, parallel_limit=1))
+        admitted = await adm.admit(Demand("r1", KEY, least=10, most=100))
         await asyncio.sleep(2.5)                 # well past the 1 s lease: renewed meanwhile
         assert await slots_taken(adm) == 1
         with pytest.raises(Exception, match="max_parallel_requests"):
-            await adm.admit(Demand("r2", KEY, least=10, most=100, parallel_limit=1))
+            await adm.admit(Demand("r2", KEY, least=10, most=100))
         await adm.settle(admitted, 5, 0)
         await wait_until_free(adm, within_s=2.0)
     finally:
@@ -82,17 +82,17 @@ async def test_an_answer_lost_in_a_hang_is_released_after_it(private_redis,
     url, proc = private_redis
     adm = admission(url)
     try:
-        warm = await adm.admit(Demand("warm", KEY, least=10, most=100, parallel_limit=1))
+        warm = await adm.admit(Demand("warm", KEY, least=10, most=100))
         await adm.settle(warm, 1, 0)
         await wait_until_free(adm, within_s=2.0)
         os.kill(proc.pid, signal.SIGSTOP)        # the script is sent, then runs on SIGCONT
         with pytest.raises(ServiceUnavailable):
-            await adm.admit(Demand("lost", KEY, least=10, most=100, parallel_limit=1))
+            await adm.admit(Demand("lost", KEY, least=10, most=100))
         os.kill(proc.pid, signal.SIGCONT)
         await asyncio.sleep(0.3)
         assert await wait_until_free(adm, within_s=3.0) < 3.0
         # The slot is free again for the next request.
-        admitted = await adm.admit(Demand("after", KEY, least=10, most=100, parallel_limit=1))
+        admitted = await adm.admit(Demand("after", KEY, least=10, most=100))
         await adm.settle(admitted, 1, 0)
     finally:
         await adm.close()
@@ -111,8 +111,7 @@ async def test_parallel_limit_admits_a_caller_whose_last_request_just_ended(
         nonlocal refused
         for i in range(50):
             try:
-                admitted = await adm.admit(Demand(f"c{n}-{i}", key, least=1, most=10,
-                                                  parallel_limit=2))
+                admitted = await adm.admit(Demand(f"c{n}-{i}", key, least=1, most=10))
             except Exception:
                 refused += 1
                 continue

@@ -10,7 +10,7 @@ import pytest
 
 from faregate.admission import periods
 from faregate.admission.budgets import Budgets
-from faregate.admission.demand import Demand
+from faregate.admission.demand import Demand, key_scope
 from faregate.admission.local import LocalAdmission
 from faregate.admission.shared import RedisAdmission
 from faregate.records import KeyRecord
@@ -62,7 +62,7 @@ async def test_a_due_month_rolls_to_the_calendar_end(redis_admission) -> None:
     assert admitted.grant == 900
     assert len(started) == 1
     token, base, reset_at = started[0]
-    assert (token, base) == (key.token, 700)
+    assert (token, base) == (key_scope(key.token), 700)
     assert reset_at is not None
     expected = {periods.next_reset(key.budget_reset_at, "1mo", at)
                 for at in (before, datetime.now(UTC))}
