@@ -325,12 +325,11 @@ class HierarchyQueries:
         if found is not None:
             return found
         now = datetime.now(UTC)
+        mine = EndUserRecord(end_user_id, budget_id=budget_id, created_at=now, updated_at=now)
         with suppress(DuplicateId):     # another request created it first: read theirs
-            await self._insert(end_users, EndUserRecord(end_user_id, budget_id=budget_id,
-                                                        created_at=now, updated_at=now))
-        made = await self.get_end_user(end_user_id)
-        assert made is not None     # end users are deleted only by an admin, never this fast
-        return made
+            await self._insert(end_users, mine)
+        # None only if an admin deleted it in between: this request still has its own view
+        return await self.get_end_user(end_user_id) or mine
 
     async def update_end_user(self, end_user_id: str,
                               changes: Mapping[str, Any]) -> EndUserRecord | None:
