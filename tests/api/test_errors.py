@@ -121,7 +121,7 @@ async def test_budget_exceeded_is_429_and_says_why(gateway: RunningGateway) -> N
     key = await gateway.new_key(max_budget=0.00001)
     error = assert_error(await post_chat(gateway, key), 429, "budget_exceeded")
     assert error["message"].startswith("Budget has been exceeded")
-    for figure in ("spend", "max budget", "needs at least"):
+    for figure in ("Key=", "Current cost", "Max budget", "needs at least"):
         assert figure in error["message"]
     assert await charged(gateway, key) == 0
 
