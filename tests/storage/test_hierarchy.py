@@ -468,3 +468,18 @@ async def test_spend_logs_filter_by_payer(storage: SqlStorage) -> None:
                                                      reverse=True)
     with pytest.raises(ValueError):
         await storage.spend_totals("api_key; drop table", SpendQuery())
+
+
+async def test_the_same_rows_in_opposite_orders_at_once_do_not_deadlock(db_url: str) -> None:
+    """Two writers handed one batch in opposite orders (a retry beside an adoption): both
+    finish, without a deadlock error, and the rows count once at every level."""
+    first, second = SqlStorage.from_url(db_url), SqlStorage.from_url(db_url)
+    try:
+        await make_hierarchy(first)
+        for round_ in range(5):
+            rows = payer_rows(f"o{round_}-", 200)
+            await asyncio.gather(first.write_spend(rows), second.write_spend(rows[::-1]))
+        await assert_every_level_is_the_sum_of_its_rows(first)
+    finally:
+        await first.close()
+        await second.close()

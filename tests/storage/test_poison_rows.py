@@ -9,12 +9,13 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from faregate.records import KeyRecord, SpendRow
+from faregate.records import KeyRecord, MemberRecord, SpendRow, TeamRecord, UserRecord
 from faregate.spend import dead_letters
 from faregate.spend.dead_letters import DEAD_LETTER_STATUS, DeadLetters
 from faregate.spend.journal import SpendJournal
@@ -179,3 +180,43 @@ async def test_a_bad_row_left_by_a_killed_process_does_not_block_the_replay(
     assert [x.row.request_id for x in DeadLetters(spool).read()] == ["left-7"]
     await writer.close()
     assert list(spool.glob("*.spend")) == []
+
+
+async def test_a_bad_end_user_id_is_dead_lettered_and_every_level_adds_up(
+        storage: SqlStorage, db_url: str, tmp_path: Path) -> None:
+    """Payer ids come from clients (an end user is a header or the body's `user`): one that no
+    database stores is set aside like any bad row, its copy (the id escaped and cut to its
+    column) still counts at every level, and each level stays the sum of its rows."""
+    await storage.insert_team(TeamRecord("t1", created_at=T0, updated_at=T0))
+    await storage.insert_user(UserRecord("u1", created_at=T0, updated_at=T0))
+    await storage.add_team_member(MemberRecord("t1", "u1", created_at=T0))
+    bad_ids = ["cust\ud800"] + (["cust\x00", "c" * 300] if db_url.startswith("postgres") else [])
+    writer = LedgerWriter(storage, 60, SpendJournal(tmp_path / "journal"))
+    rows = [replace(row(f"p{i}", spend=10 + i, i=i), user_id="u1", team_id="t1",
+                    end_user=f"cust-{i % 3}") for i in range(30)]
+    rows += [replace(row(f"bad-{n}", spend=1000, i=n), user_id="u1", team_id="t1",
+                     end_user=end_user) for n, end_user in enumerate(bad_ids)]
+    for r in rows:
+        writer.record(r)
+    await asyncio.wait_for(writer.flush(), 30)
+    await writer.close()
+
+    written = await ledger_rows(storage, KEY_A)
+    assert len(written) == len(rows)
+    for n in range(len(bad_ids)):
+        copy = written[f"bad-{n}"]
+        assert copy["status"] == DEAD_LETTER_STATUS and copy["team_id"] == "t1"
+        assert copy["end_user"] is not None and len(copy["end_user"]) <= 256
+    total = sum(r.spend_nanos for r in rows)
+    assert await key_spend(storage, KEY_A) == total
+    assert (await storage.get_team("t1")).spend_nanos == total  # type: ignore[union-attr]
+    assert (await storage.get_user("u1")).spend_nanos == total  # type: ignore[union-attr]
+    assert (await storage.get_team_member("t1", "u1")).spend_nanos == total  # type: ignore
+    for i in range(3):
+        customer = await storage.get_end_user(f"cust-{i}")
+        assert customer is not None
+        assert customer.spend_nanos == sum(r.spend_nanos for r in rows
+                                           if r.end_user == f"cust-{i}")
+    for copy in (written[f"bad-{n}"] for n in range(len(bad_ids))):
+        customer = await storage.get_end_user(copy["end_user"])
+        assert customer is not None and customer.spend_nanos == 1000

@@ -437,7 +437,9 @@ _PG_WRITE_SPEND_NEW_IDS = _PG_WRITE_SPEND_CTE + "SELECT request_id FROM new_rows
 
 
 async def _write_spend_postgres(conn: Any, rows: Sequence[SpendRow]) -> SpendWritten:
-    unique = _first_of_each(rows)
+    # Inserted in request id order: two writers of overlapping batches (a retry beside an
+    # adoption) then wait for each other's ids in one order and cannot deadlock on them.
+    unique = sorted(_first_of_each(rows), key=lambda r: r.request_id)
     columns = [[getattr(r, name) for r in unique] for name in _SPEND_COLUMNS]
     if not names_a_payer(unique):
         per_key = await conn.fetch(_PG_WRITE_SPEND, *columns)
