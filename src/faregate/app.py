@@ -23,10 +23,11 @@ from faregate.api.health_routes import HealthRoutes
 from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
+from faregate.api.upstream_probes import UpstreamProbes
 from faregate.catalog.routing import Router
 from faregate.catalog.sealing import Sealer
 from faregate.catalog.stored_models import ModelCatalog
-from faregate.config import Settings
+from faregate.config import TEXT_COMPLETION_PROVIDER, Settings
 from faregate.gateway import Gateway
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator
@@ -36,6 +37,7 @@ from faregate.providers.anthropic import AnthropicClient
 from faregate.providers.base import pooled_session
 from faregate.providers.clients import ProviderClients
 from faregate.providers.openai_compat import OpenAICompatible
+from faregate.providers.text_completion import TextCompletionClient
 from faregate.spend.checkpoints import StreamCheckpoints
 from faregate.spend.journal import SpendJournal
 from faregate.spend.ledger import LedgerWriter
@@ -102,9 +104,12 @@ class Faregate:
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
                              self.redis.key_changed if self.redis else None,
-                             is_master_key=settings.master_key.matches)
+                             is_master_key=settings.master_key.matches,
+                             may_name=lambda name: self.router.serves(name)
+                             or name in self.router.access_groups())
         self.upstream = ProviderClients({"openai": OpenAICompatible(),
-                                         "anthropic": AnthropicClient()})
+                                         "anthropic": AnthropicClient(),
+                                         TEXT_COMPLETION_PROVIDER: TextCompletionClient()})
         self.router = Router(settings.deployments, settings.router_settings,
                              monotonic=monotonic, rng=rng)
         # Open streams' progress on disk: a crash still charges what they delivered.
@@ -129,7 +134,8 @@ class Faregate:
             settings.metrics_token)
         self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,
                                          self.router.health, self.replicas,
-                                         lambda: (self.models.unopened, self.models.kept)
+                                         lambda: (self.models.unopened, self.models.kept),
+                                         UpstreamProbes(self.router.entries, self.upstream)
                                          ).routes)
         self.admin = build_admin_app(self.auth, self.keys, self.storage)
         # Models kept in the database join the config's in the Router, credentials opened

@@ -7,9 +7,11 @@ Nothing here writes os.environ.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,11 +67,78 @@ class Deployment:
     # Prompt tokens read from / written to a provider's prompt cache; None: the input price.
     cache_read_femtos: int | None = None
     cache_write_femtos: int | None = None
+    access_groups: tuple[str, ...] = ()     # model_info.access_groups: names a key may list
+    # A deployment made for one name a wildcard entry serves: that entry's model_name ("" for
+    # an entry of model_list itself). Metrics label it by this, so that clients cannot invent
+    # label values.
+    wildcard: str = ""
+    health_check_model: str | None = None   # model_info.health_check_model: what /health asks
 
     @functools.cached_property
     def shown_base(self) -> str:
         """api_base as errors, logs, health and the ledger show it: no credentials, no query."""
         return without_credentials(self.api_base)
+
+    @property
+    def is_wildcard(self) -> bool:
+        """A model_list entry whose model_name is a pattern ("*", "openai/*", ...)."""
+        return WILDCARD in self.model_name
+
+    @property
+    def group(self) -> str:
+        """The model_list name this deployment was configured under (the pattern, for a
+        name served through a wildcard)."""
+        return self.wildcard or self.model_name
+
+    def serving(self, name: str) -> Deployment | None:
+        """This wildcard entry made into the deployment of `name`, or None if its pattern does
+        not match `name`. As LiteLLM: each `*` of litellm_params.model takes the text the
+        pattern's `*` matched, in order (the whole name if there are more of those); with
+        litellm_params.model "*", a leading openai/, hosted_vllm/ or vllm/ is the provider's
+        prefix and is dropped. Prices, limits and credentials are the entry's."""
+        segments = wildcard_match(self.model_name, name)
+        if segments is None:
+            return None
+        upstream = self.upstream_model
+        if WILDCARD in upstream:
+            if len(segments) > upstream.count(WILDCARD):
+                upstream = name
+            else:
+                for segment in segments:
+                    upstream = upstream.replace(WILDCARD, segment, 1)
+        if self.provider == "openai" and self.upstream_model == WILDCARD:
+            prefix, _, rest = upstream.partition("/")
+            if rest and prefix in OPENAI_COMPATIBLE_PREFIXES:
+                upstream = rest
+        return dataclasses.replace(self, model_name=name, upstream_model=upstream,
+                                   wildcard=self.model_name)
+
+
+WILDCARD = "*"
+OPENAI_COMPATIBLE_PREFIXES = frozenset({"openai", "hosted_vllm", "vllm"})
+TEXT_COMPLETION_PROVIDER = "text-completion-openai"
+
+
+def is_wildcard(name: str) -> bool:
+    return WILDCARD in name
+
+
+def wildcard_match(pattern: str, name: str) -> tuple[str, ...] | None:
+    """The texts each `*` of `pattern` matched in `name` (greedy, as LiteLLM's regex), or None
+    if `pattern` does not match the whole of `name`. Other characters match only themselves."""
+    if WILDCARD not in pattern:
+        return () if pattern == name else None
+    regex = "".join("(.*)" if part == WILDCARD else re.escape(part)
+                    for part in re.split(r"(\*)", pattern) if part)
+    found = re.fullmatch(regex, name, re.DOTALL)
+    return None if found is None else found.groups()
+
+
+def wildcard_specificity(pattern: str) -> tuple[int, int]:
+    """How specific a pattern is: more literal characters first, then longer. The most
+    specific pattern that matches a name serves it ("openai/gpt-4*" before "openai/*" before
+    "*")."""
+    return len(pattern) - pattern.count(WILDCARD), len(pattern)
 
 
 # router_settings.routing_strategy: LiteLLM's names (and our short ones) -> the Router's names.
@@ -354,13 +423,20 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     info = _mapping(entry.get("model_info"), f"{where}.model_info")
 
     model = params.get("model")
+    if model == WILDCARD:       # LiteLLM's "any model": the name asked for is passed on
+        model = f"openai/{WILDCARD}"
     if not isinstance(model, str) or "/" not in model:
         raise ConfigError(f"{where}.litellm_params.model must look like 'openai/<upstream model>'")
     provider, upstream_model = model.split("/", 1)
-    if provider not in {"openai", "hosted_vllm", "vllm", "anthropic"}:
+    if provider not in {"openai", "hosted_vllm", "vllm", "anthropic", TEXT_COMPLETION_PROVIDER}:
         raise ConfigError(f"{where}.litellm_params.model: provider {provider!r} is not supported; "
-                          "use openai/<model> for any OpenAI-compatible server or "
-                          "anthropic/<model> for Anthropic's Messages API")
+                          "use openai/<model> for any OpenAI-compatible server, "
+                          f"{TEXT_COMPLETION_PROVIDER}/<model> for one that serves only "
+                          "/v1/completions, or anthropic/<model> for Anthropic's Messages API")
+    if is_wildcard(upstream_model) and not is_wildcard(name):
+        raise ConfigError(f"{where}.litellm_params.model {model!r} has a '*' but model_name "
+                          "has none: only a wildcard model_name (e.g. \"openai/*\") can say "
+                          "what the '*' stands for")
     api_base = env.resolve(params.get("api_base"), f"{where}.litellm_params.api_base")
     api_key = env.resolve(params.get("api_key"), f"{where}.litellm_params.api_key")
     if provider == "anthropic":
@@ -375,10 +451,12 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     for setting in ("input_cost_per_token", "output_cost_per_token"):
         value = params.get(setting, info.get(setting))
         if value is None:
+            served = " (its price applies to every model the wildcard serves)" \
+                if is_wildcard(name) else ""
             raise ConfigError(
                 f"{where} has no {setting}: a model without a price makes every call cost 0 "
                 "and budgets never bind. Set input_cost_per_token and output_cost_per_token "
-                "in litellm_params (use 0 to declare a free model on purpose)")
+                f"in litellm_params{served} (use 0 to declare a free model on purpose)")
         try:
             prices[setting] = price_to_femtos(env.resolve(value, setting), f"{where}.{setting}")
         except ValueError as exc:
@@ -396,7 +474,7 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     max_out = info.get("max_output_tokens", info.get("max_tokens", DEFAULT_MAX_OUTPUT_TOKENS))
     return Deployment(
         model_name=name,
-        provider="anthropic" if provider == "anthropic" else "openai",
+        provider=provider if provider in {"anthropic", TEXT_COMPLETION_PROVIDER} else "openai",
         upstream_model=upstream_model,
         api_base=api_base.rstrip("/"),
         api_key=Secret(str(api_key)) if api_key else None,
@@ -418,7 +496,33 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
             params.get("stream_timeout"), f"{where}.litellm_params.stream_timeout"),
         cache_read_femtos=prices.get("cache_read_input_token_cost"),
         cache_write_femtos=prices.get("cache_creation_input_token_cost"),
+        access_groups=_access_groups(info.get("access_groups"), f"{where}.model_info"),
+        health_check_model=_health_check_model(info.get("health_check_model"),
+                                               f"{where}.model_info"),
     )
+
+
+def _access_groups(value: Any, where: str) -> tuple[str, ...]:
+    """model_info.access_groups: names a key's `models` may list to use this model."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
+        raise ConfigError(f"{where}.access_groups must be a list of non-empty names, e.g. "
+                          "[\"beta-models\"]")
+    clash = [g for g in value if is_wildcard(g)]
+    if clash:
+        raise ConfigError(f"{where}.access_groups: {clash[0]!r} has a '*'; a group's name "
+                          "must not look like a wildcard pattern")
+    return tuple(dict.fromkeys(value))
+
+
+def _health_check_model(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or is_wildcard(value):
+        raise ConfigError(f"{where}.health_check_model must be a model name without '*' "
+                          "(what GET /health asks a wildcard deployment for)")
+    return value
 
 
 def _anthropic_base(api_base: Any) -> Any:

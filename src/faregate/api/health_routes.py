@@ -8,7 +8,8 @@ other processes on the database and, for one refusing because another admits wit
 admission, why (storage/replicas.py): not ready once the handover grace is over.
 
 /health/deployments (master key) shows what the router saw of each deployment on this replica:
-no upstream is called (LiteLLM's /health calls every model; a probe must not spend money).
+no upstream is called. /health (master key) is LiteLLM's: it calls every deployment once
+(upstream_probes.py says what that costs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
 from faregate.api.call_record import credentials
+from faregate.api.upstream_probes import UpstreamProbes
 from faregate.catalog.routing import DeploymentHealth
 from faregate.config import without_credentials
 from faregate.errors import AdminOnly, GatewayError
@@ -40,7 +42,8 @@ class HealthRoutes:
                  deployments: Callable[[], Iterable[DeploymentHealth]],
                  replicas: ReplicaHeartbeat,
                  sealed: Callable[[], tuple[Mapping[str, str], Collection[str]]],
-                 ) -> None:
+                 probes: UpstreamProbes | None = None) -> None:
+        self._probes = probes
         self._database = database
         self._sealed = sealed           # (stored models not opened: id -> why, those kept)
         self._ledger = ledger
@@ -53,6 +56,8 @@ class HealthRoutes:
             ("GET", "/health/readiness"): self._ready,
             ("GET", "/health/deployments"): self._per_deployment,
         }
+        if probes is not None:
+            self.routes["GET", "/health"] = self._probe_all
 
     async def _alive(self, scope: Scope, receive: Any, send: Any) -> None:
         await send_bytes(send, 200, _ALIVE, JSON_HEADERS)
@@ -91,16 +96,28 @@ class HealthRoutes:
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)
 
     async def _per_deployment(self, scope: Scope, receive: Any, send: Any) -> None:
+        if not await self._master_only(scope, send):
+            return
+        body = [_shown(d) for d in self._deployments()]
+        await send_bytes(send, 200, orjson.dumps(body), JSON_HEADERS)
+
+    async def _probe_all(self, scope: Scope, receive: Any, send: Any) -> None:
+        """LiteLLM's GET /health: every deployment asked once (the upstream bills it)."""
+        if self._probes is None or not await self._master_only(scope, send):
+            return
+        await send_bytes(send, 200, orjson.dumps(await self._probes.run()), JSON_HEADERS)
+
+    async def _master_only(self, scope: Scope, send: Any) -> bool:
+        """True for the master key; else the error is sent (401, or 403 for a virtual key)."""
         authorization, api_key, _ = credentials(scope)
         try:
             caller = await self._auth.caller(authorization, api_key)
             if not caller.is_master:
-                raise AdminOnly("/health/deployments needs the master key", code="admin_only")
+                raise AdminOnly(f"{scope['path']} needs the master key", code="admin_only")
         except GatewayError as exc:
             await send_error(send, exc)
-            return
-        body = [_shown(d) for d in self._deployments()]
-        await send_bytes(send, 200, orjson.dumps(body), JSON_HEADERS)
+            return False
+        return True
 
 
 def _shown(d: DeploymentHealth) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 from faregate.api.asgi_io import (
     JSON_HEADERS,
@@ -82,7 +83,9 @@ class OpenAIRoutes:
         except GatewayError as exc:
             await send_error(send, exc, id_headers(trace, True))
             return
-        await send_bytes(send, 200, self._gateway.models(caller),
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        wildcards = query.get("return_wildcard_routes", ["false"])[-1].lower() == "true"
+        await send_bytes(send, 200, self._gateway.models(caller, wildcards),
                          JSON_HEADERS + id_headers(trace, True))
 
 

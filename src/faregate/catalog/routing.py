@@ -15,6 +15,16 @@ the request outright), by `routing_strategy`:
   latency, so that a slow deployment that recovered is noticed.
 The gateway reports each attempt's start (`begin`), end (`end`) and latency (`succeeded`).
 
+Wildcards, as LiteLLM's "provider specific wildcard routing": an entry whose model_name holds
+a `*` ("*", "openai/*", "bedrock/claude-*") serves every name it matches that no entry names
+exactly. Exact names win; among patterns the most specific (config.wildcard_specificity) wins,
+then the first in model_list. The deployment made for a name (Deployment.serving) keeps the
+entry's id, so cooldowns, latency and the upstream's rpm/tpm are the entry's, whatever name
+reached it; the last MAX_SERVED_NAMES names are kept made, so a busy name costs a dict lookup.
+
+Access groups (model_info.access_groups) are kept per model name: `groups(name)` is what a
+key's `models` may name to be allowed `name`.
+
 Cooldown, LiteLLM-like: a deployment with more than `allowed_fails` failures within a minute
 cools down for `cooldown_time` seconds; a 429 or a refused connection cools it down at once
 (the upstream said plainly that it cannot take more now). A success ends a cooldown early.
@@ -32,7 +42,13 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from faregate.config import Deployment, RouterSettings
+from faregate.config import (
+    Deployment,
+    RouterSettings,
+    is_wildcard,
+    wildcard_match,
+    wildcard_specificity,
+)
 from faregate.errors import UpstreamError
 
 FAIL_WINDOW_S = 60.0
@@ -40,6 +56,7 @@ MAX_RETRY_AFTER_S = 300.0     # a longer Retry-After still cools down only this 
 STRATEGIES = ("simple-shuffle", "least-busy", "latency-based")
 LATENCY_WEIGHT = 0.3        # the newest sample's weight in the latency EWMA
 LATENCY_EXPLORE = 0.1       # share of latency-based picks that ignore latency
+MAX_SERVED_NAMES = 4096     # names served through wildcards kept made (then all forgotten)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,11 @@ class Router:
         self._rng = rng or random.Random()
         self._table: dict[str, tuple[Deployment, ...]] = {}
         self._cum_weights: dict[str, list[float]] = {}     # model -> running sums of weights
+        self._wild: dict[str, tuple[Deployment, ...]] = {}  # pattern -> its entries
+        self._patterns: tuple[str, ...] = ()            # the patterns, most specific first
+        self._groups: dict[str, frozenset[str]] = {}    # model or pattern -> its access groups
+        self._served: dict[str, str | None] = {}        # name -> the pattern serving it (or None)
+        self._made: dict[str, tuple[Deployment, ...]] = {}  # name -> its deployments, made
         self._cooling: dict[str, float] = {}            # deployment id -> cooldown ends at
         self._fails: dict[str, deque[float]] = {}       # deployment id -> recent failure times
         self._last_error: dict[str, str] = {}
@@ -85,24 +107,93 @@ class Router:
 
     def replace(self, deployments: Iterable[Deployment]) -> None:
         table: dict[str, list[Deployment]] = {}
+        groups: dict[str, set[str]] = {}
         for d in deployments:
             table.setdefault(d.model_name, []).append(d)
+            groups.setdefault(d.model_name, set()).update(d.access_groups)
+        # sorted() is stable: patterns equally specific stay in configuration order.
+        self._patterns = tuple(sorted((name for name in table if is_wildcard(name)),
+                                      key=wildcard_specificity, reverse=True))
+        self._wild = {name: tuple(table.pop(name)) for name in self._patterns}
         self._table = {name: tuple(ds) for name, ds in table.items()}
         self._cum_weights = {name: list(itertools.accumulate(d.weight for d in ds))
-                             for name, ds in table.items()}
+                             for name, ds in [*self._table.items(), *self._wild.items()]}
+        self._groups = {name: frozenset(g) for name, g in groups.items() if g}
+        self._served, self._made = {}, {}
         # Forget the state of deployments that are gone; keep it for those that stay.
-        ids = {d.deployment_id for ds in self._table.values() for d in ds}
+        ids = {d.deployment_id for ds in [*self._table.values(), *self._wild.values()]
+               for d in ds}
         for state in (self._cooling, self._fails, self._last_error, self._in_flight,
                       self._latency):
             for gone in [i for i in state if i not in ids]:
                 del state[gone]
 
     def names(self) -> list[str]:
+        """The models named exactly in model_list (and stored models), in order."""
         return list(self._table)
 
+    def entries(self) -> list[Deployment]:
+        """Every deployment as configured (wildcard entries as their patterns), in order."""
+        return [d for ds in [*self._table.values(), *self._wild.values()] for d in ds]
+
+    def patterns(self) -> list[str]:
+        """The wildcard model_names, most specific first."""
+        return list(self._patterns)
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` is a model this gateway routes: named exactly, a wildcard entry's own
+        pattern, or matched by one."""
+        return name in self._table or name in self._wild or self._pattern_of(name) is not None
+
+    def access_groups(self) -> dict[str, list[str]]:
+        """Each access group -> the model names and patterns in it, in configuration order."""
+        out: dict[str, list[str]] = {}
+        for name in [*self._table, *self._patterns]:
+            for group in sorted(self._groups.get(name, ())):
+                out.setdefault(group, []).append(name)
+        return out
+
+    def groups(self, name: str) -> frozenset[str]:
+        """The access groups that grant `name`: its own entry's, else (a name served through a
+        wildcard) the pattern's."""
+        if name in self._table:
+            return self._groups.get(name, frozenset())
+        pattern = self._pattern_of(name)
+        return frozenset() if pattern is None else self._groups.get(pattern, frozenset())
+
     def deployments(self, model: str) -> tuple[Deployment, ...]:
-        """Every deployment of `model`, in configuration order; empty if there is none."""
-        return self._table.get(model, ())
+        """Every deployment of `model` (made from the wildcard entry that serves it, if no
+        entry names it), in configuration order; empty if there is none."""
+        found = self._table.get(model) or self._made.get(model)
+        if found is not None:
+            return found
+        pattern = self._pattern_of(model)
+        if pattern is None:
+            return ()
+        made = []
+        for d in self._wild[pattern]:
+            served = d.serving(model)
+            assert served is not None, "a name is served only by a pattern that matches it"
+            made.append(served)
+        # Kept: providers prepare per Deployment object (headers, timeouts), so the same
+        # objects serve the name's next requests.
+        self._made[model] = found = tuple(made)
+        return found
+
+    def _pattern_of(self, name: str) -> str | None:
+        """The most specific wildcard pattern matching `name`; remembered per name."""
+        if not self._patterns:
+            return None
+        try:
+            return self._served[name]
+        except KeyError:
+            pass
+        found = next((p for p in self._patterns if wildcard_match(p, name) is not None), None)
+        if len(self._served) >= MAX_SERVED_NAMES:     # names are the clients' to invent
+            self._served.clear()
+            self._made.clear()
+        self._served[name] = found
+        return found
 
     def fallbacks(self, model: str) -> tuple[str, ...]:
         """The models to try, in order, when every attempt on `model` failed."""
@@ -115,13 +206,17 @@ class Router:
         tried and healthy, tried and cooling. `tried` holds deployment ids.
         """
         ds = self._table.get(model)
-        if not ds:
-            return None
+        weights = model
+        if ds is None:
+            ds = self.deployments(model)
+            if not ds:
+                return None
+            weights = ds[0].wildcard
         if len(ds) == 1:
             return ds[0]
         if not tried and not self._cooling:     # the common case: every one is a candidate
             if self._strategy == "simple-shuffle":
-                cum = self._cum_weights[model]
+                cum = self._cum_weights[weights]
                 return ds[min(bisect.bisect(cum, self._rng.random() * cum[-1]), len(ds) - 1)]
             return self._choose(ds)
         now = self._clock() if self._cooling else 0.0
@@ -209,7 +304,7 @@ class Router:
         """Every deployment's state, in configuration order."""
         now = self._clock()
         out = []
-        for ds in self._table.values():
+        for ds in [*self._table.values(), *self._wild.values()]:
             for d in ds:
                 until = self._cooling.get(d.deployment_id, 0.0)
                 fails = self._fails.get(d.deployment_id, ())

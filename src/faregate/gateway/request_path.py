@@ -24,7 +24,7 @@ from faregate.admission.demand import (
     same_terms,
 )
 from faregate.catalog.routing import Router
-from faregate.config import Deployment
+from faregate.config import Deployment, is_wildcard
 from faregate.errors import (
     GatewayError,
     InvalidRequest,
@@ -37,7 +37,7 @@ from faregate.gateway.replies import Reply, StreamReply
 from faregate.gateway.retries import Retries
 from faregate.gateway.stream_meter import StreamMeter, check_first_event
 from faregate.gateway.usage import read_usage
-from faregate.keys.auth import Authenticator, Caller
+from faregate.keys.auth import SPECIAL_MODEL_NAMES, Authenticator, Caller
 from faregate.observe.trace import RequestTrace
 from faregate.providers.base import UpstreamClient
 from faregate.records import SpendRow
@@ -85,7 +85,7 @@ class Gateway:
         if call_type is CallType.EMBEDDING and request.stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
         deployment = self._route(request.model, caller)
-        trace.model = deployment.model_name   # a configured name: bounded label values
+        trace.model = deployment.group     # a configured name (a wildcard's pattern): bounded
         path = UPSTREAM_PATHS[call_type]
         # A body this provider cannot take is refused before anything is reserved or recorded.
         self._upstream.check(deployment, path, request.body)
@@ -234,12 +234,23 @@ class Gateway:
                      for d in self._router.deployments(name)}
         return providers.pop() if len(providers) == 1 else None
 
-    def models(self, caller: Caller) -> bytes:
-        """The models the key may ask for: the gateway's, then the key's own aliases."""
-        served = self._router.names()
-        names = [name for name in served if caller.may_use(name)]
+    def models(self, caller: Caller, wildcard_routes: bool = False) -> bytes:
+        """The models the key may ask for: the gateway's, the names its `models` lists that a
+        wildcard serves, then its own aliases. A wildcard's pattern itself ("openai/*") only
+        with `wildcard_routes` (LiteLLM's return_wildcard_routes): faregate knows no
+        provider's catalogue to expand it into."""
+        router = self._router
+        names = [name for name in router.names() if caller.may_use(name, router.groups(name))]
+        groups = router.access_groups()
+        names += [name for name in caller.key.models if name not in names
+                  and not is_wildcard(name) and name not in SPECIAL_MODEL_NAMES
+                  and name not in groups
+                  and router.deployments(name) and caller.may_use(name, router.groups(name))]
+        if wildcard_routes:
+            names += [p for p in router.patterns() if caller.may_use(p, router.groups(p))]
         names += [alias for alias, target in caller.key.aliases.items()
-                  if target in served and alias not in names and caller.may_use(target)]
+                  if router.deployments(target) and alias not in names
+                  and caller.may_use(target, router.groups(target))]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "faregate"}
                 for name in names]
         return orjson.dumps({"object": "list", "data": data})
@@ -260,11 +271,11 @@ class Gateway:
         self._check_access(model, served, caller)
         return deployment
 
-    @staticmethod
-    def _check_access(asked: str, served: str, caller: Caller) -> None:
+    def _check_access(self, asked: str, served: str, caller: Caller) -> None:
         """As LiteLLM decides: an alias is resolved first and the key must be allowed to use
-        the model it points at; aliases never widen what a key may use."""
-        if not caller.may_use(served):
+        the model it points at; aliases never widen what a key may use. Access groups are
+        those of the entry that serves the model."""
+        if not caller.may_use(served, self._router.groups(served)):
             raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {asked}; it "
                                     f"may use: {', '.join(caller.key.models)}",
                                     code="model_access_denied")

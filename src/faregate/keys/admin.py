@@ -14,7 +14,7 @@ from typing import Any
 from faregate.admission import periods
 from faregate.admission.demand import Admission, key_scope
 from faregate.errors import InvalidRequest, NotFound
-from faregate.keys.auth import ALL_MODELS
+from faregate.keys.auth import SPECIAL_MODEL_NAMES
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, new_key
 from faregate.money import dollars_to_nanos, nanos_to_dollars
@@ -118,7 +118,8 @@ class KeyAdmin:
     def __init__(self, storage: KeyStore, directory: KeyDirectory, budgets: Admission,
                  now: Callable[[], datetime], models: Callable[[], Collection[str]],
                  on_change: KeyChanged | None = None, *,
-                 is_master_key: Callable[[str], bool]) -> None:
+                 is_master_key: Callable[[str], bool],
+                 may_name: Callable[[str], bool] | None = None) -> None:
         self._storage = storage
         # A virtual key equal to the master key would be charged for the master key's calls
         # (they share a hash) while the master key is never refused: no key may be it.
@@ -127,6 +128,9 @@ class KeyAdmin:
         self._budgets = budgets
         self._now = now
         self._models = models     # read at each call: models stored through /model/new count
+        # Other names a key's `models` may list: a wildcard pattern, a name one serves, an
+        # access group (the router knows them).
+        self._may_name = may_name or (lambda name: False)
         self._on_change = on_change
 
     async def _changed(self, record: KeyRecord | None, token: str) -> None:
@@ -253,7 +257,8 @@ class KeyAdmin:
         if "models" in given:
             models = s.models or []
             known = set(self._models())
-            unknown = [m for m in models if m not in known and m != ALL_MODELS]
+            unknown = [m for m in models if m not in known and m not in SPECIAL_MODEL_NAMES
+                       and not self._may_name(m)]
             if unknown:
                 raise InvalidRequest(f"Unknown model(s) {unknown}; this gateway serves "
                                      f"{sorted(known)}", param="models")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 
+from faregate.config import is_wildcard, wildcard_match
 from faregate.errors import AuthError, ExpiredKey
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key
@@ -13,6 +14,10 @@ from faregate.records import KeyRecord
 from faregate.secret import Secret
 
 ALL_MODELS = "all-proxy-models"
+ANY_MODEL = "*"                     # LiteLLM's other spelling of every model
+ALL_TEAM_MODELS = "all-team-models"
+# Names in a key's `models` that are no model of the gateway's.
+SPECIAL_MODEL_NAMES = frozenset({ALL_MODELS, ANY_MODEL, ALL_TEAM_MODELS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,10 +25,27 @@ class Caller:
     key: KeyRecord
     is_master: bool
     version: str = "0"
+    # The models of the key's team, which `all-team-models` stands for; None: no team (then
+    # it grants nothing, as LiteLLM decides for a key without a team).
+    team_models: tuple[str, ...] | None = None
 
-    def may_use(self, model: str) -> bool:
+    def may_use(self, model: str, groups: Collection[str] = ()) -> bool:
+        """Whether the key may call `model` (the name served, after its aliases), as LiteLLM
+        decides: no list = every model; else the name itself, `all-proxy-models` or `*`, a
+        wildcard pattern matching it (`openai/*`), or an access group in `groups` (the
+        groups of the entry that serves `model`); `all-team-models` adds its team's."""
         models = self.key.models
-        return not models or model in models or ALL_MODELS in models
+        if not models or model in models:
+            return True
+        if ALL_TEAM_MODELS in models and self.team_models is not None:
+            models = (*models, *self.team_models)
+            if not self.team_models or model in self.team_models:   # a team's [] = all
+                return True
+        if ALL_MODELS in models or ANY_MODEL in models:
+            return True
+        if any(g in models for g in groups):
+            return True
+        return any(is_wildcard(m) and wildcard_match(m, model) is not None for m in models)
 
 
 def bearer(authorization: str | None, api_key: str | None) -> str:

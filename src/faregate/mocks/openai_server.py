@@ -50,6 +50,9 @@ Hooks: ``latency_ms`` sleeps before answering a generation or embedding request
 ``invalid_request_error``; so does a request whose ``model`` is ``fault-<code>``
 (a gateway deployment can point at it).  A streamed request whose ``model`` is
 ``slow-<ms>`` gets one event per write, ``<ms>`` apart, like a model decoding.
+A model whose name starts with ``completions-only`` is a base model, as OpenAI's
+davinci-002: /v1/completions answers it, /v1/chat/completions is a 404 saying it is
+not a chat model (a text-completion-openai/ deployment points at one).
 More fault models: ``hang`` never answers (for timeouts); ``malformed`` answers
 200 with a body that is not JSON; ``break-<n>`` streams n events, then drops the
 connection (a non-streamed request is dropped after the response head).
@@ -258,6 +261,10 @@ def _forced_tool_call(req: dict[str, Any]) -> dict[str, Any] | None:
 
 
 FAULT_MODEL_PREFIX = "fault-"
+COMPLETIONS_ONLY_PREFIX = "completions-only"
+_NOT_CHAT = _error_body("This is not a chat model and thus not supported in the "
+                        "v1/chat/completions endpoint. Did you mean to use v1/completions?",
+                        "invalid_request_error", "model_not_found")
 SLOW_MODEL_PREFIX = "slow-"
 BREAK_MODEL_PREFIX = "break-"
 _MALFORMED = b'{"id": "mock-malformed", "choices": [{"message": '
@@ -388,6 +395,8 @@ class MockUpstream:
     async def _chat(self, req: dict[str, Any], send: Send, receive: Receive,
                     fault: Fault | None) -> None:
         model = _model(req)
+        if model.startswith(COMPLETIONS_ONLY_PREFIX):
+            return await _send_json(send, 404, _NOT_CHAT)
         messages = req.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest("'messages' must be a non-empty array")
