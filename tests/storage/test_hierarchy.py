@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -483,3 +484,27 @@ async def test_the_same_rows_in_opposite_orders_at_once_do_not_deadlock(db_url: 
     finally:
         await first.close()
         await second.close()
+
+
+async def test_spend_totals_by_utc_day(storage: SqlStorage) -> None:
+    await storage.insert_key(key(1))
+    plus_two = timezone(timedelta(hours=2))
+    late = datetime(2026, 1, 1, 23, 30, tzinfo=UTC)
+    early_next = datetime(2026, 1, 2, 2, 30, tzinfo=plus_two)     # 00:30 UTC on the 2nd
+    rows = [replace(row("d1", token(1), 5, team_id="t1"), start_time=late),
+            replace(row("d2", token(1), 7, team_id="t1"), start_time=early_next),
+            replace(row("d3", token(1), 11, team_id="t2"), start_time=early_next),
+            replace(row("d4", token(1), 13), start_time=late)]
+    await storage.write_spend(rows)
+    by_team = await storage.spend_totals("team", SpendQuery(), by_day=True)
+    assert [(t.day, t.id, t.spend_nanos) for t in by_team] == [
+        (date(2026, 1, 1), "t1", 5), (date(2026, 1, 2), "t2", 11), (date(2026, 1, 2), "t1", 7)]
+    daily = await storage.spend_totals("all", SpendQuery(), by_day=True)
+    assert [(t.day, t.id, t.spend_nanos, t.requests) for t in daily] == [
+        (date(2026, 1, 1), None, 18, 2), (date(2026, 1, 2), None, 18, 2)]
+    (everything,) = await storage.spend_totals("all", SpendQuery())
+    assert (everything.spend_nanos, everything.requests, everything.prompt_tokens) == (36, 4, 4)
+    assert await storage.spend_totals("all", SpendQuery(user_id="nobody")) == []
+    one_day = await storage.spend_totals("all", SpendQuery(
+        start=datetime(2026, 1, 2, tzinfo=UTC)), by_day=True)
+    assert [(t.day, t.spend_nanos) for t in one_day] == [(date(2026, 1, 2), 18)]

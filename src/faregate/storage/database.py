@@ -15,7 +15,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -322,23 +322,42 @@ class SqlStorage(HierarchyQueries):
                 out.append(item)
             return out
 
-    async def spend_totals(self, level: str, query: SpendQuery) -> list[SpendTotal]:
-        """Each payer of a level's spend over the query's rows, summed in SQL, dearest first
-        (the query's page and page_size apply to the payers)."""
-        if level not in _TOTAL_COLUMNS:
-            raise ValueError(f"no spend totals by {level!r}; one of {', '.join(_TOTAL_COLUMNS)}")
-        column = spend_logs.c[_TOTAL_COLUMNS[level]]
+    async def spend_totals(self, level: str, query: SpendQuery,
+                           by_day: bool = False) -> list[SpendTotal]:
+        """Each payer of a level's spend over the query's rows, summed in SQL: dearest first,
+        or by UTC day then dearest with `by_day`. Level "all" sums every row (one total, or
+        one a day). The query's page and page_size apply to the totals."""
+        if level not in _TOTAL_COLUMNS and level != "all":
+            raise ValueError(f"no spend totals by {level!r}; one of "
+                             f"{', '.join(_TOTAL_COLUMNS)}, all")
         amount = func.sum(spend_logs.c.spend_nanos)
+        groups: list[Any] = []
+        if by_day:
+            groups.append(self._utc_day(spend_logs.c.start_time).label("day"))
+        if level != "all":
+            column = spend_logs.c[_TOTAL_COLUMNS[level]]
+            groups.append(column.label("id"))
         stmt = _spend_filtered(select(
-            column.label("id"), amount.label("spend"), func.count().label("requests"),
-            func.sum(spend_logs.c.prompt_tokens).label("prompt"),
-            func.sum(spend_logs.c.completion_tokens).label("completion")), query)
-        stmt = (stmt.where(column.is_not(None)).group_by(column)
-                .order_by(amount.desc(), column)
+            *groups, amount.label("spend"), func.count().label("requests"),
+            func.coalesce(func.sum(spend_logs.c.prompt_tokens), 0).label("prompt"),
+            func.coalesce(func.sum(spend_logs.c.completion_tokens), 0).label("completion")),
+            query)
+        if level != "all":
+            stmt = stmt.where(column.is_not(None))
+        order = [groups[0]] if by_day else []
+        stmt = (stmt.group_by(*groups).order_by(*order, amount.desc(), *groups)
                 .limit(query.page_size).offset((query.page - 1) * query.page_size))
         async with self.engine.connect() as conn:
-            return [SpendTotal(r.id, int(r.spend), int(r.requests), int(r.prompt),
-                               int(r.completion)) for r in await conn.execute(stmt)]
+            rows = list(await conn.execute(stmt))
+        return [SpendTotal(r.id if level != "all" else None, int(r.spend or 0),
+                           int(r.requests), int(r.prompt), int(r.completion),
+                           _as_date(r.day) if by_day else None)
+                for r in rows if level != "all" or by_day or r.requests]
+
+    def _utc_day(self, column: Any) -> Any:
+        if self.engine.dialect.name == "postgresql":
+            return func.date(func.timezone("UTC", column))
+        return func.date(column)        # SQLite keeps naive UTC text
 
     async def total_spend(self) -> int:
         async with self.engine.connect() as conn:
@@ -382,6 +401,10 @@ class SqlStorage(HierarchyQueries):
     async def remove_replica(self, replica_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(replicas).where(replicas.c.replica_id == replica_id))
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 # spend_totals' levels and the spend_logs column each groups by

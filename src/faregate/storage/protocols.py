@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from faregate.records import (
@@ -124,13 +124,15 @@ def _summed(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class SpendTotal:
-    """One payer's spend over a query's rows (SpendStore.spend_totals)."""
+    """One payer's spend over a query's rows (SpendStore.spend_totals); `id` is None for
+    level "all", `day` (UTC) is set when totals are by day."""
 
-    id: str
+    id: str | None
     spend_nanos: int
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    day: date | None = None
 
 
 @runtime_checkable
@@ -191,10 +193,12 @@ class SpendStore(Protocol):
 
     async def spend_logs(self, query: SpendQuery) -> list[dict[str, Any]]: ...
 
-    async def spend_totals(self, level: str, query: SpendQuery) -> list[SpendTotal]:
+    async def spend_totals(self, level: str, query: SpendQuery,
+                           by_day: bool = False) -> list[SpendTotal]:
         """Each payer of a level's spend over the rows the query selects (its filters and
-        dates; not its page), summed in SQL, dearest first. level: key, user, team,
-        organization, end_user or model."""
+        dates), summed in SQL, dearest first, or per UTC day with `by_day`; the query's page
+        applies to the totals. level: key, user, team, organization, end_user, model, or all
+        (every row together)."""
         ...
 
     async def total_spend(self) -> int: ...
