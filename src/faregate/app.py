@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from faregate.admission.budgets import Budgets, keys_only
+from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Admission
 from faregate.admission.local import LocalAdmission
 from faregate.admission.shared import RedisAdmission
@@ -81,8 +81,7 @@ class Faregate:
                                         settings.allow_requests_on_db_unavailable)
         self.ledger = LedgerWriter(self.storage, settings.spend_flush_interval_s,
                                    SpendJournal(settings.spend_buffer_dir), self.db_health)
-        on_period = keys_only(self.ledger.record_period)    # admission names payers by scope
-        self.budgets = Budgets(now, BUDGET_WAIT_S, on_period)
+        self.budgets = Budgets(now, BUDGET_WAIT_S, self.ledger.record_period)
         local = LocalAdmission(self.budgets, BUDGET_WAIT_S)
         self.redis: RedisAdmission | None = None
         if settings.redis_url:
@@ -90,7 +89,7 @@ class Faregate:
             # Its key loader waits for spend rows left behind to reach the database.
             self.redis = RedisAdmission(settings.redis_url,
                                         lambda token: self.directory.read_settled(token),
-                                        on_period, BUDGET_WAIT_S,
+                                        self.ledger.record_period, BUDGET_WAIT_S,
                                         settings.redis_failure_mode, local, settings.replicas)
         # Processes on one database find each other; without Redis only one may admit.
         self.replicas = ReplicaHeartbeat(self.storage, self.redis is not None, monotonic)

@@ -187,18 +187,6 @@ class Budgets:
             acc.reset_at = reset_at
 
 
-def keys_only(record_key_period: Callable[[str, int, datetime | None], None]
-              ) -> Callable[[str, int, datetime | None], None]:
-    """Admission's period callback (by scope) for a recorder of keys' periods (by token). The
-    periods of payers above the key are not recorded yet: the glue that loads them writes
-    them too (storage's start_period); until then such a payer's period is rolled again from
-    its stored reset time after a restart."""
-    def record(scope: str, base: int, reset_at: datetime | None) -> None:
-        if scope.startswith("key:"):
-            record_key_period(scope[4:], base, reset_at)
-    return record
-
-
 def _wake(acc: Account) -> None:
     if acc.settled is not None:
         acc.settled.set_result(None)
