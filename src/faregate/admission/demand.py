@@ -51,7 +51,8 @@ class Payer:
 
     scope: str                              # "key:<token>", "team:<id>", ...: its account
     level: str                              # KEY, USER, TEAM, MEMBER, ORG or END_USER
-    name: str                               # what a refusal calls it: the key's name, an id
+    name: str                               # what a refusal calls it: the key's name, the
+    #                                         id; a member's "<user_id>:<team_id>" (LiteLLM's)
     max_budget_nanos: int | None = None     # None: no budget at this level
     spend_nanos: int = 0                    # lifetime, when loaded
     period_base_nanos: int = 0              # lifetime spend at the current period's start
