@@ -74,7 +74,8 @@ NOT_SUPPORTED_YET: dict[str, str] = {
     "config": "LiteLLM deprecated per-key config",
     "router_settings": "per-key router settings are not enforced yet; routing is config.yaml's",
     "prompts": "faregate has no prompt management",
-    "access_group_ids": "access groups arrive with issue 14 part 9",
+    "access_group_ids": "LiteLLM's unified access groups (/access_group/*) are not offered; "
+                        "list a model_info.access_groups name in 'models' instead",
     "allowed_vector_store_indexes": "faregate serves no vector stores",
     "rpm_limit_type": "rpm_limit is always enforced exactly (guaranteed throughput is not "
                       "offered)",
