@@ -336,6 +336,10 @@ class SqlStorage(HierarchyQueries):
             groups.append(self._utc_day(spend_logs.c.start_time).label("day"))
         if level != "all":
             column = spend_logs.c[_TOTAL_COLUMNS[level]]
+            if self.engine.dialect.name == "sqlite" and not _narrowed(query):
+                # Over all rows a scan is faster: SQLite otherwise groups along the level's
+                # index, fetching every row from it (1.9 s -> 0.65 s for 1M rows by team).
+                column = func.ifnull(column, None)
             groups.append(column.label("id"))
         stmt = _spend_filtered(select(
             *groups, amount.label("spend"), func.count().label("requests"),
@@ -401,6 +405,13 @@ class SqlStorage(HierarchyQueries):
     async def remove_replica(self, replica_id: str) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(delete(replicas).where(replicas.c.replica_id == replica_id))
+
+
+def _narrowed(query: SpendQuery) -> bool:
+    """Whether an index picks the query's rows (a key, a payer, a request, a time range)."""
+    return any(getattr(query, name) is not None for name in (
+        "api_key", "request_id", "user_id", "team_id", "organization_id", "end_user", "start",
+        "end"))
 
 
 def _as_date(value: Any) -> date:
