@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.sql import ColumnElement
 
 from faregate.records import KeyRecord, SpendRow, StoredModel
 from faregate.storage.hierarchy import HierarchyQueries, key_from_mapping
@@ -335,7 +336,7 @@ class SqlStorage(HierarchyQueries):
         if by_day:
             groups.append(self._utc_day(spend_logs.c.start_time).label("day"))
         if level != "all":
-            column = spend_logs.c[_TOTAL_COLUMNS[level]]
+            column: ColumnElement[Any] = spend_logs.c[_TOTAL_COLUMNS[level]]
             if self.engine.dialect.name == "sqlite" and not _narrowed(query):
                 # Over all rows a scan is faster: SQLite otherwise groups along the level's
                 # index, fetching every row from it (1.9 s -> 0.65 s for 1M rows by team).
