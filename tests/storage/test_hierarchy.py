@@ -508,3 +508,24 @@ async def test_spend_totals_by_utc_day(storage: SqlStorage) -> None:
     one_day = await storage.spend_totals("all", SpendQuery(
         start=datetime(2026, 1, 2, tzinfo=UTC)), by_day=True)
     assert [(t.day, t.spend_nanos) for t in one_day] == [(date(2026, 1, 2), 18)]
+
+
+async def test_nulls_where_none_are_taken_are_refused_by_name(storage: SqlStorage) -> None:
+    # no times given: the store stamps them
+    await storage.insert_team(TeamRecord("t1"))
+    team = await storage.get_team("t1")
+    assert team is not None and team.created_at is not None and team.updated_at is not None
+    with pytest.raises(ValueError, match="user_role"):
+        await storage.insert_user(UserRecord("u1", user_role=None))  # type: ignore[arg-type]
+    assert await storage.get_user("u1") is None
+    await storage.insert_user(UserRecord("u1"))
+    with pytest.raises(ValueError, match="models"):
+        await storage.update_user("u1", {"models": None})
+    with pytest.raises(ValueError, match="blocked"):
+        await storage.update_team("t1", {"blocked": None})
+    cleared = await storage.update_user("u1", {"max_budget_nanos": None, "user_email": None})
+    assert cleared is not None and cleared.max_budget_nanos is None
+    with pytest.raises(DuplicateId) as info:
+        await storage.insert_team(TeamRecord("t1"))
+    assert (info.value.kind, info.value.entity_id) == ("team", "t1")
+    assert str(info.value) == "team t1 already exists"

@@ -63,6 +63,12 @@ _PERIOD_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
 }
 
 
+# what DuplicateId calls each table's rows
+_KINDS = {budgets.name: "budget", users.name: "user", teams.name: "team",
+          team_members.name: "team member", organizations.name: "organization",
+          organization_members.name: "organization member", end_users.name: "end user"}
+
+
 def _utc(value: datetime | None) -> datetime | None:
     # SQLite hands back naive datetimes; everything stored is UTC.
     if value is None or value.tzinfo is not None:
@@ -71,6 +77,8 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _bind(name: str, value: Any) -> Any:
+    if value is None:
+        return None
     if name in _JSON_LIST:
         return orjson.dumps(list(value)).decode()
     if name in _JSON_OBJECT:
@@ -113,6 +121,15 @@ def _changes(cls: type[Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _bind(name, value) for name, value in changes.items()}
 
 
+def _refuse_nulls(table: Table, values: Mapping[str, Any]) -> None:
+    """A null where the column takes none is the caller's mistake: say which, rather than
+    let the database's integrity error pass for a duplicate or a 500."""
+    nulls = sorted(name for name, value in values.items()
+                   if value is None and not table.c[name].nullable)
+    if nulls:
+        raise ValueError(f"{', '.join(nulls)} cannot be null")
+
+
 class HierarchyQueries:
     """Mixed into SqlStorage: the hierarchy's queries on the same engine."""
 
@@ -121,12 +138,23 @@ class HierarchyQueries:
     # generic, table-driven
 
     async def _insert(self, table: Table, record: Any) -> None:
+        values = _values(record)
+        now = datetime.now(UTC)
+        for stamp in ("created_at", "updated_at"):
+            if stamp in values and values[stamp] is None:
+                values[stamp] = now
+        _refuse_nulls(table, values)
+        ids = tuple(str(getattr(record, c.name)) for c in table.primary_key.columns)
         try:
             async with self.engine.begin() as conn:
-                await conn.execute(table.insert().values(**_values(record)))
+                await conn.execute(table.insert().values(**values))
         except IntegrityError:
-            ids = [str(getattr(record, c.name)) for c in table.primary_key.columns]
-            raise DuplicateId(table.name.removeprefix("faregate_"), "/".join(ids)) from None
+            async with self.engine.connect() as conn:
+                taken = (await conn.execute(select(*table.primary_key.columns).where(
+                    _is(table, ids)))).first()
+            if taken is None:
+                raise
+            raise DuplicateId(_KINDS[table.name], "/".join(ids)) from None
 
     async def _get(self, table: Table, cls: type[R], *ids: str) -> R | None:
         async with self.engine.connect() as conn:
@@ -136,6 +164,7 @@ class HierarchyQueries:
     async def _update(self, table: Table, cls: type[R], ids: tuple[str, ...],
                       changes: Mapping[str, Any]) -> R | None:
         values = _changes(cls, changes)
+        _refuse_nulls(table, values)
         if "updated_at" in table.c and "updated_at" not in values:
             values["updated_at"] = datetime.now(UTC)
         async with self.engine.begin() as conn:
