@@ -196,8 +196,13 @@ class Router:
         return found
 
     def fallbacks(self, model: str) -> tuple[str, ...]:
-        """The models to try, in order, when every attempt on `model` failed."""
-        return self.settings.fallbacks.get(model, ())
+        """The models to try, in order, when every attempt on `model` failed (for a name a
+        wildcard serves without fallbacks of its own: the pattern's)."""
+        found = self.settings.fallbacks.get(model)
+        if found is None and model not in self._table:
+            pattern = self._pattern_of(model)
+            found = None if pattern is None else self.settings.fallbacks.get(pattern)
+        return found or ()
 
     def pick(self, model: str, tried: Collection[str] = ()) -> Deployment | None:
         """The deployment of `model` to call next; None if the model has none.

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from faregate.catalog.routing import MAX_SERVED_NAMES, Router
-from faregate.config import ConfigError, Deployment, deployment_from_entry, wildcard_match
+from faregate.config import (
+    ConfigError,
+    Deployment,
+    RouterSettings,
+    deployment_from_entry,
+    wildcard_match,
+)
 from faregate.keys.auth import Caller
 from faregate.records import KeyRecord
 
@@ -152,3 +158,12 @@ def test_all_team_models_means_the_teams_models_once_teams_exist() -> None:
     assert Caller(record, False, team_models=("gpt-4o",)).may_use("gpt-4o")
     assert not Caller(record, False, team_models=("gpt-4o",)).may_use("small")
     assert Caller(record, False, team_models=()).may_use("small")      # a team's [] = all
+
+
+def test_a_name_served_through_a_wildcard_falls_back_as_its_pattern_says() -> None:
+    r = Router(deployments(entry("openai/*", "openai/*"), entry("local", "openai/local"),
+                           entry("*", "openai/*")),
+               RouterSettings(fallbacks={"openai/*": ("local",), "openai/o3": ()}))
+    assert r.fallbacks("openai/gpt-4o") == ("local",)
+    assert r.fallbacks("openai/o3") == ()                   # its own entry wins
+    assert r.fallbacks("other") == () and r.fallbacks("local") == ()
