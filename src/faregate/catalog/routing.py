@@ -57,6 +57,9 @@ STRATEGIES = ("simple-shuffle", "least-busy", "latency-based")
 LATENCY_WEIGHT = 0.3        # the newest sample's weight in the latency EWMA
 LATENCY_EXPLORE = 0.1       # share of latency-based picks that ignore latency
 MAX_SERVED_NAMES = 4096     # names served through wildcards kept made (then all forgotten)
+# The longest name a wildcard serves: the ledger's model column holds 256 characters, and a
+# client's name must not make pattern matching slow.
+MAX_WILDCARD_NAME_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +185,7 @@ class Router:
 
     def _pattern_of(self, name: str) -> str | None:
         """The most specific wildcard pattern matching `name`; remembered per name."""
-        if not self._patterns:
+        if not self._patterns or len(name) > MAX_WILDCARD_NAME_CHARS:
             return None
         try:
             return self._served[name]

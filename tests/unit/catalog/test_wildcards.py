@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from faregate.catalog.routing import MAX_SERVED_NAMES, Router
+from faregate.catalog.routing import MAX_SERVED_NAMES, MAX_WILDCARD_NAME_CHARS, Router
 from faregate.config import (
     ConfigError,
     Deployment,
@@ -103,6 +103,9 @@ def test_a_name_served_through_a_wildcard_is_made_once_and_kept_bounded() -> Non
         r.pick(f"name-{i}")
     assert len(r._served) <= MAX_SERVED_NAMES                    # clients invent names
     assert r.pick("gpt-4o") is not None
+    # Longer than the ledger's model column: no wildcard serves it (a 400 model_not_found).
+    assert r.pick("x" * MAX_WILDCARD_NAME_CHARS) is not None
+    assert r.pick("x" * (MAX_WILDCARD_NAME_CHARS + 1)) is None
 
 
 def test_config_refuses_a_wildcard_without_prices_or_a_star_model_under_an_exact_name() -> None:
