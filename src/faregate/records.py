@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 
 @dataclass(frozen=True)
@@ -216,3 +216,30 @@ class KeyPayers:
     member: MemberRecord | None = None
     organization: OrganizationRecord | None = None
     budgets: dict[str, BudgetRecord] = field(default_factory=dict)
+
+    def with_budget_terms(self) -> KeyPayers:
+        """Each payer with the terms it leaves null taken from its named budget (budget_id):
+        max budget, duration, TPM, RPM, parallel requests. A member has no budget_id."""
+        return replace(self, key=with_budget_terms(self.key, self.budgets) or self.key,
+                       user=with_budget_terms(self.user, self.budgets),
+                       team=with_budget_terms(self.team, self.budgets),
+                       organization=with_budget_terms(self.organization, self.budgets))
+
+
+BUDGET_TERMS = ("max_budget_nanos", "budget_duration", "tpm_limit", "rpm_limit",
+                "max_parallel_requests")
+
+_Payer = TypeVar("_Payer", KeyRecord, UserRecord, TeamRecord, OrganizationRecord,
+                 EndUserRecord)
+
+
+def with_budget_terms(payer: _Payer | None,
+                      budgets: dict[str, BudgetRecord]) -> _Payer | None:
+    """The payer with each budget term it leaves null taken from its named budget, if that
+    budget is in `budgets`; unchanged otherwise."""
+    if payer is None or payer.budget_id is None or payer.budget_id not in budgets:
+        return payer
+    budget = budgets[payer.budget_id]
+    filled = {name: getattr(budget, name) for name in BUDGET_TERMS
+              if getattr(payer, name) is None and getattr(budget, name) is not None}
+    return replace(payer, **filled) if filled else payer

@@ -270,6 +270,16 @@ async def test_key_payers_in_one_read(storage: SqlStorage) -> None:
     assert payers.organization is not None and payers.organization.organization_id == "o1"
     assert {b: r.max_budget_nanos for b, r in payers.budgets.items()} == {
         "bk": 1, "bu": 2, "bt": 3, "bo": 4}
+    # each payer's null terms fall back to its named budget; its own terms stay
+    await storage.update_budget("bt", {"rpm_limit": 60, "budget_duration": "30d"})
+    await storage.update_team("t1", {"max_budget_nanos": 777})
+    resolved = (await storage.get_key_payers(token(1))).with_budget_terms()  # type: ignore
+    assert resolved.key.max_budget_nanos == 1 and resolved.user.max_budget_nanos == 2  # type: ignore
+    assert resolved.team is not None and (resolved.team.max_budget_nanos,
+                                          resolved.team.rpm_limit,
+                                          resolved.team.budget_duration) == (777, 60, "30d")
+    assert resolved.organization.max_budget_nanos == 4  # type: ignore[union-attr]
+    assert resolved.member == payers.member
     # a personal key in an organization of its own; a bare key
     await storage.insert_key(key(2, user_id="u1", organization_id="o2"))
     personal = await storage.get_key_payers(token(2))
