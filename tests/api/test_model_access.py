@@ -114,7 +114,13 @@ async def test_a_text_completion_model_answers_completions_metered_and_refuses_c
         await sdk.chat.completions.create(model="base", messages=MESSAGES)  # type: ignore[arg-type]
     assert refused.value.body["code"] == "text_completion_only"  # type: ignore[index]
     assert "/v1/completions" in refused.value.body["message"]  # type: ignore[index]
-    rows = await ledger_rows(gw, key)             # the refused chat reserved and charged nothing
+    anthropic_client = await gw.http.post(
+        "/v1/messages", headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+        json={"model": "base", "max_tokens": 8, "messages": MESSAGES})
+    assert anthropic_client.status_code == 400
+    assert anthropic_client.json()["type"] == "error"          # in Anthropic's shape
+    assert "/v1/completions" in anthropic_client.json()["error"]["message"]
+    rows = await ledger_rows(gw, key)             # the refused chats reserved and charged nothing
     assert sorted((r["call_type"], r["prompt_tokens"], r["completion_tokens"],
                    r["spend_nanos"], r["status"]) for r in rows) == [
         ("text_completion", 2, 5, round((2 * PRICE_IN + 5 * PRICE_OUT) * 1e9), "success"),
