@@ -112,6 +112,9 @@ def build_document(app: FastAPI) -> dict[str, Any]:
         doc["paths"][path] = {"post": _openai_operation(path, body)}
     doc["paths"]["/v1/models"] = {"get": {
         "summary": "The models this key may use", "security": [{"bearer": []}],
+        "parameters": [{"name": "return_wildcard_routes", "in": "query", "required": False,
+                        "description": "true: also list wildcard patterns (openai/*)",
+                        "schema": {"type": "boolean"}}],
         "responses": {"200": {"description": "OpenAI's model list", "content": {
             "application/json": {"schema": {"type": "object"}}}},
             "401": _error_response(ERROR_STATUSES["401"])}}}
