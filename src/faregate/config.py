@@ -128,6 +128,9 @@ def wildcard_match(pattern: str, name: str) -> tuple[str, ...] | None:
     if `pattern` does not match the whole of `name`. Other characters match only themselves."""
     if WILDCARD not in pattern:
         return () if pattern == name else None
+    if pattern.endswith(WILDCARD) and pattern.count(WILDCARD) == 1:     # "openai/*": common
+        prefix = pattern[:-1]
+        return (name[len(prefix):],) if name.startswith(prefix) else None
     regex = "".join("(.*)" if part == WILDCARD else re.escape(part)
                     for part in re.split(r"(\*)", pattern) if part)
     found = re.fullmatch(regex, name, re.DOTALL)
