@@ -93,9 +93,10 @@ class Deployment:
     def serving(self, name: str) -> Deployment | None:
         """This wildcard entry made into the deployment of `name`, or None if its pattern does
         not match `name`. As LiteLLM: each `*` of litellm_params.model takes the text the
-        pattern's `*` matched, in order (the whole name if there are more of those); with
-        litellm_params.model "*", a leading openai/, hosted_vllm/ or vllm/ is the provider's
-        prefix and is dropped. Prices, limits and credentials are the entry's."""
+        pattern's `*` matched, in order (the whole name if there are more of those). When the
+        whole name reaches an OpenAI-compatible upstream (litellm_params.model "*" or
+        "openai/*"), a leading openai/, hosted_vllm/ or vllm/ is the provider's prefix and is
+        dropped. Prices, limits and credentials are the entry's."""
         segments = wildcard_match(self.model_name, name)
         if segments is None:
             return None
