@@ -539,3 +539,28 @@ async def test_nulls_where_none_are_taken_are_refused_by_name(storage: SqlStorag
         await storage.insert_team(TeamRecord("t1"))
     assert (info.value.kind, info.value.entity_id) == ("team", "t1")
     assert str(info.value) == "team t1 already exists"
+
+
+async def test_a_payer_made_after_its_rows_starts_with_their_sum_and_a_fresh_budget(
+        storage: SqlStorage) -> None:
+    """A team deleted and made again (or a user whose keys kept naming it): its spend is the
+    sum of the rows naming it, as always, and its period starts at zero."""
+    await make_hierarchy(storage)
+    await storage.write_spend(payer_rows("e", 24))
+    assert await storage.delete_team("t1") and await storage.delete_user("u2")
+    assert await storage.delete_end_user("c1")
+    await storage.write_spend(payer_rows("f", 12))        # rows naming them while gone
+    await storage.insert_team(TeamRecord("t1", organization_id="o1"))
+    await storage.insert_user(UserRecord("u2"))
+    for team_id, user_id in (("t1", "u1"), ("t1", "u2"), ("t2", "u2")):   # u2 left t2 too
+        await storage.add_team_member(MemberRecord(team_id, user_id))
+    team = await storage.get_team("t1")
+    assert team is not None and team.spend_nanos > 0
+    assert team.period_base_nanos == team.spend_nanos       # a fresh budget
+    # the end user was made again by the first row naming it: its period began before it
+    made = await storage.get_or_create_end_user("c1")
+    f_rows = sum(r.spend_nanos for r in payer_rows("f", 12) if r.end_user == "c1")
+    assert made.spend_nanos - made.period_base_nanos == f_rows > 0
+    assert made.period_base_nanos > 0
+    await storage.write_spend(payer_rows("g", 12))        # and it goes on adding up
+    await assert_every_level_is_the_sum_of_its_rows(storage)

@@ -41,6 +41,7 @@ from faregate.storage.schema import (
     keys,
     organization_members,
     organizations,
+    spend_logs,
     team_members,
     teams,
     users,
@@ -121,6 +122,20 @@ def _changes(cls: type[Any], changes: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _bind(name, value) for name, value in changes.items()}
 
 
+# each payer table's id columns -> the spend_logs columns that name it
+_ROW_COLUMNS = {users.name: ("user_id",), teams.name: ("team_id",),
+                team_members.name: ("team_id", "user_id"),
+                organizations.name: ("organization_id",), end_users.name: ("end_user",)}
+
+
+def _spend_of_rows(table: str, ids: tuple[str, ...]) -> Any:
+    """The sum of the spend rows naming the payer, as a subquery of its insert."""
+    match = [spend_logs.c[column] == value
+             for column, value in zip(_ROW_COLUMNS[table], ids, strict=True)]
+    return select(func.coalesce(func.sum(spend_logs.c.spend_nanos), 0)).where(
+        *match).scalar_subquery()
+
+
 def _refuse_nulls(table: Table, values: Mapping[str, Any]) -> None:
     """A null where the column takes none is the caller's mistake: say which, rather than
     let the database's integrity error pass for a duplicate or a 500."""
@@ -145,6 +160,11 @@ class HierarchyQueries:
                 values[stamp] = now
         _refuse_nulls(table, values)
         ids = tuple(str(getattr(record, c.name)) for c in table.primary_key.columns)
+        if table.name in _ROW_COLUMNS:
+            # Rows may already name this payer (it was deleted and made again, or a key kept
+            # its id): its spend is their sum, as always, and its budget starts afresh.
+            earlier = _spend_of_rows(table.name, ids)
+            values["spend_nanos"] = values["period_base_nanos"] = earlier
         try:
             async with self.engine.begin() as conn:
                 await conn.execute(table.insert().values(**values))

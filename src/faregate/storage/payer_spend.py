@@ -33,6 +33,7 @@ class _Level:
     name: str                       # the scope's level
     table: str
     id_columns: tuple[str, ...]
+    row_column: str = ""            # the spend_logs column naming it (end users: end_user)
     created_on_first_row: bool = False
 
 
@@ -41,7 +42,8 @@ _LEVELS = (
     _Level("team", teams.name, ("team_id",)),
     _Level("member", team_members.name, ("team_id", "user_id")),
     _Level("org", organizations.name, ("organization_id",)),
-    _Level("end_user", end_users.name, ("end_user_id",), created_on_first_row=True),
+    _Level("end_user", end_users.name, ("end_user_id",), "end_user",
+           created_on_first_row=True),
 )
 
 PAYER_COLUMNS = ("user_id", "team_id", "organization_id", "end_user")
@@ -87,31 +89,40 @@ def payer_amounts(new_rows: Sequence[SpendRow]) -> PayerAmounts:
     return PayerAmounts(tuple(out))
 
 
-# Postgres: one statement per level, ids and amounts as arrays.
+# Postgres: one statement per level (two for end users), ids and amounts as arrays.
 
-def _pg_statement(level: _Level) -> str:
+def _pg_statements(level: _Level) -> tuple[str, ...]:
     ids = level.id_columns
     arrays = ", ".join(f"${i + 1}::text[]" for i in range(len(ids)))
     amount = f"${len(ids) + 1}::bigint[]"
     names = ", ".join(f"id{i}" for i in range(len(ids)))
     given = f"SELECT * FROM unnest({arrays}, {amount}) AS a({names}, amount)"
     match = " AND ".join(f"t.{c} = a.id{i}" for i, c in enumerate(ids))
-    if level.created_on_first_row:
-        return (
-            f"INSERT INTO {level.table} AS t ({ids[0]}, blocked, spend_nanos, "
-            "period_base_nanos, metadata, created_at, updated_at) "
-            f"SELECT id0, false, amount, 0, '{{}}', now(), now() FROM ({given}) a ORDER BY id0 "
-            f"ON CONFLICT ({ids[0]}) DO UPDATE SET "
-            "spend_nanos = t.spend_nanos + excluded.spend_nanos")
     order = ", ".join(f"t.{c}" for c in ids)
-    return (
+    add = (
         f"WITH a AS ({given}), locked AS ("
         f"SELECT {order} FROM {level.table} t JOIN a ON {match} ORDER BY {order} FOR UPDATE OF t"
         f") UPDATE {level.table} t SET spend_nanos = t.spend_nanos + a.amount FROM a "
         f"WHERE {match}")
+    if not level.created_on_first_row:
+        return (add,)
+    # Those still missing are made with the sum of every row naming them (this batch's rows
+    # included: they are in), their period starting before this batch. One made meanwhile by
+    # another writer is a conflict that adds this batch's amount only.
+    made = (
+        f"INSERT INTO {level.table} AS t ({ids[0]}, blocked, spend_nanos, period_base_nanos, "
+        "metadata, created_at, updated_at) "
+        "SELECT id0, false, total, total - amount, '{}', now(), now() FROM ("
+        f"SELECT id0, amount, (SELECT coalesce(sum(l.spend_nanos), 0) "
+        f"FROM faregate_spend_logs l WHERE l.{level.row_column} = a.id0) AS total "
+        f"FROM ({given}) a WHERE NOT EXISTS "
+        f"(SELECT 1 FROM {level.table} t WHERE t.{ids[0]} = a.id0)) n ORDER BY id0 "
+        f"ON CONFLICT ({ids[0]}) DO UPDATE SET spend_nanos = t.spend_nanos + "
+        "(excluded.spend_nanos - excluded.period_base_nanos)")
+    return add, made
 
 
-_PG_STATEMENTS = {level.name: _pg_statement(level) for level in _LEVELS}
+_PG_STATEMENTS = {level.name: _pg_statements(level) for level in _LEVELS}
 
 
 def pg_arguments(amounts: tuple[tuple[tuple[str, ...], int], ...],
@@ -122,34 +133,40 @@ def pg_arguments(amounts: tuple[tuple[tuple[str, ...], int], ...],
 
 
 async def add_payer_spend_postgres(conn: Any, amounts: PayerAmounts) -> None:
-    """On an asyncpg connection, inside the rows' transaction."""
+    """On an asyncpg connection, inside the rows' transaction, after the rows' insert."""
     for level, sums in amounts.by_level:
-        await conn.execute(_PG_STATEMENTS[level.name],
-                           *pg_arguments(sums, len(level.id_columns)))
+        arguments = pg_arguments(sums, len(level.id_columns))
+        for statement in _PG_STATEMENTS[level.name]:
+            await conn.execute(statement, *arguments)
 
 
-# SQLite: one statement per level, the amounts as one JSON array (see database.py on why).
+# SQLite: one statement per level (two for end users), the amounts as one JSON array (see
+# database.py on why). One writer at a time: nothing is made meanwhile.
 
-def _sqlite_statement(level: _Level) -> str:
+def _sqlite_statements(level: _Level) -> tuple[str, ...]:
     ids = level.id_columns
-    if level.created_on_first_row:
-        return (
-            f"INSERT INTO {level.table} ({ids[0]}, blocked, spend_nanos, period_base_nanos, "
-            "metadata, created_at, updated_at) SELECT json_extract(value, '$[0]'), 0, "
-            "json_extract(value, '$[1]'), 0, '{}', ?2, ?2 FROM json_each(?1) WHERE true "
-            f"ON CONFLICT ({ids[0]}) DO UPDATE SET "
-            "spend_nanos = spend_nanos + excluded.spend_nanos")
     match = " AND ".join(f"json_extract(value, '$[{i}]') = {level.table}.{c}"
                          for i, c in enumerate(ids))
     listed = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(ids)))
     target = ids[0] if len(ids) == 1 else f"({', '.join(ids)})"
-    return (
+    add = (
         f"UPDATE {level.table} SET spend_nanos = spend_nanos + (SELECT "
         f"json_extract(value, '$[{len(ids)}]') FROM json_each(?1) WHERE {match}) "
         f"WHERE {target} IN (SELECT {listed} FROM json_each(?1))")
+    if not level.created_on_first_row:
+        return (add,)
+    made = (
+        f"INSERT INTO {level.table} ({ids[0]}, blocked, spend_nanos, period_base_nanos, "
+        "metadata, created_at, updated_at) SELECT id, 0, total, total - amount, '{}', ?2, ?2 "
+        "FROM (SELECT id, amount, (SELECT coalesce(sum(l.spend_nanos), 0) FROM "
+        f"faregate_spend_logs l WHERE l.{level.row_column} = a.id) AS total FROM ("
+        "SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS amount "
+        f"FROM json_each(?1)) a WHERE NOT EXISTS ("
+        f"SELECT 1 FROM {level.table} t WHERE t.{ids[0]} = a.id))")
+    return add, made
 
 
-SQLITE_STATEMENTS = {level.name: _sqlite_statement(level) for level in _LEVELS}
+SQLITE_STATEMENTS = {level.name: _sqlite_statements(level) for level in _LEVELS}
 
 
 def sqlite_steps(amounts: PayerAmounts, now: str) -> list[tuple[str, tuple[object, ...]]]:
@@ -158,7 +175,7 @@ def sqlite_steps(amounts: PayerAmounts, now: str) -> list[tuple[str, tuple[objec
     steps: list[tuple[str, tuple[object, ...]]] = []
     for level, sums in amounts.by_level:
         payload = orjson.dumps([[*ids, amount] for ids, amount in sums])
-        params: tuple[object, ...] = (payload, now) if level.created_on_first_row \
-            else (payload,)
-        steps.append((SQLITE_STATEMENTS[level.name], params))
+        add, *made = SQLITE_STATEMENTS[level.name]
+        steps.append((add, (payload,)))
+        steps += [(statement, (payload, now)) for statement in made]
     return steps
