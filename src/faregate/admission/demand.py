@@ -116,15 +116,17 @@ def demand_for(request_id: str, key: KeyRecord, key_version: str, d: Deployment,
                payers: tuple[Payer, ...] = ()) -> Demand:
     """The one question a request asks: its cost bounds on `d`'s prices (at least the prompt
     and one token per choice, at most everything `wanted`), every window it counts in, and
-    who pays: the key, then `payers` (its user, team, membership, organization, end user,
-    each with a budget or limits of its own)."""
+    who pays. `payers`: the key's own Payer first (key_payer(key, key_version)), then its
+    user, team, membership, organization, end user (each with a budget or limits of its
+    own), built once per key and reused while the key is (so a request allocates none);
+    left out, the key alone."""
     tokens = prompt_bound + wanted
     windows = _windows(key, d, tokens)
-    if payers:
-        windows += tuple(w for above in payers for w in _payer_windows(above, tokens))
+    if len(payers) > 1:
+        windows += tuple(w for above in payers[1:] for w in _payer_windows(above, tokens))
     return Demand(request_id, key, bound_cost(d, prompt_bound, n if wanted else 0),
                   bound_cost(d, prompt_bound, wanted), windows,
-                  (key_payer(key, key_version), *payers))
+                  payers or (key_payer(key, key_version),))
 
 
 def same_terms(admitted: Admitted, other: Demand) -> bool:

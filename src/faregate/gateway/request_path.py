@@ -23,6 +23,7 @@ from faregate.admission.demand import (
     output_allowed,
     same_terms,
 )
+from faregate.admission.payers import PayersByKey
 from faregate.catalog.routing import Router
 from faregate.config import Deployment, is_wildcard
 from faregate.errors import (
@@ -69,6 +70,7 @@ class Gateway:
         self._checkpoints = checkpoints
         self._now = now
         self._retries = Retries(router, self)
+        self._payers = PayersByKey()
         # Unique across processes and restarts (the ledger is idempotent by request id), and
         # cheaper than uuid4: a random per-process prefix and a counter.
         prefix = os.urandom(8).hex()
@@ -107,7 +109,7 @@ class Gateway:
         for attempt in range(_ADMISSION_ATTEMPTS):
             prompt_bound, wanted = self._bounds(ask.request, d)
             demand = demand_for(demand_id, caller.key, caller.version, d, prompt_bound, wanted,
-                                ask.request.n)
+                                ask.request.n, self._payers.of(caller.key, caller.version))
             try:
                 admitted = await self._admission.admit(demand)
                 return Call(ask, caller, d, admitted, prompt_bound, wanted)
@@ -132,7 +134,8 @@ class Gateway:
         if (prompt_bound, wanted) == (call.prompt_bound, call.wanted) and same_terms(
                 call.admitted, demand_for(call.admitted.demand.request_id, call.caller.key,
                                           call.caller.version, d, prompt_bound, wanted,
-                                          call.request.n)):
+                                          call.request.n,
+                                          self._payers.of(call.caller.key, call.caller.version))):
             call.deployment = d
             return call
         await self._admission.settle(call.admitted, 0, 0)

@@ -202,7 +202,8 @@ async def test_a_team_tpm_limit_holds_under_concurrency() -> None:
 
     async def one(i: int) -> None:
         nonlocal admitted_tokens, refused
-        ask = demand_for(f"r{i}", key(i % 5), "0", d, 10, 20, 1, payers=(team,))
+        k = key(i % 5)
+        ask = demand_for(f"r{i}", k, "0", d, 10, 20, 1, payers=(key_payer(k), team))
         try:
             admitted = await adm.admit(ask)
         except RateLimited as exc:
