@@ -1,11 +1,13 @@
 """SqlStorage: every query the gateway makes, one method each, on SQLite or Postgres.
 
 It implements every Protocol in storage/protocols.py (KeyStore, SpendStore, ModelStore,
-HealthProbe, Storage); the errors and SpendQuery are defined there and re-exported here.
+HealthProbe, ReplicaStore, HierarchyStore, Storage); the errors and SpendQuery are defined
+there and re-exported here. The hierarchy's queries live in storage/hierarchy.py (mixed in).
 
-Values are always bound parameters. Spend rows are written with their key's aggregate in one
-transaction, and idempotently (a request id already present is skipped), so a key's spend is
-always the sum of its rows, even when a batch is retried.
+Values are always bound parameters. Spend rows are written with their key's aggregate, and
+their other payers' (storage/payer_spend.py), in one transaction, and idempotently (a request
+id already present is skipped), so each key's and payer's spend is always the sum of its rows,
+even when a batch is retried.
 """
 
 from __future__ import annotations
