@@ -103,7 +103,7 @@ class UserRecord:
     user_role: str = "internal_user"
     models: tuple[str, ...] = ()
     max_budget_nanos: int | None = None
-    spend_nanos: int = 0                  # the sum of the rows naming this user
+    spend_nanos: int = 0                  # the sum of its personal keys' rows (no team)
     period_base_nanos: int = 0
     budget_duration: str | None = None
     budget_reset_at: datetime | None = None

@@ -328,7 +328,7 @@ def payer_rows(prefix: str, count: int) -> list[SpendRow]:
 async def assert_every_level_is_the_sum_of_its_rows(storage: SqlStorage) -> None:
     everything = await storage.spend_logs(SpendQuery(page_size=100_000))
 
-    def total(**match: str) -> int:
+    def total(**match: str | None) -> int:
         return sum(r["spend_nanos"] for r in everything
                    if all(r[name] == value for name, value in match.items()))
 
@@ -336,8 +336,9 @@ async def assert_every_level_is_the_sum_of_its_rows(storage: SqlStorage) -> None
         assert (await storage.get_key(token(n))).spend_nanos == total(  # type: ignore
             api_key=token(n))
     for user_id in ("u1", "u2"):
+        # a user pays for its personal keys' rows; its team rows are its members'
         assert (await storage.get_user(user_id)).spend_nanos == total(  # type: ignore
-            user_id=user_id)
+            user_id=user_id, team_id=None) > 0
     for team_id in ("t1", "t2"):
         assert (await storage.get_team(team_id)).spend_nanos == total(  # type: ignore
             team_id=team_id)
@@ -384,8 +385,10 @@ async def test_retried_rows_add_nothing_anywhere(storage: SqlStorage) -> None:
     one = row("r-new", token(1), 5, user_id="u1", team_id="t1", organization_id="o1")
     written = await storage.write_spend_rows([*rows[:3], one])
     assert written.rows == 1
-    assert dict(written.by_payer) == {"user:u1": 5, "team:t1": 5, "member:t1:u1": 5,
-                                      "org:o1": 5}
+    assert dict(written.by_payer) == {"team:t1": 5, "member:t1:u1": 5, "org:o1": 5}
+    personal = row("r-personal", token(1), 3, user_id="u1", end_user="c1")
+    assert dict((await storage.write_spend_rows([personal])).by_payer) == {
+        "user:u1": 3, "end_user:c1": 3}
     await assert_every_level_is_the_sum_of_its_rows(storage)
 
 

@@ -132,6 +132,8 @@ def _spend_of_rows(table: str, ids: tuple[str, ...]) -> Any:
     """The sum of the spend rows naming the payer, as a subquery of its insert."""
     match = [spend_logs.c[column] == value
              for column, value in zip(_ROW_COLUMNS[table], ids, strict=True)]
+    if table == users.name:         # a user pays for its personal keys' rows only
+        match.append(spend_logs.c.team_id.is_(None))
     return select(func.coalesce(func.sum(spend_logs.c.spend_nanos), 0)).where(
         *match).scalar_subquery()
 

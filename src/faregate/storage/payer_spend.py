@@ -2,7 +2,9 @@
 
 A spend row names up to five payers besides its key: its user, team, the user within the team
 (a member), organization and end user. write_spend adds each new row's spend to every one of
-them, so each level's spend_nanos is the sum of the rows that name it, as a key's is. Rows
+them, so each level's spend_nanos is the sum of the rows it pays for, as a key's is. A user
+pays for the rows of its personal keys (no team): a team key's row is paid by the team and the
+member (as admission books it), so a user's spend in teams never eats its personal budget. Rows
 already recorded add nothing anywhere (the insert skips them; only the rows it inserted are
 counted here).
 
@@ -54,8 +56,8 @@ def names_a_payer(rows: Sequence[SpendRow]) -> bool:
 
 
 def _ids(level: str, row: SpendRow) -> tuple[str, ...] | None:
-    if level == "user":
-        return (row.user_id,) if row.user_id else None
+    if level == "user":             # what the user pays as a payer: its personal keys' rows
+        return (row.user_id,) if row.user_id and not row.team_id else None
     if level == "team":
         return (row.team_id,) if row.team_id else None
     if level == "member":
