@@ -50,6 +50,7 @@ _NEW = ".streams-new"             # a file being made (created, locked, then ren
 _NEW_LEFT_S = 60.0                # one older than this, unlocked: its maker died making it
 _OPEN, _CLOSED = "open", "closed"
 _FIELDS = SpendRow.__slots__
+_OLDEST_LINE = _FIELDS.index("status") + 1   # the fields every checkpoint line has had
 
 
 class OpenStream:
@@ -79,7 +80,8 @@ class OpenStream:
         spend = cost(self._deployment, t.prompt_tokens, self.delivered)
         return orjson.dumps([_OPEN, t.request_id, t.api_key, t.key_alias, t.model, t.upstream,
                              t.call_type, t.prompt_tokens, self.delivered, spend, t.start_time,
-                             now, INTERRUPTED], option=orjson.OPT_APPEND_NEWLINE)
+                             now, INTERRUPTED, t.user_id, t.team_id, t.organization_id,
+                             t.end_user], option=orjson.OPT_APPEND_NEWLINE)
 
 
 class StreamCheckpoints:
@@ -277,7 +279,10 @@ def _open_rows(path: Path) -> Iterator[SpendRow]:
                 if record[0] == _CLOSED:
                     latest.pop(record[1], None)
                     continue
-                fields = dict(zip(_FIELDS, record[1:], strict=True))
+                # Lines written before the payer fields (SpendRow's last four) are shorter.
+                if not _OLDEST_LINE <= len(record) - 1 <= len(_FIELDS):
+                    raise ValueError(f"{len(record) - 1} fields")
+                fields = dict(zip(_FIELDS, record[1:], strict=False))
                 fields["start_time"] = datetime.fromisoformat(fields["start_time"])
                 fields["end_time"] = datetime.fromisoformat(fields["end_time"])
                 row = SpendRow(**fields)
