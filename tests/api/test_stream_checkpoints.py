@@ -70,7 +70,7 @@ async def test_an_open_chat_stream_is_checkpointed_and_closed_after_its_row(
                 break
         # Open: charged its prompt (at its bound) and what it has delivered, if cut now.
         (checkpoint,) = [r for r in records(gateway) if r[1] == request_id]
-        assert checkpoint[0] == "open" and checkpoint[-1] == "interrupted"
+        assert checkpoint[0] == "open" and checkpoint[12] == "interrupted"   # status; payers after
         assert checkpoint[7] > 0 and 1 <= checkpoint[8] <= seen      # prompt, chunks
         assert gateway.app.checkpoints.open_streams == 1
         async for _ in lines:
