@@ -1,0 +1,78 @@
+"""The budget terms every payer above a key takes, in LiteLLM's names (max_budget in dollars,
+budget_duration, tpm_limit, rpm_limit, max_parallel_requests), turned into record fields; and
+the one rule for LiteLLM fields faregate does not implement: a 400 naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from faregate.admission import periods
+from faregate.errors import InvalidRequest
+from faregate.money import dollars_to_nanos, nanos_to_dollars
+
+TERM_FIELDS = ("max_budget", "budget_duration", "tpm_limit", "rpm_limit",
+               "max_parallel_requests")
+# values LiteLLM's UI and SDKs send as defaults: they ask for nothing
+_NOTHING: tuple[Any, ...] = (None, [], {}, False, "")
+
+
+def record_terms(given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The record fields for the terms in `given` (only those present): max_budget ->
+    max_budget_nanos; budget_duration -> budget_duration and its first period's end."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        if name == "max_budget":
+            try:
+                out["max_budget_nanos"] = None if value is None else dollars_to_nanos(
+                    value, "max_budget")
+            except ValueError as exc:
+                raise InvalidRequest(str(exc), param="max_budget") from None
+        elif name == "budget_duration":
+            out["budget_duration"] = duration(value)
+            out["budget_reset_at"] = None if value is None else periods.add(now, value)
+        elif name in TERM_FIELDS:
+            out[name] = value
+    return out
+
+
+def duration(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return periods.validate(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="budget_duration") from None
+
+
+def terms_view(record: Any) -> dict[str, Any]:
+    """A payer's terms as LiteLLM shows them (max_budget in dollars)."""
+    nanos = record.max_budget_nanos
+    reset_at = getattr(record, "budget_reset_at", None)
+    return {"max_budget": None if nanos is None else nanos_to_dollars(nanos),
+            "budget_duration": record.budget_duration,
+            "budget_reset_at": reset_at.isoformat() if reset_at else None,
+            "tpm_limit": record.tpm_limit, "rpm_limit": record.rpm_limit,
+            "max_parallel_requests": record.max_parallel_requests}
+
+
+def spend_view(record: Any) -> dict[str, float]:
+    """spend: this budget period's (what counts against max_budget); total_spend: lifetime."""
+    return {"spend": nanos_to_dollars(record.spend_nanos - record.period_base_nanos),
+            "total_spend": nanos_to_dollars(record.spend_nanos)}
+
+
+def refuse_unsupported(body: Mapping[str, Any], unsupported: Mapping[str, str]) -> None:
+    """A 400 (code field_not_supported) naming the first field of `body` that faregate would
+    otherwise ignore; a value that asks for nothing (null, [], {}, false, "") passes."""
+    for name, value in body.items():
+        if name in unsupported and not any(
+                value == nothing and type(value) is type(nothing) for nothing in _NOTHING):
+            raise InvalidRequest(f"'{name}' is not supported: {unsupported[name]}. Leave it "
+                                 "out (see docs/admin-api.md)", param=name,
+                                 code="field_not_supported")
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
