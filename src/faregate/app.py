@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from faregate.accounts.changes import PayerChanges
+from faregate.accounts.teams import TeamAdmin
+from faregate.accounts.users import UserAdmin
 from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Admission
 from faregate.admission.local import LocalAdmission
@@ -23,7 +26,9 @@ from faregate.api.health_routes import HealthRoutes
 from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
+from faregate.api.team_routes import build_team_routes
 from faregate.api.upstream_probes import UpstreamProbes
+from faregate.api.user_routes import build_user_routes
 from faregate.catalog.routing import Router
 from faregate.catalog.sealing import Sealer
 from faregate.catalog.stored_models import ModelCatalog
@@ -144,6 +149,13 @@ class Faregate:
                                    self.router, settings.deployments, now,
                                    settings.stored_models_poll_interval_s)
         self.admin.include_router(build_model_routes(self.auth, self.models))
+        # Users and teams pay above their keys: admin changes to them reach admission.
+        payer_changes = PayerChanges(self.admission,
+                                     self.redis.payer_changed if self.redis else None)
+        self.users = UserAdmin(self.storage, payer_changes, now)
+        self.teams = TeamAdmin(self.storage, self.users, payer_changes, now, self.keys.delete)
+        self.admin.include_router(build_user_routes(self.auth, self.users, self.keys))
+        self.admin.include_router(build_team_routes(self.auth, self.teams, self.keys))
 
     async def _ping_database(self) -> None:
         """The metrics' database gauge, from the same health the request path reads."""

@@ -1,0 +1,188 @@
+"""Team admin routes (master key), LiteLLM's shapes: /team/new, /team/info, /team/update,
+/team/delete, /team/list, /team/member_add, /team/member_delete, /team/member_update,
+/team/block, /team/unblock, /team/model/add, /team/model/delete. Handlers parse, call one
+TeamAdmin method, render.
+No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from faregate.accounts.teams import NewMember, TeamAdmin, TeamSettings, member_view, team_view
+from faregate.api.storable_input import StorableInput
+from faregate.errors import AdminOnly, InvalidRequest
+from faregate.keys.admin import KeyAdmin
+from faregate.keys.auth import Authenticator, Caller
+
+INT32_MAX = 2**31 - 1      # limits are INTEGER columns
+MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+Dollars = Annotated[float, Field(ge=0, le=MAX_BUDGET_DOLLARS)]
+
+
+class Member(BaseModel):
+    """LiteLLM's Member: a user by user_id or user_email, with a role in the team."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: Id | None = None
+    user_email: str | None = Field(default=None, max_length=256)
+    role: str = "user"
+
+    def new(self) -> NewMember:
+        return NewMember(self.user_id, self.user_email, self.role)
+
+
+class TeamFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team_alias: str | None = Field(default=None, max_length=256)
+    models: list[Annotated[str, Field(max_length=256)]] | None = None
+    max_budget: Dollars | None = None
+    budget_duration: str | None = None
+    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    metadata: dict[str, Any] | None = None
+    organization_id: str | None = Field(default=None, max_length=256)
+    blocked: bool | None = None
+    budget_id: str | None = Field(default=None, max_length=256)
+
+    def settings(self) -> TeamSettings:
+        return TeamSettings(**{n: getattr(self, n) for n in TeamSettings.__dataclass_fields__})
+
+    def given(self) -> set[str]:
+        return set(self.model_fields_set) & set(TeamSettings.__dataclass_fields__)
+
+
+class NewTeam(TeamFields):
+    team_id: Id | None = None
+    members_with_roles: list[Member] | None = Field(default=None, max_length=1000)
+
+
+class UpdateTeam(TeamFields):
+    team_id: Id
+
+
+class TeamRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: Id
+
+
+class DeleteTeams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_ids: list[Id] = Field(min_length=1, max_length=1000)
+
+
+class MemberAdd(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: Id
+    member: Member | list[Member]
+    max_budget_in_team: Dollars | None = None
+
+
+class MemberRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: Id
+    user_id: Id | None = None
+    user_email: str | None = Field(default=None, max_length=256)
+
+
+class MemberUpdate(MemberRef):
+    role: str | None = None
+    max_budget_in_team: Dollars | None = None
+
+
+class TeamModels(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    team_id: Id
+    models: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        min_length=1, max_length=1000)
+
+
+def build_team_routes(auth: Authenticator, teams: TeamAdmin, keys: KeyAdmin) -> APIRouter:
+    router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
+
+    async def master(request: Request) -> Caller:
+        # roles come later: a route's role check goes here, one call
+        headers = request.headers
+        who = await auth.caller(headers.get("authorization"),
+                                headers.get("x-api-key") or headers.get("api-key"))
+        if not who.is_master:
+            raise AdminOnly("The /team routes need the master key", code="admin_only")
+        return who
+
+    Master = Annotated[Caller, Depends(master)]
+
+    async def shown(team_id: str) -> dict[str, Any]:
+        found = await teams.info(team_id)
+        return team_view(found.team, found.members)
+
+    @router.post("/team/new")
+    async def new(body: NewTeam, _: Master) -> dict[str, Any]:
+        members = [m.new() for m in body.members_with_roles or []]
+        record = await teams.create(body.settings(), body.given(), body.team_id, members)
+        return await shown(record.team_id)
+
+    @router.get("/team/info")
+    async def info(_: Master, team_id: str | None = None) -> dict[str, Any]:
+        if not team_id:
+            raise InvalidRequest("Pass ?team_id=...", param="team_id")
+        found = await teams.info(team_id)
+        return {"team_id": team_id, "team_info": team_view(found.team, found.members),
+                "keys": [keys.view(k) for k in found.keys],
+                "team_memberships": [member_view(m) for m in found.members]}
+
+    @router.post("/team/update")
+    async def update(body: UpdateTeam, _: Master) -> dict[str, Any]:
+        record = await teams.update(body.team_id, body.settings(), body.given())
+        return {"team_id": record.team_id, "data": await shown(record.team_id)}
+
+    @router.post("/team/delete")
+    async def delete(body: DeleteTeams, _: Master) -> dict[str, Any]:
+        return {"deleted_teams": await teams.delete(body.team_ids)}
+
+    @router.get("/team/list")
+    async def list_teams(_: Master, user_id: str | None = None,
+                         organization_id: str | None = None) -> list[dict[str, Any]]:
+        return [team_view(t) for t in await teams.find(organization_id, user_id)]
+
+    @router.post("/team/member_add")
+    async def member_add(body: MemberAdd, _: Master) -> dict[str, Any]:
+        members = body.member if isinstance(body.member, list) else [body.member]
+        added = await teams.add_members(body.team_id, [m.new() for m in members],
+                                        body.max_budget_in_team)
+        return {**await shown(body.team_id),
+                "updated_users": [{"user_id": m.user_id} for m in added],
+                "updated_team_memberships": [member_view(m) for m in added]}
+
+    @router.post("/team/member_delete")
+    async def member_delete(body: MemberRef, _: Master) -> dict[str, Any]:
+        await teams.remove_member(body.team_id, body.user_id, body.user_email)
+        return await shown(body.team_id)
+
+    @router.post("/team/member_update")
+    async def member_update(body: MemberUpdate, _: Master) -> dict[str, Any]:
+        record = await teams.update_member(body.team_id, body.user_id, body.user_email,
+                                           body.role, body.max_budget_in_team,
+                                           body.model_fields_set)
+        return member_view(record)
+
+    @router.post("/team/block")
+    async def block(body: TeamRef, _: Master) -> dict[str, Any]:
+        return team_view(await teams.set_blocked(body.team_id, True))
+
+    @router.post("/team/unblock")
+    async def unblock(body: TeamRef, _: Master) -> dict[str, Any]:
+        return team_view(await teams.set_blocked(body.team_id, False))
+
+    @router.post("/team/model/add")
+    async def model_add(body: TeamModels, _: Master) -> dict[str, Any]:
+        return team_view(await teams.add_models(body.team_id, body.models))
+
+    @router.post("/team/model/delete")
+    async def model_delete(body: TeamModels, _: Master) -> dict[str, Any]:
+        return team_view(await teams.delete_models(body.team_id, body.models))
+
+    return router
