@@ -12,7 +12,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.changes import PayerChanges
+from faregate.accounts.customers import CustomerAdmin
+from faregate.accounts.organizations import OrganizationAdmin
 from faregate.accounts.teams import TeamAdmin
 from faregate.accounts.users import UserAdmin
 from faregate.admission.budgets import Budgets
@@ -22,10 +25,14 @@ from faregate.admission.shared import RedisAdmission
 from faregate.admission.sole import SoleAdmission
 from faregate.api.admin_routes import build_admin_app
 from faregate.api.anthropic_routes import AnthropicRoutes
+from faregate.api.budget_routes import build_budget_routes
+from faregate.api.customer_routes import build_customer_routes
 from faregate.api.health_routes import HealthRoutes
 from faregate.api.metrics_route import MetricsRoute
 from faregate.api.model_routes import build_model_routes
 from faregate.api.openai_routes import OpenAIRoutes
+from faregate.api.org_routes import build_org_routes
+from faregate.api.spend_routes import build_spend_routes
 from faregate.api.team_routes import build_team_routes
 from faregate.api.upstream_probes import UpstreamProbes
 from faregate.api.user_routes import build_user_routes
@@ -37,6 +44,7 @@ from faregate.gateway import Gateway
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator
 from faregate.keys.directory import KeyDirectory
+from faregate.keys.end_users import EndUsers
 from faregate.observe.metrics import HealthChecks, Metrics
 from faregate.providers.anthropic import AnthropicClient
 from faregate.providers.base import pooled_session
@@ -101,7 +109,11 @@ class Faregate:
         self.admission: Admission = self.redis or SoleAdmission(local, self.replicas)
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
                                       self.redis.version if self.redis else None,
-                                      self.db_health, self.ledger.holds)
+                                      self.db_health, self.ledger.holds,
+                                      payers=self.storage.get_key_payers)
+        # End users are cached like keys; the first request of a new one creates it.
+        self.end_users = EndUsers(self.storage, monotonic, settings.key_cache_ttl_s,
+                                  settings.max_end_user_budget_id)
         # Rows a stopped process left, once written, count in this process's accounts too.
         self.ledger.holds.on_written(self.budgets.credit)
         self.auth = Authenticator(settings.master_key, self.directory, now)
@@ -120,7 +132,8 @@ class Faregate:
         self.checkpoints = StreamCheckpoints(settings.spend_buffer_dir, now)
         self.ledger.add_orphan_source(self.checkpoints.adopt_orphans)
         self.gateway = Gateway(self.router, self.auth, self.admission, PromptBound(),
-                               self.upstream, self.ledger, self.checkpoints, now)
+                               self.upstream, self.ledger, self.checkpoints, now,
+                               self.end_users)
         pings: dict[str, Callable[[], Awaitable[object]]] = {"database": self._ping_database}
         if self.redis is not None:
             pings["redis"] = self.redis.client.ping
@@ -156,6 +169,14 @@ class Faregate:
         self.teams = TeamAdmin(self.storage, self.users, payer_changes, now, self.keys.delete)
         self.admin.include_router(build_user_routes(self.auth, self.users, self.keys))
         self.admin.include_router(build_team_routes(self.auth, self.teams, self.keys))
+        self.admin.include_router(build_spend_routes(self.auth, self.storage))
+        # Organizations, end users and named budgets: changes reach admission the same way.
+        self.organizations = OrganizationAdmin(self.storage, payer_changes, now)
+        self.customers = CustomerAdmin(self.storage, payer_changes, now)
+        self.named_budgets = BudgetAdmin(self.storage, payer_changes, now)
+        self.admin.include_router(build_org_routes(self.auth, self.organizations))
+        self.admin.include_router(build_customer_routes(self.auth, self.customers))
+        self.admin.include_router(build_budget_routes(self.auth, self.named_budgets))
 
     async def _ping_database(self) -> None:
         """The metrics' database gauge, from the same health the request path reads."""

@@ -1,4 +1,4 @@
-"""Admin and health routes (FastAPI; never on the request path): /key/*, /spend/*, /health/*.
+"""Admin routes (FastAPI; never on the request path): /key/* (spend: api/spend_routes.py).
 
 Handlers parse, call one service method, render. Request and response shapes follow LiteLLM's
 proxy so that its runbooks and scripts work unchanged.
@@ -6,7 +6,6 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 """
 
 import logging
-from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -28,9 +27,8 @@ from faregate.errors import (
 from faregate.keys.admin import NOT_SUPPORTED_YET, KeyAdmin, KeySettings, check_supported
 from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
-from faregate.money import nanos_to_dollars
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
-from faregate.storage.protocols import AdminStore, SpendQuery
+from faregate.storage.protocols import AdminStore
 
 log = logging.getLogger("faregate.admin")
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
@@ -185,60 +183,9 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) ->
     async def unblock(body: KeyRef, _: Master) -> dict[str, Any]:
         return keys.view(await keys.set_blocked(token_of(body.key), False))
 
-    @app.get("/spend/logs")
-    async def spend_logs(who: Anyone, api_key: str | None = None,
-                         request_id: str | None = None, start_date: str | None = None,
-                         end_date: str | None = None,
-                         page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
-                         page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
-                         ) -> list[dict[str, Any]]:
-        token = token_of(api_key) if api_key else None
-        if not who.is_master:
-            if token is not None and token != who.key.token:
-                raise AdminOnly("A virtual key may only read its own spend logs",
-                                code="admin_only")
-            token = who.key.token
-        rows = await storage.spend_logs(SpendQuery(
-            api_key=token, request_id=request_id, start=_when(start_date, "start_date"),
-            end=_when(end_date, "end_date", end=True), page=page, page_size=page_size))
-        return [_spend_row(r) for r in rows]
-
-    @app.get("/global/spend")
-    async def global_spend(_: Master) -> dict[str, Any]:
-        return {"spend": nanos_to_dollars(await storage.total_spend()), "max_budget": None}
-
     _install_error_handlers(app)
     publish_openapi(app)
     return app
-
-
-def _when(value: str | None, param: str, end: bool = False) -> datetime | None:
-    """A day (YYYY-MM-DD; an end day is inclusive) or an ISO 8601 time, as UTC."""
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1) if end else start
-        moment = datetime.fromisoformat(value)
-        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    except (ValueError, OverflowError):     # OverflowError: past year 9999 or before year 1
-        raise InvalidRequest(f"{param} must be YYYY-MM-DD or an ISO 8601 time between the "
-                             "years 1 and 9999", param=param) from None
-
-
-def _spend_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "request_id": row["request_id"], "call_type": row["call_type"],
-        "api_key": row["api_key"], "spend": nanos_to_dollars(row["spend_nanos"]),
-        "spend_nanos": row["spend_nanos"],
-        "total_tokens": row["prompt_tokens"] + row["completion_tokens"],
-        "prompt_tokens": row["prompt_tokens"], "completion_tokens": row["completion_tokens"],
-        "startTime": row["start_time"].isoformat(), "endTime": row["end_time"].isoformat(),
-        "model": row["model"], "model_group": row["model"], "api_base": row["upstream"],
-        "status": row["status"], "metadata": {"user_api_key_alias": row["key_alias"]},
-    }
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -414,7 +414,7 @@ def _narrowed(query: SpendQuery) -> bool:
     """Whether an index picks the query's rows (a key, a payer, a request, a time range)."""
     return any(getattr(query, name) is not None for name in (
         "api_key", "request_id", "user_id", "team_id", "organization_id", "end_user", "start",
-        "end"))
+        "end", "model"))
 
 
 def _as_date(value: Any) -> date:
@@ -427,7 +427,8 @@ _TOTAL_COLUMNS = {"key": "api_key", "user": "user_id", "team": "team_id",
 
 
 def _spend_filtered(stmt: Select[Any], query: SpendQuery) -> Select[Any]:
-    for name in ("api_key", "request_id", "user_id", "team_id", "organization_id", "end_user"):
+    for name in ("api_key", "request_id", "user_id", "team_id", "organization_id", "end_user",
+                 "model"):
         value = getattr(query, name)
         if value is not None:
             stmt = stmt.where(spend_logs.c[name] == value)

@@ -98,6 +98,7 @@ class SpendQuery:
     end: datetime | None = None
     page: int = 1
     page_size: int = 100
+    model: str | None = None            # the model name the client asked for
 
 
 @dataclass(frozen=True)
