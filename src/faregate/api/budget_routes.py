@@ -1,0 +1,104 @@
+"""Named-budget admin routes (master key only), LiteLLM's shapes: /budget/new, /budget/info,
+/budget/update, /budget/delete, /budget/list. Handlers parse, call one BudgetAdmin method,
+render.
+No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from faregate.accounts.budgets import BudgetAdmin
+from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
+from faregate.api.storable_input import StorableInput
+from faregate.errors import AdminOnly
+from faregate.keys.auth import Authenticator, Caller
+
+INT32_MAX = 2**31 - 1       # limits are INTEGER columns
+MAX_BUDGET_DOLLARS = 1e9    # in nano-dollars it must fit a BIGINT column
+Id = Annotated[str, Field(min_length=1, max_length=256)]
+
+# LiteLLM's budget fields faregate does not implement, and why
+NOT_SUPPORTED: dict[str, str] = {
+    "soft_budget": "faregate sends no soft-budget alerts",
+    "model_max_budget": "per-model budgets are not enforced yet",
+    "budget_reset_at": "each payer naming a budget keeps its own period, from its own "
+                       "budget_duration",
+}
+
+
+class BudgetTerms(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
+    budget_duration: str | None = Field(default=None, max_length=64)
+    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            refuse_unsupported(data, NOT_SUPPORTED)
+            return {k: v for k, v in data.items() if k not in NOT_SUPPORTED}
+        return data
+
+    def terms(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in TERM_FIELDS
+                if name in self.model_fields_set}
+
+
+class NewBudget(BudgetTerms):
+    budget_id: Id | None = None
+
+
+class UpdateBudget(BudgetTerms):
+    budget_id: Id
+
+
+class BudgetIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    budgets: list[Id] = Field(min_length=1, max_length=1000)
+
+
+class BudgetRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Id
+
+
+def build_budget_routes(auth: Authenticator, budgets: BudgetAdmin) -> APIRouter:
+    router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
+
+    async def master(request: Request) -> Caller:
+        headers = request.headers
+        who = await auth.caller(headers.get("authorization"),
+                                headers.get("x-api-key") or headers.get("api-key"))
+        if not who.is_master:
+            raise AdminOnly("The /budget routes need the master key", code="admin_only")
+        return who
+
+    Master = Annotated[Caller, Depends(master)]
+
+    @router.post("/budget/new")
+    async def new(body: NewBudget, _: Master) -> dict[str, Any]:
+        return budgets.view(await budgets.new(body.budget_id, body.terms()))
+
+    @router.post("/budget/info")
+    async def info(body: BudgetIds, _: Master) -> list[dict[str, Any]]:
+        return [budgets.view(r) for r in await budgets.info(body.budgets)]
+
+    @router.post("/budget/update")
+    async def update(body: UpdateBudget, _: Master) -> dict[str, Any]:
+        return budgets.view(await budgets.update(body.budget_id, body.terms()))
+
+    @router.post("/budget/delete")
+    async def delete(body: BudgetRef, _: Master) -> dict[str, Any]:
+        return budgets.view(await budgets.delete(body.id))
+
+    @router.get("/budget/list")
+    async def list_budgets(_: Master) -> list[dict[str, Any]]:
+        return [budgets.view(r) for r in await budgets.all()]
+
+    return router
