@@ -195,6 +195,8 @@ class Settings:
     metrics_require_auth: bool = True
     metrics_token: Secret | None = None         # a scraper's bearer token for /metrics only
     prometheus_multiproc_dir: str | None = None  # --workers: where workers share metrics
+    # The budget_id an end user gets when its first request creates it (LiteLLM's name).
+    max_end_user_budget_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def models(self) -> list[str]:
@@ -276,7 +278,17 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
             "general_settings.require_auth_for_metrics_endpoint"),
         metrics_token=_metrics_token(general, env),
         prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+        max_end_user_budget_id=_optional_text(general.get("max_end_user_budget_id"),
+                                              "general_settings.max_end_user_budget_id"),
     )
+
+
+def _optional_text(value: Any, setting: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > 256:
+        raise ConfigError(f"{setting} must be a budget_id (text of at most 256 characters)")
+    return value
 
 
 def load_database_url(environ: Mapping[str, str], path: str | Path | None) -> str:

@@ -15,7 +15,13 @@ import orjson
 
 from faregate.api.asgi_io import JSON_HEADERS, ClientGone, Scope, read_body, send_bytes
 from faregate.api.call_record import CallRecord, credentials, id_headers, new_trace
-from faregate.api.openai_routes import Handler, answer_headers, refusal_headers, send_stream
+from faregate.api.openai_routes import (
+    Handler,
+    answer_headers,
+    end_user_header,
+    refusal_headers,
+    send_stream,
+)
 from faregate.errors import GatewayError, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.keys.auth import Caller
@@ -62,10 +68,12 @@ class AnthropicRoutes:
                                                                    caller))
                 if isinstance(request, ParsedRequest):      # an Anthropic model: as it is
                     reply = await self._gateway.handle(CallType.MESSAGES, raw, caller, trace,
-                                                       parsed=request)
+                                                       parsed=request,
+                                                       end_user=end_user_header(scope))
                 else:
                     reply = await self._gateway.handle(CallType.CHAT, request.openai_body,
-                                                       caller, trace)
+                                                       caller, trace,
+                                                       end_user=end_user_header(scope))
             except Exception as exc:
                 await call.failed(exc, scope, send, _error_response,
                                   refusal_headers(self._gateway, caller))

@@ -20,7 +20,7 @@ from faregate.api.asgi_io import (
 )
 from faregate.api.call_record import CallRecord, Headers, credentials, id_headers, new_trace
 from faregate.api.litellm_headers import call_headers, key_headers
-from faregate.errors import GatewayError, MethodNotAllowed
+from faregate.errors import GatewayError, InvalidRequest, MethodNotAllowed
 from faregate.gateway import Gateway, Reply, StreamReply
 from faregate.keys.auth import Caller
 from faregate.observe.metrics import Metrics
@@ -59,7 +59,8 @@ class OpenAIRoutes:
             try:
                 raw = await read_body(scope, receive, self._max_body)
                 caller = await self._gateway.authenticate(authorization, api_key)
-                reply = await self._gateway.handle(call_type, raw, caller, trace)
+                reply = await self._gateway.handle(call_type, raw, caller, trace,
+                                                   end_user=end_user_header(scope))
             except Exception as exc:
                 await call.failed(exc, scope, send, error_response,
                                   refusal_headers(self._gateway, caller))
@@ -101,6 +102,20 @@ def refusal_headers(gateway: Gateway, caller: Caller | None) -> Headers:
     """A refusal after the key was known (budget, limits, model access) still tells the caller
     its spend and budget, as LiteLLM's does."""
     return [] if caller is None else key_headers(caller.key, gateway.key_spend(caller))
+
+
+def end_user_header(scope: Scope) -> str | None:
+    """The end user a request names in `x-litellm-customer-id` or `x-litellm-end-user-id`
+    (LiteLLM's headers), before any in the body; a header that is not UTF-8 is a 400."""
+    for name, value in scope["headers"]:
+        if name in (b"x-litellm-customer-id", b"x-litellm-end-user-id"):
+            try:
+                text: str = value.decode()
+                return text
+            except UnicodeDecodeError:
+                raise InvalidRequest(f"The {name.decode()} header must be UTF-8 text",
+                                     param=name.decode()) from None
+    return None
 
 
 async def _wrong_method(allow: str, scope: Scope, receive: Any, send: Any) -> None:

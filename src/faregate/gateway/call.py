@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from faregate.admission.demand import Admitted
+from faregate.admission.demand import Admitted, Payer
 from faregate.config import Deployment
 from faregate.keys.auth import Caller
 from faregate.observe.trace import RequestTrace
@@ -20,6 +20,7 @@ class Ask:
     request: ParsedRequest
     trace: RequestTrace
     started: datetime
+    end_user: Payer | None = None   # the end user it is made for, as read when routed
 
 
 @dataclass(slots=True)

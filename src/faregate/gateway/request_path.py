@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import replace
 from datetime import datetime
 from time import perf_counter
 
@@ -18,12 +19,13 @@ import orjson
 
 from faregate.admission.demand import (
     Admission,
+    Payer,
     StaleKey,
     demand_for,
     output_allowed,
     same_terms,
 )
-from faregate.admission.payers import PayersByKey
+from faregate.admission.payers import PayersByKey, end_user_payer
 from faregate.catalog.routing import Router
 from faregate.config import Deployment, is_wildcard
 from faregate.errors import (
@@ -39,13 +41,14 @@ from faregate.gateway.retries import Retries
 from faregate.gateway.stream_meter import StreamMeter, check_first_event
 from faregate.gateway.usage import read_usage
 from faregate.keys.auth import SPECIAL_MODEL_NAMES, Authenticator, Caller
+from faregate.keys.end_users import EndUsers
 from faregate.observe.trace import RequestTrace
 from faregate.providers.base import UpstreamClient
 from faregate.records import SpendRow
 from faregate.spend.checkpoints import INTERRUPTED, OpenStream, StreamCheckpoints
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
-from faregate.wire.openai_request import CallType, ParsedRequest, parse
+from faregate.wire.openai_request import CallType, ParsedRequest, end_user_id, parse
 
 log = logging.getLogger("faregate.gateway")
 
@@ -60,8 +63,11 @@ class Gateway:
     def __init__(self, router: Router, auth: Authenticator,
                  admission: Admission, bound: PromptBound, upstream: UpstreamClient,
                  ledger: LedgerWriter, checkpoints: StreamCheckpoints,
-                 now: Callable[[], datetime]) -> None:
+                 now: Callable[[], datetime], end_users: EndUsers | None = None) -> None:
+        """`end_users`: where a request's end user is read (created on first use); without
+        it an end user is only named in the request's row."""
         self._router = router
+        self._end_users = end_users
         self._auth = auth
         self._admission = admission
         self._bound = bound
@@ -78,12 +84,15 @@ class Gateway:
         self.new_request_id: Callable[[], str] = lambda: f"{prefix}{next(counter):016x}"
 
     async def handle(self, call_type: CallType, raw: bytes, caller: Caller,
-                     trace: RequestTrace, parsed: ParsedRequest | None = None
-                     ) -> Reply | StreamReply:
+                     trace: RequestTrace, parsed: ParsedRequest | None = None,
+                     end_user: str | None = None) -> Reply | StreamReply:
         """Serve one request of an authenticated `caller`; `trace` brings its request id and
-        takes what it did. `parsed`: the request already read by the edge (another dialect)."""
+        takes what it did. `parsed`: the request already read by the edge (another dialect).
+        `end_user`: the end user a header names (before the body's `user`)."""
         trace.key_alias = caller.key.key_alias or ""
         request = parse(raw, call_type) if parsed is None else parsed
+        if end_user is not None:
+            request.end_user = end_user_id(end_user, "x-litellm-end-user-id")
         if call_type is CallType.EMBEDDING and request.stream:
             raise InvalidRequest("Embeddings cannot be streamed", param="stream")
         deployment = self._route(request.model, caller)
@@ -91,7 +100,8 @@ class Gateway:
         path = UPSTREAM_PATHS[call_type]
         # A body this provider cannot take is refused before anything is reserved or recorded.
         self._upstream.check(deployment, path, request.body)
-        ask = Ask(trace.request_id, request, trace, self._now())
+        ask = Ask(trace.request_id, request, trace, self._now(),
+                  await self._end_user(request.end_user))
         call = await self._retries.admit_with_room(ask, caller, deployment)
         try:
             return await self.answer(call, raw, path)
@@ -109,16 +119,21 @@ class Gateway:
         for attempt in range(_ADMISSION_ATTEMPTS):
             prompt_bound, wanted = self._bounds(ask.request, d)
             demand = demand_for(demand_id, caller.key, caller.version, d, prompt_bound, wanted,
-                                ask.request.n, self._payers.of(caller.key, caller.version))
+                                ask.request.n, self._payers_of(caller, ask))
             try:
                 admitted = await self._admission.admit(demand)
                 return Call(ask, caller, d, admitted, prompt_bound, wanted)
-            except StaleKey:
-                # It may now be blocked, deleted, or have new limits.
+            except StaleKey as stale:
+                # It may now be blocked, deleted, or have new limits: the key and everything
+                # above it are read again (the key's entry holds them), an end user too.
                 if attempt + 1 == _ADMISSION_ATTEMPTS:
                     raise ServiceUnavailable("The key is being changed; retry",
                                              code="key_changing") from None
-                caller = await self._auth.reload(caller)
+                if ask.end_user is not None and stale.args == (ask.end_user.scope,):
+                    ask = replace(ask, end_user=await self._end_user(ask.request.end_user,
+                                                                     fresh=True))
+                else:
+                    caller = await self._auth.reload(caller)
                 self._check_access(ask.request.model, d.model_name, caller)
         raise AssertionError("unreachable")
 
@@ -135,7 +150,7 @@ class Gateway:
                 call.admitted, demand_for(call.admitted.demand.request_id, call.caller.key,
                                           call.caller.version, d, prompt_bound, wanted,
                                           call.request.n,
-                                          self._payers.of(call.caller.key, call.caller.version))):
+                                          self._payers_of(call.caller, call.ask))):
             call.deployment = d
             return call
         await self._admission.settle(call.admitted, 0, 0)
@@ -200,15 +215,39 @@ class Gateway:
         trace.spend_nanos, trace.outcome = spend, status
         await self._admission.settle(call.admitted, spend, prompt + completion)
 
+    def _payers_of(self, caller: Caller, ask: Ask) -> tuple[Payer, ...]:
+        return self._payers.of(caller.key, caller.version, caller.payers, ask.end_user)
+
+    async def _end_user(self, end_user: str | None, fresh: bool = False) -> Payer | None:
+        """The end user's payer (created on first use), or a 400 if it is blocked; None for
+        no end user, or no store of them."""
+        if end_user is None or self._end_users is None:
+            return None
+        if fresh:
+            self._end_users.forget(end_user)
+        record = await self._end_users.get(end_user)
+        if record.blocked:
+            raise InvalidRequest(f"End user {end_user} is blocked from making LLM API calls. "
+                                 "An admin can lift it with /customer/unblock",
+                                 param="user", code="end_user_blocked")
+        return end_user_payer(record)
+
     def _row(self, call: Call, prompt: int, completion: int, spend: int,
              status: str) -> SpendRow:
-        d = call.deployment
+        d, key, above = call.deployment, call.caller.key, call.caller.payers
+        # The organization that pays: the team's; a key without a team, its own.
+        if above is not None and above.team is not None:
+            org = above.team.organization_id
+        else:
+            org = key.organization_id if key.team_id is None else None
         return SpendRow(
-            request_id=call.ask.request_id, api_key=call.caller.key.token,
-            key_alias=call.caller.key.key_alias, model=d.model_name,
+            request_id=call.ask.request_id, api_key=key.token,
+            key_alias=key.key_alias, model=d.model_name,
             upstream=f"{d.shown_base}#{d.upstream_model}", call_type=call.request.call_type.value,
             prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
-            start_time=call.ask.started, end_time=self._now(), status=status)
+            start_time=call.ask.started, end_time=self._now(), status=status,
+            user_id=key.user_id, team_id=key.team_id, organization_id=org,
+            end_user=call.request.end_user)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
@@ -279,6 +318,12 @@ class Gateway:
         the model it points at; aliases never widen what a key may use. Access groups are
         those of the entry that serves the model."""
         if not caller.may_use(served, self._router.groups(served)):
+            team = caller.payers.team if caller.payers is not None else None
+            if team is not None and caller.team_models and replace(
+                    caller, team_models=None).may_use(served, self._router.groups(served)):
+                raise ModelAccessDenied(
+                    f"Team {team.team_id} may not use model {asked}; it may use: "
+                    f"{', '.join(caller.team_models)}", code="team_model_access_denied")
             raise ModelAccessDenied(f"Key {caller.key.key_name} may not use model {asked}; it "
                                     f"may use: {', '.join(caller.key.models)}",
                                     code="model_access_denied")

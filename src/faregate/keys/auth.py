@@ -10,7 +10,7 @@ from faregate.config import is_wildcard, wildcard_match
 from faregate.errors import AuthError, ExpiredKey
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key
-from faregate.records import KeyRecord
+from faregate.records import KeyPayers, KeyRecord
 from faregate.secret import Secret
 
 ALL_MODELS = "all-proxy-models"
@@ -28,24 +28,33 @@ class Caller:
     # The models of the key's team, which `all-team-models` stands for; None: no team (then
     # it grants nothing, as LiteLLM decides for a key without a team).
     team_models: tuple[str, ...] | None = None
+    # What pays above the key (its user, team, member, organization), as loaded with it.
+    payers: KeyPayers | None = None
 
     def may_use(self, model: str, groups: Collection[str] = ()) -> bool:
         """Whether the key may call `model` (the name served, after its aliases), as LiteLLM
         decides: no list = every model; else the name itself, `all-proxy-models` or `*`, a
         wildcard pattern matching it (`openai/*`), or an access group in `groups` (the
-        groups of the entry that serves `model`); `all-team-models` adds its team's."""
+        groups of the entry that serves `model`); `all-team-models` stands for its team's.
+        A key in a team may use only what the team may use too (a team's [] = all)."""
         models = self.key.models
+        team = self.team_models
+        if team is not None and team and not _allows(team, model, groups):
+            return False
         if not models or model in models:
             return True
-        if ALL_TEAM_MODELS in models and self.team_models is not None:
-            models = (*models, *self.team_models)
-            if not self.team_models or model in self.team_models:   # a team's [] = all
-                return True
-        if ALL_MODELS in models or ANY_MODEL in models:
-            return True
-        if any(g in models for g in groups):
-            return True
-        return any(is_wildcard(m) and wildcard_match(m, model) is not None for m in models)
+        if ALL_TEAM_MODELS in models and team is not None:
+            return True             # the team's list was checked above
+        return _allows(models, model, groups)
+
+
+def _allows(models: tuple[str, ...], model: str, groups: Collection[str]) -> bool:
+    """`model` is in `models` by name, `all-proxy-models`/`*`, an access group or a pattern."""
+    if model in models or ALL_MODELS in models or ANY_MODEL in models:
+        return True
+    if any(g in models for g in groups):
+        return True
+    return any(is_wildcard(m) and wildcard_match(m, model) is not None for m in models)
 
 
 def bearer(authorization: str | None, api_key: str | None) -> str:
@@ -95,13 +104,14 @@ class Authenticator:
 
     async def _resolve(self, token: str) -> Caller:
         """The caller holding the key whose hash is `token`, or AuthError/ExpiredKey."""
-        key, version = await self._directory.lookup(token)
+        key, version, above = await self._directory.lookup_payers(token)
         if key is not None and self._directory.shared and (
-                key.blocked or (key.expires is not None and key.expires <= self._now())):
+                key.blocked or (key.expires is not None and key.expires <= self._now())
+                or _blocked_above(above) is not None):
             # A refusal read from a cached copy must not outlive an unblock or an extension
             # made on another replica: look again before refusing.
             self._directory.forget(token)
-            key, version = await self._directory.lookup(token)
+            key, version, above = await self._directory.lookup_payers(token)
         if key is None:
             raise AuthError("Invalid API key: it is unknown or was deleted. Ask your admin "
                             "for a key from /key/generate", code="invalid_api_key")
@@ -111,4 +121,24 @@ class Authenticator:
         if key.expires is not None and key.expires <= self._now():
             raise ExpiredKey(f"Key {key.key_name} expired at {key.expires.isoformat()}. "
                              "Ask your admin for a new key", code="expired_key")
-        return Caller(key, is_master=False, version=version)
+        refusal = _blocked_above(above)
+        if refusal is not None:
+            raise refusal
+        team = above.team if above is not None else None
+        return Caller(key, is_master=False, version=version,
+                      team_models=team.models if team is not None else None, payers=above)
+
+
+def _blocked_above(above: KeyPayers | None) -> AuthError | None:
+    """A blocked team or organization refuses its keys, as LiteLLM does (401, its wording)."""
+    if above is None:
+        return None
+    if above.team is not None and above.team.blocked:
+        return AuthError(f"Team={above.team.team_id} is blocked. Update via /team/unblock if "
+                         "you are an admin", code="team_blocked")
+    org = above.organization
+    if org is not None and org.blocked and (above.team is not None
+                                             or above.key.team_id is None):
+        return AuthError(f"Organization={org.organization_id} is blocked. Ask your admin to "
+                         "unblock it", code="organization_blocked")
+    return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from faregate.errors import ServiceUnavailable
-from faregate.records import KeyRecord
+from faregate.records import KeyPayers, KeyRecord
 from faregate.spend.holds import KeyHolds
 from faregate.storage.health import DatabaseHealth, is_outage
 from faregate.storage.protocols import KeyStore
@@ -28,6 +28,8 @@ HOLD_WAIT_S = 5.0
 
 
 VersionSource = Callable[[str], Awaitable[str]]
+# A key with its user, team, member, organization and their named budgets, in one read.
+PayersSource = Callable[[str], Awaitable[KeyPayers | None]]
 
 
 class KeyDirectory:
@@ -37,15 +39,19 @@ class KeyDirectory:
     def __init__(self, storage: KeyStore, clock: Callable[[], float], ttl_s: float,
                  versions: VersionSource | None = None,
                  health: DatabaseHealth | None = None, holds: KeyHolds | None = None,
-                 hold_wait_s: float = HOLD_WAIT_S) -> None:
+                 hold_wait_s: float = HOLD_WAIT_S,
+                 payers: PayersSource | None = None) -> None:
+        """`payers`: read a key with everything above it (storage.get_key_payers) instead of
+        its row alone; each entry then keeps them, with budget_id fallbacks applied."""
         self._storage = storage
+        self._payers = payers
         self._holds = holds
         self._hold_wait_s = hold_wait_s
         self._health = health
         self._clock = clock
         self._ttl_s = ttl_s
         self._versions = versions
-        self._known: dict[str, tuple[KeyRecord, str, float]] = {}
+        self._known: dict[str, tuple[KeyRecord, str, float, KeyPayers | None]] = {}
         self._unknown: dict[str, float] = {}
 
     @property
@@ -57,6 +63,13 @@ class KeyDirectory:
         return (await self.lookup(token))[0]
 
     async def lookup(self, token: str) -> tuple[KeyRecord | None, str]:
+        record, version, _ = await self.lookup_payers(token)
+        return record, version
+
+    async def lookup_payers(self, token: str
+                            ) -> tuple[KeyRecord | None, str, KeyPayers | None]:
+        """The key (its null terms filled from its named budget), the version it was read at,
+        and what pays above it (None without a payers source)."""
         if self._health is not None and self._health.refuses_requests:
             raise _database_down()
         if self._holds is not None and self._holds.held(token):
@@ -65,13 +78,19 @@ class KeyDirectory:
         now = self._clock()
         hit = self._known.get(token)
         if hit is not None and hit[2] > now:
-            return hit[0], hit[1]
+            return hit[0], hit[1], hit[3]
         miss_until = self._unknown.get(token)
         if miss_until is not None and miss_until > now:
-            return None, "0"
+            return None, "0", None
         version = await self._versions(token) if self._versions is not None else "0"
+        above: KeyPayers | None = None
         try:
-            record = await self._storage.get_key(token)
+            if self._payers is None:
+                record = await self._storage.get_key(token)
+            else:
+                above = await self._payers(token)
+                above = above.with_budget_terms() if above is not None else None
+                record = above.key if above is not None else None
         except Exception as exc:
             if self._health is None or not is_outage(exc):
                 raise
@@ -82,15 +101,16 @@ class KeyDirectory:
                 raise _database_down(unknown_key=True) from None
             # allow_requests_on_db_unavailable: a key this process knows keeps working as it
             # was last read; budgets and limits go on from what this process has seen.
-            self._known[token] = (hit[0], hit[1], now + min(self._ttl_s, _OUTAGE_RECHECK_S))
-            return hit[0], hit[1]
+            self._known[token] = (hit[0], hit[1], now + min(self._ttl_s, _OUTAGE_RECHECK_S),
+                                  hit[3])
+            return hit[0], hit[1], hit[3]
         if record is None:
             if len(self._unknown) >= _MAX_NEGATIVE:
                 self._unknown.clear()
             self._unknown[token] = now + _NEGATIVE_TTL_S
         else:
-            self._known[token] = (record, version, now + self._ttl_s)
-        return record, version
+            self._known[token] = (record, version, now + self._ttl_s, above)
+        return record, version, above
 
     async def read_settled(self, token: str) -> KeyRecord | None:
         """The key's row from the database, once no spend row left behind for it is still on
@@ -110,10 +130,11 @@ class KeyDirectory:
         """This process changed the key: drop the entry (with its version) and let the next
         request read the row again; without Redis, keep the new record at once."""
         self._unknown.pop(record.token, None)
-        if self._versions is not None:
+        if self._versions is not None or self._payers is not None:
+            # (with payers: the team, budget ... are read with the row, so read them again)
             self._known.pop(record.token, None)
         else:
-            self._known[record.token] = (record, "0", self._clock() + self._ttl_s)
+            self._known[record.token] = (record, "0", self._clock() + self._ttl_s, None)
 
     def forget(self, token: str) -> None:
         self._known.pop(token, None)

@@ -22,7 +22,7 @@ from faregate.errors import (
     ModelAccessDenied,
 )
 from faregate.wire.json_limits import MAX_JSON_DEPTH, too_deep, unwritable
-from faregate.wire.openai_request import CallType, ParsedRequest
+from faregate.wire.openai_request import CallType, ParsedRequest, end_user_id
 from faregate.wire.storable import check_text
 
 # Fields translated to the OpenAI request; any other top-level field is refused (400), as
@@ -212,8 +212,11 @@ def _passthrough(body: dict[str, Any], raw: bytes, counting: bool) -> ParsedRequ
         else:
             raise _bad(f"messages.{i}: must be an object with 'role' and 'content' (a string "
                        "or an array of content blocks)", param=f"messages.{i}")
+    metadata = body.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None
     return ParsedRequest(CallType.MESSAGES, body, model, stream, True, "max_tokens", max_tokens,
-                         1, text_bytes, len(messages) + (1 if system else 0), images)
+                         1, text_bytes, len(messages) + (1 if system else 0), images,
+                         end_user_id(user, "metadata.user_id"))
 
 
 def _json_bytes(value: Any) -> int:

@@ -39,6 +39,7 @@ class ParsedRequest:
     text_bytes: int                 # UTF-8 bytes of every text the model reads
     messages: int
     images: int
+    end_user: str | None = None     # the body's `user`: the end user it is made for
 
 
 def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
@@ -91,7 +92,25 @@ def parse(raw: bytes, call_type: CallType) -> ParsedRequest:
     else:
         text_bytes, messages, images = _prompt_text(body.get("input"), "input"), 0, 0
     return ParsedRequest(call_type, body, model, stream, usage_requested, max_field, max_tokens,
-                         n, text_bytes, messages, images)
+                         n, text_bytes, messages, images, end_user_id(body.get("user"), "user"))
+
+
+MAX_END_USER_CHARS = 256
+
+
+def end_user_id(value: object, param: str) -> str | None:
+    """A caller-named end user id (the body's `user`, a header), None when none is given: a
+    string of at most 256 characters that can be stored; anything else is a 400 naming
+    `param`."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{param}' must be a string (the end user's id)", param=param)
+    if len(value) > MAX_END_USER_CHARS:
+        raise InvalidRequest(f"'{param}' is longer than {MAX_END_USER_CHARS} characters (an "
+                             "end user's id)", param=param)
+    check_text(value, param)
+    return value
 
 
 def _json_bytes(value: Any) -> int:
