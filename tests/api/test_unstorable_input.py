@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import orjson
 import pytest
+from api.account_probes import account_probes
 from api.conftest import RunningGateway, serve
 from api.openai_shape import openai_error, spend_and_rows
 from sqlalchemy import select
@@ -102,6 +103,7 @@ def admin_probes(seed: Seed) -> dict[tuple[str, str], Probe]:
         ("POST", "/model/delete"): Probe({"id": "no-such-model-id"}),
         ("GET", "/model/info"): Probe(query={"litellm_model_id": "x"}),
         ("GET", "/v1/model/info"): Probe(query={"litellm_model_id": "x"}),
+        **account_probes(Probe),
     }
 
 

@@ -16,6 +16,7 @@ from faregate.accounts.terms import iso, record_terms, spend_view, terms_view
 from faregate.errors import InvalidRequest, NotFound
 from faregate.records import EndUserRecord
 from faregate.storage.protocols import DuplicateId, HierarchyStore, Page, PageAfter, scope
+from faregate.wire.storable import check_stored_size
 
 
 class CustomerAdmin:
@@ -99,6 +100,9 @@ class CustomerAdmin:
             raise InvalidRequest("'blocked' must be true or false", param="blocked")
         if "metadata" in out and out["metadata"] is None:
             out["metadata"] = {}
+        for name in ("models", "metadata"):     # each one stored JSON document
+            if name in out:
+                check_stored_size(list(out[name]) if name == "models" else out[name], name)
         return out
 
     @staticmethod

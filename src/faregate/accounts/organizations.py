@@ -24,6 +24,7 @@ from faregate.records import (
     UserRecord,
 )
 from faregate.storage.protocols import DuplicateId, HierarchyStore, Page, PageAfter, scope
+from faregate.wire.storable import check_stored_size
 
 ORG_ROLES = ("org_admin", "internal_user", "internal_user_viewer")
 _SETTABLE = ("organization_alias", "models", "metadata", "budget_id", "blocked")
@@ -177,6 +178,9 @@ class OrganizationAdmin:
             out["models"] = tuple(out["models"] or ())
         if "metadata" in out and out["metadata"] is None:
             out["metadata"] = {}
+        for name in ("models", "metadata"):     # each one stored JSON document
+            if name in out:
+                check_stored_size(list(out[name]) if name == "models" else out[name], name)
         if "blocked" in out and out["blocked"] is None:
             raise InvalidRequest("'blocked' must be true or false", param="blocked")
         return out
