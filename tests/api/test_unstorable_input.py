@@ -93,9 +93,26 @@ def admin_probes(seed: Seed) -> dict[tuple[str, str], Probe]:
         ("POST", "/key/block"): Probe(ref),
         ("POST", "/key/unblock"): Probe(ref),
         ("GET", "/spend/logs"): Probe(query={
-            "api_key": seed.key, "request_id": "req-1", "start_date": "2026-01-01",
+            "api_key": seed.key, "request_id": "req-1", "user_id": "u-1", "team_id": "t-1",
+            "organization_id": "o-1", "end_user": "c-1", "start_date": "2026-01-01",
             "end_date": "2026-12-31", "page": "1", "page_size": "10"}),
         ("GET", "/global/spend"): Probe(),
+        ("GET", "/global/spend/report"): Probe(query={
+            "start_date": "2026-01-01", "end_date": "2026-12-31", "group_by": "team",
+            "api_key": seed.key, "customer_id": "c-1", "internal_user_id": "u-1",
+            "team_id": "t-1"}),
+        ("GET", "/user/daily/activity"): Probe(query={
+            "start_date": "2026-01-01", "end_date": "2026-12-31", "user_id": "u-1",
+            "api_key": seed.key, "model": "qwen-local", "page": "1", "page_size": "10"}),
+        ("GET", "/team/daily/activity"): Probe(query={
+            "start_date": "2026-01-01", "end_date": "2026-12-31", "team_ids": "t-1",
+            "api_key": seed.key, "model": "qwen-local", "page": "1", "page_size": "10"}),
+        ("GET", "/global/spend/keys"): Probe(query={"limit": "5"}),
+        ("GET", "/global/spend/teams"): Probe(query={"limit": "5"}),
+        ("GET", "/global/spend/models"): Probe(query={"limit": "5"}),
+        ("POST", "/global/spend/end_users"): Probe(
+            {"api_key": seed.key, "startTime": "2026-01-01", "endTime": "2026-12-31"},
+            query={"limit": "5"}),
         ("POST", "/model/new"): Probe({"model_name": "probe-model", "litellm_params": params,
                                        "model_info": {"id": "probe-model-id", **info}}),
         ("POST", "/model/update"): Probe({"id": seed.model_id, "model_name": "stored-model",
@@ -103,7 +120,47 @@ def admin_probes(seed: Seed) -> dict[tuple[str, str], Probe]:
         ("POST", "/model/delete"): Probe({"id": "no-such-model-id"}),
         ("GET", "/model/info"): Probe(query={"litellm_model_id": "x"}),
         ("GET", "/v1/model/info"): Probe(query={"litellm_model_id": "x"}),
+        **user_and_team_probes(),
         **account_probes(Probe),
+    }
+
+
+def user_and_team_probes() -> dict[tuple[str, str], Probe]:
+    """/user/* and /team/*: what is deleted or looked up does not exist; what is made is
+    made once (later variants find the id taken: a 400 too)."""
+    terms: dict[str, Any] = {"max_budget": 2.5, "budget_duration": "30d", "tpm_limit": 100,
+                             "rpm_limit": 10, "max_parallel_requests": 2,
+                             "models": ["qwen-local"], "metadata": {"a": ["b", 1]}}
+    user = {"user_email": "probe@example.com", "user_alias": "probe",
+            "user_role": "internal_user", **terms}
+    team = {"team_alias": "probe-team", "blocked": False, **terms}
+    member = {"user_id": "probe-member", "role": "user"}
+    return {
+        ("POST", "/user/new"): Probe({"user_id": "probe-user", **user}),
+        ("GET", "/user/info"): Probe(query={"user_id": "no-such-user"}),
+        ("POST", "/user/update"): Probe({"user_id": "no-such-user", **user}),
+        ("POST", "/user/delete"): Probe({"user_ids": ["no-such-user"]}),
+        ("GET", "/user/list"): Probe(query={"page": "1", "page_size": "10",
+                                            "user_ids": "a,b", "role": "internal_user",
+                                            "user_email": "x@example.com", "team": "t"}),
+        ("POST", "/team/new"): Probe({"team_id": "probe-team", "members_with_roles": [member],
+                                      **team}),
+        ("GET", "/team/info"): Probe(query={"team_id": "no-such-team"}),
+        ("POST", "/team/update"): Probe({"team_id": "no-such-team", **team}),
+        ("POST", "/team/delete"): Probe({"team_ids": ["no-such-team"]}),
+        ("GET", "/team/list"): Probe(query={"user_id": "u", "organization_id": "o"}),
+        ("POST", "/team/member_add"): Probe({"team_id": "no-such-team", "member": [member],
+                                             "max_budget_in_team": 1.5}),
+        ("POST", "/team/member_delete"): Probe({"team_id": "no-such-team",
+                                                "user_id": "u", "user_email": "e@x.y"}),
+        ("POST", "/team/member_update"): Probe({"team_id": "no-such-team", "user_id": "u",
+                                                "role": "admin", "max_budget_in_team": 1.5}),
+        ("POST", "/team/block"): Probe({"team_id": "no-such-team"}),
+        ("POST", "/team/unblock"): Probe({"team_id": "no-such-team"}),
+        ("POST", "/team/model/add"): Probe({"team_id": "no-such-team",
+                                            "models": ["qwen-local"]}),
+        ("POST", "/team/model/delete"): Probe({"team_id": "no-such-team",
+                                               "models": ["qwen-local"]}),
     }
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.api.storable_input import StorableInput
 from faregate.errors import AdminOnly, InvalidRequest
@@ -38,9 +38,9 @@ class EndUsersSpend(BaseModel):
     """POST /global/spend/end_users, as LiteLLM takes it."""
 
     model_config = ConfigDict(extra="forbid")
-    api_key: str | None = None
-    startTime: str | None = None        # LiteLLM's field names
-    endTime: str | None = None
+    api_key: str | None = Field(default=None, max_length=256)
+    startTime: str | None = Field(default=None, max_length=64)     # LiteLLM's field names
+    endTime: str | None = Field(default=None, max_length=64)
 
 
 def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
