@@ -8,7 +8,6 @@ the sum of the rows it selects, computed here in Python.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,8 +46,10 @@ async def seed(gw: RunningGateway) -> tuple[list[SpendRow], list[str]]:
     return rows, keys
 
 
-def total(rows: list[SpendRow], keep: Callable[[SpendRow], bool]) -> dict[str, int]:
-    picked = [r for r in rows if keep(r)]
+def total(rows: list[SpendRow], day: str | None = None, **fields: str) -> dict[str, int]:
+    """Sums over the rows of one UTC day (or all) whose fields hold the given values."""
+    picked = [r for r in rows if (day is None or day_of(r) == day)
+              and all(getattr(r, name) == value for name, value in fields.items())]
     return {"spend": sum(r.spend_nanos for r in picked), "requests": len(picked),
             "prompt": sum(r.prompt_tokens for r in picked),
             "completion": sum(r.completion_tokens for r in picked)}
@@ -123,7 +124,7 @@ async def test_report_totals_equal_the_rows(gateway: RunningGateway, group_by: s
     kept = [r for r in rows if day_of(r) in DAYS[1:] and r.team_id == "t1"]
     want = {}
     for value in {getattr(r, field) for r in kept}:
-        t = total(kept, lambda r, v=value: getattr(r, field) == v)
+        t = total(kept, **{field: value})
         want[value] = (t["spend"], t["prompt"], t["completion"], t["requests"])
     assert {g[name]: (g["total_spend_nanos"], g["total_input_tokens"],
                       g["total_output_tokens"], g["api_requests"]) for g in report} == want
@@ -148,7 +149,7 @@ async def test_user_daily_activity_is_per_utc_day(gateway: RunningGateway) -> No
     mine = [r for r in rows if r.user_id == "u1"]
     assert [d["date"] for d in body["results"]] == DAYS
     for result in body["results"]:
-        want = total(mine, lambda r, d=result["date"]: day_of(r) == d)
+        want = total(mine, result["date"])
         m = result["metrics"]
         assert (m["spend_nanos"], m["api_requests"], m["prompt_tokens"],
                 m["completion_tokens"]) == tuple(want.values())
@@ -156,7 +157,7 @@ async def test_user_daily_activity_is_per_utc_day(gateway: RunningGateway) -> No
         models = result["breakdown"]["models"]
         assert sum(v["metrics"]["spend_nanos"] for v in models.values()) == want["spend"]
         assert models["gpt-b"]["metrics"]["spend_nanos"] == total(
-            mine, lambda r, d=result["date"]: day_of(r) == d and r.model == "gpt-b")["spend"]
+            mine, result["date"], model="gpt-b")["spend"]
         assert sum(v["metrics"]["spend_nanos"] for v in
                    result["breakdown"]["api_keys"].values()) == want["spend"]
     meta = body["metadata"]
@@ -178,8 +179,7 @@ async def test_user_daily_activity_is_per_utc_day(gateway: RunningGateway) -> No
     narrow = await get(gateway, "/user/daily/activity", start_date=DAYS[0],
                        end_date=DAYS[0], api_key=keys[0], model="gpt-a")
     assert narrow["metadata"]["total_spend_nanos"] == total(
-        rows, lambda r: day_of(r) == DAYS[0] and r.api_key == token_of(keys[0])
-        and r.model == "gpt-a")["spend"]
+        rows, DAYS[0], api_key=token_of(keys[0]), model="gpt-a")["spend"]
 
 
 async def test_team_daily_activity(gateway: RunningGateway) -> None:
@@ -188,7 +188,7 @@ async def test_team_daily_activity(gateway: RunningGateway) -> None:
                      end_date=DAYS[2], team_ids="t2")
     for result in body["results"]:
         assert result["metrics"]["spend_nanos"] == total(
-            rows, lambda r, d=result["date"]: r.team_id == "t2" and day_of(r) == d)["spend"]
+            rows, result["date"], team_id="t2")["spend"]
     assert body["metadata"]["total_spend_nanos"] == sum(
         r.spend_nanos for r in rows if r.team_id == "t2")
 
@@ -214,7 +214,7 @@ async def test_top_lists(gateway: RunningGateway) -> None:
     resp = await gateway.admin("POST", "/global/spend/end_users", json={
         "startTime": DAYS[2], "endTime": DAYS[2]})
     assert resp.status_code == 200, resp.text
-    want = total(rows, lambda r: day_of(r) == DAYS[2] and r.end_user == "c3")
+    want = total(rows, DAYS[2], end_user="c3")
     c3 = [u for u in resp.json() if u["end_user"] == "c3"]
     assert c3 == [{"end_user": "c3", "total_spend": nanos_to_dollars(want["spend"]),
                    "total_count": want["requests"]}]
