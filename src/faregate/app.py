@@ -15,6 +15,7 @@ from typing import Any
 from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.changes import PayerChanges
 from faregate.accounts.customers import CustomerAdmin
+from faregate.accounts.key_owners import KeyOwners
 from faregate.accounts.organizations import OrganizationAdmin
 from faregate.accounts.teams import TeamAdmin
 from faregate.accounts.users import UserAdmin
@@ -117,12 +118,17 @@ class Faregate:
         # Rows a stopped process left, once written, count in this process's accounts too.
         self.ledger.holds.on_written(self.budgets.credit)
         self.auth = Authenticator(settings.master_key, self.directory, now)
+        # Users and teams pay above their keys: admin changes to them reach admission.
+        payer_changes = PayerChanges(self.admission,
+                                     self.redis.payer_changed if self.redis else None)
+        self.users = UserAdmin(self.storage, payer_changes, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
                              self.redis.key_changed if self.redis else None,
                              is_master_key=settings.master_key.matches,
                              may_name=lambda name: self.router.serves(name)
-                             or name in self.router.access_groups())
+                             or name in self.router.access_groups(),
+                             owners=KeyOwners(self.storage, self.users))
         self.upstream = ProviderClients({"openai": OpenAICompatible(),
                                          "anthropic": AnthropicClient(),
                                          TEXT_COMPLETION_PROVIDER: TextCompletionClient()})
@@ -162,10 +168,6 @@ class Faregate:
                                    self.router, settings.deployments, now,
                                    settings.stored_models_poll_interval_s)
         self.admin.include_router(build_model_routes(self.auth, self.models))
-        # Users and teams pay above their keys: admin changes to them reach admission.
-        payer_changes = PayerChanges(self.admission,
-                                     self.redis.payer_changed if self.redis else None)
-        self.users = UserAdmin(self.storage, payer_changes, now)
         self.teams = TeamAdmin(self.storage, self.users, payer_changes, now, self.keys.delete)
         self.admin.include_router(build_user_routes(self.auth, self.users, self.keys))
         self.admin.include_router(build_team_routes(self.auth, self.teams, self.keys))

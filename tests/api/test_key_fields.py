@@ -34,7 +34,7 @@ def refused(resp: httpx.Response, field: str) -> str:
 
 # A value that asks for something, per field (LiteLLM's documented shapes).
 SOMETHING: dict[str, Any] = {
-    "user_id": "u-1", "team_id": "t-1", "organization_id": "o-1", "budget_id": "b-1",
+    "organization_id": "o-1", "budget_id": "b-1",
     "model_max_budget": {"qwen-local": {"budget_limit": 1.0, "time_period": "1d"}},
     "budget_fallbacks": {"qwen-local": ["other"]}, "allowed_routes": ["/v1/chat/completions"],
     "allowed_passthrough_routes": ["/x"], "permissions": {"pii_masking": True},

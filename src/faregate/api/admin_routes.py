@@ -58,6 +58,8 @@ class KeyFields(BaseModel):
                                                                    max_length=100)
     key_type: str | None = None             # accepted values only (check_supported)
     send_invite_email: bool | None = None
+    user_id: str | None = Field(default=None, max_length=256)
+    team_id: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="before")
     @classmethod
@@ -156,8 +158,9 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) ->
     @app.get("/key/list")
     async def list_keys(_: Master, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
                         size: Annotated[int, Query(ge=1, le=1000)] = 100,
-                        return_full_object: bool = False) -> dict[str, Any]:
-        records, total = await keys.list(page, size)
+                        return_full_object: bool = False, user_id: str | None = None,
+                        team_id: str | None = None) -> dict[str, Any]:
+        records, total = await keys.list(page, size, user_id, team_id)
         return {"keys": [keys.view(r) if return_full_object else r.token for r in records],
                 "total_count": total, "current_page": page,
                 "total_pages": (total + size - 1) // size}

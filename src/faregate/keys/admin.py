@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from faregate.accounts.key_owners import KeyOwners
 from faregate.admission import periods
 from faregate.admission.demand import Admission, key_scope
 from faregate.errors import InvalidRequest, NotFound
@@ -47,6 +48,8 @@ class KeySettings:
     blocked: bool | None = None
     soft_budget: float | None = None
     tags: list[str] | None = None
+    user_id: str | None = None
+    team_id: str | None = None
 
 
 # LiteLLM's documented /key/generate and /key/update fields that faregate does not enforce yet,
@@ -54,8 +57,6 @@ class KeySettings:
 # ignored, unless its value asks for nothing (null, [], {}, false: LiteLLM's UI and SDKs send
 # those as defaults).
 NOT_SUPPORTED_YET: dict[str, str] = {
-    "user_id": "users arrive with issue 14's hierarchy (/user/*)",
-    "team_id": "teams arrive with issue 14's hierarchy (/team/*)",
     "organization_id": "organizations arrive with issue 14's hierarchy (/organization/*)",
     "budget_id": "named budgets arrive with issue 14's hierarchy (/budget/*)",
     "model_max_budget": "per-model budgets are not enforced yet; use max_budget, or "
@@ -120,7 +121,8 @@ class KeyAdmin:
                  now: Callable[[], datetime], models: Callable[[], Collection[str]],
                  on_change: KeyChanged | None = None, *,
                  is_master_key: Callable[[str], bool],
-                 may_name: Callable[[str], bool] | None = None) -> None:
+                 may_name: Callable[[str], bool] | None = None,
+                 owners: KeyOwners | None = None) -> None:
         self._storage = storage
         # A virtual key equal to the master key would be charged for the master key's calls
         # (they share a hash) while the master key is never refused: no key may be it.
@@ -133,6 +135,7 @@ class KeyAdmin:
         # access group (the router knows them).
         self._may_name = may_name or (lambda name: False)
         self._on_change = on_change
+        self._owners = owners     # user_id/team_id: the user made if new, the team checked
 
     async def _changed(self, record: KeyRecord | None, token: str) -> None:
         """Other replicas must see the change before the admin call returns."""
@@ -149,6 +152,7 @@ class KeyAdmin:
                            updated_at=now, **changes)
         if await self._storage.get_key(record.token) is not None:
             raise InvalidRequest("This key already exists", param="key")
+        await self._check_owners(record)
         try:
             await self._storage.insert_key(record)
         except DuplicateAlias:
@@ -168,6 +172,8 @@ class KeyAdmin:
                      given: Collection[str]) -> KeyRecord:
         current = await self.info(token)
         changes = self._changes(settings, set(given), self._now(), current.metadata)
+        if changes.keys() & {"user_id", "team_id", "models"}:
+            await self._check_owners(current.evolve(**changes))
         try:
             record = await self._storage.update_key(token, changes)
         except DuplicateAlias:
@@ -207,8 +213,18 @@ class KeyAdmin:
         await self._changed(None, token)
         return key, record
 
-    async def list(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:
-        return await self._storage.list_keys(page, page_size)
+    async def list(self, page: int, page_size: int, user_id: str | None = None,
+                   team_id: str | None = None) -> tuple[list[KeyRecord], int]:
+        """A page of keys, and how many there are; with user_id/team_id, theirs only."""
+        if (user_id is None and team_id is None) or self._owners is None:
+            return await self._storage.list_keys(page, page_size)
+        found = await self._owners.keys_of(user_id, team_id)
+        start = (page - 1) * page_size
+        return found[start:start + page_size], len(found)
+
+    async def _check_owners(self, record: KeyRecord) -> None:
+        if self._owners is not None and (record.user_id or record.team_id):
+            await self._owners.check(record.user_id, record.team_id, record.models)
 
     def view(self, record: KeyRecord) -> dict[str, Any]:
         """A key as LiteLLM's API shows it (spend in dollars, for the current budget period)."""
@@ -228,6 +244,7 @@ class KeyAdmin:
             "tags": record.metadata.get("tags") or [],
             **self._soft_budget_view(record),
             "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
+            "user_id": record.user_id, "team_id": record.team_id,
         }
 
     def _soft_budget_view(self, record: KeyRecord) -> dict[str, Any]:
@@ -303,6 +320,9 @@ class KeyAdmin:
             out["metadata"] = self._metadata(s, given, metadata or {})
         if "blocked" in given:
             out["blocked"] = bool(s.blocked)
+        for name in ("user_id", "team_id"):
+            if name in given:
+                out[name] = getattr(s, name) or None
         for name in _JSON_COLUMNS & set(out):
             check_stored_size(out[name], name)
         return out
