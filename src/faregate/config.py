@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 import re
 import secrets
@@ -24,8 +23,6 @@ import yaml
 from faregate.errors import ConfigError
 from faregate.money import price_to_femtos
 from faregate.secret import Secret
-
-log = logging.getLogger("faregate.config")
 
 ENV_PREFIX = "os.environ/"
 MASTER_KEY_ENV_NAMES = ("FAREGATE_MASTER_KEY", "LITELLM_MASTER_KEY", "PROXY_MASTER_KEY")
@@ -201,6 +198,16 @@ class Settings:
 
     def models(self) -> list[str]:
         return list(dict.fromkeys(d.model_name for d in self.deployments))
+
+    def master_key_warning(self) -> str | None:
+        """What to say at start about a master key short enough to guess (None: long enough)."""
+        length = len(self.master_key.reveal())
+        if length >= STRONG_MASTER_KEY_CHARS:
+            return None
+        return (f"the master key from {self.master_key_source} is {length} characters long: "
+                "anyone who guesses it administers every key and spends every budget. Use at "
+                f"least {STRONG_MASTER_KEY_CHARS} random characters (sk- followed by `openssl "
+                "rand -hex 24`) anywhere but a laptop")
 
 
 def without_credentials(url: str) -> str:
@@ -665,8 +672,9 @@ def _metrics_token(general: dict[str, Any], env: _Env) -> Secret | None:
 def _checked_master(value: Any, source: str) -> Secret:
     """The master key, or a ConfigError naming the one rule it breaks (never its value).
 
-    A short key is accepted, loudly: LiteLLM's docs and quick starts use `sk-1234`, and a
-    drop-in must start from their config; the warning says what a guessable key risks.
+    A short key is accepted, loudly (Settings.master_key_warning, logged by `faregate serve`
+    once its log format is set): LiteLLM's docs and quick starts use `sk-1234`, and a drop-in
+    must start from their config.
     """
     where = f"the master key from {source}"
     if not isinstance(value, str):
@@ -681,11 +689,6 @@ def _checked_master(value: Any, source: str) -> Secret:
     if any(c.isspace() or not c.isprintable() for c in value):
         raise ConfigError(f"{where} contains a space or a control character, which an "
                           "'Authorization: Bearer' header cannot carry; remove it")
-    if len(value) < STRONG_MASTER_KEY_CHARS:
-        log.warning("%s is %d characters long: anyone who guesses it administers every key "
-                    "and spends every budget. Use at least %d random characters (sk- followed "
-                    "by `openssl rand -hex 24`) anywhere but a laptop", where, len(value),
-                    STRONG_MASTER_KEY_CHARS)
     return Secret(value)
 
 

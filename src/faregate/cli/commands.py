@@ -123,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     settings = config.load(os.environ, args.config)
     logs.configure(settings.log_format)
+    weak_key = settings.master_key_warning()
+    if weak_key is not None:
+        logging.getLogger("faregate.config").warning(weak_key)
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.workers > 1 and not settings.redis_url:
