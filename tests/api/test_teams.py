@@ -169,3 +169,35 @@ async def test_keys_with_a_user_and_a_team(gateway: RunningGateway) -> None:
     moved = await ok(gateway, "POST", "/key/update", json={"key": personal["key"],
                                                            "team_id": "t4"})
     assert moved["team_id"] == "t4"
+
+
+async def chat_status(gw: RunningGateway, key: str) -> int:
+    resp = await gw.http.post("/v1/chat/completions", json={
+        "model": "qwen-local", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4}, headers={"Authorization": f"Bearer {key}"})
+    return resp.status_code
+
+
+async def test_team_and_user_changes_reach_the_next_request(gateway: RunningGateway) -> None:
+    await ok(gateway, "POST", "/team/new", json={"team_id": "t5", "max_budget": 1})
+    key = await team_key(gateway, "t5", user_id="member-5", models=["qwen-local"])
+    assert await chat_status(gateway, key) == 200
+    await ok(gateway, "POST", "/team/update", json={"team_id": "t5", "max_budget": 0})
+    assert await chat_status(gateway, key) == 429
+    await ok(gateway, "POST", "/team/update", json={"team_id": "t5", "max_budget": 1})
+    assert await chat_status(gateway, key) == 200
+
+    await ok(gateway, "POST", "/team/member_add", json={
+        "team_id": "t5", "member": {"user_id": "member-5"}, "max_budget_in_team": 0})
+    assert await chat_status(gateway, key) == 429
+    await ok(gateway, "POST", "/team/member_update", json={
+        "team_id": "t5", "user_id": "member-5", "max_budget_in_team": 1})
+    assert await chat_status(gateway, key) == 200
+
+    personal = await team_key(gateway, "t5", models=["qwen-local"])
+    await ok(gateway, "POST", "/key/update", json={"key": personal, "team_id": None,
+                                                   "user_id": "member-5"})
+    assert await chat_status(gateway, personal) == 200
+    await ok(gateway, "POST", "/user/update", json={"user_id": "member-5", "max_budget": 0})
+    assert await chat_status(gateway, personal) == 429
+    assert await chat_status(gateway, key) == 200      # a team key is not paid by the user
