@@ -120,7 +120,8 @@ class Faregate:
         self.auth = Authenticator(settings.master_key, self.directory, now)
         # Users and teams pay above their keys: admin changes to them reach admission.
         payer_changes = PayerChanges(self.admission,
-                                     self.redis.payer_changed if self.redis else None)
+                                     self.redis.payer_changed if self.redis else None,
+                                     self._forget_cached_payer)
         self.users = UserAdmin(self.storage, payer_changes, now)
         self.keys = KeyAdmin(self.storage, self.directory, self.admission, now,
                              lambda: self.router.names(),   # config and stored models
@@ -179,6 +180,11 @@ class Faregate:
         self.admin.include_router(build_org_routes(self.auth, self.organizations))
         self.admin.include_router(build_customer_routes(self.auth, self.customers))
         self.admin.include_router(build_budget_routes(self.auth, self.named_budgets))
+
+    def _forget_cached_payer(self, scope: str) -> None:
+        """An admin changed a payer: this process's next request reads it again."""
+        self.directory.forget_payer(scope)
+        self.end_users.forget_payer(scope)
 
     async def _ping_database(self) -> None:
         """The metrics' database gauge, from the same health the request path reads."""

@@ -18,7 +18,7 @@ from faregate.errors import ServiceUnavailable
 from faregate.records import KeyPayers, KeyRecord
 from faregate.spend.holds import KeyHolds
 from faregate.storage.health import DatabaseHealth, is_outage
-from faregate.storage.protocols import KeyStore
+from faregate.storage.protocols import KeyStore, parse_scope
 
 _NEGATIVE_TTL_S = 2.0
 _OUTAGE_RECHECK_S = 5.0      # during an outage, how often a cached key tries the database
@@ -139,6 +139,24 @@ class KeyDirectory:
     def forget(self, token: str) -> None:
         self._known.pop(token, None)
         self._unknown.pop(token, None)
+
+    def forget_payer(self, scope: str) -> None:
+        """An admin changed a payer above keys (a user, team, member or organization):
+        drop every entry it pays for, so their next request reads it again (a scan: admin
+        changes are rare; the cache holds only keys in use)."""
+        level, ids = parse_scope(scope)
+        if level == "key":
+            self.forget(ids[0])
+            return
+        for token, (record, _, _, payers) in list(self._known.items()):
+            team = payers.team if payers is not None else None
+            paid_by: dict[str, set[tuple[str | None, ...]]] = {
+                "user": {(record.user_id,)}, "team": {(record.team_id,)},
+                "member": {(record.team_id, record.user_id)},
+                "org": {(record.organization_id,),
+                        (team.organization_id if team is not None else None,)}}
+            if ids in paid_by.get(level, set()):
+                self._known.pop(token, None)
 
 
 def _database_down(unknown_key: bool = False) -> ServiceUnavailable:

@@ -53,3 +53,9 @@ class EndUsers:
     def forget(self, end_user_id: str) -> None:
         self._known.pop(end_user_id, None)
 
+    def forget_payer(self, scope: str) -> None:
+        """An admin changed the payer: if it is an end user, read it again on next use."""
+        level, _, end_user_id = scope.partition(":")
+        if level == "end_user":
+            self.forget(end_user_id)
+

@@ -1,0 +1,49 @@
+"""An admin change to an organization, an end user or a named budget is seen by the very next
+request on this process (SQLite and Postgres), not after the key cache's TTL."""
+
+from __future__ import annotations
+
+from api.accounts_support import ok
+from api.conftest import RunningGateway
+from api.test_payers_path import CALL_NANOS, key_in, post
+from support import chat
+
+from faregate.money import nanos_to_dollars
+from faregate.records import TeamRecord
+
+
+async def test_blocking_a_customer_refuses_its_next_request(gateway: RunningGateway) -> None:
+    await ok(gateway, "POST", "/customer/new", json={"user_id": "c1"})
+    key = await key_in(gateway)
+    assert (await post(gateway, key, chat(user="c1")))[0] == 200
+    await ok(gateway, "POST", "/customer/block", json={"user_ids": ["c1"]})
+    status, body = await post(gateway, key, chat(user="c1"))
+    assert status == 400 and body["error"]["code"] == "end_user_blocked", body  # type: ignore[index]
+    await ok(gateway, "POST", "/end_user/unblock", json={"user_ids": ["c1"]})
+    assert (await post(gateway, key, chat(user="c1")))[0] == 200
+
+
+async def test_blocking_an_organization_refuses_its_teams_next_request(
+        gateway: RunningGateway) -> None:
+    await ok(gateway, "POST", "/organization/new",
+             json={"organization_id": "o1", "organization_alias": "O"})
+    await gateway.app.storage.insert_team(TeamRecord("t1", organization_id="o1"))
+    key = await key_in(gateway, team_id="t1")
+    assert (await post(gateway, key, chat()))[0] == 200
+    await ok(gateway, "PATCH", "/organization/update",
+             json={"organization_id": "o1", "blocked": True})
+    status, body = await post(gateway, key, chat())
+    assert status == 401, body
+    assert body["error"]["code"] == "organization_blocked"     # type: ignore[index]
+
+
+async def test_a_named_budget_change_reaches_its_customers(gateway: RunningGateway) -> None:
+    await ok(gateway, "POST", "/budget/new", json={"budget_id": "tier"})
+    await ok(gateway, "POST", "/customer/new", json={"user_id": "c1", "budget_id": "tier"})
+    key = await key_in(gateway)
+    assert (await post(gateway, key, chat(user="c1")))[0] == 200
+    # now at most one more call's worth: the customer is refused within two calls
+    await ok(gateway, "POST", "/budget/update", json={
+        "budget_id": "tier", "max_budget": nanos_to_dollars(2 * CALL_NANOS)})
+    statuses = [(await post(gateway, key, chat(user="c1")))[0] for _ in range(3)]
+    assert 429 in statuses, statuses
