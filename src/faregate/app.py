@@ -22,6 +22,7 @@ from faregate.accounts.users import UserAdmin
 from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Admission
 from faregate.admission.local import LocalAdmission
+from faregate.admission.payer_rows import PayerRows
 from faregate.admission.shared import RedisAdmission
 from faregate.admission.sole import SoleAdmission
 from faregate.api.admin_routes import build_admin_app
@@ -104,7 +105,8 @@ class Faregate:
             self.redis = RedisAdmission(settings.redis_url,
                                         lambda token: self.directory.read_settled(token),
                                         self.ledger.record_period, BUDGET_WAIT_S,
-                                        settings.redis_failure_mode, local, settings.replicas)
+                                        settings.redis_failure_mode, local, settings.replicas,
+                                        load_payer=PayerRows(self.storage).load)
         # Processes on one database find each other; without Redis only one may admit.
         self.replicas = ReplicaHeartbeat(self.storage, self.redis is not None, monotonic)
         self.admission: Admission = self.redis or SoleAdmission(local, self.replicas)
@@ -117,6 +119,7 @@ class Faregate:
                                   settings.max_end_user_budget_id)
         # Rows a stopped process left, once written, count in this process's accounts too.
         self.ledger.holds.on_written(self.budgets.credit)
+        self.ledger.holds.on_payers_written(self.budgets.credit_payer)
         self.auth = Authenticator(settings.master_key, self.directory, now)
         # Users and teams pay above their keys: admin changes to them reach admission.
         payer_changes = PayerChanges(self.admission,
