@@ -25,6 +25,7 @@ class KeyHolds:
         self._rows: Counter[str] = Counter()       # token -> rows handed over, not yet written
         self._released: dict[str, asyncio.Event] = {}
         self._listeners: list[Listener] = []
+        self._payer_listeners: list[Listener] = []
 
     def held(self, token: str) -> bool:
         return token in self._rows
@@ -37,17 +38,28 @@ class KeyHolds:
         """`listener(token, nanos)` for each key that gained spend from handed-over rows."""
         self._listeners.append(listener)
 
+    def on_payers_written(self, listener: Listener) -> None:
+        """`listener(scope, nanos)` for each payer above a key ("team:t1", ...) that gained
+        spend from handed-over rows."""
+        self._payer_listeners.append(listener)
+
     def add(self, tokens: Mapping[str, int]) -> None:
         """Rows (counted per key) that another process left are now this one's to write."""
         self._rows.update(tokens)
 
-    def written(self, rows: Iterable[SpendRow], gained: Mapping[str, int]) -> None:
+    def written(self, rows: Iterable[SpendRow], gained: Mapping[str, int],
+                by_payer: Mapping[str, int] | None = None) -> None:
         """These handed-over rows are in the database (or dead-lettered for good); `gained` is
-        the spend they added per key (rows the database already had add nothing)."""
+        the spend they added per key (rows the database already had add nothing), `by_payer`
+        per payer above the key, by scope."""
         for token, nanos in gained.items():
             if nanos:
                 for listener in self._listeners:
                     listener(token, nanos)
+        for scope, nanos in (by_payer or {}).items():
+            if nanos:
+                for listener in self._payer_listeners:
+                    listener(scope, nanos)
         for row in rows:
             if row.api_key not in self._rows:
                 continue

@@ -302,7 +302,7 @@ class LedgerWriter:
                     self.written += result.rows
                     progress[token] = done + len(chunk)
                     self._sealed_rows -= len(chunk)
-                    self.holds.written(chunk, result.by_key)
+                    self.holds.written(chunk, result.by_key, result.by_payer)
 
         outcomes = await asyncio.gather(
             *(write(t, r) for t, r in by_key.items() if progress.get(t, 0) < len(r)),
