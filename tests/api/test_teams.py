@@ -3,10 +3,15 @@ what deleting a team does to its keys."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import pytest
 from api.conftest import RunningGateway
+from api.test_upstream_faults import Start, deployment, start
 from api.test_users import error, ok
+
+__all__ = ["start"]
 
 
 async def test_new_info_update_list(gateway: RunningGateway) -> None:
@@ -175,6 +180,7 @@ async def chat_status(gw: RunningGateway, key: str) -> int:
     resp = await gw.http.post("/v1/chat/completions", json={
         "model": "qwen-local", "messages": [{"role": "user", "content": "hi"}],
         "max_tokens": 4}, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code < 500, resp.text
     return resp.status_code
 
 
@@ -201,3 +207,29 @@ async def test_team_and_user_changes_reach_the_next_request(gateway: RunningGate
     await ok(gateway, "POST", "/user/update", json={"user_id": "member-5", "max_budget": 0})
     assert await chat_status(gateway, personal) == 429
     assert await chat_status(gateway, key) == 200      # a team key is not paid by the user
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Redis mode: admission/payers.py gives the user, team, member and organization payers the "
+    "KEY's version, while RedisAdmission.payer_changed bumps the payer's own version; the Lua "
+    "script then finds every payer above the key stale on every try: 503 key_changing for "
+    "all the team's keys, on every replica, after any admin change to the team"))
+async def test_a_team_change_on_one_replica_reaches_another(start: Start,
+                                                           mock_upstream: str) -> None:
+    """Redis mode: the replica that did not make the change reloads the team at once
+    (RedisAdmission.payer_changed bumps the team's version)."""
+    models = [deployment("qwen-local", "qwen-local", mock_upstream)]
+    one = await start(models, admission="redis")
+    url = str(one.app.settings.database_url)
+    other = await start(models, database_url=url, admission="redis")
+    team = f"t-{uuid.uuid4().hex[:8]}"          # the shared Redis outlives this test
+    await ok(one, "POST", "/team/new", json={"team_id": team, "max_budget": 1})
+    key = await team_key(one, team, models=["qwen-local"])
+    assert await chat_status(other, key) == 200
+    await ok(one, "POST", "/team/block", json={"team_id": team})
+    assert await chat_status(other, key) == 401
+    await ok(one, "POST", "/team/unblock", json={"team_id": team})
+    assert await chat_status(other, key) == 200
+    assert await chat_status(one, key) == 200
+    await ok(one, "POST", "/team/update", json={"team_id": team, "max_budget": 0})
+    assert await chat_status(other, key) == 429
