@@ -46,6 +46,7 @@ class Row:
     stream: bool
     concurrency: int
     target: str                  # direct (the mock) | bare (passthrough proxy) | gateway
+    #                              | payers (the gateway, a key in a team in an org + end user)
     rps: float
     p50_ms: float
     p99_ms: float
@@ -159,12 +160,37 @@ def _database(backend: str, tmp: Path) -> Iterator[str]:
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _body(stream: bool) -> bytes:
+def _body(stream: bool, end_user: str | None = None) -> bytes:
     body: dict[str, Any] = {"model": "bench-model", "max_tokens": 16,
                             "messages": [{"role": "user", "content": "ping"}]}
     if stream:
         body["stream"] = True
+    if end_user is not None:
+        body["user"] = end_user
     return json.dumps(body).encode()
+
+
+def _payers_key(base: str) -> str:
+    """A key paid for at every level: it, its team, its membership, the team's organization
+    (each with a budget and limits too high to bind); requests name an end user."""
+    admin = {"Authorization": f"Bearer {MASTER}"}
+    unbound = {"max_budget": 1_000_000, "rpm_limit": 2_000_000_000, "tpm_limit": 2_000_000_000}
+    for path, body in (("/organization/new", {"organization_id": "bench-org",
+                                              "organization_alias": "bench-org", **unbound}),
+                       ("/user/new", {"user_id": "bench-user", **unbound}),
+                       ("/team/new", {"team_id": "bench-team", "organization_id": "bench-org",
+                                      **unbound}),
+                       ("/team/member_add", {"team_id": "bench-team",
+                                             "member": {"user_id": "bench-user",
+                                                        "role": "user"},
+                                             "max_budget_in_team": 1_000_000}),
+                       ("/customer/new", {"user_id": "bench-end-user", **unbound})):
+        resp = httpx.post(base + path, json=body, headers=admin)
+        if resp.status_code != 200:
+            raise RuntimeError(f"{path}: {resp.status_code} {resp.text}")
+    return str(httpx.post(base + "/key/generate", json={
+        "models": ["bench-model"], "team_id": "bench-team", "user_id": "bench-user", **unbound},
+        headers=admin).json()["key"])
 
 
 def run(args: argparse.Namespace) -> list[Row]:
@@ -217,6 +243,7 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
                     "rpm_limit": 2_000_000_000, "tpm_limit": 2_000_000_000},
                     headers={"Authorization": f"Bearer {MASTER}"}).json()["key"]
                 gateway_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                payers = _payers_key(f"http://127.0.0.1:{port}") if args.payers else None
                 if args.seed_keys or args.seed_rows:
                     owner = seeding.seed(db_url, key, args.seed_keys, args.seed_rows)
                     spend_logs_ms = seeding.spend_logs_latency(f"http://127.0.0.1:{port}", owner,
@@ -229,7 +256,7 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
                 for stream in (False, True):
                     for concurrency in args.concurrency:
                         rows += _compare(args, backend, workers, stream, concurrency,
-                                         targets, gateway_url, key, pid)
+                                         targets, gateway_url, key, pid, payers)
         except RuntimeError as exc:
             print(f"bench: {backend} with {workers} workers did not start: {exc}",
                   file=sys.stderr)
@@ -252,18 +279,25 @@ def _soak(args: argparse.Namespace, url: str, key: str, pid: int) -> None:
 
 def _compare(args: argparse.Namespace, backend: str, workers: int, stream: bool,
              concurrency: int, targets: Targets, gateway_url: str, key: str,
-             pid: int) -> list[Row]:
+             pid: int, payers_key: str | None = None) -> list[Row]:
     body = _body(stream)
     measured: dict[str, list[tuple[loadgen.Measured, float | None, float | None]]] = {
         "direct": [], "bare": [], "gateway": []}
     plan = [("direct", targets.direct, None), ("bare", targets.bare, targets.bare_pid),
             ("gateway", gateway_url, pid)]
+    if payers_key is not None:
+        measured["payers"] = []
+        plan.append(("payers", gateway_url, pid))
     for _ in range(args.rounds):          # alternate, so drift hits every target alike
         for target, url, measured_pid in plan:
             headers = {"Content-Type": "application/json"}
             if target == "gateway":
                 headers["Authorization"] = f"Bearer {key}"
-            load = loadgen.Load(url, body, headers, concurrency, args.duration)
+            sent = body
+            if target == "payers":
+                headers["Authorization"] = f"Bearer {payers_key}"
+                sent = _body(stream, "bench-end-user")
+            load = loadgen.Load(url, sent, headers, concurrency, args.duration)
             cpu_before = _cpu_seconds(measured_pid) if measured_pid else 0.0
             result = loadgen.run(load, prefer_wrk=not args.python_loadgen)
             cpu_us = rss = None
@@ -333,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="add this many spend rows (spread over the keys) before measuring")
     parser.add_argument("--soak", type=int, default=0,
                         help="also drive this many requests and report RSS growth")
+    parser.add_argument("--payers", action="store_true",
+                        help="also measure a key in a team in an organization, with an end "
+                             "user (target 'payers'), against the bare key in the same run")
     parser.add_argument("--quick", action="store_true",
                         help="a one-second smoke run on SQLite (what the test suite runs)")
     args = parser.parse_args(argv)
