@@ -233,3 +233,19 @@ async def test_a_team_change_on_one_replica_reaches_another(start: Start,
     assert await chat_status(one, key) == 200
     await ok(one, "POST", "/team/update", json={"team_id": team, "max_budget": 0})
     assert await chat_status(other, key) == 429
+
+
+async def test_a_refused_member_list_adds_no_one(gateway: RunningGateway) -> None:
+    bad_role = await error(gateway, 400, "POST", "/team/new", json={
+        "team_id": "t6", "members_with_roles": [{"user_id": "a"}, {"user_id": "b",
+                                                                   "role": "owner"}]})
+    assert bad_role["param"] == "role"
+    await error(gateway, 404, "GET", "/team/info", params={"team_id": "t6"})
+    await ok(gateway, "POST", "/team/new", json={"team_id": "t6",
+                                                 "members_with_roles": [{"user_id": "a"}]})
+    twice = await error(gateway, 400, "POST", "/team/member_add", json={
+        "team_id": "t6", "member": [{"user_id": "c"}, {"user_id": "a"}]})
+    assert twice["code"] == "member_exists"
+    info = await ok(gateway, "GET", "/team/info", params={"team_id": "t6"})
+    assert [m["user_id"] for m in info["team_memberships"]] == ["a"]
+    await error(gateway, 404, "GET", "/user/info", params={"user_id": "c"})

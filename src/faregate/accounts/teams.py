@@ -75,6 +75,7 @@ class TeamAdmin:
                      members: Collection[NewMember] = ()) -> TeamRecord:
         now = self._now()
         changes = await self._changes(settings, set(given), now)
+        _check_members(members, ())
         record = TeamRecord(team_id=team_id or str(uuid.uuid4()), created_at=now,
                             updated_at=now, **changes)
         try:
@@ -156,9 +157,10 @@ class TeamAdmin:
         email no user has), as LiteLLM does. A user already in the team is a 400."""
         await self.get(team_id)
         budget = _money(max_budget_in_team, "max_budget_in_team")
+        _check_members(members, [m.user_id for m in await self._storage.list_team_members(
+            team_id)])
         added: list[MemberRecord] = []
         for member in members:
-            _check_role(member.role)
             user_id = await self._user_of(member.user_id, member.user_email, create=True)
             record = MemberRecord(team_id=team_id, user_id=user_id, role=member.role,
                                   max_budget_in_team_nanos=budget, created_at=self._now())
@@ -247,6 +249,23 @@ class TeamAdmin:
                                      "/budget/new", param="budget_id")
             out["budget_id"] = s.budget_id
         return out
+
+
+def _check_members(members: Collection[NewMember], present: Collection[str]) -> None:
+    """Before anything is written: every role valid, every member named, no user_id twice
+    or already in the team (a request that fails adds no one)."""
+    seen = set(present)
+    for member in members:
+        _check_role(member.role)
+        if not member.user_id and not member.user_email:
+            raise InvalidRequest("Name each member by 'user_id' or 'user_email'",
+                                 param="user_id")
+        if member.user_id in seen:
+            raise InvalidRequest(f"User {member.user_id!r} is already a member of the team "
+                                 "(or named twice); change it with /team/member_update",
+                                 param="member", code="member_exists")
+        if member.user_id:
+            seen.add(member.user_id)
 
 
 def _check_role(role: str) -> None:
