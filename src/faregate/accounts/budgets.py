@@ -62,9 +62,10 @@ class BudgetAdmin:
         if record is None:
             raise NotFound(f"Budget {budget_id} was deleted meanwhile",
                            code="budget_not_found")
-        new_period = "budget_duration" in fields
+        # Each payer's period end is its own (its row's budget_reset_at): admission reads the
+        # payer again rather than being handed an end here.
         async for payer_scope in self.payers_of(budget_id):
-            await self._changes.changed(payer_scope, None, new_period=new_period)
+            await self._changes.changed(payer_scope)
         return record
 
     async def delete(self, budget_id: str) -> BudgetRecord:
