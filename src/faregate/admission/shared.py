@@ -226,6 +226,7 @@ CONNECT_TIMEOUT_S = 0.5
 # a replica that dies (or loses an answer) strands nothing for longer than LEASE_S.
 LEASE_S = 30.0
 RENEW_S = 5.0
+RELEASE_ROUNDS = 2      # renewal rounds that release a lost admission once Redis answers
 _POLL_S = 0.02
 # A parallel refusal is decided again while this replica's settlements reach Redis, this often
 # at most (callers at the limit may each have one on its way).
@@ -310,7 +311,8 @@ class RedisAdmission:
         self._flusher: asyncio.Task[None] | None = None
         self._flushes = 0                       # settlement batches sent so far
         self._held: dict[str, Demand] = {}     # request id -> its demand, admitted in Redis
-        self._lost: dict[str, Demand] = {}     # ids whose admission answer was lost: release
+        # Ids whose admission answer was lost, to release -> successful release rounds so far.
+        self._lost: dict[str, tuple[Demand, int]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self.healthy = True
 
@@ -324,7 +326,7 @@ class RedisAdmission:
         except RedisError as exc:
             # The script may have reserved before its answer was lost: release that id as
             # soon as Redis answers again, rather than when its lease ends.
-            self._lost[demand.request_id] = demand
+            self._lost[demand.request_id] = (demand, 0)
             return await self._degraded(demand, exc)
         self._held[demand.request_id] = demand
         self._recovered()
@@ -387,14 +389,20 @@ class RedisAdmission:
                             names = _keys(_prefix(payer))
                             await self._renew(keys=[names[1], names[3], names[2]],
                                               args=[rid, lease_ms], client=pipe)
-                    for rid, demand in lost:
+                    for rid, (demand, _) in lost:
                         await self._settle(keys=_settle_keys(demand),
                                            args=[rid, 0, 0, len(demand.payers)], client=pipe)
                     await pipe.execute()
             except RedisError:
                 continue        # Redis still away: try again next round
-            for rid, _ in lost:
-                self._lost.pop(rid, None)
+            # A lost admission may still be in Redis's socket buffer when the first release
+            # runs on another connection (a hung Redis reads both when it resumes, in either
+            # order): release it once more a round later, then forget it.
+            for rid, (demand, rounds) in lost:
+                if rounds >= RELEASE_ROUNDS - 1:
+                    self._lost.pop(rid, None)
+                else:
+                    self._lost[rid] = (demand, rounds + 1)
 
     async def close(self) -> None:
         if self._renewer is not None:
