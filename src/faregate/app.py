@@ -113,10 +113,13 @@ class Faregate:
         self.directory = KeyDirectory(self.storage, monotonic, settings.key_cache_ttl_s,
                                       self.redis.version if self.redis else None,
                                       self.db_health, self.ledger.holds,
-                                      payers=self.storage.get_key_payers)
+                                      payers=self.storage.get_key_payers,
+                                      payer_versions=self.redis.payer_version
+                                      if self.redis else None)
         # End users are cached like keys; the first request of a new one creates it.
         self.end_users = EndUsers(self.storage, monotonic, settings.key_cache_ttl_s,
-                                  settings.max_end_user_budget_id)
+                                  settings.max_end_user_budget_id,
+                                  self.redis.payer_version if self.redis else None)
         # Rows a stopped process left, once written, count in this process's accounts too.
         self.ledger.holds.on_written(self.budgets.credit)
         self.ledger.holds.on_payers_written(self.budgets.credit_payer)

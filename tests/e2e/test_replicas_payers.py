@@ -39,3 +39,13 @@ def test_a_team_budget_holds_across_three_replicas(replicas: list[ServedGateway]
     assert team["spend"] <= budget + 1e-12
     assert len(rows) == statuses.count(200)
     assert abs(sum(r["spend"] for r in rows) - team["spend"]) < 1e-12
+    # A change on one replica reaches the others' next request (the team's version in Redis
+    # moves on; each replica reads the team again), and the new budget serves.
+    raised = httpx.post(f"{replicas[0].base_url}/team/update", headers=ADMIN,
+                        json={"team_id": "burst-team", "max_budget": 1.0})
+    assert raised.status_code == 200, raised.text
+    assert asyncio.run(spread(replicas, keys[0], 6)) == [200] * 6
+    blocked = httpx.post(f"{replicas[0].base_url}/team/block", headers=ADMIN,
+                         json={"team_id": "burst-team"})
+    assert blocked.status_code == 200, blocked.text
+    assert asyncio.run(spread(replicas, keys[1], 3)) == [401] * 3

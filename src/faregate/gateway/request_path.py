@@ -216,7 +216,8 @@ class Gateway:
         await self._admission.settle(call.admitted, spend, prompt + completion)
 
     def _payers_of(self, caller: Caller, ask: Ask) -> tuple[Payer, ...]:
-        return self._payers.of(caller.key, caller.version, caller.payers, ask.end_user)
+        return self._payers.of(caller.key, caller.version, caller.payers, ask.end_user,
+                               caller.payer_versions)
 
     async def _end_user(self, end_user: str | None, fresh: bool = False) -> Payer | None:
         """The end user's payer (created on first use), or a 400 if it is blocked; None for
@@ -225,12 +226,12 @@ class Gateway:
             return None
         if fresh:
             self._end_users.forget(end_user)
-        record = await self._end_users.get(end_user)
+        record, version = await self._end_users.get(end_user)
         if record.blocked:
             raise InvalidRequest(f"End user {end_user} is blocked from making LLM API calls. "
                                  "An admin can lift it with /customer/unblock",
                                  param="user", code="end_user_blocked")
-        return end_user_payer(record)
+        return end_user_payer(record, version)
 
     def _row(self, call: Call, prompt: int, completion: int, spend: int,
              status: str) -> SpendRow:

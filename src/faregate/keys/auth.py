@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from faregate.config import is_wildcard, wildcard_match
@@ -28,8 +28,10 @@ class Caller:
     # The models of the key's team, which `all-team-models` stands for; None: no team (then
     # it grants nothing, as LiteLLM decides for a key without a team).
     team_models: tuple[str, ...] | None = None
-    # What pays above the key (its user, team, member, organization), as loaded with it.
+    # What pays above the key (its user, team, member, organization), as loaded with it, and
+    # (Redis mode) the version of each, by scope, read before its row.
     payers: KeyPayers | None = None
+    payer_versions: Mapping[str, str] = field(default_factory=dict)
 
     def may_use(self, model: str, groups: Collection[str] = ()) -> bool:
         """Whether the key may call `model` (the name served, after its aliases), as LiteLLM
@@ -104,14 +106,14 @@ class Authenticator:
 
     async def _resolve(self, token: str) -> Caller:
         """The caller holding the key whose hash is `token`, or AuthError/ExpiredKey."""
-        key, version, above = await self._directory.lookup_payers(token)
+        key, version, above, versions = await self._directory.lookup_payers(token)
         if key is not None and self._directory.shared and (
                 key.blocked or (key.expires is not None and key.expires <= self._now())
                 or _blocked_above(above) is not None):
             # A refusal read from a cached copy must not outlive an unblock or an extension
             # made on another replica: look again before refusing.
             self._directory.forget(token)
-            key, version, above = await self._directory.lookup_payers(token)
+            key, version, above, versions = await self._directory.lookup_payers(token)
         if key is None:
             raise AuthError("Invalid API key: it is unknown or was deleted. Ask your admin "
                             "for a key from /key/generate", code="invalid_api_key")
@@ -126,7 +128,8 @@ class Authenticator:
             raise refusal
         team = above.team if above is not None else None
         return Caller(key, is_master=False, version=version,
-                      team_models=team.models if team is not None else None, payers=above)
+                      team_models=team.models if team is not None else None, payers=above,
+                      payer_versions=versions)
 
 
 def _blocked_above(above: KeyPayers | None) -> AuthError | None:

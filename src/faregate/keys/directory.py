@@ -12,8 +12,9 @@ gets the documented 503 `database_unavailable`; other keys never wait.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
+from faregate.admission.payers import payers_of
 from faregate.errors import ServiceUnavailable
 from faregate.records import KeyPayers, KeyRecord
 from faregate.spend.holds import KeyHolds
@@ -30,6 +31,9 @@ HOLD_WAIT_S = 5.0
 VersionSource = Callable[[str], Awaitable[str]]
 # A key with its user, team, member, organization and their named budgets, in one read.
 PayersSource = Callable[[str], Awaitable[KeyPayers | None]]
+NO_VERSIONS: Mapping[str, str] = {}
+# Re-reads of a key's payers while their scopes keep changing, before admission decides.
+_PAYER_READS = 3
 
 
 class KeyDirectory:
@@ -40,18 +44,22 @@ class KeyDirectory:
                  versions: VersionSource | None = None,
                  health: DatabaseHealth | None = None, holds: KeyHolds | None = None,
                  hold_wait_s: float = HOLD_WAIT_S,
-                 payers: PayersSource | None = None) -> None:
+                 payers: PayersSource | None = None,
+                 payer_versions: VersionSource | None = None) -> None:
         """`payers`: read a key with everything above it (storage.get_key_payers) instead of
-        its row alone; each entry then keeps them, with budget_id fallbacks applied."""
+        its row alone; each entry then keeps them, with budget_id fallbacks applied.
+        `payer_versions` (Redis mode): a payer's version by scope, read before its row."""
         self._storage = storage
         self._payers = payers
+        self._payer_versions = payer_versions
         self._holds = holds
         self._hold_wait_s = hold_wait_s
         self._health = health
         self._clock = clock
         self._ttl_s = ttl_s
         self._versions = versions
-        self._known: dict[str, tuple[KeyRecord, str, float, KeyPayers | None]] = {}
+        self._known: dict[str, tuple[KeyRecord, str, float, KeyPayers | None,
+                                     Mapping[str, str]]] = {}
         self._unknown: dict[str, float] = {}
 
     @property
@@ -63,13 +71,14 @@ class KeyDirectory:
         return (await self.lookup(token))[0]
 
     async def lookup(self, token: str) -> tuple[KeyRecord | None, str]:
-        record, version, _ = await self.lookup_payers(token)
+        record, version, _, _ = await self.lookup_payers(token)
         return record, version
 
-    async def lookup_payers(self, token: str
-                            ) -> tuple[KeyRecord | None, str, KeyPayers | None]:
+    async def lookup_payers(self, token: str) -> tuple[KeyRecord | None, str, KeyPayers | None,
+                                                       Mapping[str, str]]:
         """The key (its null terms filled from its named budget), the version it was read at,
-        and what pays above it (None without a payers source)."""
+        what pays above it (None without a payers source), and (Redis mode) each payer's
+        version by scope, read before its row."""
         if self._health is not None and self._health.refuses_requests:
             raise _database_down()
         if self._holds is not None and self._holds.held(token):
@@ -78,18 +87,18 @@ class KeyDirectory:
         now = self._clock()
         hit = self._known.get(token)
         if hit is not None and hit[2] > now:
-            return hit[0], hit[1], hit[3]
+            return hit[0], hit[1], hit[3], hit[4]
         miss_until = self._unknown.get(token)
         if miss_until is not None and miss_until > now:
-            return None, "0", None
+            return None, "0", None, NO_VERSIONS
         version = await self._versions(token) if self._versions is not None else "0"
         above: KeyPayers | None = None
+        versions = NO_VERSIONS
         try:
             if self._payers is None:
                 record = await self._storage.get_key(token)
             else:
-                above = await self._payers(token)
-                above = above.with_budget_terms() if above is not None else None
+                above, versions = await self._read_payers(token)
                 record = above.key if above is not None else None
         except Exception as exc:
             if self._health is None or not is_outage(exc):
@@ -102,15 +111,37 @@ class KeyDirectory:
             # allow_requests_on_db_unavailable: a key this process knows keeps working as it
             # was last read; budgets and limits go on from what this process has seen.
             self._known[token] = (hit[0], hit[1], now + min(self._ttl_s, _OUTAGE_RECHECK_S),
-                                  hit[3])
-            return hit[0], hit[1], hit[3]
+                                  hit[3], hit[4])
+            return hit[0], hit[1], hit[3], hit[4]
         if record is None:
             if len(self._unknown) >= _MAX_NEGATIVE:
                 self._unknown.clear()
             self._unknown[token] = now + _NEGATIVE_TTL_S
         else:
-            self._known[token] = (record, version, now + self._ttl_s, above)
-        return record, version, above
+            self._known[token] = (record, version, now + self._ttl_s, above, versions)
+        return record, version, above, versions
+
+    async def _read_payers(self, token: str) -> tuple[KeyPayers | None, Mapping[str, str]]:
+        """The key's payers; in Redis mode with each payer's version read before the row that
+        is kept (the payers are known only from a first read, so it is read again; if they
+        keep changing, admission finds the versions stale and reloads)."""
+        assert self._payers is not None
+        above = await self._payers(token)
+        if above is None or self._payer_versions is None:
+            return (above.with_budget_terms() if above is not None else None), NO_VERSIONS
+        versions: dict[str, str] = {}
+        for _ in range(_PAYER_READS):
+            scopes = [p.scope for p in payers_of(above.key, "0", above)[1:]]
+            if not scopes:
+                break
+            versions = {scope: await self._payer_versions(scope) for scope in scopes}
+            again = await self._payers(token)
+            if again is None:
+                return None, NO_VERSIONS
+            above = again
+            if [p.scope for p in payers_of(above.key, "0", above)[1:]] == scopes:
+                break
+        return above.with_budget_terms(), versions
 
     async def read_settled(self, token: str) -> KeyRecord | None:
         """The key's row from the database, once no spend row left behind for it is still on
@@ -134,7 +165,8 @@ class KeyDirectory:
             # (with payers: the team, budget ... are read with the row, so read them again)
             self._known.pop(record.token, None)
         else:
-            self._known[record.token] = (record, "0", self._clock() + self._ttl_s, None)
+            self._known[record.token] = (record, "0", self._clock() + self._ttl_s, None,
+                                         NO_VERSIONS)
 
     def forget(self, token: str) -> None:
         self._known.pop(token, None)
@@ -148,7 +180,7 @@ class KeyDirectory:
         if level == "key":
             self.forget(ids[0])
             return
-        for token, (record, _, _, payers) in list(self._known.items()):
+        for token, (record, _, _, payers, _) in list(self._known.items()):
             team = payers.team if payers is not None else None
             paid_by: dict[str, set[tuple[str | None, ...]]] = {
                 "user": {(record.user_id,)}, "team": {(record.team_id,)},
