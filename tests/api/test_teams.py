@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from api.conftest import RunningGateway
 from api.test_upstream_faults import Start, deployment, start
 from api.test_users import error, ok
@@ -209,11 +208,6 @@ async def test_team_and_user_changes_reach_the_next_request(gateway: RunningGate
     assert await chat_status(gateway, key) == 200      # a team key is not paid by the user
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Redis mode: admission/payers.py gives the user, team, member and organization payers the "
-    "KEY's version, while RedisAdmission.payer_changed bumps the payer's own version; the Lua "
-    "script then finds every payer above the key stale on every try: 503 key_changing for "
-    "all the team's keys, on every replica, after any admin change to the team"))
 async def test_a_team_change_on_one_replica_reaches_another(start: Start,
                                                            mock_upstream: str) -> None:
     """Redis mode: the replica that did not make the change reloads the team at once

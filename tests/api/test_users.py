@@ -45,9 +45,14 @@ async def test_new_info_update_delete(gateway: RunningGateway) -> None:
         "user_email": "alice@example.com", "rpm_limit": 7})
     assert by_email["user_id"] == "alice" and by_email["data"]["rpm_limit"] == 7
 
-    gone = await ok(gateway, "POST", "/user/delete", json={"user_ids": ["alice"]})
+    key = await gateway.new_key(user_id="alice")
+    other = await gateway.new_key()
+    gone = await ok(gateway, "POST", "/user/delete", json={"user_ids": ["alice", "nobody"]})
     assert gone == {"deleted_users": ["alice"]}
     await error(gateway, 404, "GET", "/user/info", params={"user_id": "alice"})
+    # the user's keys go with it, as LiteLLM's /user/delete does; others stay
+    await error(gateway, 404, "GET", "/key/info", params={"key": key})
+    await ok(gateway, "GET", "/key/info", params={"key": other})
 
 
 async def test_list_pages_and_filters(gateway: RunningGateway) -> None:

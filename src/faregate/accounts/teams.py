@@ -8,14 +8,14 @@ sees them. Deleting a team deletes its keys, as LiteLLM does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from faregate.accounts.changes import PayerChanges
 from faregate.accounts.terms import TERM_FIELDS, iso, record_terms, spend_view, terms_view
-from faregate.accounts.users import UserAdmin, all_pages
+from faregate.accounts.users import DeleteKeys, UserAdmin, all_pages
 from faregate.errors import InvalidRequest, NotFound
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord, MemberRecord, TeamRecord
@@ -24,7 +24,6 @@ from faregate.wire.storable import check_stored_size
 
 # LiteLLM's roles within a team
 MEMBER_ROLES = ("admin", "user")
-DeleteKeys = Callable[[list[str]], Awaitable[list[str]]]
 _PAGE = 1000
 
 

@@ -29,6 +29,7 @@ from faregate.wire.storable import check_stored_size
 USER_ROLES = ("proxy_admin", "proxy_admin_viewer", "internal_user", "internal_user_viewer")
 _PAGE = 1000
 T = TypeVar("T")
+DeleteKeys = Callable[[list[str]], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,10 @@ class UserAdmin:
         teams = await self._storage.list_user_teams(user_id)
         return UserInfo(user, keys, teams)
 
+    async def _keys_of(self, user_id: str) -> list[KeyRecord]:
+        return await all_pages(lambda after: self._storage.list_keys_page(
+            {"user_id": user_id}, after, _PAGE))
+
     async def update(self, user_id: str, settings: UserSettings,
                      given: Collection[str]) -> UserRecord:
         await self.get(user_id)
@@ -131,12 +136,17 @@ class UserAdmin:
                                     new_period="budget_duration" in changes)
         return record
 
-    async def delete(self, user_ids: list[str]) -> list[str]:
-        """The users and their memberships go; their keys and spend rows stay (the keys then
-        have no user to pay with them)."""
+    async def delete(self, user_ids: list[str], delete_keys: DeleteKeys) -> list[str]:
+        """The users, their keys (through `delete_keys`, KeyAdmin.delete, so caches forget
+        them) and their memberships go, as LiteLLM's /user/delete; spend rows stay."""
         deleted: list[str] = []
         for user_id in user_ids:
+            if await self._storage.get_user(user_id) is None:
+                continue
             teams = await self._storage.list_user_teams(user_id)
+            keys = await self._keys_of(user_id)
+            if keys:
+                await delete_keys([k.token for k in keys])
             if await self._storage.delete_user(user_id):
                 deleted.append(user_id)
                 await self._notices.changed(scope("user", user_id))

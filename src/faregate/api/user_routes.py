@@ -110,7 +110,7 @@ def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> 
 
     @router.post("/user/delete")
     async def delete(body: DeleteUsers, _: Master) -> dict[str, Any]:
-        deleted = await users.delete(body.user_ids)
+        deleted = await users.delete(body.user_ids, keys.delete)
         if not deleted:
             raise NotFound("None of the given users exist", code="user_not_found",
                            param="user_ids")
