@@ -121,47 +121,7 @@ def admin_probes(seed: Seed) -> dict[tuple[str, str], Probe]:
         ("GET", "/model/info"): Probe(query={"litellm_model_id": "x"}),
         ("GET", "/v1/model/info"): Probe(query={"litellm_model_id": "x"}),
         **user_and_team_probes(),
-        **user_and_team_probes(),
         **account_probes(Probe),
-    }
-
-
-def user_and_team_probes() -> dict[tuple[str, str], Probe]:
-    """/user/* and /team/*: what is deleted or looked up does not exist; what is made is
-    made once (later variants find the id taken: a 400 too)."""
-    terms: dict[str, Any] = {"max_budget": 2.5, "budget_duration": "30d", "tpm_limit": 100,
-                             "rpm_limit": 10, "max_parallel_requests": 2,
-                             "models": ["qwen-local"], "metadata": {"a": ["b", 1]}}
-    user = {"user_email": "probe@example.com", "user_alias": "probe",
-            "user_role": "internal_user", **terms}
-    team = {"team_alias": "probe-team", "blocked": False, **terms}
-    member = {"user_id": "probe-member", "role": "user"}
-    return {
-        ("POST", "/user/new"): Probe({"user_id": "probe-user", **user}),
-        ("GET", "/user/info"): Probe(query={"user_id": "no-such-user"}),
-        ("POST", "/user/update"): Probe({"user_id": "no-such-user", **user}),
-        ("POST", "/user/delete"): Probe({"user_ids": ["no-such-user"]}),
-        ("GET", "/user/list"): Probe(query={"page": "1", "page_size": "10",
-                                            "user_ids": "a,b", "role": "internal_user",
-                                            "user_email": "x@example.com", "team": "t"}),
-        ("POST", "/team/new"): Probe({"team_id": "probe-team", "members_with_roles": [member],
-                                      **team}),
-        ("GET", "/team/info"): Probe(query={"team_id": "no-such-team"}),
-        ("POST", "/team/update"): Probe({"team_id": "no-such-team", **team}),
-        ("POST", "/team/delete"): Probe({"team_ids": ["no-such-team"]}),
-        ("GET", "/team/list"): Probe(query={"user_id": "u", "organization_id": "o"}),
-        ("POST", "/team/member_add"): Probe({"team_id": "no-such-team", "member": [member],
-                                             "max_budget_in_team": 1.5}),
-        ("POST", "/team/member_delete"): Probe({"team_id": "no-such-team",
-                                                "user_id": "u", "user_email": "e@x.y"}),
-        ("POST", "/team/member_update"): Probe({"team_id": "no-such-team", "user_id": "u",
-                                                "role": "admin", "max_budget_in_team": 1.5}),
-        ("POST", "/team/block"): Probe({"team_id": "no-such-team"}),
-        ("POST", "/team/unblock"): Probe({"team_id": "no-such-team"}),
-        ("POST", "/team/model/add"): Probe({"team_id": "no-such-team",
-                                            "models": ["qwen-local"]}),
-        ("POST", "/team/model/delete"): Probe({"team_id": "no-such-team",
-                                               "models": ["qwen-local"]}),
     }
 
 
