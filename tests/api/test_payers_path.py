@@ -194,3 +194,14 @@ async def test_a_team_key_uses_only_the_teams_models(gateway: RunningGateway) ->
     assert [m["id"] for m in models["data"]] == ["qwen-local"]
     await gateway.app.ledger.flush()
     assert await rows_sum(gateway, team_id="tm") == CALL_NANOS
+
+
+async def test_an_anthropic_clients_metadata_user_id_names_the_end_user(
+        gateway: RunningGateway) -> None:
+    key = await key_in(gateway)
+    resp = await gateway.http.post("/v1/messages", headers={"x-api-key": key}, json={
+        "model": "qwen-local", "max_tokens": 16, "metadata": {"user_id": "anthropic-cust"},
+        "messages": [{"role": "user", "content": "ping"}]})
+    assert resp.status_code == 200, resp.text
+    await gateway.app.ledger.flush()
+    assert await rows_sum(gateway, end_user="anthropic-cust") > 0
