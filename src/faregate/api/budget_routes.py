@@ -6,13 +6,13 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
+from faregate.api.admin_auth import master_key_only
 from faregate.api.storable_input import StorableInput
-from faregate.errors import AdminOnly
 from faregate.keys.auth import Authenticator, Caller
 
 INT32_MAX = 2**31 - 1       # limits are INTEGER columns
@@ -71,15 +71,7 @@ class BudgetRef(BaseModel):
 def build_budget_routes(auth: Authenticator, budgets: BudgetAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def master(request: Request) -> Caller:
-        headers = request.headers
-        who = await auth.caller(headers.get("authorization"),
-                                headers.get("x-api-key") or headers.get("api-key"))
-        if not who.is_master:
-            raise AdminOnly("The /budget routes need the master key", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
+    Master = Annotated[Caller, Depends(master_key_only(auth, "/budget"))]
 
     @router.post("/budget/new")
     async def new(body: NewBudget, _: Master) -> dict[str, Any]:

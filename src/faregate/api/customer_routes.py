@@ -6,13 +6,14 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faregate.accounts.customers import CustomerAdmin
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
+from faregate.api.admin_auth import master_key_only
 from faregate.api.storable_input import StorableInput
-from faregate.errors import AdminOnly, InvalidRequest
+from faregate.errors import InvalidRequest
 from faregate.keys.auth import Authenticator, Caller
 from faregate.storage.protocols import PageAfter
 
@@ -70,15 +71,7 @@ class CustomerIds(BaseModel):
 def build_customer_routes(auth: Authenticator, customers: CustomerAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def master(request: Request) -> Caller:
-        headers = request.headers
-        who = await auth.caller(headers.get("authorization"),
-                                headers.get("x-api-key") or headers.get("api-key"))
-        if not who.is_master:
-            raise AdminOnly("The /customer routes need the master key", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
+    Master = Annotated[Caller, Depends(master_key_only(auth, "/customer"))]
 
     async def new(body: CustomerRef, _: Master) -> dict[str, Any]:
         return customers.view(await customers.new(body.user_id, body.fields()))

@@ -6,12 +6,13 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from faregate.api.admin_auth import master_key_only
 from faregate.api.storable_input import StorableInput
 from faregate.catalog.stored_models import ModelCatalog, stored_view
-from faregate.errors import AdminOnly, InvalidRequest
+from faregate.errors import InvalidRequest
 from faregate.keys.auth import Authenticator, Caller
 
 
@@ -45,15 +46,7 @@ class ModelRef(BaseModel):
 def build_model_routes(auth: Authenticator, catalog: ModelCatalog) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def master(request: Request) -> Caller:
-        headers = request.headers
-        who = await auth.caller(headers.get("authorization"),
-                                headers.get("x-api-key") or headers.get("api-key"))
-        if not who.is_master:
-            raise AdminOnly("The /model routes need the master key", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
+    Master = Annotated[Caller, Depends(master_key_only(auth, "/model"))]
 
     @router.post("/model/new")
     async def new(body: NewModel, _: Master) -> dict[str, Any]:

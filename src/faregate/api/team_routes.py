@@ -7,12 +7,13 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.teams import NewMember, TeamAdmin, TeamSettings, member_view, team_view
+from faregate.api.admin_auth import master_key_only
 from faregate.api.storable_input import StorableInput
-from faregate.errors import AdminOnly, InvalidRequest
+from faregate.errors import InvalidRequest
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator, Caller
 
@@ -104,16 +105,7 @@ class TeamModels(BaseModel):
 def build_team_routes(auth: Authenticator, teams: TeamAdmin, keys: KeyAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def master(request: Request) -> Caller:
-        # roles come later: a route's role check goes here, one call
-        headers = request.headers
-        who = await auth.caller(headers.get("authorization"),
-                                headers.get("x-api-key") or headers.get("api-key"))
-        if not who.is_master:
-            raise AdminOnly("The /team routes need the master key", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
+    Master = Annotated[Caller, Depends(master_key_only(auth, "/team"))]
 
     async def shown(team_id: str) -> dict[str, Any]:
         found = await teams.info(team_id)

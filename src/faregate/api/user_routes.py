@@ -5,13 +5,14 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.teams import member_view
 from faregate.accounts.users import UserAdmin, UserFilters, UserSettings, user_view
+from faregate.api.admin_auth import master_key_only
 from faregate.api.storable_input import StorableInput
-from faregate.errors import AdminOnly, InvalidRequest, NotFound
+from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.admin import KeyAdmin
 from faregate.keys.auth import Authenticator, Caller
 
@@ -62,16 +63,7 @@ class DeleteUsers(BaseModel):
 def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def master(request: Request) -> Caller:
-        # roles come later: a route's role check goes here, one call
-        headers = request.headers
-        who = await auth.caller(headers.get("authorization"),
-                                headers.get("x-api-key") or headers.get("api-key"))
-        if not who.is_master:
-            raise AdminOnly("The /user routes need the master key", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
+    Master = Annotated[Caller, Depends(master_key_only(auth, "/user"))]
 
     @router.post("/user/new")
     async def new(body: NewUser, _: Master) -> dict[str, Any]:
