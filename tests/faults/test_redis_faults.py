@@ -163,5 +163,9 @@ def test_redis_paused_10s_frees_every_slot_and_reservation_within_seconds(
                      everything, ledger, everything.ids(lambda o: o.status == 200),
                      f"slots and reservations free {freed_after:.1f} s after the load ended")
     assert "503" in load.failures()                       # the hang was mid-load
-    assert after.failures() == {}, after.failures()
+    # Nothing stranded: after.failures() would then be full of 429s (half of the slots held).
+    # A rare parallel 429 remains at concurrency = limit across two replicas (a settlement on
+    # its way from the other replica; 1 in 80 seen once in CI): tolerated, not more.
+    assert set(after.failures()) <= {"429"} and after.failures().get("429", 0) <= 2, \
+        after.failures()
     assert asyncio.run(held_in_redis(redis_server.url, key)) == (0, 0)
