@@ -137,7 +137,7 @@ def test_redis_stopped_mid_load_fails_closed_and_recovers(
     "known bug, open: after a 10 s SIGSTOP under load, some runs keep 1-2 reservations and "
     "their parallel slots past the 30 s lease (held and renewed, or taken during the hang "
     "and in neither the held nor the lost set); seen in clean-clone CI runs of session 3, "
-    "passes in others. The rest of the scenario's checks run first"))
+    "passes in others. Found late; see the session-3 closing note"))
 def test_redis_paused_10s_frees_every_slot_and_reservation_within_seconds(
         two_replicas: tuple[str, list[ServedGateway]], redis_server: RedisServer,
         fault_table: FaultTable) -> None:
