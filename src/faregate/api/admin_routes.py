@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
+from faregate.api.admin_auth import key_caller
 from faregate.api.openapi import publish_openapi
 from faregate.api.storable_input import StorableInput
 from faregate.errors import (
@@ -108,10 +109,7 @@ def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) ->
                   docs_url=None, redoc_url=None)
     app.router.route_class = StorableInput     # unstorable input is a 400 on every route
 
-    async def caller(request: Request) -> Caller:
-        headers = request.headers
-        return await auth.caller(headers.get("authorization"),
-                                 headers.get("x-api-key") or headers.get("api-key"))
+    caller = key_caller(auth)
 
     async def master(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if not who.is_master:

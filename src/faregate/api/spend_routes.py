@@ -11,9 +11,10 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from faregate.api.admin_auth import key_caller
 from faregate.api.storable_input import StorableInput
 from faregate.errors import AdminOnly, InvalidRequest
 from faregate.keys.auth import Authenticator, Caller
@@ -46,10 +47,7 @@ class EndUsersSpend(BaseModel):
 def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    async def caller(request: Request) -> Caller:
-        headers = request.headers
-        return await auth.caller(headers.get("authorization"),
-                                 headers.get("x-api-key") or headers.get("api-key"))
+    caller = key_caller(auth)
 
     async def master(who: Annotated[Caller, Depends(caller)]) -> Caller:
         if not who.is_master:
