@@ -61,6 +61,8 @@ from faregate.storage.database import SqlStorage
 from faregate.storage.health import DatabaseHealth, is_outage
 from faregate.storage.protocols import Storage
 from faregate.storage.replicas import ReplicaHeartbeat
+from faregate.ui.pages import all_routes
+from faregate.ui.site import UiServices, build_ui
 
 log = logging.getLogger("faregate")
 
@@ -186,6 +188,12 @@ class Faregate:
         self.admin.include_router(build_org_routes(self.auth, self.organizations))
         self.admin.include_router(build_customer_routes(self.auth, self.customers))
         self.admin.include_router(build_budget_routes(self.auth, self.named_budgets))
+        # The admin web UI (/ui): pages over the same services as the routes above.
+        self.admin.mount("/ui", build_ui(UiServices(
+            self.storage, self.keys, self.auth, settings.master_key, self.router, self.models,
+            self.users, self.teams, self.organizations, self.customers, self.named_budgets,
+            reserved=self.budgets.reserved, period_spend=self.admission.period_spend,
+            now=now), all_routes()))
 
     def _forget_cached_payer(self, scope: str) -> None:
         """An admin changed a payer: this process's next request reads it again."""

@@ -78,6 +78,12 @@ class Budgets:
         acc = self._accounts.get(key_scope(key.token))
         return acc.spend if acc else key.spend_nanos
 
+    def reserved(self, scope: str) -> int:
+        """Nano-dollars that requests in flight on this process hold on a payer (the admin
+        UI's budget bars)."""
+        acc = self._accounts.get(scope)
+        return acc.reserved if acc else 0
+
     async def reserve(self, payers: tuple[Payer, ...], least: int, most: int) -> Grant:
         """Reserve between `least` and `most` nano-dollars on every payer with a budget, or
         raise BudgetExceeded naming the payer that refuses."""
