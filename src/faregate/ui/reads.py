@@ -3,13 +3,16 @@ summed in SQL by the store, keys' budget bars. Pages call these, never SQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from typing import Any
 
 from faregate.admission.demand import key_scope
+from faregate.keys.tokens import token_of
 from faregate.records import KeyRecord
-from faregate.storage.protocols import SpendQuery, SpendTotal
+from faregate.storage.protocols import Page, PageAfter, SpendQuery, SpendTotal
 from faregate.ui.charts import BudgetBar
 from faregate.ui.site import UiServices
 
@@ -108,3 +111,55 @@ async def key_names(services: UiServices, tokens: Sequence[str]) -> dict[str, st
         key = await services.storage.get_key(token)
         out[token] = (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
     return out
+
+
+def cursor_text(after: PageAfter | None) -> str | None:
+    """A keyset page's position as one opaque query value."""
+    if after is None:
+        return None
+    return f"{after.created_at.isoformat()}~{after.id}"
+
+
+def cursor_from(text: str) -> PageAfter | None:
+    """The position in `?after=`; a malformed one starts from the first page."""
+    at, sep, ident = text.partition("~")
+    if not sep or not ident:
+        return None
+    try:
+        created = datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return PageAfter(created, ident)
+
+
+async def key_page(services: UiServices, search: str, team_id: str | None,
+                   user_id: str | None, state: str, after: PageAfter | None,
+                   limit: int) -> Page[KeyRecord]:
+    """A page of keys in creation order, filtered by owner and state; `search`: a key
+    (sk-...), its hash, or an alias."""
+    if search:
+        found = await services.storage.get_key(token_of(search))
+        if found is None:
+            found = await services.storage.get_key_by_alias(search)
+        keep = found is not None and (team_id is None or found.team_id == team_id) and (
+            user_id is None or found.user_id == user_id) and (
+            state not in ("blocked", "active") or found.blocked == (state == "blocked"))
+        return Page([found] if keep and found is not None and after is None else [], None)
+    filters: dict[str, Any] = {}
+    if team_id:
+        filters["team_id"] = team_id
+    if user_id:
+        filters["user_id"] = user_id
+    if state in ("blocked", "active"):
+        filters["blocked"] = state == "blocked"
+    return await services.storage.list_keys_page(filters, after, limit)
+
+
+async def last_used(services: UiServices, tokens: Sequence[str]) -> dict[str, datetime]:
+    """Each key's latest ledger row's start (one indexed lookup per key)."""
+    found = await asyncio.gather(*(services.storage.spend_logs(
+        SpendQuery(api_key=token, page_size=1)) for token in tokens))
+    return {token: rows[0]["start_time"] for token, rows in zip(tokens, found, strict=True)
+            if rows}
