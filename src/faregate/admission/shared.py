@@ -35,7 +35,7 @@ from faregate.admission.demand import (
 )
 from faregate.admission.local import LocalAdmission
 from faregate.admission.refusals import budget_exceeded, rate_limited
-from faregate.errors import ServiceUnavailable
+from faregate.errors import GatewayError, ServiceUnavailable
 from faregate.records import KeyRecord
 
 log = logging.getLogger("faregate.redis")
@@ -323,11 +323,18 @@ class RedisAdmission:
             self._renewer = asyncio.get_running_loop().create_task(self._keep_leases())
         try:
             admitted = await self._admit_shared(demand)
+        except (GatewayError, StaleKey):
+            raise                   # a decision: the script that made it booked nothing
         except RedisError as exc:
             # The script may have reserved before its answer was lost: release that id as
             # soon as Redis answers again, rather than when its lease ends.
             self._lost[demand.request_id] = (demand, 0)
             return await self._degraded(demand, exc)
+        except BaseException:
+            # Cancelled (or failed) while a script was on its way: it may run, now or when a
+            # hung Redis resumes. Release the id the same way.
+            self._lost[demand.request_id] = (demand, 0)
+            raise
         self._held[demand.request_id] = demand
         self._recovered()
         return admitted
@@ -364,10 +371,15 @@ class RedisAdmission:
                         await self._settle(keys=keys, args=args, client=pipe)
                     await pipe.execute()
             except RedisError as exc:
-                # The leases free the reservations; the spend is in the ledger. Re-read these
-                # payers' spend from the database once Redis answers again.
+                # The spend is in the ledger: re-read these payers' spend from the database
+                # once Redis answers again. The settlements may never have been sent (a flush
+                # that had to open a connection during a hang times out in its handshake):
+                # release their reservations and slots as lost admissions are released, not
+                # when their leases end (they are no longer renewed).
                 self._dirty.update(_prefix(payer) for demand, _, _ in batch
                                    for payer in demand.payers)
+                for demand, _, _ in batch:
+                    self._lost[demand.request_id] = (demand, 0)
                 log.warning("redis: could not settle %d requests (%s); their payers' spend "
                             "will be re-read from the database", len(batch),
                             type(exc).__name__)

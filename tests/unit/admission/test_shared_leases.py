@@ -123,3 +123,51 @@ async def test_parallel_limit_admits_a_caller_whose_last_request_just_ended(
         await wait_until_free(adm, within_s=2.0)
     finally:
         await adm.close()
+
+
+async def test_a_settlement_lost_in_a_hang_is_released_after_it(private_redis,
+                                                                monkeypatch) -> None:
+    """A request admitted before the hang ends during it: its settlement's flush needs a new
+    connection, whose handshake (CLIENT SETINFO) times out, so the settlement never reaches
+    Redis. Its slot and reservation must still go within seconds of Redis answering again,
+    not when the lease ends (the fault suite's 'Redis paused 10 s' saw them outlive it)."""
+    monkeypatch.setattr(shared, "RENEW_S", 0.2)  # the lease stays 30 s: release must not wait
+    url, proc = private_redis
+    adm = admission(url)
+    try:
+        admitted = await adm.admit(Demand("ends-in-hang", KEY, least=10, most=100))
+        os.kill(proc.pid, signal.SIGSTOP)
+        await adm.client.connection_pool.disconnect()    # the flush must open a connection
+        await adm.settle(admitted, 5, 0)
+        assert adm._flusher is not None
+        await adm._flusher                       # it timed out: nothing was sent
+        os.kill(proc.pid, signal.SIGCONT)
+        assert await wait_until_free(adm, within_s=3.0) < 3.0
+        admitted = await adm.admit(Demand("after", KEY, least=10, most=100))
+        await adm.settle(admitted, 1, 0)
+    finally:
+        await adm.close()
+
+
+async def test_an_admission_cancelled_in_a_hang_is_released_after_it(private_redis,
+                                                                     monkeypatch) -> None:
+    """A caller cancelled while its admission waits on a hung Redis (the script is sent and
+    runs when Redis resumes): what it booked goes within seconds, not when the lease ends."""
+    monkeypatch.setattr(shared, "RENEW_S", 0.2)
+    url, proc = private_redis
+    adm = admission(url)
+    try:
+        warm = await adm.admit(Demand("warm", KEY, least=10, most=100))
+        await adm.settle(warm, 1, 0)
+        await wait_until_free(adm, within_s=2.0)
+        os.kill(proc.pid, signal.SIGSTOP)
+        waiting = asyncio.create_task(adm.admit(Demand("cancelled", KEY, least=10, most=100)))
+        await asyncio.sleep(0.3)                 # the script is in Redis's socket buffer
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        os.kill(proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.3)
+        assert await wait_until_free(adm, within_s=3.0) < 3.0
+    finally:
+        await adm.close()
