@@ -4,6 +4,7 @@ summed in SQL by the store, keys' budget bars. Pages call these, never SQL."""
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
@@ -163,3 +164,92 @@ async def last_used(services: UiServices, tokens: Sequence[str]) -> dict[str, da
         SpendQuery(api_key=token, page_size=1)) for token in tokens))
     return {token: rows[0]["start_time"] for token, rows in zip(tokens, found, strict=True)
             if rows}
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One group's sums in one bucket (its start, UTC)."""
+
+    start: datetime
+    group: str
+    spend_nanos: int
+    requests: int
+    failures: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class UsageSeries:
+    labels: list[str]                   # one per bucket, in the viewer's zone
+    groups: list[str]
+    spend: dict[str, list[int]]         # group -> a value per bucket
+    tokens: dict[str, list[int]]
+
+
+def bucket_starts(span: Range, bucket: str) -> list[datetime]:
+    """Each bucket's first instant (UTC): local midnights, or every hour (a DST day has 23
+    or 25)."""
+    if bucket == "day":
+        return [local_midnight(d, span.zone) for d in span.days()]
+    hours = int((span.end - span.start).total_seconds() // 3600)
+    return [span.start + timedelta(hours=i) for i in range(hours)]
+
+
+async def usage_rows(services: UiServices, level: str, span: Range,
+                     bucket: str) -> list[UsageRow]:
+    """Each group's sums per bucket, summed by the database."""
+    rows = await services.storage.spend_totals(level, SpendQuery(
+        start=span.start, end=span.end, page_size=100_000), by_day=True)
+    return [UsageRow(datetime.combine(r.day, time(), tzinfo=UTC), r.id or "", r.spend_nanos,
+                     r.requests, 0, r.prompt_tokens, r.completion_tokens)
+            for r in rows if r.day is not None]
+
+
+async def usage_series(services: UiServices, level: str, span: Range,
+                       bucket: str) -> UsageSeries:
+    starts = bucket_starts(span, bucket)
+    rows = await usage_rows(services, level, span, bucket)
+    spend: dict[str, list[int]] = {}
+    tokens: dict[str, list[int]] = {}
+    for row in rows:
+        i = bisect_right(starts, row.start) - 1
+        if i < 0:
+            continue
+        spend.setdefault(row.group, [0] * len(starts))[i] += row.spend_nanos
+        tokens.setdefault(row.group, [0] * len(starts))[i] += (row.prompt_tokens
+                                                              + row.completion_tokens)
+    fmt = "%b %d" if bucket == "day" else "%d %H:00"
+    return UsageSeries([s.astimezone(span.zone).strftime(fmt) for s in starts], sorted(spend),
+                       spend, tokens)
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    api_key: str | None = None
+    team_id: str | None = None
+    model: str | None = None
+    status: str | None = None
+
+
+@dataclass(frozen=True)
+class LogPage:
+    rows: list[dict[str, Any]]          # ledger rows, newest first
+    next: str | None                    # the next page's position, None on the last
+
+
+async def log_page(services: UiServices, filters: LogFilters, start: datetime | None,
+                   end: datetime | None, position: str, limit: int) -> LogPage:
+    """A page of ledger rows, newest first."""
+    page = int(position) if position.isdigit() else 1
+    rows = await services.storage.spend_logs(SpendQuery(
+        api_key=filters.api_key, team_id=filters.team_id, model=filters.model, start=start,
+        end=end, page=page, page_size=limit + 1))
+    if filters.status:
+        rows = [r for r in rows if r["status"] == filters.status]
+    return LogPage(rows[:limit], str(page + 1) if len(rows) > limit else None)
+
+
+async def log_row(services: UiServices, request_id: str) -> dict[str, Any] | None:
+    rows = await services.storage.spend_logs(SpendQuery(request_id=request_id, page_size=1))
+    return rows[0] if rows else None

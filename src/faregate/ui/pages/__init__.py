@@ -3,10 +3,10 @@ module is added to PAGES below (and its nav entry to site.NAV)."""
 
 from __future__ import annotations
 
-from faregate.ui.pages import keys, models, overview, signin
+from faregate.ui.pages import keys, logs, me, models, overview, signin, usage
 from faregate.ui.site import PageRoute
 
-PAGES = (signin, overview, keys, models)
+PAGES = (signin, overview, keys, models, usage, logs, me)
 
 
 def all_routes() -> list[PageRoute]:

@@ -1,0 +1,37 @@
+"""My key: a virtual key's own page (self-service): its spend against its budget, what is left,
+its limits, its daily spend and its recent requests. Nothing else is reachable from a virtual
+key's session: every other page is for the admin."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.responses import Response
+
+from faregate.storage.protocols import SpendQuery
+from faregate.ui import reads
+from faregate.ui.charts import stacked_bars
+from faregate.ui.render import dollars
+from faregate.ui.site import Ctx, PageRoute
+
+RECENT = 20
+
+
+async def me(ctx: Ctx) -> Response:
+    key = ctx.viewer_key
+    if key is None:                 # the admin has no key of its own
+        return ctx.redirect("/keys")
+    services = ctx.services
+    span = reads.Range.last_days(services.now(), ctx.tz, 30)
+    filters = reads.Filters(api_key=key.token)
+    (buckets, series), month, recent = await asyncio.gather(
+        reads.daily_series(services, "model", span, filters=filters),
+        reads.total(services, span, filters),
+        services.storage.spend_logs(SpendQuery(api_key=key.token, page_size=RECENT)))
+    return ctx.render("me.html", title="My key", key=key, bar=reads.budget_bar(services, key),
+                      month=month, recent=recent,
+                      chart=stacked_bars("My daily spend by model, last 30 days", buckets,
+                                         series, dollars))
+
+
+ROUTES = [PageRoute("/me", me, who="any")]
