@@ -25,6 +25,7 @@ from faregate.admission.local import LocalAdmission
 from faregate.admission.payer_rows import PayerRows
 from faregate.admission.shared import RedisAdmission
 from faregate.admission.sole import SoleAdmission
+from faregate.api.admin_auth import Roles
 from faregate.api.admin_routes import build_admin_app
 from faregate.api.anthropic_routes import AnthropicRoutes
 from faregate.api.budget_routes import build_budget_routes
@@ -126,6 +127,8 @@ class Faregate:
         self.ledger.holds.on_written(self.budgets.credit)
         self.ledger.holds.on_payers_written(self.budgets.credit_payer)
         self.auth = Authenticator(settings.master_key, self.directory, now)
+        # Who may call each admin route: LiteLLM's roles (api/admin_auth.py).
+        self.roles = Roles(self.auth, self.storage)
         # Users and teams pay above their keys: admin changes to them reach admission.
         payer_changes = PayerChanges(self.admission,
                                      self.redis.payer_changed if self.redis else None,
@@ -164,30 +167,30 @@ class Faregate:
         self._routes["GET", "/metrics"] = MetricsRoute(
             self.metrics, self.auth if settings.metrics_require_auth else None,
             settings.metrics_token)
-        self._routes.update(HealthRoutes(self.db_health, self.ledger, self.auth,
+        self._routes.update(HealthRoutes(self.db_health, self.ledger, self.roles,
                                          self.router.health, self.replicas,
                                          lambda: (self.models.unopened, self.models.kept),
                                          UpstreamProbes(self.router.entries, self.upstream)
                                          ).routes)
-        self.admin = build_admin_app(self.auth, self.keys, self.storage)
+        self.admin = build_admin_app(self.roles, self.keys, self.storage)
         # Models kept in the database join the config's in the Router, credentials opened
         # only in memory; /model/* manage them.
         self.models = ModelCatalog(self.storage,
                                    Sealer(settings.salt_key, settings.previous_salt_keys),
                                    self.router, settings.deployments, now,
                                    settings.stored_models_poll_interval_s)
-        self.admin.include_router(build_model_routes(self.auth, self.models))
+        self.admin.include_router(build_model_routes(self.roles, self.models))
         self.teams = TeamAdmin(self.storage, self.users, payer_changes, now, self.keys.delete)
-        self.admin.include_router(build_user_routes(self.auth, self.users, self.keys))
-        self.admin.include_router(build_team_routes(self.auth, self.teams, self.keys))
-        self.admin.include_router(build_spend_routes(self.auth, self.storage))
+        self.admin.include_router(build_user_routes(self.roles, self.users, self.keys))
+        self.admin.include_router(build_team_routes(self.roles, self.teams, self.keys))
+        self.admin.include_router(build_spend_routes(self.roles, self.storage))
         # Organizations, end users and named budgets: changes reach admission the same way.
         self.organizations = OrganizationAdmin(self.storage, payer_changes, now)
         self.customers = CustomerAdmin(self.storage, payer_changes, now)
         self.named_budgets = BudgetAdmin(self.storage, payer_changes, now)
-        self.admin.include_router(build_org_routes(self.auth, self.organizations))
-        self.admin.include_router(build_customer_routes(self.auth, self.customers))
-        self.admin.include_router(build_budget_routes(self.auth, self.named_budgets))
+        self.admin.include_router(build_org_routes(self.roles, self.organizations))
+        self.admin.include_router(build_customer_routes(self.roles, self.customers))
+        self.admin.include_router(build_budget_routes(self.roles, self.named_budgets))
         # The admin web UI (/ui): pages over the same services as the routes above.
         self.admin.mount("/ui", build_ui(UiServices(
             self.storage, self.keys, self.auth, settings.master_key, self.router, self.models,

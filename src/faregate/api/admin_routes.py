@@ -14,11 +14,10 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
-from faregate.api.admin_auth import key_caller
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.openapi import publish_openapi
 from faregate.api.storable_input import StorableInput
 from faregate.errors import (
-    AdminOnly,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
@@ -26,7 +25,6 @@ from faregate.errors import (
     ServiceUnavailable,
 )
 from faregate.keys.admin import NOT_SUPPORTED_YET, KeyAdmin, KeySettings, check_supported
-from faregate.keys.auth import Authenticator, Caller
 from faregate.keys.tokens import token_of
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
 from faregate.storage.protocols import AdminStore
@@ -61,6 +59,7 @@ class KeyFields(BaseModel):
     send_invite_email: bool | None = None
     user_id: str | None = Field(default=None, max_length=256)
     team_id: str | None = Field(default=None, max_length=256)
+    budget_id: str | None = Field(default=None, max_length=256)
 
     @model_validator(mode="before")
     @classmethod
@@ -104,84 +103,84 @@ class DeleteKeys(BaseModel):
     key_aliases: list[str] | None = None
 
 
-def build_admin_app(auth: Authenticator, keys: KeyAdmin, storage: AdminStore) -> FastAPI:
+def build_admin_app(roles: Roles, keys: KeyAdmin, storage: AdminStore) -> FastAPI:
     app = FastAPI(title="faregate admin API", version="1",
                   docs_url=None, redoc_url=None)
     app.router.route_class = StorableInput     # unstorable input is a 400 on every route
 
-    caller = key_caller(auth)
-
-    async def master(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if not who.is_master:
-            raise AdminOnly("This route needs the master key; virtual keys may only call the "
-                            "/v1 routes and read their own /key/info", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
-    Anyone = Annotated[Caller, Depends(caller)]
+    Who = Annotated[Access, Depends(roles.access)]    # api/admin_auth.py ROUTES
 
     @app.post("/key/generate")
-    async def generate(body: GenerateKey, _: Master) -> dict[str, Any]:
-        key, record = await keys.generate(body.settings(), body.key, body.given())
+    async def generate(body: GenerateKey, who: Who) -> dict[str, Any]:
+        given = body.given()
+        owner = await who.new_key(body.user_id, body.team_id, given, body.max_budget)
+        if owner != body.user_id:
+            body, given = body.model_copy(update={"user_id": owner}), given | {"user_id"}
+        key, record = await keys.generate(body.settings(), body.key, given)
         return {"key": key, **keys.view(record)}
 
     @app.get("/key/info")
-    async def info(who: Anyone, key: str | None = None) -> dict[str, Any]:
-        token = token_of(key) if key else who.key.token
-        if not who.is_master and token != who.key.token:
-            raise AdminOnly("A virtual key may only read its own /key/info", code="admin_only")
-        if who.is_master and key is None:
+    async def info(who: Who, key: str | None = None) -> dict[str, Any]:
+        if who.everything and key is None:
             raise InvalidRequest("Pass ?key=sk-... (or the key's hash)", param="key")
-        return {"key": token, "info": keys.view(await keys.info(token))}
+        record = await who.key(await storage.get_key(token_of(key) if key
+                                                     else who.caller.key.token))
+        return {"key": record.token, "info": keys.view(record)}
 
     @app.post("/key/update")
-    async def update(body: UpdateKey, _: Master) -> dict[str, Any]:
-        record = await keys.update(token_of(body.key), body.settings(), body.given())
-        return keys.view(record)
+    async def update(body: UpdateKey, who: Who) -> dict[str, Any]:
+        token = token_of(body.key)
+        await who.change_key(await storage.get_key(token), body.given())
+        return keys.view(await keys.update(token, body.settings(), body.given()))
 
     @app.post("/key/delete")
-    async def delete(body: DeleteKeys, _: Master) -> dict[str, Any]:
-        tokens = [token_of(k) for k in body.keys or []]
-        for alias in body.key_aliases or []:
-            record = await storage.get_key_by_alias(alias)
-            if record is not None:
-                tokens.append(record.token)
-        if not tokens:
+    async def delete(body: DeleteKeys, who: Who) -> dict[str, Any]:
+        found = [r for r in [await storage.get_key(token_of(k)) for k in body.keys or []]
+                 + [await storage.get_key_by_alias(a) for a in body.key_aliases or []]
+                 if r is not None]
+        if not found:
             raise NotFound("None of the given keys exist", code="key_not_found")
-        deleted = await keys.delete(tokens)
+        await who.keys(found)          # all of them the caller's, or none is deleted
+        deleted = await keys.delete([r.token for r in found])
         if not deleted:
             raise NotFound("None of the given keys exist", code="key_not_found")
         return {"deleted_keys": deleted}
 
     @app.get("/key/list")
-    async def list_keys(_: Master, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
+    async def list_keys(who: Who, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
                         size: Annotated[int, Query(ge=1, le=1000)] = 100,
                         return_full_object: bool = False, user_id: str | None = None,
                         team_id: str | None = None) -> dict[str, Any]:
+        if team_id is not None and not who.everything:
+            await who.team(team_id)     # a team admin lists its team's keys
+        else:
+            user_id = who.user(user_id)
         records, total = await keys.list(page, size, user_id, team_id)
         return {"keys": [keys.view(r) if return_full_object else r.token for r in records],
                 "total_count": total, "current_page": page,
                 "total_pages": (total + size - 1) // size}
 
     @app.post("/key/regenerate")
-    async def regenerate(body: RegenerateKey, _: Master) -> dict[str, Any]:
+    async def regenerate(body: RegenerateKey, who: Who) -> dict[str, Any]:
         if not body.key:
             raise InvalidRequest("Pass the key to regenerate as 'key'", param="key")
+        await who.key(await storage.get_key(token_of(body.key)))
         new, record = await keys.regenerate(token_of(body.key), body.new_key)
         return {"key": new, **keys.view(record)}
 
     @app.post("/key/{key}/regenerate")
-    async def regenerate_path(key: str, _: Master,
+    async def regenerate_path(key: str, who: Who,
                               body: RegenerateKey | None = None) -> dict[str, Any]:
+        await who.key(await storage.get_key(token_of(key)))
         new, record = await keys.regenerate(token_of(key), body.new_key if body else None)
         return {"key": new, **keys.view(record)}
 
     @app.post("/key/block")
-    async def block(body: KeyRef, _: Master) -> dict[str, Any]:
+    async def block(body: KeyRef, _: Who) -> dict[str, Any]:
         return keys.view(await keys.set_blocked(token_of(body.key), True))
 
     @app.post("/key/unblock")
-    async def unblock(body: KeyRef, _: Master) -> dict[str, Any]:
+    async def unblock(body: KeyRef, _: Who) -> dict[str, Any]:
         return keys.view(await keys.set_blocked(token_of(body.key), False))
 
     _install_error_handlers(app)

@@ -1,4 +1,4 @@
-"""Named-budget admin routes (master key only), LiteLLM's shapes: /budget/new, /budget/info,
+"""Named-budget admin routes (who: admin_auth.py), LiteLLM's shapes: /budget/new, /budget/info,
 /budget/update, /budget/delete, /budget/list. Handlers parse, call one BudgetAdmin method,
 render.
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
@@ -11,9 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
-from faregate.keys.auth import Authenticator, Caller
 
 INT32_MAX = 2**31 - 1       # limits are INTEGER columns
 MAX_BUDGET_DOLLARS = 1e9    # in nano-dollars it must fit a BIGINT column
@@ -68,29 +67,29 @@ class BudgetRef(BaseModel):
     id: Id
 
 
-def build_budget_routes(auth: Authenticator, budgets: BudgetAdmin) -> APIRouter:
+def build_budget_routes(roles: Roles, budgets: BudgetAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/budget"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
     @router.post("/budget/new")
-    async def new(body: NewBudget, _: Master) -> dict[str, Any]:
+    async def new(body: NewBudget, _: Who) -> dict[str, Any]:
         return budgets.view(await budgets.new(body.budget_id, body.terms()))
 
     @router.post("/budget/info")
-    async def info(body: BudgetIds, _: Master) -> list[dict[str, Any]]:
+    async def info(body: BudgetIds, _: Who) -> list[dict[str, Any]]:
         return [budgets.view(r) for r in await budgets.info(body.budgets)]
 
     @router.post("/budget/update")
-    async def update(body: UpdateBudget, _: Master) -> dict[str, Any]:
+    async def update(body: UpdateBudget, _: Who) -> dict[str, Any]:
         return budgets.view(await budgets.update(body.budget_id, body.terms()))
 
     @router.post("/budget/delete")
-    async def delete(body: BudgetRef, _: Master) -> dict[str, Any]:
+    async def delete(body: BudgetRef, _: Who) -> dict[str, Any]:
         return budgets.view(await budgets.delete(body.id))
 
     @router.get("/budget/list")
-    async def list_budgets(_: Master) -> list[dict[str, Any]]:
+    async def list_budgets(_: Who) -> list[dict[str, Any]]:
         return [budgets.view(r) for r in await budgets.all()]
 
     return router

@@ -1,4 +1,4 @@
-"""End-user (customer) admin routes (master key only), LiteLLM's shapes: /customer/new, /info,
+"""End-user (customer) admin routes (who: admin_auth.py), LiteLLM's shapes: /customer/new, /info,
 /update, /delete, /list, /block, /unblock, and the same under /end_user/ (LiteLLM's older
 names, same handlers). Handlers parse, call one CustomerAdmin method, render.
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
@@ -11,10 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faregate.accounts.customers import CustomerAdmin
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
-from faregate.keys.auth import Authenticator, Caller
 from faregate.storage.protocols import PageAfter
 
 INT32_MAX = 2**31 - 1
@@ -68,26 +67,26 @@ class CustomerIds(BaseModel):
     user_ids: list[Id] = Field(min_length=1, max_length=1000)
 
 
-def build_customer_routes(auth: Authenticator, customers: CustomerAdmin) -> APIRouter:
+def build_customer_routes(roles: Roles, customers: CustomerAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/customer"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
-    async def new(body: CustomerRef, _: Master) -> dict[str, Any]:
+    async def new(body: CustomerRef, _: Who) -> dict[str, Any]:
         return customers.view(await customers.new(body.user_id, body.fields()))
 
-    async def info(_: Master, end_user_id: Annotated[str, Query(min_length=1,
+    async def info(_: Who, end_user_id: Annotated[str, Query(min_length=1,
                                                                  max_length=256)]
                    ) -> dict[str, Any]:
         return customers.view(await customers.info(end_user_id))
 
-    async def update(body: CustomerRef, _: Master) -> dict[str, Any]:
+    async def update(body: CustomerRef, _: Who) -> dict[str, Any]:
         return customers.view(await customers.update(body.user_id, body.fields()))
 
-    async def delete(body: CustomerIds, _: Master) -> dict[str, Any]:
+    async def delete(body: CustomerIds, _: Who) -> dict[str, Any]:
         return {"deleted_customers": await customers.delete(body.user_ids)}
 
-    async def list_customers(_: Master, limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    async def list_customers(_: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
                              after: Annotated[str | None, Query(max_length=256)] = None
                              ) -> list[dict[str, Any]]:
         """Oldest first; `after`: the last user_id of the previous page."""
@@ -101,11 +100,11 @@ def build_customer_routes(auth: Authenticator, customers: CustomerAdmin) -> APIR
         page = await customers.page(start, limit)
         return [customers.view(r) for r in page.items]
 
-    async def block(body: CustomerIds, _: Master) -> dict[str, Any]:
+    async def block(body: CustomerIds, _: Who) -> dict[str, Any]:
         done = await customers.set_blocked(body.user_ids, True)
         return {"blocked_users": [customers.view(r) for r in done]}
 
-    async def unblock(body: CustomerIds, _: Master) -> dict[str, Any]:
+    async def unblock(body: CustomerIds, _: Who) -> dict[str, Any]:
         done = await customers.set_blocked(body.user_ids, False)
         return {"unblocked_users": [customers.view(r) for r in done]}
 

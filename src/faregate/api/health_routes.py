@@ -7,9 +7,9 @@ through the outage (then it reports "degraded" and stays in the Service). It als
 other processes on the database and, for one refusing because another admits without shared
 admission, why (storage/replicas.py): not ready once the handover grace is over.
 
-/health/deployments (master key) shows what the router saw of each deployment on this replica:
-no upstream is called. /health (master key) is LiteLLM's: it calls every deployment once
-(upstream_probes.py says what that costs).
+/health/deployments (a proxy_admin or proxy_admin_viewer, api/admin_auth.py) shows what the
+router saw of each deployment on this replica: no upstream is called. /health (the same callers)
+is LiteLLM's: it calls every deployment once (upstream_probes.py says what that costs).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from typing import Any
 
 import orjson
 
+from faregate.api.admin_auth import Roles, refused
 from faregate.api.asgi_io import JSON_HEADERS, Scope, send_bytes, send_error
 from faregate.api.call_record import credentials
 from faregate.api.upstream_probes import UpstreamProbes
 from faregate.catalog.routing import DeploymentHealth
 from faregate.config import without_credentials
-from faregate.errors import AdminOnly, GatewayError
-from faregate.keys.auth import Authenticator
 from faregate.spend.ledger import LedgerWriter
 from faregate.storage.health import DatabaseHealth
 from faregate.storage.replicas import ReplicaHeartbeat, shown
@@ -38,7 +37,7 @@ _ALIVE = b'"I\'m alive!"'
 
 
 class HealthRoutes:
-    def __init__(self, database: DatabaseHealth, ledger: LedgerWriter, auth: Authenticator,
+    def __init__(self, database: DatabaseHealth, ledger: LedgerWriter, roles: Roles,
                  deployments: Callable[[], Iterable[DeploymentHealth]],
                  replicas: ReplicaHeartbeat,
                  sealed: Callable[[], tuple[Mapping[str, str], Collection[str]]],
@@ -47,7 +46,7 @@ class HealthRoutes:
         self._database = database
         self._sealed = sealed           # (stored models not opened: id -> why, those kept)
         self._ledger = ledger
-        self._auth = auth
+        self._roles = roles
         self._deployments = deployments
         self._replicas = replicas
         self.routes: dict[tuple[str, str], Handler] = {
@@ -96,26 +95,24 @@ class HealthRoutes:
         await send_bytes(send, code, orjson.dumps(body), JSON_HEADERS)
 
     async def _per_deployment(self, scope: Scope, receive: Any, send: Any) -> None:
-        if not await self._master_only(scope, send):
+        if not await self._admins_only(scope, send):
             return
         body = [_shown(d) for d in self._deployments()]
         await send_bytes(send, 200, orjson.dumps(body), JSON_HEADERS)
 
     async def _probe_all(self, scope: Scope, receive: Any, send: Any) -> None:
         """LiteLLM's GET /health: every deployment asked once (the upstream bills it)."""
-        if self._probes is None or not await self._master_only(scope, send):
+        if self._probes is None or not await self._admins_only(scope, send):
             return
         await send_bytes(send, 200, orjson.dumps(await self._probes.run()), JSON_HEADERS)
 
-    async def _master_only(self, scope: Scope, send: Any) -> bool:
-        """True for the master key; else the error is sent (401, or 403 for a virtual key)."""
+    async def _admins_only(self, scope: Scope, send: Any) -> bool:
+        """True for a proxy_admin or proxy_admin_viewer (the master key is one); else the
+        error is sent (401, or 403 naming the role, api/admin_auth.py)."""
         authorization, api_key, _ = credentials(scope)
-        try:
-            caller = await self._auth.caller(authorization, api_key)
-            if not caller.is_master:
-                raise AdminOnly(f"{scope['path']} needs the master key", code="admin_only")
-        except GatewayError as exc:
-            await send_error(send, exc)
+        error = await refused(self._roles, authorization, api_key, scope["path"])
+        if error is not None:
+            await send_error(send, error)
             return False
         return True
 

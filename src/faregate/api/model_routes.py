@@ -1,4 +1,4 @@
-"""Stored-model admin routes (master key only), LiteLLM's shapes: /model/new, /model/update,
+"""Stored-model admin routes (who: admin_auth.py), LiteLLM's shapes: /model/new, /model/update,
 /model/delete, /model/info. Handlers parse, call one ModelCatalog method, render; no secret
 param is ever rendered back.
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
@@ -9,11 +9,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.catalog.stored_models import ModelCatalog, stored_view
 from faregate.errors import InvalidRequest
-from faregate.keys.auth import Authenticator, Caller
 
 
 class NewModel(BaseModel):
@@ -43,30 +42,30 @@ class ModelRef(BaseModel):
     id: str = Field(min_length=1)
 
 
-def build_model_routes(auth: Authenticator, catalog: ModelCatalog) -> APIRouter:
+def build_model_routes(roles: Roles, catalog: ModelCatalog) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/model"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
     @router.post("/model/new")
-    async def new(body: NewModel, _: Master) -> dict[str, Any]:
+    async def new(body: NewModel, _: Who) -> dict[str, Any]:
         model = await catalog.create(body.model_name, body.litellm_params, body.model_info)
         return {"model_id": model.id, **stored_view(model)}
 
     @router.post("/model/update")
-    async def update(body: UpdateModel, _: Master) -> dict[str, Any]:
+    async def update(body: UpdateModel, _: Who) -> dict[str, Any]:
         model = await catalog.update(body.model_id(), body.model_name, body.litellm_params,
                                      body.model_info)
         return {"model_id": model.id, **stored_view(model)}
 
     @router.post("/model/delete")
-    async def delete(body: ModelRef, _: Master) -> dict[str, Any]:
+    async def delete(body: ModelRef, _: Who) -> dict[str, Any]:
         await catalog.delete(body.id)
         return {"message": f"Model: {body.id} deleted successfully"}
 
     @router.get("/model/info")
     @router.get("/v1/model/info")
-    async def info(_: Master, litellm_model_id: str | None = None) -> dict[str, Any]:
+    async def info(_: Who, litellm_model_id: str | None = None) -> dict[str, Any]:
         return {"data": catalog.info(litellm_model_id)}
 
     return router

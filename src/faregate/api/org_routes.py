@@ -1,4 +1,4 @@
-"""Organization admin routes (master key only), LiteLLM's shapes: /organization/new, /info,
+"""Organization admin routes (who: admin_auth.py), LiteLLM's shapes: /organization/new, /info,
 /update, /delete, /list, /member_add, /member_update, /member_delete. LiteLLM takes update
 and member_update as PATCH and the deletes as DELETE; POST is taken too. Handlers parse, call
 one OrganizationAdmin method, render.
@@ -12,10 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from faregate.accounts.organizations import OrganizationAdmin, member_view
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
-from faregate.keys.auth import Authenticator, Caller
 from faregate.storage.protocols import PageAfter
 
 INT32_MAX = 2**31 - 1
@@ -111,19 +110,19 @@ class MemberDelete(BaseModel):
     user_email: str | None = Field(default=None, max_length=256)
 
 
-def build_org_routes(auth: Authenticator, orgs: OrganizationAdmin) -> APIRouter:
+def build_org_routes(roles: Roles, orgs: OrganizationAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/organization"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
     @router.post("/organization/new")
-    async def new(body: NewOrg, _: Master) -> dict[str, Any]:
+    async def new(body: NewOrg, _: Who) -> dict[str, Any]:
         return orgs.view(await orgs.new(body.organization_id,
                                         {**body.fields(),
                                          "organization_alias": body.organization_alias}))
 
     @router.get("/organization/info")
-    async def info(_: Master, organization_id: Annotated[str, Query(min_length=1,
+    async def info(_: Who, organization_id: Annotated[str, Query(min_length=1,
                                                                      max_length=256)]
                    ) -> dict[str, Any]:
         record = await orgs.get(organization_id)
@@ -132,7 +131,7 @@ def build_org_routes(auth: Authenticator, orgs: OrganizationAdmin) -> APIRouter:
 
     @router.patch("/organization/update")
     @router.post("/organization/update")
-    async def update(body: UpdateOrg, _: Master) -> dict[str, Any]:
+    async def update(body: UpdateOrg, _: Who) -> dict[str, Any]:
         if "organization_alias" in body.model_fields_set and body.organization_alias is None:
             raise InvalidRequest("'organization_alias' cannot be null",
                                  param="organization_alias")
@@ -140,11 +139,11 @@ def build_org_routes(auth: Authenticator, orgs: OrganizationAdmin) -> APIRouter:
 
     @router.delete("/organization/delete")
     @router.post("/organization/delete")
-    async def delete(body: OrgIds, _: Master) -> list[dict[str, Any]]:
+    async def delete(body: OrgIds, _: Who) -> list[dict[str, Any]]:
         return [orgs.view(r) for r in await orgs.delete(body.organization_ids)]
 
     @router.get("/organization/list")
-    async def list_orgs(_: Master, limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    async def list_orgs(_: Who, limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
                         after: Annotated[str | None, Query(max_length=256)] = None
                         ) -> list[dict[str, Any]]:
         """Oldest first; `after`: the last organization_id of the previous page."""
@@ -156,7 +155,7 @@ def build_org_routes(auth: Authenticator, orgs: OrganizationAdmin) -> APIRouter:
         return [orgs.view(r) for r in (await orgs.page(start, limit)).items]
 
     @router.post("/organization/member_add")
-    async def member_add(body: MemberAdd, _: Master) -> dict[str, Any]:
+    async def member_add(body: MemberAdd, _: Who) -> dict[str, Any]:
         members = body.member if isinstance(body.member, list) else [body.member]
         if not members:
             raise InvalidRequest("'member' names nobody", param="member")
@@ -168,13 +167,13 @@ def build_org_routes(auth: Authenticator, orgs: OrganizationAdmin) -> APIRouter:
 
     @router.patch("/organization/member_update")
     @router.post("/organization/member_update")
-    async def member_update(body: MemberUpdate, _: Master) -> dict[str, Any]:
+    async def member_update(body: MemberUpdate, _: Who) -> dict[str, Any]:
         return member_view(await orgs.update_member(body.organization_id, body.user_id,
                                                     body.user_email, body.role))
 
     @router.delete("/organization/member_delete")
     @router.post("/organization/member_delete")
-    async def member_delete(body: MemberDelete, _: Master) -> dict[str, Any]:
+    async def member_delete(body: MemberDelete, _: Who) -> dict[str, Any]:
         user_id = await orgs.delete_member(body.organization_id, body.user_id,
                                            body.user_email)
         return {"organization_id": body.organization_id, "user_id": user_id,

@@ -14,10 +14,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from faregate.api.admin_auth import key_caller
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
-from faregate.errors import AdminOnly, InvalidRequest
-from faregate.keys.auth import Authenticator, Caller
+from faregate.errors import InvalidRequest
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
 from faregate.storage.protocols import SpendQuery, SpendStore, SpendTotal
@@ -44,23 +43,14 @@ class EndUsersSpend(BaseModel):
     endTime: str | None = Field(default=None, max_length=64)
 
 
-def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
+def build_spend_routes(roles: Roles, storage: SpendStore) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    caller = key_caller(auth)
-
-    async def master(who: Annotated[Caller, Depends(caller)]) -> Caller:
-        if not who.is_master:
-            raise AdminOnly("This route needs the master key; a virtual key may read only "
-                            "its own /spend/logs", code="admin_only")
-        return who
-
-    Master = Annotated[Caller, Depends(master)]
-    Anyone = Annotated[Caller, Depends(caller)]
+    Who = Annotated[Access, Depends(roles.access)]    # api/admin_auth.py ROUTES
     Limit = Annotated[int, Query(ge=1, le=1000)]
 
     @router.get("/spend/logs")
-    async def spend_logs(who: Anyone, api_key: str | None = None,
+    async def spend_logs(who: Who, api_key: str | None = None,
                          request_id: str | None = None, user_id: str | None = None,
                          team_id: str | None = None, organization_id: str | None = None,
                          end_user: str | None = None, start_date: str | None = None,
@@ -69,11 +59,7 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
                          page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
                          ) -> list[dict[str, Any]]:
         token = token_of(api_key) if api_key else None
-        if not who.is_master:
-            if token is not None and token != who.key.token:
-                raise AdminOnly("A virtual key may only read its own spend logs",
-                                code="admin_only")
-            token = who.key.token
+        token, user_id = who.rows(token, user_id)
         rows = await storage.spend_logs(SpendQuery(
             api_key=token, request_id=request_id, user_id=user_id, team_id=team_id,
             organization_id=organization_id, end_user=end_user,
@@ -82,11 +68,11 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
         return [_spend_row(r) for r in rows]
 
     @router.get("/global/spend")
-    async def global_spend(_: Master) -> dict[str, Any]:
+    async def global_spend(_: Who) -> dict[str, Any]:
         return {"spend": nanos_to_dollars(await storage.total_spend()), "max_budget": None}
 
     @router.get("/global/spend/report")
-    async def spend_report(_: Master, start_date: str | None = None,
+    async def spend_report(_: Who, start_date: str | None = None,
                            end_date: str | None = None, group_by: Level = "team",
                            api_key: str | None = None, customer_id: str | None = None,
                            internal_user_id: str | None = None, team_id: str | None = None,
@@ -126,7 +112,7 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
         }
 
     @router.get("/user/daily/activity")
-    async def user_activity(_: Master, start_date: str | None = None,
+    async def user_activity(who: Who, start_date: str | None = None,
                             end_date: str | None = None, user_id: str | None = None,
                             api_key: str | None = None, model: str | None = None,
                             page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
@@ -134,11 +120,12 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
                             ) -> dict[str, Any]:
         start, end = day_range(start_date, end_date)
         return await activity(SpendQuery(
-            user_id=user_id, api_key=token_of(api_key) if api_key else None, model=model,
+            user_id=who.user(user_id), api_key=token_of(api_key) if api_key else None,
+            model=model,
             start=start, end=end), page, page_size)
 
     @router.get("/team/daily/activity")
-    async def team_activity(_: Master, start_date: str | None = None,
+    async def team_activity(who: Who, start_date: str | None = None,
                             end_date: str | None = None, team_ids: str | None = None,
                             api_key: str | None = None, model: str | None = None,
                             page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
@@ -150,18 +137,19 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
             raise InvalidRequest("Pass one team as team_ids (ask once per team; "
                                  "/global/spend/report?group_by=team splits every team by day)",
                                  param="team_ids")
+        await who.team(teams[0])
         return await activity(SpendQuery(
             team_id=teams[0], api_key=token_of(api_key) if api_key else None, model=model,
             start=start, end=end), page, page_size)
 
     @router.get("/global/spend/keys")
-    async def top_keys(_: Master, limit: Limit = 5) -> list[dict[str, Any]]:
+    async def top_keys(_: Who, limit: Limit = 5) -> list[dict[str, Any]]:
         totals = await storage.spend_totals("key", SpendQuery(page_size=limit))
         return [{"api_key": t.id, "total_spend": nanos_to_dollars(t.spend_nanos)}
                 for t in totals]
 
     @router.get("/global/spend/teams")
-    async def top_teams(_: Master, limit: Limit = 100) -> dict[str, Any]:
+    async def top_teams(_: Who, limit: Limit = 100) -> dict[str, Any]:
         totals = await storage.spend_totals("team", SpendQuery(page_size=limit))
         return {"teams": [t.id for t in totals],
                 "total_spend_per_team": [{"team_id": t.id,
@@ -169,13 +157,13 @@ def build_spend_routes(auth: Authenticator, storage: SpendStore) -> APIRouter:
                                          for t in totals]}
 
     @router.get("/global/spend/models")
-    async def top_models(_: Master, limit: Limit = 5) -> list[dict[str, Any]]:
+    async def top_models(_: Who, limit: Limit = 5) -> list[dict[str, Any]]:
         totals = await storage.spend_totals("model", SpendQuery(page_size=limit))
         return [{"model": t.id, "total_spend": nanos_to_dollars(t.spend_nanos)}
                 for t in totals]
 
     @router.post("/global/spend/end_users")
-    async def top_end_users(_: Master, body: EndUsersSpend | None = None,
+    async def top_end_users(_: Who, body: EndUsersSpend | None = None,
                             limit: Limit = 100) -> list[dict[str, Any]]:
         asked = body or EndUsersSpend()
         totals = await storage.spend_totals("end_user", SpendQuery(

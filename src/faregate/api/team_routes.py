@@ -1,4 +1,4 @@
-"""Team admin routes (master key), LiteLLM's shapes: /team/new, /team/info, /team/update,
+"""Team admin routes (who: admin_auth.py), LiteLLM's shapes: /team/new, /team/info, /team/update,
 /team/delete, /team/list, /team/member_add, /team/member_delete, /team/member_update,
 /team/block, /team/unblock, /team/model/add, /team/model/delete. Handlers parse, call one
 TeamAdmin method, render.
@@ -11,11 +11,10 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.teams import NewMember, TeamAdmin, TeamSettings, member_view, team_view
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
 from faregate.keys.admin import KeyAdmin
-from faregate.keys.auth import Authenticator, Caller
 
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
 MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column
@@ -102,46 +101,48 @@ class TeamModels(BaseModel):
         min_length=1, max_length=1000)
 
 
-def build_team_routes(auth: Authenticator, teams: TeamAdmin, keys: KeyAdmin) -> APIRouter:
+def build_team_routes(roles: Roles, teams: TeamAdmin, keys: KeyAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/team"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
     async def shown(team_id: str) -> dict[str, Any]:
         found = await teams.info(team_id)
         return team_view(found.team, found.members)
 
     @router.post("/team/new")
-    async def new(body: NewTeam, _: Master) -> dict[str, Any]:
+    async def new(body: NewTeam, _: Who) -> dict[str, Any]:
         members = [m.new() for m in body.members_with_roles or []]
         record = await teams.create(body.settings(), body.given(), body.team_id, members)
         return await shown(record.team_id)
 
     @router.get("/team/info")
-    async def info(_: Master, team_id: str | None = None) -> dict[str, Any]:
+    async def info(who: Who, team_id: str | None = None) -> dict[str, Any]:
         if not team_id:
             raise InvalidRequest("Pass ?team_id=...", param="team_id")
+        await who.team(team_id)
         found = await teams.info(team_id)
         return {"team_id": team_id, "team_info": team_view(found.team, found.members),
                 "keys": [keys.view(k) for k in found.keys],
                 "team_memberships": [member_view(m) for m in found.members]}
 
     @router.post("/team/update")
-    async def update(body: UpdateTeam, _: Master) -> dict[str, Any]:
+    async def update(body: UpdateTeam, _: Who) -> dict[str, Any]:
         record = await teams.update(body.team_id, body.settings(), body.given())
         return {"team_id": record.team_id, "data": await shown(record.team_id)}
 
     @router.post("/team/delete")
-    async def delete(body: DeleteTeams, _: Master) -> dict[str, Any]:
+    async def delete(body: DeleteTeams, _: Who) -> dict[str, Any]:
         return {"deleted_teams": await teams.delete(body.team_ids)}
 
     @router.get("/team/list")
-    async def list_teams(_: Master, user_id: str | None = None,
+    async def list_teams(who: Who, user_id: str | None = None,
                          organization_id: str | None = None) -> list[dict[str, Any]]:
-        return [team_view(t) for t in await teams.find(organization_id, user_id)]
+        return [team_view(t) for t in await teams.find(organization_id, who.user(user_id))]
 
     @router.post("/team/member_add")
-    async def member_add(body: MemberAdd, _: Master) -> dict[str, Any]:
+    async def member_add(body: MemberAdd, who: Who) -> dict[str, Any]:
+        await who.team(body.team_id)
         members = body.member if isinstance(body.member, list) else [body.member]
         added = await teams.add_members(body.team_id, [m.new() for m in members],
                                         body.max_budget_in_team)
@@ -150,31 +151,33 @@ def build_team_routes(auth: Authenticator, teams: TeamAdmin, keys: KeyAdmin) -> 
                 "updated_team_memberships": [member_view(m) for m in added]}
 
     @router.post("/team/member_delete")
-    async def member_delete(body: MemberRef, _: Master) -> dict[str, Any]:
+    async def member_delete(body: MemberRef, who: Who) -> dict[str, Any]:
+        await who.team(body.team_id)
         await teams.remove_member(body.team_id, body.user_id, body.user_email)
         return await shown(body.team_id)
 
     @router.post("/team/member_update")
-    async def member_update(body: MemberUpdate, _: Master) -> dict[str, Any]:
+    async def member_update(body: MemberUpdate, who: Who) -> dict[str, Any]:
+        await who.team(body.team_id)
         record = await teams.update_member(body.team_id, body.user_id, body.user_email,
                                            body.role, body.max_budget_in_team,
                                            body.model_fields_set)
         return member_view(record)
 
     @router.post("/team/block")
-    async def block(body: TeamRef, _: Master) -> dict[str, Any]:
+    async def block(body: TeamRef, _: Who) -> dict[str, Any]:
         return team_view(await teams.set_blocked(body.team_id, True))
 
     @router.post("/team/unblock")
-    async def unblock(body: TeamRef, _: Master) -> dict[str, Any]:
+    async def unblock(body: TeamRef, _: Who) -> dict[str, Any]:
         return team_view(await teams.set_blocked(body.team_id, False))
 
     @router.post("/team/model/add")
-    async def model_add(body: TeamModels, _: Master) -> dict[str, Any]:
+    async def model_add(body: TeamModels, _: Who) -> dict[str, Any]:
         return team_view(await teams.add_models(body.team_id, body.models))
 
     @router.post("/team/model/delete")
-    async def model_delete(body: TeamModels, _: Master) -> dict[str, Any]:
+    async def model_delete(body: TeamModels, _: Who) -> dict[str, Any]:
         return team_view(await teams.delete_models(body.team_id, body.models))
 
     return router

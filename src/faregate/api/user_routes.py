@@ -1,4 +1,4 @@
-"""User admin routes (master key), LiteLLM's shapes: /user/new, /user/info, /user/update,
+"""User admin routes (who: admin_auth.py), LiteLLM's shapes: /user/new, /user/info, /user/update,
 /user/delete, /user/list. Handlers parse, call one UserAdmin method, render.
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
 """
@@ -10,11 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.teams import member_view
 from faregate.accounts.users import UserAdmin, UserFilters, UserSettings, user_view
-from faregate.api.admin_auth import master_key_only
+from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.admin import KeyAdmin
-from faregate.keys.auth import Authenticator, Caller
 
 INT32_MAX = 2**31 - 1      # limits are INTEGER columns
 MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column
@@ -60,13 +59,13 @@ class DeleteUsers(BaseModel):
     user_ids: list[Id] = Field(min_length=1, max_length=1000)
 
 
-def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> APIRouter:
+def build_user_routes(roles: Roles, users: UserAdmin, keys: KeyAdmin) -> APIRouter:
     router = APIRouter(route_class=StorableInput)   # unstorable input is a 400
 
-    Master = Annotated[Caller, Depends(master_key_only(auth, "/user"))]
+    Who = Annotated[Access, Depends(roles.access)]   # api/admin_auth.py ROUTES
 
     @router.post("/user/new")
-    async def new(body: NewUser, _: Master) -> dict[str, Any]:
+    async def new(body: NewUser, _: Who) -> dict[str, Any]:
         if body.auto_create_key or body.send_invite_email:
             field = "auto_create_key" if body.auto_create_key else "send_invite_email"
             raise InvalidRequest(f"'{field}' is not supported: faregate makes no key with a "
@@ -74,19 +73,21 @@ def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> 
                                  "/key/generate with this user_id", param=field,
                                  code="field_not_supported")
         record = await users.create(body.settings(), body.given(), body.user_id)
-        return {**user_view(record), "key": None}
+        return {**user_view(record), "teams": [], "key": None}   # a new user is in none
 
     @router.get("/user/info")
-    async def info(_: Master, user_id: str | None = None) -> dict[str, Any]:
+    async def info(who: Who, user_id: str | None = None) -> dict[str, Any]:
+        user_id = who.user(user_id or None)     # a user's own key: itself when not given
         if not user_id:
             raise InvalidRequest("Pass ?user_id=...", param="user_id")
         found = await users.info(user_id)
-        return {"user_id": user_id, "user_info": user_view(found.user),
+        return {"user_id": user_id, "user_info": {
+                    **user_view(found.user), "teams": [m.team_id for m in found.teams]},
                 "keys": [keys.view(k) for k in found.keys],
                 "teams": [member_view(m) for m in found.teams]}
 
     @router.post("/user/update")
-    async def update(body: UpdateUser, _: Master) -> dict[str, Any]:
+    async def update(body: UpdateUser, _: Who) -> dict[str, Any]:
         user_id = body.user_id
         if user_id is None:
             if body.user_email is None:
@@ -101,7 +102,7 @@ def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> 
         return {"user_id": record.user_id, "data": user_view(record)}
 
     @router.post("/user/delete")
-    async def delete(body: DeleteUsers, _: Master) -> dict[str, Any]:
+    async def delete(body: DeleteUsers, _: Who) -> dict[str, Any]:
         deleted = await users.delete(body.user_ids, keys.delete)
         if not deleted:
             raise NotFound("None of the given users exist", code="user_not_found",
@@ -109,7 +110,7 @@ def build_user_routes(auth: Authenticator, users: UserAdmin, keys: KeyAdmin) -> 
         return {"deleted_users": deleted}
 
     @router.get("/user/list")
-    async def list_users(_: Master, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
+    async def list_users(_: Who, page: Annotated[int, Query(ge=1, le=INT32_MAX)] = 1,
                          page_size: Annotated[int, Query(ge=1, le=100)] = 25,
                          user_ids: str | None = None, role: str | None = None,
                          user_email: str | None = None,
