@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
 scripts/real-model.sh   # llama-server + SmolLM2 for tests marked real_model (FAREGATE_SKIP_REAL_MODEL=1: skip)
 scripts/services.sh
+scripts/browser.sh      # Debian's chromium for tests/ui (Playwright drives it; no browser download)
 .venv/bin/ruff check src tests bench
 .venv/bin/lint-imports        # the layering: [tool.importlinter] in pyproject.toml
 .venv/bin/mypy src            # strict types: [tool.mypy] in pyproject.toml

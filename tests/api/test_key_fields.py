@@ -34,7 +34,7 @@ def refused(resp: httpx.Response, field: str) -> str:
 
 # A value that asks for something, per field (LiteLLM's documented shapes).
 SOMETHING: dict[str, Any] = {
-    "organization_id": "o-1", "budget_id": "b-1",
+    "organization_id": "o-1",
     "model_max_budget": {"qwen-local": {"budget_limit": 1.0, "time_period": "1d"}},
     "budget_fallbacks": {"qwen-local": ["other"]}, "allowed_routes": ["/v1/chat/completions"],
     "allowed_passthrough_routes": ["/x"], "permissions": {"pii_masking": True},
@@ -87,6 +87,34 @@ async def test_accepted_only_fields_refuse_other_values(gateway: RunningGateway,
     assert field in ACCEPTED_ONLY
     message = refused(await generate(gateway, **{field: value}), field)
     assert repr(value) in message
+
+
+async def test_a_named_budget_pays_for_a_key(gateway: RunningGateway) -> None:
+    """budget_id: the key takes the named budget's terms it leaves null (LiteLLM's
+    /budget/new + budget_id); an unknown budget is a 400 and makes no key."""
+    resp = await generate(gateway, budget_id="no-such-budget")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "budget_id"
+    assert resp.json()["error"]["code"] == "budget_not_found"
+    made = await gateway.admin("POST", "/budget/new", json={"budget_id": "small",
+                                                            "max_budget": 0.0001})
+    assert made.status_code == 200, made.text
+    resp = await generate(gateway, budget_id="small")
+    assert resp.status_code == 200, resp.text
+    key = str(resp.json()["key"])
+    assert resp.json()["budget_id"] == "small"
+    shown = await info(gateway, key)
+    assert shown["budget_id"] == "small" and shown["max_budget"] is None   # its own: none
+    auth = {"Authorization": f"Bearer {key}"}
+    statuses = [(await gateway.http.post("/v1/chat/completions", json=chat(),
+                                         headers=auth)).status_code for _ in range(5)]
+    assert statuses[0] == 200 and statuses[-1] == 429, statuses  # $0.00004 a call
+    assert (await info(gateway, key))["spend"] <= 0.0001
+    # taken off again: the key has no budget
+    resp = await gateway.admin("POST", "/key/update", json={"key": key, "budget_id": None})
+    assert resp.status_code == 200 and resp.json()["budget_id"] is None, resp.text
+    assert (await gateway.http.post("/v1/chat/completions", json=chat(),
+                                    headers=auth)).status_code == 200
 
 
 async def test_unknown_field_is_still_a_400_naming_it(gateway: RunningGateway) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from faregate.accounts.budgets import require_budget
 from faregate.accounts.users import UserAdmin, all_pages
 from faregate.errors import InvalidRequest
 from faregate.records import KeyRecord
@@ -38,6 +39,10 @@ class KeyOwners:
                                          param="models", code="team_model_access_denied")
         if user_id is not None:
             await self._users.ensure(user_id)
+
+    async def check_budget(self, budget_id: str) -> None:
+        """A 400 if the key's named budget does not exist (its terms would be nothing)."""
+        await require_budget(self._storage, budget_id)
 
     async def keys_of(self, user_id: str | None, team_id: str | None) -> list[KeyRecord]:
         """Every key of the user and/or team, in creation order."""

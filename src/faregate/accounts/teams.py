@@ -283,11 +283,19 @@ def _money(dollars: float | None, param: str) -> int | None:
 
 
 def member_view(member: MemberRecord) -> dict[str, Any]:
-    """A membership as LiteLLM's team_memberships show it (money in dollars)."""
+    """A membership as LiteLLM's team_memberships show it (LiteLLM_TeamMembership: the
+    member's budget under litellm_budget_table; money in dollars). A member's terms are its
+    own: budget_id is always null."""
     budget = member.max_budget_in_team_nanos
+    max_budget = None if budget is None else nanos_to_dollars(budget)
     return {"team_id": member.team_id, "user_id": member.user_id, "role": member.role,
-            "max_budget_in_team": None if budget is None else nanos_to_dollars(budget),
-            **spend_view(member), "budget_duration": member.budget_duration,
+            "max_budget_in_team": max_budget, **spend_view(member),
+            "budget_duration": member.budget_duration, "budget_id": None,
+            "litellm_budget_table": {
+                "budget_id": None, "max_budget": max_budget,
+                "budget_duration": member.budget_duration,
+                "budget_reset_at": iso(member.budget_reset_at),
+                "tpm_limit": member.tpm_limit, "rpm_limit": member.rpm_limit},
             "created_at": iso(member.created_at)}
 
 

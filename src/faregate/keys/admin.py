@@ -50,6 +50,7 @@ class KeySettings:
     tags: list[str] | None = None
     user_id: str | None = None
     team_id: str | None = None
+    budget_id: str | None = None
 
 
 # LiteLLM's documented /key/generate and /key/update fields that faregate does not enforce yet,
@@ -58,7 +59,6 @@ class KeySettings:
 # those as defaults).
 NOT_SUPPORTED_YET: dict[str, str] = {
     "organization_id": "organizations arrive with issue 14's hierarchy (/organization/*)",
-    "budget_id": "named budgets arrive with issue 14's hierarchy (/budget/*)",
     "model_max_budget": "per-model budgets are not enforced yet; use max_budget, or "
                         "model_rpm_limit/model_tpm_limit",
     "budget_fallbacks": "per-model budgets (model_max_budget) are not enforced yet",
@@ -172,7 +172,7 @@ class KeyAdmin:
                      given: Collection[str]) -> KeyRecord:
         current = await self.info(token)
         changes = self._changes(settings, set(given), self._now(), current.metadata)
-        if changes.keys() & {"user_id", "team_id", "models"}:
+        if changes.keys() & {"user_id", "team_id", "models", "budget_id"}:
             await self._check_owners(current.evolve(**changes))
         try:
             record = await self._storage.update_key(token, changes)
@@ -223,6 +223,8 @@ class KeyAdmin:
         return found[start:start + page_size], len(found)
 
     async def _check_owners(self, record: KeyRecord) -> None:
+        if self._owners is not None and record.budget_id is not None:
+            await self._owners.check_budget(record.budget_id)
         if self._owners is not None and (record.user_id or record.team_id):
             await self._owners.check(record.user_id, record.team_id, record.models)
 
@@ -245,6 +247,7 @@ class KeyAdmin:
             **self._soft_budget_view(record),
             "created_at": _iso(record.created_at), "updated_at": _iso(record.updated_at),
             "user_id": record.user_id, "team_id": record.team_id,
+            "budget_id": record.budget_id,
         }
 
     def _soft_budget_view(self, record: KeyRecord) -> dict[str, Any]:
@@ -320,7 +323,7 @@ class KeyAdmin:
             out["metadata"] = self._metadata(s, given, metadata or {})
         if "blocked" in given:
             out["blocked"] = bool(s.blocked)
-        for name in ("user_id", "team_id"):
+        for name in ("user_id", "team_id", "budget_id"):
             if name in given:
                 out[name] = getattr(s, name) or None
         for name in _JSON_COLUMNS & set(out):

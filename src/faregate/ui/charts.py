@@ -43,7 +43,7 @@ LEFT, BOTTOM, TOP, RIGHT = 64, 24, 8, 8
 
 
 def stacked_bars(title: str, buckets: Sequence[str], series: Mapping[str, Sequence[int]],
-                 fmt: Callable[[int], str], width: int = 720, height: int = 220) -> Chart:
+                 fmt: Callable[[int], str], width: int = 960, height: int = 220) -> Chart:
     """One bar per bucket, stacked by series (each a value per bucket), the largest series
     first; beyond MAX_SERIES the rest are summed as "other"."""
     ranked = sorted(series.items(), key=lambda item: (-sum(item[1]), item[0]))

@@ -1,0 +1,105 @@
+"""The admin UI in a real browser: Debian's chromium (scripts/browser.sh installs it), driven by
+Playwright for Python, against `faregate serve` as a process (SQLite; one test on Postgres).
+
+One gateway and one browser per test module (the tests of a module share the database: each
+creates its own keys, with names of its own). Screenshots of the pages go to docs/ui/."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import env_for, free_port, in_thread, stop, wait_for_port, write_config
+
+from faregate.storage import migrate
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+SALT_KEY = "ui-test-salt-key-0123456789"
+VIEWPORT = {"width": 1280, "height": 800}
+# The console's line for a page answered 4xx (a form shown again with its error, a refused
+# page): the tests check those pages themselves. Anything else logged as an error (a CSP
+# violation, a script error, a 5xx) fails the test.
+EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: the server responded with a status "
+                              r"of 4\d\d ")
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@dataclass
+class UiGateway:
+    proc: subprocess.Popen
+    base_url: str
+    log: Path
+
+
+def start_ui_gateway(tmp: Path, db_url: str, mock_upstream: str) -> UiGateway:
+    """`faregate serve --config` on `db_url`, with a salt key (database models' credentials)."""
+    cfg = write_config(tmp / "config.yaml", mock_upstream)
+    env = {**os.environ, **env_for(db_url, tmp), "FAREGATE_SALT_KEY": SALT_KEY}
+    port = free_port()
+    log = tmp / f"gateway-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "faregate", "serve", "--host",
+                                 "127.0.0.1", "--port", str(port), "--config", str(cfg)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc=proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"gateway did not start:\n{log.read_text()}") from None
+    return UiGateway(proc, f"http://127.0.0.1:{port}", log)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Iterator[str]:
+    """`faregate serve` on a fresh SQLite database; yields its base URL."""
+    tmp = tmp_path_factory.mktemp("ui")
+    url = f"sqlite:///{tmp / 'faregate.db'}"
+    in_thread(migrate.upgrade, url)
+    served = start_ui_gateway(tmp, url, mock_upstream)
+    yield served.base_url
+    stop(served.proc)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run scripts/browser.sh "
+                    "(scripts/test.sh does)")
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM),
+                                     args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, gateway):
+    """A fresh browser context (no cookies) at 1280x800, in UTC; fails the test on any
+    console error or alert/prompt (an alert() would mean injected script ran). The UI's own
+    confirm() questions are answered yes."""
+    context = browser.new_context(viewport=VIEWPORT, timezone_id="UTC", base_url=gateway)
+    p = context.new_page()
+    problems: list[str] = []
+    p.on("dialog", lambda d: _dialog(d, problems))
+    p.on("console", lambda m: problems.append(f"console: {m.text}")
+         if m.type == "error" and not EXPECTED_REFUSAL.search(m.text) else None)
+    p.problems = problems
+    yield p
+    context.close()
+    assert not problems, problems
+
+
+def _dialog(dialog, problems: list[str]) -> None:
+    if dialog.type == "confirm":
+        dialog.accept()
+    else:
+        problems.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
