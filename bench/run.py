@@ -11,32 +11,24 @@ tree over the run), the steadiest figure on a noisy machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import yaml
 
-from bench import loadgen, seeding
+from bench import loadgen, peers, seeding
+from bench.run_support import cpu_seconds, database, free_port, process, rss_mb
 
 MASTER = "sk-bench-master-key-000"
-PG_ADMIN = os.environ.get("FAREGATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass
@@ -47,6 +39,7 @@ class Row:
     concurrency: int
     target: str                  # direct (the mock) | bare (passthrough proxy) | gateway
     #                              | payers (the gateway, a key in a team in an org + end user)
+    #                              | litellm (LiteLLM's proxy, no database: --peer litellm)
     rps: float
     p50_ms: float
     p99_ms: float
@@ -55,109 +48,6 @@ class Row:
     cpu_us_per_req: float | None
     rss_mb: float | None
     tool: str
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
-
-
-def _tree(pid: int) -> list[int]:
-    """pid and its descendants (uvicorn workers)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    total = 0
-    for p in _tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])      # utime, stime
-    return total / CLK_TCK
-
-
-def _rss_mb(pid: int) -> float:
-    total = 0
-    for p in _tree(pid):
-        try:
-            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
-        except OSError:
-            continue
-    return total / 2**20
-
-
-@contextmanager
-def _process(args: list[str], env: dict[str, str], health: str) -> Iterator[int]:
-    # Logs go to a file, not a pipe nobody reads: a full pipe would block the process.
-    with tempfile.NamedTemporaryFile(prefix="faregate-bench-", suffix=".log") as log:
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            try:
-                _wait(health, proc)
-            except (RuntimeError, TimeoutError):
-                sys.stderr.write(Path(log.name).read_text(errors="replace")[-4000:])
-                raise
-            yield proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@contextmanager
-def _database(backend: str, tmp: Path) -> Iterator[str]:
-    if backend == "sqlite":
-        (tmp / "bench.db").unlink(missing_ok=True)
-        yield f"sqlite:///{tmp / 'bench.db'}"
-        return
-    name = f"faregate_bench_{uuid.uuid4().hex[:8]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def _body(stream: bool, end_user: str | None = None) -> bytes:
@@ -198,19 +88,36 @@ def run(args: argparse.Namespace) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        mock_port = _free_port()
+        mock_port = free_port()
         env = {**os.environ, "FAREGATE_MASTER_KEY": MASTER, "FAREGATE_DATA_DIR": str(tmp)}
         mock = [python, "-m", "faregate", "mock-upstream", "--port", str(mock_port)]
-        bare_port = _free_port()
+        bare_port = free_port()
         bare = [python, "-m", "bench.passthrough", "--port", str(bare_port), "--upstream",
                 f"http://127.0.0.1:{mock_port}"]
-        with _process(mock, env, f"http://127.0.0.1:{mock_port}/health"), \
-                _process(bare, env, f"http://127.0.0.1:{bare_port}/health") as bare_pid:
+        with process(mock, env, f"http://127.0.0.1:{mock_port}/health"), \
+                process(bare, env, f"http://127.0.0.1:{bare_port}/health") as bare_pid:
             targets = Targets(f"http://127.0.0.1:{mock_port}/v1/chat/completions",
                               f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare_pid)
             for backend in args.backends:
                 for workers in args.workers:
                     rows += _run_backend(args, backend, workers, targets, mock_port, tmp, env)
+            if "litellm" in args.peer:
+                rows += _run_litellm(args, targets, mock_port, tmp, env)
+    return rows
+
+
+def _run_litellm(args: argparse.Namespace, targets: Targets, mock_port: int, tmp: Path,
+                 env: dict[str, str]) -> list[Row]:
+    """LiteLLM's proxy on the same mock, beside the bare passthrough, in the same run."""
+    command = peers.ensure_litellm()
+    print(f"bench: peer litellm {peers.litellm_version(command)}", flush=True)
+    rows: list[Row] = []
+    with peers.litellm_proxy(command, mock_port, MASTER, tmp, env) as (port, pid):
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        for stream in (False, True):
+            for concurrency in args.concurrency:
+                rows += _compare(args, "litellm", 1, stream, concurrency, targets, url, MASTER,
+                                 pid, target="litellm")
     return rows
 
 
@@ -228,15 +135,15 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
     cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench-model", "litellm_params": {
         "model": "openai/bench-model", "api_base": f"http://127.0.0.1:{mock_port}/v1",
         "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}]}))
-    with _database(backend, tmp) as db_url:
-        port = _free_port()
+    with database(backend, tmp) as db_url:
+        port = free_port()
         gw_env = {**env, "DATABASE_URL": db_url}
         if backend.endswith("+redis"):
             gw_env["REDIS_URL"] = args.redis
         serve = [sys.executable, "-m", "faregate", "serve", "--config", str(cfg), "--host",
                  "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         try:
-            with _process(serve, gw_env, f"http://127.0.0.1:{port}/health/liveliness") as pid:
+            with process(serve, gw_env, f"http://127.0.0.1:{port}/health/liveliness") as pid:
                 # Everything on: a budget, RPM and TPM limits (too high to bind).
                 key = httpx.post(f"http://127.0.0.1:{port}/key/generate", json={
                     "models": ["bench-model"], "max_budget": 1_000_000,
@@ -266,12 +173,12 @@ def _run_backend(args: argparse.Namespace, backend: str, workers: int, targets: 
 def _soak(args: argparse.Namespace, url: str, key: str, pid: int) -> None:
     """Drive `args.soak` requests and print RSS along the way: flat means no leak."""
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-    done, samples = 0, [_rss_mb(pid)]
+    done, samples = 0, [rss_mb(pid)]
     while done < args.soak:
         result = loadgen.run(loadgen.Load(url, _body(False), headers, 32, 10.0),
                              prefer_wrk=not args.python_loadgen)
         done += result.requests
-        samples.append(_rss_mb(pid))
+        samples.append(rss_mb(pid))
         print(f"bench: soak {done} requests, rss {samples[-1]:.1f} MB", flush=True)
     print(f"bench: soak RSS start {samples[0]:.1f} MB, after warm-up {samples[1]:.1f} MB, "
           f"end {samples[-1]:.1f} MB over {done} requests", flush=True)
@@ -279,37 +186,38 @@ def _soak(args: argparse.Namespace, url: str, key: str, pid: int) -> None:
 
 def _compare(args: argparse.Namespace, backend: str, workers: int, stream: bool,
              concurrency: int, targets: Targets, gateway_url: str, key: str,
-             pid: int, payers_key: str | None = None) -> list[Row]:
+             pid: int, payers_key: str | None = None, target: str = "gateway") -> list[Row]:
+    """`target` (the gateway, or a peer) at `gateway_url`, alternating with direct and bare."""
     body = _body(stream)
     measured: dict[str, list[tuple[loadgen.Measured, float | None, float | None]]] = {
-        "direct": [], "bare": [], "gateway": []}
+        "direct": [], "bare": [], target: []}
     plan = [("direct", targets.direct, None), ("bare", targets.bare, targets.bare_pid),
-            ("gateway", gateway_url, pid)]
+            (target, gateway_url, pid)]
     if payers_key is not None:
         measured["payers"] = []
         plan.append(("payers", gateway_url, pid))
     for _ in range(args.rounds):          # alternate, so drift hits every target alike
-        for target, url, measured_pid in plan:
+        for name, url, measured_pid in plan:
             headers = {"Content-Type": "application/json"}
-            if target == "gateway":
+            if name not in ("direct", "bare"):
                 headers["Authorization"] = f"Bearer {key}"
             sent = body
-            if target == "payers":
+            if name == "payers":
                 headers["Authorization"] = f"Bearer {payers_key}"
                 sent = _body(stream, "bench-end-user")
             load = loadgen.Load(url, sent, headers, concurrency, args.duration)
-            cpu_before = _cpu_seconds(measured_pid) if measured_pid else 0.0
+            cpu_before = cpu_seconds(measured_pid) if measured_pid else 0.0
             result = loadgen.run(load, prefer_wrk=not args.python_loadgen)
             cpu_us = rss = None
             if measured_pid and result.requests:
-                cpu_us = (_cpu_seconds(measured_pid) - cpu_before) / result.requests * 1e6
-                rss = _rss_mb(measured_pid)
-            measured[target].append((result, cpu_us, rss))
+                cpu_us = (cpu_seconds(measured_pid) - cpu_before) / result.requests * 1e6
+                rss = rss_mb(measured_pid)
+            measured[name].append((result, cpu_us, rss))
     rows = []
-    for target, runs in measured.items():
+    for name, runs in measured.items():
         rows.append(Row(
             backend=backend, workers=workers, stream=stream, concurrency=concurrency,
-            target=target, rps=statistics.median(r.rps for r, _, _ in runs),
+            target=name, rps=statistics.median(r.rps for r, _, _ in runs),
             p50_ms=statistics.median(r.p50_ms for r, _, _ in runs),
             p99_ms=statistics.median(r.p99_ms for r, _, _ in runs),
             errors=sum(r.errors for r, _, _ in runs),
@@ -326,25 +234,69 @@ def _median(values: list[float | None]) -> float | None:
 
 
 def table(rows: list[Row]) -> str:
-    head = (f"{'backend':<15}{'wk':>3} {'mode':<7}{'c':>3}  {'target':<8}{'req/s':>9}"
+    """The rows, with each target's ratios to the same run's others: req/s over direct's,
+    p50 added to direct's, CPU and p99 over the bare passthrough's (`xbare`), and for the
+    LiteLLM peer its CPU over faregate's (the first backend's gateway row, `xfg`)."""
+    head = (f"{'backend':<15}{'wk':>3} {'mode':<7}{'c':>3}  {'target':<8}{'req/s':>8}"
             f"{'p50 ms':>8}{'p99 ms':>8}{'ratio':>7}{'+p50 ms':>8}{'cpu µs':>8}"
-            f"{'rss MB':>8}{'errors':>7}")
+            f"{'cpu xbare':>10}{'p99 xbare':>10}{'rss MB':>8}{'errors':>7}")
     lines = [head, "-" * len(head)]
-    direct: dict[tuple[str, int, bool, int], Row] = {}
+    group: dict[tuple[str, int, bool, int, str], Row] = {}
+    faregate: dict[tuple[bool, int], Row] = {}
+    for r in rows:
+        group[(r.backend, r.workers, r.stream, r.concurrency, r.target)] = r
+        if r.target == "gateway" and r.workers == 1:
+            faregate.setdefault((r.stream, r.concurrency), r)
     for r in rows:
         k = (r.backend, r.workers, r.stream, r.concurrency)
-        if r.target == "direct":
-            direct[k] = r
-        d = direct.get(k)
+        d, bare = group.get((*k, "direct")), group.get((*k, "bare"))
         ratio = f"{r.rps / d.rps:.2f}" if d and r.target != "direct" and d.rps else ""
         added = f"{r.p50_ms - d.p50_ms:.2f}" if d and r.target != "direct" else ""
+        cpu_x = p99_x = ""
+        if bare is not None and r.target not in ("direct", "bare"):
+            cpu_x = _times(r.cpu_us_per_req, bare.cpu_us_per_req)
+            p99_x = _times(r.p99_ms, bare.p99_ms)
         lines.append(
             f"{r.backend:<15}{r.workers:>3} {'stream' if r.stream else 'json':<7}"
-            f"{r.concurrency:>3}  {r.target:<8}{r.rps:>9.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
+            f"{r.concurrency:>3}  {r.target:<8}{r.rps:>8.0f}{r.p50_ms:>8.2f}{r.p99_ms:>8.2f}"
             f"{ratio:>7}{added:>8}"
             f"{'' if r.cpu_us_per_req is None else f'{r.cpu_us_per_req:.0f}':>8}"
+            f"{cpu_x:>10}{p99_x:>10}"
             f"{'' if r.rss_mb is None else f'{r.rss_mb:.0f}':>8}{r.errors:>7}")
+    peers = [r for r in rows if r.target == "litellm"]
+    if peers:
+        lines.append("")
+        lines.append("CPU per request vs LiteLLM (its proxy, no database, master key only; "
+                     "faregate: the first backend's gateway row, same run):")
+        for r in peers:
+            fg = faregate.get((r.stream, r.concurrency))
+            if fg is not None and fg.cpu_us_per_req and r.cpu_us_per_req:
+                lines.append(f"  {'stream' if r.stream else 'json':<7}c={r.concurrency:<3} "
+                             f"litellm {r.cpu_us_per_req:>8.0f} µs, faregate "
+                             f"{fg.cpu_us_per_req:>5.0f} µs ({fg.backend}): "
+                             f"{r.cpu_us_per_req / fg.cpu_us_per_req:.1f}x less with faregate")
     return "\n".join(lines)
+
+
+BEGIN, END = "<!-- bench:table -->", "<!-- /bench:table -->"
+
+
+def write_doc(path: Path, rows: list[Row], argv: list[str]) -> None:
+    """Replace what stands between the markers in `path` with this run's table."""
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"bench: {path} has no {BEGIN} ... {END} section to replace")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = (f"{BEGIN}\n`python -m bench {' '.join(argv)}` ({when}, {os.cpu_count()} cores, "
+               f"Python {platform.python_version()}, load: {rows[0].tool if rows else '?'})"
+               f"\n\n```\n{table(rows)}\n```\n{END}")
+    path.write_text(head + section + tail)
+
+
+def _times(value: float | None, base: float | None) -> str:
+    return f"{value / base:.2f}x" if value is not None and base else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payers", action="store_true",
                         help="also measure a key in a team in an organization, with an end "
                              "user (target 'payers'), against the bare key in the same run")
+    parser.add_argument("--peer", nargs="*", default=[], choices=["litellm"],
+                        help="also measure LiteLLM's proxy (installed on first use into "
+                             "~/.cache/faregate/litellm-venv) on the same mock, same run")
+    parser.add_argument("--doc", type=Path,
+                        help="write the table (and the command that made it) into this "
+                             "Markdown file, between its '<!-- bench:table -->' markers")
     parser.add_argument("--quick", action="store_true",
                         help="a one-second smoke run on SQLite (what the test suite runs)")
     args = parser.parse_args(argv)
@@ -377,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         args.duration, args.rounds, args.backends, args.concurrency = 1.0, 1, ["sqlite"], [4]
     rows = run(args)
     print(table(rows))
+    if args.doc:
+        write_doc(args.doc, rows, argv if argv is not None else sys.argv[1:])
+        print(f"bench: table written into {args.doc}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -234,6 +234,9 @@ class LedgerWriter:
             if segment is not None:
                 self._sealed.append(segment)
                 self._sealed_rows += len(segment.read())
+                # The next segment is made off the event loop (file creation may wait on
+                # the file system's journal); seal switches to it.
+                await asyncio.to_thread(self._journal.prepare)
         if self._sealed and self._sealed[0].adopted:
             await self._write_adopted()
         elif self._sealed:
@@ -268,7 +271,7 @@ class LedgerWriter:
             segment.written += len(batch)
             self._sealed_rows -= len(batch)
         self._sealed.pop(0)
-        SpendJournal.discard(segment)
+        await asyncio.to_thread(SpendJournal.discard, segment)      # off the loop, as above
 
     async def _write_adopted(self) -> None:
         """The adopted segments at the head of the queue, as one unit written key by key:
@@ -312,7 +315,7 @@ class LedgerWriter:
                 raise outcome
         for segment in self._adopted:
             self._sealed.remove(segment)
-            SpendJournal.discard(segment)
+        await asyncio.to_thread(_discard_all, self._adopted)
         self._adopted = None
 
     async def _write_batch(self, rows: Sequence[SpendRow]) -> SpendWritten:
@@ -365,3 +368,8 @@ class LedgerWriter:
         for segment in self._sealed:
             segment.sync()
         self._journal.sync()
+
+
+def _discard_all(segments: list[Segment]) -> None:
+    for segment in segments:
+        SpendJournal.discard(segment)
