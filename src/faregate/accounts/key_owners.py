@@ -22,9 +22,10 @@ class KeyOwners:
         self._users = users
 
     async def check(self, user_id: str | None, team_id: str | None,
-                    models: Sequence[str]) -> None:
+                    models: Sequence[str]) -> str | None:
         """A 400 if the team does not exist or `models` go beyond the team's; the user is
-        made if it does not exist. Call before the key is stored."""
+        made if it does not exist. Call before the key is stored; returns the user_id made
+        (None if none was), which `unmake` takes back if the key is then refused."""
         if team_id is not None:
             team = await self._storage.get_team(team_id)
             if team is None:
@@ -37,8 +38,18 @@ class KeyOwners:
                     raise InvalidRequest(f"Model(s) {outside} are not among team "
                                          f"{team_id!r}'s models {list(team.models)}",
                                          param="models", code="team_model_access_denied")
-        if user_id is not None:
-            await self._users.ensure(user_id)
+        if user_id is None or await self._storage.get_user(user_id) is not None:
+            return None
+        await self._users.ensure(user_id)
+        return user_id
+
+    async def unmake(self, user_id: str | None) -> None:
+        """Take back a user `check` made for a key that was then refused (a refused
+        /key/generate leaves nothing behind). Only if it still has no key: another request
+        may have given it one meanwhile."""
+        if user_id is not None and not (await self._storage.list_keys_page(
+                {"user_id": user_id}, None, 1)).items:
+            await self._storage.delete_user(user_id)
 
     async def check_budget(self, budget_id: str) -> None:
         """A 400 if the key's named budget does not exist (its terms would be nothing)."""

@@ -80,6 +80,7 @@ class UserAdmin:
         changes = await self._changes(settings, set(given), now)
         record = UserRecord(user_id=user_id or str(uuid.uuid4()), created_at=now,
                             updated_at=now, **changes)
+        await self._check_email_free(changes.get("user_email"), record.user_id)
         try:
             await self._storage.insert_user(record)
         except DuplicateId:
@@ -129,6 +130,7 @@ class UserAdmin:
                      given: Collection[str]) -> UserRecord:
         await self.get(user_id)
         changes = await self._changes(settings, set(given), self._now())
+        await self._check_email_free(changes.get("user_email"), user_id)
         record = await self._storage.update_user(user_id, changes)
         if record is None:
             raise NotFound(f"User {user_id!r} was deleted meanwhile", code="user_not_found")
@@ -173,6 +175,17 @@ class UserAdmin:
             users = [u for u in users if u.user_id in members]
         start = (page - 1) * page_size
         return users[start:start + page_size], len(users)
+
+    async def _check_email_free(self, email: str | None, user_id: str) -> None:
+        """One user per email: /user/update and /team/member_add find users by it, and an
+        email naming two users would find either."""
+        if email is None:
+            return
+        holder = await self.by_email(email)
+        if holder is not None and holder.user_id != user_id:
+            raise InvalidRequest(f"User {holder.user_id!r} already has the email {email!r}; "
+                                 "change that user with /user/update instead",
+                                 param="user_email", code="user_email_exists")
 
     async def _changes(self, s: UserSettings, given: set[str],
                        now: datetime) -> dict[str, Any]:

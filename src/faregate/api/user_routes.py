@@ -77,7 +77,7 @@ def build_user_routes(roles: Roles, users: UserAdmin, keys: KeyAdmin) -> APIRout
 
     @router.get("/user/info")
     async def info(who: Who, user_id: str | None = None) -> dict[str, Any]:
-        user_id = who.user(user_id or None)     # a user's own key: itself when not given
+        user_id = who.user(user_id or who.user_id)      # not given: the caller's own
         if not user_id:
             raise InvalidRequest("Pass ?user_id=...", param="user_id")
         found = await users.info(user_id)

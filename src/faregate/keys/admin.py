@@ -152,10 +152,11 @@ class KeyAdmin:
                            updated_at=now, **changes)
         if await self._storage.get_key(record.token) is not None:
             raise InvalidRequest("This key already exists", param="key")
-        await self._check_owners(record)
+        made = await self._check_owners(record)
         try:
             await self._storage.insert_key(record)
         except DuplicateAlias:
+            await self._unmake(made)
             raise InvalidRequest(f"key_alias {record.key_alias!r} is taken by another key",
                                  param="key_alias") from None
         self._directory.put(record)
@@ -172,11 +173,13 @@ class KeyAdmin:
                      given: Collection[str]) -> KeyRecord:
         current = await self.info(token)
         changes = self._changes(settings, set(given), self._now(), current.metadata)
+        made = None
         if changes.keys() & {"user_id", "team_id", "models", "budget_id"}:
-            await self._check_owners(current.evolve(**changes))
+            made = await self._check_owners(current.evolve(**changes))
         try:
             record = await self._storage.update_key(token, changes)
         except DuplicateAlias:
+            await self._unmake(made)
             raise InvalidRequest(f"key_alias {settings.key_alias!r} is taken by another key",
                                  param="key_alias") from None
         if record is None:
@@ -222,11 +225,18 @@ class KeyAdmin:
         start = (page - 1) * page_size
         return found[start:start + page_size], len(found)
 
-    async def _check_owners(self, record: KeyRecord) -> None:
+    async def _check_owners(self, record: KeyRecord) -> str | None:
+        """Every check first, then the user made if new (its id returned, for _unmake)."""
         if self._owners is not None and record.budget_id is not None:
             await self._owners.check_budget(record.budget_id)
         if self._owners is not None and (record.user_id or record.team_id):
-            await self._owners.check(record.user_id, record.team_id, record.models)
+            return await self._owners.check(record.user_id, record.team_id, record.models)
+        return None
+
+    async def _unmake(self, user_id: str | None) -> None:
+        """A refused key takes back the user made for it (a refused call leaves nothing)."""
+        if self._owners is not None:
+            await self._owners.unmake(user_id)
 
     def view(self, record: KeyRecord) -> dict[str, Any]:
         """A key as LiteLLM's API shows it (spend in dollars, for the current budget period)."""
