@@ -15,18 +15,18 @@ TEMPLATES = Path(__file__).parent / "templates"
 
 
 def dollars(nanos: int | None) -> str:
-    """$1,234.56 for large amounts, more decimals for small ones (a call costs fractions of
-    a cent); '—' for none."""
+    """$1,234.56 for large amounts, up to 6 decimals below $1,000 and 9 below a cent (a
+    call costs fractions of a cent; a remaining budget must not round up), trailing zeros
+    dropped; '—' for none."""
     if nanos is None:
         return "—"
     value = nanos / NANOS_PER_DOLLAR
     if value == 0:
         return "$0"
-    if abs(value) >= 100:
+    if abs(value) >= 1000:
         return f"${value:,.2f}"
-    if abs(value) >= 0.01:
-        return f"${value:,.4f}".rstrip("0").rstrip(".")
-    return f"${value:.9f}".rstrip("0").rstrip(".")
+    text = f"{value:,.6f}" if abs(value) >= 0.01 else f"{value:.9f}"
+    return "$" + text.rstrip("0").rstrip(".")
 
 
 def number(value: int | float | None) -> str:
