@@ -302,15 +302,16 @@ class Access:
             assert team_id is not None
             if user_id is not None and user_id != self.user_id and \
                     await self._store.get_team_member(team_id, user_id) is None:
-                raise _refuse(f"A team admin may make keys of team {team_id!r} only for its "
-                              f"members; {user_id!r} is not one", code="not_owner")
+                raise _refuse(f"{self.who} may call {self.route} for team {team_id!r} (as "
+                              f"its admin) only for its members; {user_id!r} is not one",
+                              code="not_owner")
             return user_id
         if user_id is not None and user_id != self.user_id:
-            raise _refuse(f"{self.who} may make keys only for itself (user_id "
+            raise _refuse(f"{self.who} may call {self.route} only for itself (user_id "
                           f"{self.user_id!r}), not for {user_id!r}", code="not_owner")
         if team_id is not None and team_id not in await self.teams():
-            raise _refuse(f"{self.who} may make keys only in a team it belongs to; not in "
-                          f"team {team_id!r}", code="not_owner")
+            raise _refuse(f"{self.who} may call {self.route} only in a team it belongs to; "
+                          f"not in team {team_id!r}", code="not_owner")
         if "max_budget" in given:
             self._within_own_budget(max_budget)
         return self.user_id
@@ -333,8 +334,8 @@ class Access:
             return
         if max_budget is None or dollars_to_nanos(max_budget, "max_budget") > ceiling:
             raise _refuse(f"max_budget ({max_budget}) cannot exceed the caller's own "
-                          f"max_budget ({nanos_to_dollars(ceiling)}); ask a proxy_admin",
-                          code="budget_above_own")
+                          f"max_budget ({nanos_to_dollars(ceiling)}): {self.who} may not call "
+                          f"{self.route} for more; ask a proxy_admin", code="budget_above_own")
 
 
 def _own_ceiling(caller: Caller) -> int | None:
