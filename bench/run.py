@@ -114,6 +114,14 @@ def _run_litellm(args: argparse.Namespace, targets: Targets, mock_port: int, tmp
     rows: list[Row] = []
     with peers.litellm_proxy(command, mock_port, MASTER, tmp, env) as (port, pid):
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        # Warm up (its first calls load modules and build clients): not measured.
+        with httpx.Client(timeout=120, headers={"Authorization": f"Bearer {MASTER}",
+                                                "Content-Type": "application/json"}) as http:
+            for i in range(20):
+                answer = http.post(url, content=_body(i % 2 == 1))
+                if answer.status_code != 200:
+                    raise RuntimeError(f"litellm answered {answer.status_code}: "
+                                       f"{answer.text[:500]}")
         for stream in (False, True):
             for concurrency in args.concurrency:
                 rows += _compare(args, "litellm", 1, stream, concurrency, targets, url, MASTER,
@@ -196,6 +204,15 @@ def _compare(args: argparse.Namespace, backend: str, workers: int, stream: bool,
     if payers_key is not None:
         measured["payers"] = []
         plan.append(("payers", gateway_url, pid))
+    for name, url, measured_pid in plan:  # warm up (connections, first calls): not measured
+        if measured_pid:
+            headers = {"Content-Type": "application/json"}
+            if name not in ("direct", "bare"):
+                headers["Authorization"] = f"Bearer {payers_key if name == 'payers' else key}"
+            loadgen.run(loadgen.Load(url, _body(stream, "bench-end-user" if name == "payers"
+                                                else None), headers, concurrency,
+                                     min(1.0, args.duration)),
+                        prefer_wrk=not args.python_loadgen)
     for _ in range(args.rounds):          # alternate, so drift hits every target alike
         for name, url, measured_pid in plan:
             headers = {"Content-Type": "application/json"}
