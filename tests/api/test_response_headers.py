@@ -205,3 +205,75 @@ async def test_anthropic_model_passed_through_carries_the_headers(
         cost = dollars(usage["input_tokens"], usage["output_tokens"])
         assert resp.headers["x-litellm-response-cost"] == cost
         assert resp.headers["x-litellm-key-spend"] == cost
+
+
+async def call(gw: RunningGateway, key: str, **body: object) -> httpx.Response:
+    return await gw.http.post("/v1/chat/completions", json={**chat("hi", max_tokens=2), **body},
+                              headers={"Authorization": f"Bearer {key}"})
+
+
+async def test_a_rate_refusal_carries_the_windows(gateway: RunningGateway) -> None:
+    """A 429 for a limit says which window refused and when it frees (OpenAI's names), with
+    the other kind's window as it stands; nothing of the refused call is counted in them."""
+    key = await gateway.new_key(rpm_limit=1, tpm_limit=10_000)
+    ok = await call(gateway, key)
+    assert ok.status_code == 200
+    used = 10_000 - int(ok.headers["x-ratelimit-remaining-tokens"])
+    refused = await call(gateway, key)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rpm_limit"
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    reset = refused.headers["x-ratelimit-reset-requests"]
+    assert reset.endswith("s") and 1 <= int(reset[:-1]) <= 60
+    assert refused.headers["Retry-After"] == reset[:-1]
+    assert refused.headers["x-ratelimit-limit-tokens"] == "10000"
+    # the first call's tokens stand (at its real usage); the refused one booked nothing
+    assert int(refused.headers["x-ratelimit-remaining-tokens"]) >= 10_000 - used
+    assert refused.headers["x-litellm-key-spend"] == ok.headers["x-litellm-key-spend"]
+
+
+async def test_a_token_refusal_says_what_is_left(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(tpm_limit=200)
+    ok = await call(gateway, key)                # "hi": 8 prompt + 2 completion tokens
+    assert ok.status_code == 200
+    refused = await call(gateway, key, max_tokens=195)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "tpm_limit"
+    assert refused.headers["x-ratelimit-limit-tokens"] == "200"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "190"    # 200 - (8 + 2)
+    assert refused.headers["x-ratelimit-reset-tokens"].endswith("s")
+    assert "x-ratelimit-limit-requests" not in refused.headers      # no such limit
+
+
+async def test_a_budget_refusal_carries_the_windows_where_limits_exist(
+        gateway: RunningGateway) -> None:
+    broke = await gateway.new_key(max_budget=0, rpm_limit=5, tpm_limit=1000)
+    refused = await call(gateway, broke)
+    assert refused.status_code == 429 and refused.json()["error"]["type"] == "budget_exceeded"
+    assert refused.headers["x-ratelimit-limit-requests"] == "5"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "5"   # nothing booked
+    assert refused.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "1000"
+    assert refused.headers["x-litellm-key-spend"] == "0.0"
+    assert refused.headers["x-should-retry"] == "false"
+
+    unlimited = await gateway.new_key(max_budget=0)
+    refused = await call(gateway, unlimited)
+    assert refused.status_code == 429
+    assert not [name for name in refused.headers if name.startswith("x-ratelimit")]
+    assert refused.headers["x-litellm-key-spend"] == "0.0"
+
+
+async def test_a_team_limit_refusal_names_the_teams_window(gateway: RunningGateway) -> None:
+    made = await gateway.admin("POST", "/team/new", json={"team_id": "hdr-team",
+                                                          "rpm_limit": 1})
+    assert made.status_code == 200, made.text
+    key = await gateway.new_key(team_id="hdr-team", rpm_limit=100)
+    assert (await call(gateway, key)).status_code == 200
+    refused = await call(gateway, key)
+    assert refused.status_code == 429, refused.text
+    assert "hdr-team" in refused.json()["error"]["message"]
+    # the team's window refused, not the key's (99 left there)
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"

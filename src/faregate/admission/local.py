@@ -17,6 +17,7 @@ from faregate.admission.budgets import Budgets, Grant
 from faregate.admission.demand import Admitted, Demand, ratelimit_headers
 from faregate.admission.refusals import rate_limited
 from faregate.admission.windows import SlidingWindow
+from faregate.errors import BudgetExceeded, RateLimited
 from faregate.records import KeyRecord
 
 
@@ -31,6 +32,16 @@ class LocalAdmission:
         self._grants: dict[str, Grant] = {}
 
     async def admit(self, demand: Demand) -> Admitted:
+        try:
+            return await self._admit(demand)
+        except (BudgetExceeded, RateLimited) as refused:
+            # A 429 carries the windows' state too (nothing was booked): a budget refusal
+            # all of them, a rate refusal the kind that did not refuse.
+            for name, value in self._unbooked(demand, int(self._clock())):
+                refused.headers.setdefault(name.decode(), value.decode())
+            raise
+
+    async def _admit(self, demand: Demand) -> Admitted:
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
         payers = demand.payers
         while True:
@@ -59,6 +70,17 @@ class LocalAdmission:
             if used + window.cost > window.limit:
                 raise rate_limited(window, used, counter.reset_in(now_s) or 1)
             remaining = window.limit - used - window.cost
+            if window.tokens not in tightest or remaining < tightest[window.tokens][1]:
+                tightest[window.tokens] = (window.limit, remaining,
+                                           counter.reset_in(now_s) or 60)
+        return ratelimit_headers(tightest.get(False), tightest.get(True))
+
+    def _unbooked(self, demand: Demand, now_s: int) -> list[tuple[bytes, bytes]]:
+        """The x-ratelimit-* headers of the tightest windows as they stand (for a refusal)."""
+        tightest: dict[bool, tuple[int, int, int]] = {}
+        for window in demand.windows:
+            counter = self._windows[window.scope]
+            remaining = window.limit - counter.used(now_s)
             if window.tokens not in tightest or remaining < tightest[window.tokens][1]:
                 tightest[window.tokens] = (window.limit, remaining,
                                            counter.reset_in(now_s) or 60)

@@ -32,11 +32,15 @@ def rate_limited(window: Window | None, used: int, reset_s: int,
             headers={"Retry-After": "1"})
     unit = "tokens" if window.tokens else "requests"
     owner = f" of {window.owner}" if window.owner else ""
+    # OpenAI's x-ratelimit-* of the window that refused (nothing was booked in it)
     return RateLimited(
         f"Rate limit exceeded: {window.setting}={window.limit}{owner} {unit} per minute; "
         f"{used} used in the last 60 s and this request needs {window.cost}. "
         f"Retry after {reset_s} s.", code=window.setting,
-        headers={"Retry-After": str(max(1, reset_s))})
+        headers={"Retry-After": str(max(1, reset_s)),
+                 f"x-ratelimit-limit-{unit}": str(window.limit),
+                 f"x-ratelimit-remaining-{unit}": str(max(0, window.limit - used)),
+                 f"x-ratelimit-reset-{unit}": f"{max(1, reset_s)}s"})
 
 
 def budget_exceeded(payer: Payer, spent: int, reserved: int, least: int) -> BudgetExceeded:
