@@ -90,14 +90,15 @@ async def test_migrations_produce_the_reference_schema(fresh_url: str) -> None:
         "faregate_keys", "faregate_spend_logs", "faregate_models", "faregate_replicas",
         "faregate_budgets", "faregate_users", "faregate_organizations",
         "faregate_organization_members", "faregate_teams", "faregate_team_members",
-        "faregate_end_users"}
+        "faregate_end_users", "faregate_spend_rollup"}
     for table in want:
         assert got[table] == want[table], table
     # the reference is not trivially empty: the checks above compare something
     assert want["faregate_keys"]["unique"] == [("key_alias",)]
     assert set(want["faregate_spend_logs"]["indexes"]) == {
-        "ix_spend_logs_api_key_start", "ix_spend_logs_start", "ix_spend_logs_user_start",
-        "ix_spend_logs_team_start", "ix_spend_logs_org_start", "ix_spend_logs_end_user_start"}
+        "ix_spend_logs_api_key_start", "ix_spend_logs_start_id", "ix_spend_logs_user_start",
+        "ix_spend_logs_team_start", "ix_spend_logs_org_start", "ix_spend_logs_end_user_start",
+        "ix_spend_logs_model_start", "ix_spend_logs_status_start"}
     assert want["faregate_keys"]["columns"]["key_alias"] is True
     assert want["faregate_keys"]["columns"]["spend_nanos"] is False
 

@@ -15,12 +15,13 @@ from faregate.storage.protocols import (
     KeyStore,
     ModelStore,
     ReplicaStore,
+    ReportStore,
     SpendStore,
     Storage,
 )
 
 ALL = [KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, HierarchyStore,
-       AdminStore, Storage]
+       ReportStore, AdminStore, Storage]
 
 
 def members(protocol: type) -> list[str]:
@@ -43,7 +44,7 @@ def test_sql_storage_implements(protocol: type) -> None:
 def test_storage_is_every_concern() -> None:
     assert set(members(Storage)) == {
         *members(KeyStore), *members(SpendStore), *members(ModelStore), *members(HealthProbe),
-        *members(ReplicaStore), *members(HierarchyStore), "close"}
+        *members(ReplicaStore), *members(HierarchyStore), *members(ReportStore), "close"}
 
 
 def test_the_contracts_types_are_still_importable_from_database() -> None:

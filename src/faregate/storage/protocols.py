@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from faregate.records import (
     BudgetRecord,
@@ -26,6 +26,24 @@ from faregate.records import (
     TeamRecord,
     UserRecord,
 )
+
+if TYPE_CHECKING:      # reports.py reads keys through hierarchy.py, which imports this module
+    from faregate.storage.reports import (
+        Bucket,
+        Cursor,
+        KeyFilters,
+        KeyPage,
+        LogFilters,
+        LogPage,
+        LogRow,
+        Overview,
+        PayerLevel,
+        PayerPage,
+        PayerSpend,
+        Ranked,
+        Totals,
+        UsagePoint,
+    )
 
 T = TypeVar("T")
 
@@ -308,6 +326,33 @@ class HierarchyStore(Protocol):
 
 
 @runtime_checkable
+class ReportStore(Protocol):
+    """The UI's reads (storage/reports.py, where each number is defined): sums from the spend
+    rollup in the viewer's time zone, keyset pages of logs, keys and payers, newest first."""
+
+    async def report_totals(self, start: datetime, end: datetime, level: str = "all",
+                            only: str | None = None) -> Totals: ...
+    async def report_top(self, level: str, start: datetime, end: datetime,
+                         limit: int = 5) -> list[Ranked]: ...
+    async def report_top_payers(self, level: str, limit: int = 5) -> list[PayerSpend]: ...
+    async def report_overview(self, now: datetime, tz_name: str = "UTC",
+                              top: int = 5) -> Overview: ...
+    async def report_usage(self, start: datetime, end: datetime, bucket: Bucket = "day",
+                           tz_name: str = "UTC", group: str | None = None, top: int = 10,
+                           only: str | None = None) -> list[UsagePoint]: ...
+    async def report_logs(self, filters: LogFilters | None = None, after: Cursor | None = None,
+                          limit: int = 50) -> LogPage: ...
+    async def report_logs_newer(self, request_id: str, filters: LogFilters | None = None,
+                                limit: int = 50) -> list[LogRow]: ...
+    async def report_log(self, request_id: str) -> LogRow | None: ...
+    async def report_keys(self, filters: KeyFilters | None = None, after: Cursor | None = None,
+                          limit: int = 50) -> KeyPage: ...
+    async def report_payers(self, level: PayerLevel, after: Cursor | None = None,
+                            limit: int = 50,
+                            organization_id: str | None = None) -> PayerPage: ...
+
+
+@runtime_checkable
 class HealthProbe(Protocol):
     """A cheap round trip that says whether the database answers (storage/health.py)."""
 
@@ -347,7 +392,7 @@ class ReplicaStore(Protocol):
 
 @runtime_checkable
 class Storage(KeyStore, SpendStore, ModelStore, HealthProbe, ReplicaStore, HierarchyStore,
-              Protocol):
+              ReportStore, Protocol):
     """All of the above, and the connections' lifetime: what the composition root holds."""
 
     async def close(self) -> None: ...

@@ -43,9 +43,12 @@ keys = Table(
     Column("team_id", String(256), nullable=True),
     Column("organization_id", String(256), nullable=True),
     Column("budget_id", String(256), nullable=True),
-    Index("ix_keys_user_id", "user_id"),
-    Index("ix_keys_team_id", "team_id"),
     Index("ix_keys_created_at", "created_at", "token"),
+    # keyset pages filtered by owner or state, and alias prefix search (migration 0007)
+    Index("ix_keys_user_created", "user_id", "created_at", "token"),
+    Index("ix_keys_team_created", "team_id", "created_at", "token"),
+    Index("ix_keys_blocked_created", "blocked", "created_at", "token"),
+    Index("ix_keys_alias_prefix", "key_alias", postgresql_ops={"key_alias": "text_pattern_ops"}),
 )
 
 spend_logs = Table(
@@ -67,11 +70,30 @@ spend_logs = Table(
     Column("organization_id", String(256), nullable=True),
     Column("end_user", String(256), nullable=True),
     Index("ix_spend_logs_api_key_start", "api_key", "start_time"),
-    Index("ix_spend_logs_start", "start_time"),
+    Index("ix_spend_logs_start_id", "start_time", "request_id"),
     Index("ix_spend_logs_user_start", "user_id", "start_time"),
     Index("ix_spend_logs_team_start", "team_id", "start_time"),
     Index("ix_spend_logs_org_start", "organization_id", "start_time"),
     Index("ix_spend_logs_end_user_start", "end_user", "start_time"),
+    Index("ix_spend_logs_model_start", "model", "start_time"),
+    Index("ix_spend_logs_status_start", "status", "start_time"),
+)
+
+# Each level's sums per 15-minute UTC bucket (level: all, model, key, team, user, org,
+# end_user; id '' for all), kept equal to the ledger rows by triggers (migration 0007), so the
+# UI's aggregates read thousands of rows instead of millions (storage/reports.py).
+spend_rollup = Table(
+    "faregate_spend_rollup", metadata,
+    Column("level", String(16), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("bucket", DateTime(timezone=True), primary_key=True),
+    Column("spend_nanos", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Index("ix_spend_rollup_level_bucket", "level", "bucket"),
+    sqlite_with_rowid=False,
 )
 
 models = Table(

@@ -1,0 +1,684 @@
+"""The UI's reads (issue 16): overview, usage, logs, the keys page and the payers' lists, each
+one or two SQL statements that cost the same at any table size.
+
+Money is integer nano-dollars, as in the ledger. Sums over time come from
+faregate_spend_rollup (each level's sums per 15-minute UTC bucket, kept equal to the ledger
+rows by triggers in their own transaction; migration 0007), never from loading rows: a month of
+one level is at most 2,880 buckets per id. Every time zone in use is a whole number of quarter
+hours from UTC, so a day or an hour in the viewer's zone is a whole number of buckets, and a
+row at 23:30 UTC lands on the next day in Asia/Tokyo. Lists are keyset pages, newest first:
+a page costs one index range whatever its depth, and rows that share a timestamp are ordered by
+their id, so paging neither skips nor repeats them.
+
+What the numbers mean: `spend_nanos` is what the rows charged; `requests` counts ledger rows
+(one per request the gateway answered or refused after admission, retries inside one request
+included in that one row); `failures` counts rows whose status is not "success" (failure,
+partial, interrupted, dead_letter); tokens are as the upstream reported them. A payer's spend
+columns (keys, teams, ...) are lifetime sums kept by the ledger; `period_spend_nanos` is what
+counts against its budget now.
+
+SqlStorage mixes ReportQueries in; the composition root's storage object is the ReportStore.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import ColumnElement
+
+from faregate.records import KeyRecord
+from faregate.storage.hierarchy import key_from_mapping
+from faregate.storage.schema import (
+    budgets,
+    end_users,
+    keys,
+    organization_members,
+    organizations,
+    spend_logs,
+    spend_rollup,
+    team_members,
+    teams,
+    users,
+)
+
+BUCKET = timedelta(minutes=15)          # the rollup's bucket
+MAX_PAGE = 1000
+MAX_GROUPS = 1000
+Bucket = Literal["hour", "day"]
+# the usage page's group names -> the rollup's levels
+GROUPS = {"key": "key", "team": "team", "user": "user", "customer": "end_user",
+          "organization": "org", "model": "model"}
+PayerLevel = Literal["team", "user", "organization", "customer"]
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Sums over a set of ledger rows."""
+
+    spend_nanos: int = 0
+    requests: int = 0
+    failures: int = 0                   # rows whose status is not "success"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def error_rate(self) -> float:
+        """failures / requests; 0.0 when there were no requests."""
+        return self.failures / self.requests if self.requests else 0.0
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One payer (key token, team id, model name, end user id, ...) and its sums."""
+
+    id: str
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class PayerSpend:
+    """A key (id: its token), team, user, organization or customer and its lifetime spend:
+    the ledger-kept sum of every row that names it."""
+
+    id: str
+    alias: str | None
+    spend_nanos: int
+
+
+@dataclass(frozen=True)
+class DaySpend:
+    """One model's spend on one day of the viewer's time zone."""
+
+    day: date
+    model: str
+    spend_nanos: int
+
+
+@dataclass(frozen=True)
+class Overview:
+    """The overview page. Windows end now and start at midnight in the viewer's zone: today,
+    the last 7 days (today and the 6 before) and the last 30. Models are ranked by their
+    spend in the 30 days; keys, teams and end users by lifetime spend (the ledger-kept
+    column: a ranking over a window would read one sum per payer and bucket, a million of
+    them for 100,000 busy keys). daily_by_model covers the 30 days, dearest first per day."""
+
+    today: Totals
+    last_7_days: Totals
+    last_30_days: Totals
+    top_keys: list[PayerSpend]
+    top_teams: list[PayerSpend]
+    top_models: list[Ranked]
+    top_end_users: list[PayerSpend]
+    daily_by_model: list[DaySpend]
+
+
+@dataclass(frozen=True)
+class UsagePoint:
+    """One group's sums in one bucket. `start` is the bucket's start, in the viewer's zone;
+    `group` is None for the sum of every row (no grouping) or, when grouping, for the groups
+    outside the top ones ("other")."""
+
+    start: datetime
+    group: str | None
+    totals: Totals
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Where a newest-first keyset page goes on: after (time, id) going back in time."""
+
+    at: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class LogFilters:
+    api_key: str | None = None
+    team_id: str | None = None
+    user_id: str | None = None
+    end_user: str | None = None
+    model: str | None = None
+    status: str | None = None           # a status, or "error" for every status but success
+    start: datetime | None = None       # start_time >= start
+    end: datetime | None = None         # start_time < end
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One ledger row: one request (its retries included)."""
+
+    request_id: str
+    api_key: str
+    key_alias: str | None
+    model: str                          # the model name the client asked for
+    upstream: str                       # the deployment that answered (api base, no secrets)
+    call_type: str
+    prompt_tokens: int
+    completion_tokens: int
+    spend_nanos: int
+    start_time: datetime
+    end_time: datetime
+    status: str
+    user_id: str | None
+    team_id: str | None
+    organization_id: str | None
+    end_user: str | None
+
+    @property
+    def latency_s(self) -> float:
+        return (self.end_time - self.start_time).total_seconds()
+
+    @property
+    def cursor(self) -> Cursor:
+        return Cursor(self.start_time, self.request_id)
+
+
+@dataclass(frozen=True)
+class LogPage:
+    rows: list[LogRow]
+    next: Cursor | None                 # None: this was the last page
+
+
+@dataclass(frozen=True)
+class KeyFilters:
+    search: str | None = None           # a prefix of the alias, or of the token (hex)
+    team_id: str | None = None
+    user_id: str | None = None
+    blocked: bool | None = None
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key: KeyRecord
+    last_used: datetime | None          # the start of its newest ledger row
+
+
+@dataclass(frozen=True)
+class KeyPage:
+    rows: list[KeyRow]
+    next: Cursor | None
+
+
+@dataclass(frozen=True)
+class PayerRow:
+    """A team, user, organization or customer (end user) with its spend against its budget.
+    `max_budget_nanos` is its own, else its named budget's (budget_id); None: no budget."""
+
+    id: str
+    alias: str | None
+    spend_nanos: int                    # lifetime: the sum of the rows that name it
+    period_spend_nanos: int             # since its budget period began: what the budget counts
+    max_budget_nanos: int | None
+    budget_duration: str | None
+    budget_reset_at: datetime | None
+    blocked: bool
+    keys: int                           # keys that name it (customers: 0, keys do not)
+    members: int                        # team or organization members (others: 0)
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PayerPage:
+    rows: list[PayerRow]
+    next: Cursor | None
+
+
+def zone(name: str) -> ZoneInfo:
+    """An IANA time zone by name; ValueError naming it if unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
+                         "'Europe/Berlin' or 'UTC'") from None
+
+
+def local_midnight(moment: datetime, tz: ZoneInfo, days_back: int = 0) -> datetime:
+    """Midnight (in `tz`) of the day `days_back` days before `moment`'s day, as UTC."""
+    day = moment.astimezone(tz).date() - timedelta(days=days_back)
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
+
+
+def _floor(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC)
+    return moment - timedelta(minutes=moment.minute % 15, seconds=moment.second,
+                              microseconds=moment.microsecond)
+
+
+def _ceil(moment: datetime) -> datetime:
+    floored = _floor(moment)
+    return floored if floored == moment.astimezone(UTC) else floored + BUCKET
+
+
+def _bind_time(value: datetime) -> datetime:
+    # SQLite's DateTime keeps the wall clock and drops the offset: bind UTC.
+    return value.astimezone(UTC)
+
+
+def _utc(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _totals(row: Any) -> Totals:
+    return Totals(int(row.spend or 0), int(row.requests or 0), int(row.failures or 0),
+                  int(row.prompt or 0), int(row.completion or 0))
+
+
+def _plus(a: Totals, b: Totals) -> Totals:
+    return Totals(a.spend_nanos + b.spend_nanos, a.requests + b.requests,
+                  a.failures + b.failures, a.prompt_tokens + b.prompt_tokens,
+                  a.completion_tokens + b.completion_tokens)
+
+
+def _minus(a: Totals, b: Totals) -> Totals:
+    return Totals(a.spend_nanos - b.spend_nanos, a.requests - b.requests,
+                  a.failures - b.failures, a.prompt_tokens - b.prompt_tokens,
+                  a.completion_tokens - b.completion_tokens)
+
+
+def _sums() -> list[Any]:
+    r = spend_rollup.c
+    return [func.sum(r.spend_nanos).label("spend"), func.sum(r.requests).label("requests"),
+            func.sum(r.failures).label("failures"), func.sum(r.prompt_tokens).label("prompt"),
+            func.sum(r.completion_tokens).label("completion")]
+
+
+def _offsets(start: datetime, end: datetime, tz: ZoneInfo) -> list[tuple[datetime, int]]:
+    """The zone's UTC offset (seconds) over [start, end): [(from, offset), ...], one entry
+    per span of constant offset (a DST change starts a new one). Found by stepping the
+    range's 15-minute buckets hour by hour, then to the bucket where the offset changes."""
+    spans: list[tuple[datetime, int]] = []
+
+    def offset(moment: datetime) -> int:
+        delta = moment.astimezone(tz).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    moment, current = start, offset(start)
+    spans.append((start, current))
+    step = timedelta(hours=1)
+    while moment < end:
+        ahead = min(moment + step, end)
+        if offset(ahead) != current and ahead < end:
+            probe = moment
+            while offset(probe) == current:
+                probe += BUCKET
+            current = offset(probe)
+            spans.append((probe, current))
+            moment = probe
+        else:
+            moment = ahead
+    return spans
+
+
+class ReportQueries:
+    """Mixed into SqlStorage: the UI's reads on the same engine."""
+
+    engine: AsyncEngine
+
+    # time
+
+    def _epoch(self, column: Any) -> ColumnElement[Any]:
+        if self.engine.dialect.name == "postgresql":
+            return cast(func.extract("epoch", column), BigInteger)
+        return cast(func.strftime("%s", column), Integer)
+
+    async def _totals(self, level: str, start: datetime, end: datetime,
+                      only: str | None = None) -> Totals:
+        r = spend_rollup.c
+        stmt = select(*_sums()).where(r.level == level, r.bucket >= _bind_time(_floor(start)),
+                                      r.bucket < _bind_time(_ceil(end)))
+        if only is not None:
+            stmt = stmt.where(r.id == only)
+        elif level == "all":
+            stmt = stmt.where(r.id == "")
+        async with self.engine.connect() as conn:
+            return _totals((await conn.execute(stmt)).one())
+
+    async def report_totals(self, start: datetime, end: datetime, level: str = "all",
+                            only: str | None = None) -> Totals:
+        """Sums over the rows that started in [start, end), both rounded out to 15 minutes;
+        of one payer with `level` ("key", "team", "user", "org", "end_user", "model") and
+        `only` (its id)."""
+        return await self._totals(level, start, end, only)
+
+    async def report_top(self, level: str, start: datetime, end: datetime,
+                         limit: int = 5) -> list[Ranked]:
+        """The `limit` dearest ids of a level over [start, end), dearest first (ties by id).
+        Costs one read of the level's buckets in the range."""
+        if level not in GROUPS.values() or not 1 <= limit <= MAX_GROUPS:
+            raise ValueError(f"no top list of {level!r} x {limit}")
+        r = spend_rollup.c
+        spend = func.sum(r.spend_nanos)
+        stmt = (select(r.id, *_sums()).where(r.level == level,
+                                             r.bucket >= _bind_time(_floor(start)),
+                                             r.bucket < _bind_time(_ceil(end)))
+                .group_by(r.id).order_by(spend.desc(), r.id).limit(limit))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        return [Ranked(row.id, _totals(row)) for row in rows]
+
+    async def report_top_payers(self, level: str, limit: int = 5) -> list[PayerSpend]:
+        """The `limit` payers of a level (key, team, user, organization, customer) with the
+        most lifetime spend, dearest first (ties by id): one read of the payer table."""
+        if level not in _LIFETIME or not 1 <= limit <= MAX_GROUPS:
+            raise ValueError(f"no top list of {level!r} x {limit}")
+        table, id_name, alias_name = _LIFETIME[level]
+        t = table.c
+        alias: Any = t[alias_name] if alias_name else literal_column("NULL")
+        stmt = (select(t[id_name].label("id"), alias.label("alias"), t.spend_nanos)
+                .where(t.spend_nanos > 0)
+                .order_by(t.spend_nanos.desc(), t[id_name]).limit(limit))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        return [PayerSpend(r.id, r.alias, int(r.spend_nanos)) for r in rows]
+
+    async def report_overview(self, now: datetime, tz_name: str = "UTC",
+                              top: int = 5) -> Overview:
+        """The overview page's numbers as of `now`, days in the zone `tz_name` (IANA)."""
+        tz = zone(tz_name)
+        end = now
+        month = local_midnight(now, tz, 29)
+        return Overview(
+            today=await self._totals("all", local_midnight(now, tz), end),
+            last_7_days=await self._totals("all", local_midnight(now, tz, 6), end),
+            last_30_days=await self._totals("all", month, end),
+            top_keys=await self.report_top_payers("key", top),
+            top_teams=await self.report_top_payers("team", top),
+            top_models=await self.report_top("model", month, end, top),
+            top_end_users=await self.report_top_payers("customer", top),
+            daily_by_model=[DaySpend(p.start.date(), p.group or "", p.totals.spend_nanos)
+                            for p in await self.report_usage(month, end, "day", tz_name,
+                                                             "model", MAX_GROUPS)])
+
+    async def report_usage(self, start: datetime, end: datetime, bucket: Bucket = "day",
+                           tz_name: str = "UTC", group: str | None = None, top: int = 10,
+                           only: str | None = None) -> list[UsagePoint]:
+        """Spend and tokens over [start, end) (rounded out to 15 minutes) in hour or day
+        buckets of the zone `tz_name`, oldest first; buckets without rows are left out.
+
+        `group` (key, team, user, customer, organization, model) splits each bucket among
+        `top` named groups, and group None holds every other row of the bucket (rows that
+        name another payer or none). The named groups are the dearest models in the range,
+        or for payers the `top` with the most lifetime spend (see Overview for why); `only`
+        names the one group to show (a payer's own chart), without "other".
+        Days are calendar days of the zone (23 or 25 hours across a DST change); hours are
+        the zone's, so a repeated hour at a DST change is two buckets."""
+        if bucket not in ("hour", "day"):
+            raise ValueError("bucket must be hour or day")
+        if group is not None and group not in GROUPS:
+            raise ValueError(f"group must be one of {', '.join(GROUPS)}")
+        if only is not None and group is None:
+            raise ValueError("only needs a group")
+        if not 1 <= top <= MAX_GROUPS:
+            raise ValueError(f"top must be 1 to {MAX_GROUPS}")
+        tz = zone(tz_name)
+        lo, hi = _floor(start), _ceil(end)
+        if group is None:
+            return await self._series("all", [""], lo, hi, bucket, tz, named=False)
+        level = GROUPS[group]
+        if only is not None:
+            return await self._series(level, [only], lo, hi, bucket, tz, named=True)
+        if level == "model":
+            ids = [t.id for t in await self.report_top(level, lo, hi, top)]
+        else:
+            ids = [p.id for p in await self.report_top_payers(group, top)]
+        points = await self._series(level, ids, lo, hi, bucket, tz, named=True) if ids else []
+        named: dict[datetime, Totals] = {}
+        for p in points:
+            named[p.start] = _plus(named.get(p.start, Totals()), p.totals)
+        for p in await self._series("all", [""], lo, hi, bucket, tz, named=False):
+            rest = _minus(p.totals, named.get(p.start, Totals()))
+            if rest.requests or rest.spend_nanos:
+                points.append(UsagePoint(p.start, None, rest))
+        points.sort(key=lambda p: (p.start, p.group is None, p.group or ""))
+        return points
+
+    async def _series(self, level: str, ids: list[str], lo: datetime, hi: datetime,
+                      bucket: Bucket, tz: ZoneInfo, named: bool) -> list[UsagePoint]:
+        """The sums of the level's `ids` per bucket of the zone, each id apart if `named`."""
+        r = spend_rollup.c
+        spans = _offsets(lo, hi, tz)
+        # Offsets are written into the statement (ints): the label then reads the same in the
+        # SELECT and the GROUP BY, which Postgres needs to see them as one expression.
+        offset: Any = literal_column(str(spans[0][1]))
+        if len(spans) > 1:
+            offset = case(*((r.bucket >= _bind_time(at), literal_column(str(off)))
+                            for at, off in reversed(spans[1:])),
+                          else_=literal_column(str(spans[0][1])))
+        size: Any = literal_column("86400" if bucket == "day" else "3600")
+        local = self._epoch(r.bucket) + offset
+        # day: the local date's number (wall clock); hour: the hour's start in UTC seconds,
+        # so the two 1 a.m.s of a DST change stay apart
+        label = (local // size) if bucket == "day" else (local // size) * size - offset
+        columns: list[Any] = [label.label("label")]
+        if named:
+            columns.append(r.id.label("gid"))
+        # by position: the expressions hold bound times, which Postgres would not match
+        positions: list[Any] = [literal_column(str(n + 1)) for n in range(len(columns))]
+        stmt = (select(*columns, *_sums())
+                .where(r.level == level, r.id.in_(ids), r.bucket >= _bind_time(lo),
+                       r.bucket < _bind_time(hi))
+                .group_by(*positions).order_by(*positions))
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        out = []
+        for row in rows:
+            if bucket == "day":
+                day = date(1970, 1, 1) + timedelta(days=int(row.label))
+                at = datetime(day.year, day.month, day.day, tzinfo=tz)
+            else:
+                at = datetime.fromtimestamp(int(row.label), UTC).astimezone(tz)
+            out.append(UsagePoint(at, row.gid if named else None, _totals(row)))
+        return out
+
+    # logs
+
+    async def report_logs(self, filters: LogFilters | None = None,
+                          after: Cursor | None = None, limit: int = 50) -> LogPage:
+        """Ledger rows, newest first (start_time, then request_id, both descending), after
+        `after` (the previous page's `next`)."""
+        _check_limit(limit)
+        s = spend_logs.c
+        stmt = _log_filtered(select(spend_logs), filters or LogFilters())
+        if after is not None:
+            stmt = stmt.where(*_before(s.start_time, s.request_id, after))
+        stmt = stmt.order_by(s.start_time.desc(), s.request_id.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = [_log_row(r) for r in await conn.execute(stmt)]
+        return LogPage(rows[:limit], rows[limit - 1].cursor if len(rows) > limit else None)
+
+    async def report_logs_newer(self, request_id: str, filters: LogFilters | None = None,
+                                limit: int = 50) -> list[LogRow]:
+        """The live tail: rows after the row `request_id` in the logs' order (a later
+        start_time, or the same and a greater id), newest first, at most `limit` (more means
+        the page should reload). One index range from that row; [] if the row is unknown.
+        A row written late with an earlier start_time (a long stream) is not in the tail;
+        it is in the page."""
+        _check_limit(limit)
+        s = spend_logs.c
+        anchor = select(s.start_time).where(s.request_id == request_id).scalar_subquery()
+        # a row value and a plain bound: both let the index seek to the anchor row
+        stmt = _log_filtered(select(spend_logs), filters or LogFilters()).where(
+            s.start_time >= anchor,
+            tuple_(s.start_time, s.request_id) > tuple_(anchor, literal(request_id)))
+        stmt = stmt.order_by(s.start_time.desc(), s.request_id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_log_row(r) for r in await conn.execute(stmt)]
+
+    async def report_log(self, request_id: str) -> LogRow | None:
+        """One ledger row by request id (the detail view)."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(spend_logs).where(
+                spend_logs.c.request_id == request_id))).first()
+        return _log_row(row) if row is not None else None
+
+    # keys
+
+    async def report_keys(self, filters: KeyFilters | None = None,
+                          after: Cursor | None = None, limit: int = 50) -> KeyPage:
+        """Keys, newest first (created_at, then token, descending), with their last use. A
+        search matches a prefix of the alias (case-sensitive) or, when it is hex, of the
+        token; filters are equalities (team, user, blocked)."""
+        _check_limit(limit)
+        filters = filters or KeyFilters()
+        k = keys.c
+        last_used = (select(func.max(spend_logs.c.start_time))
+                     .where(spend_logs.c.api_key == k.token).scalar_subquery())
+        stmt: Select[Any] = select(keys, last_used.label("last_used"))
+        for name in ("team_id", "user_id", "blocked"):
+            value = getattr(filters, name)
+            if value is not None:
+                stmt = stmt.where(k[name] == value)
+        if filters.search:
+            stmt = stmt.where(self._key_search(filters.search))
+        if after is not None:
+            stmt = stmt.where(*_before(k.created_at, k.token, after))
+        stmt = stmt.order_by(k.created_at.desc(), k.token.desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        out = [KeyRow(key_from_mapping(r._mapping), _utc(r.last_used)) for r in rows[:limit]]
+        nxt = None
+        if len(rows) > limit:
+            last = out[-1].key
+            assert last.created_at is not None
+            nxt = Cursor(last.created_at, last.token)
+        return KeyPage(out, nxt)
+
+    def _key_search(self, text: str) -> ColumnElement[bool]:
+        k = keys.c
+        if self.engine.dialect.name == "postgresql":
+            # LIKE 'p%' on a text_pattern_ops index, whatever the database's collation
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            alias: ColumnElement[bool] = k.key_alias.like(escaped + "%", escape="\\")
+        else:
+            # SQLite's LIKE ignores case and skips the index: a range on the binary order
+            alias = and_(k.key_alias >= text, k.key_alias < _after_prefix(text))
+        lowered = text.lower()
+        if _HEX.fullmatch(lowered):
+            return or_(alias, and_(k.token >= lowered, k.token < _after_prefix(lowered)))
+        return alias
+
+    # payers above keys
+
+    async def report_payers(self, level: PayerLevel, after: Cursor | None = None,
+                            limit: int = 50, organization_id: str | None = None) -> PayerPage:
+        """Teams, users, organizations or customers, newest first (created_at, then id,
+        descending), each with its spend against its budget, its keys and members counted by
+        index. `organization_id` keeps an organization's teams."""
+        _check_limit(limit)
+        table, id_column, alias_column = _PAYER_TABLES[level]
+        t = table.c
+        own = t.max_budget_nanos
+        named = (select(budgets.c.max_budget_nanos)
+                 .where(budgets.c.budget_id == t.budget_id).scalar_subquery())
+        key_count: Any = literal(0)
+        member_count: Any = literal(0)
+        if level in ("team", "user", "organization"):
+            column = {"team": keys.c.team_id, "user": keys.c.user_id,
+                      "organization": keys.c.organization_id}[level]
+            key_count = (select(func.count()).select_from(keys)
+                         .where(column == t[id_column]).scalar_subquery())
+        if level == "team":
+            member_count = (select(func.count()).select_from(team_members)
+                            .where(team_members.c.team_id == t.team_id).scalar_subquery())
+        elif level == "organization":
+            member_count = (select(func.count()).select_from(organization_members)
+                            .where(organization_members.c.organization_id
+                                   == t.organization_id).scalar_subquery())
+        blocked: Any = t.blocked if "blocked" in t else literal(False)
+        alias: Any = t[alias_column] if alias_column else literal(None)
+        stmt = select(t[id_column].label("id"), alias.label("alias"), t.spend_nanos,
+                      t.period_base_nanos, func.coalesce(own, named).label("budget"),
+                      t.budget_duration, t.budget_reset_at, blocked.label("blocked"),
+                      key_count.label("keys"), member_count.label("members"), t.created_at)
+        if organization_id is not None:
+            if level != "team":
+                raise ValueError("organization_id filters teams only")
+            stmt = stmt.where(t.organization_id == organization_id)
+        if after is not None:
+            stmt = stmt.where(*_before(t.created_at, t[id_column], after))
+        stmt = stmt.order_by(t.created_at.desc(), t[id_column].desc()).limit(limit + 1)
+        async with self.engine.connect() as conn:
+            rows = list(await conn.execute(stmt))
+        out = [PayerRow(r.id, r.alias, int(r.spend_nanos),
+                        int(r.spend_nanos) - int(r.period_base_nanos), r.budget,
+                        r.budget_duration, _utc(r.budget_reset_at), bool(r.blocked),
+                        int(r.keys), int(r.members), _utc(r.created_at)) for r in rows[:limit]]
+        nxt = Cursor(out[-1].created_at, out[-1].id) if len(rows) > limit else None
+        return PayerPage(out, nxt)
+
+
+# the payers' tables for lifetime rankings: level -> (table, id column, alias column)
+_LIFETIME: dict[str, tuple[Any, str, str | None]] = {
+    "key": (keys, "token", "key_alias"),
+    "team": (teams, "team_id", "team_alias"),
+    "user": (users, "user_id", "user_alias"),
+    "organization": (organizations, "organization_id", "organization_alias"),
+    "customer": (end_users, "end_user_id", "alias"),
+}
+
+_PAYER_TABLES: dict[str, tuple[Any, str, str | None]] = {
+    "team": (teams, "team_id", "team_alias"),
+    "user": (users, "user_id", "user_alias"),
+    "organization": (organizations, "organization_id", "organization_alias"),
+    "customer": (end_users, "end_user_id", "alias"),
+}
+
+def _before(at_column: Any, id_column: Any, cursor: Cursor) -> list[ColumnElement[bool]]:
+    """Rows after `cursor` in newest-first order: (at, id) < the cursor's. The plain bound on
+    the time lets every backend seek the index to the cursor rather than scan to it."""
+    at = _bind_time(cursor.at)
+    return [at_column <= at, tuple_(at_column, id_column) < tuple_(literal(at), literal(cursor.id))]
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be 1 to {MAX_PAGE}")
+
+
+def _after_prefix(prefix: str) -> str:
+    """The least string greater than every string that starts with `prefix` (binary order)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def _log_filtered(stmt: Select[Any], filters: LogFilters) -> Select[Any]:
+    s = spend_logs.c
+    for name in ("api_key", "team_id", "user_id", "end_user", "model"):
+        value = getattr(filters, name)
+        if value is not None:
+            stmt = stmt.where(s[name] == value)
+    if filters.status == "error":
+        stmt = stmt.where(s.status != "success")
+    elif filters.status is not None:
+        stmt = stmt.where(s.status == filters.status)
+    if filters.start is not None:
+        stmt = stmt.where(s.start_time >= _bind_time(filters.start))
+    if filters.end is not None:
+        stmt = stmt.where(s.start_time < _bind_time(filters.end))
+    return stmt
+
+
+def _log_row(row: Any) -> LogRow:
+    m = row._mapping
+    return LogRow(**{name: _utc(m[name]) for name in LogRow.__dataclass_fields__})
