@@ -8,6 +8,7 @@ membership and key reads); the named cases on SQLite and Postgres.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -514,3 +515,28 @@ async def test_a_users_email_is_its_own(gateway: RunningGateway) -> None:
     await ok(gateway, "POST", "/user/update", json={"user_id": "a", "user_email": "a@x.io"})
     users = await ok(gateway, "GET", "/user/list", params={"user_email": "a@x.io"})
     assert [u["user_id"] for u in users["users"]] == ["a"]
+
+
+async def test_a_demotion_on_one_gateway_holds_on_another_at_once(
+        mock_upstream: str, tmp_path: Path) -> None:
+    """The role is read afresh on each admin call: another process that had the key cached
+    (for key_cache_ttl_s, 60 s) refuses it at the next call, with no Redis to tell it."""
+    url = f"sqlite:///{tmp_path / 'faregate.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    async with contextlib.AsyncExitStack() as stack:
+        running = []
+        for name in ("a", "b"):
+            home = tmp_path / name
+            home.mkdir()
+            settings = config.load({**os.environ, **env_for(url, home)},
+                                   write_config(home / "config.yaml", mock_upstream))
+            running.append(await stack.enter_async_context(
+                serve(Faregate.from_settings(settings))))
+        a, b = running
+        key = await make_user(a, "boss", "proxy_admin")
+        assert (await call(b, key, "POST", "/team/new", json={"team_id": "x"})
+                ).status_code == 200                            # b has the key cached
+        await ok(a, "POST", "/user/update", json={"user_id": "boss",
+                                                  "user_role": "internal_user_viewer"})
+        await refused(b, key, "POST", "/team/new", "internal_user_viewer may not call",
+                      json={"team_id": "y"})

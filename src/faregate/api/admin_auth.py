@@ -154,6 +154,10 @@ class Roles:
     async def check(self, authorization: str | None, api_key: str | None,
                     route: str) -> Access:
         caller = await self._auth.caller(authorization, api_key)
+        if not caller.is_master:
+            # The role from the rows as they are now, not a cached copy: a demotion made on
+            # another replica holds at once (admin calls are rare; the cost is one read).
+            caller = await self._auth.reload(caller)
         return self.admit(caller, route)
 
     def admit(self, caller: Caller, route: str) -> Access:
