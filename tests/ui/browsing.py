@@ -2,13 +2,43 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from support import MASTER_KEY
+from support import MASTER_KEY, env_for, free_port, stop, wait_for_port, write_config
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+SALT_KEY = "ui-test-salt-key-0123456789"
+
+
+@dataclass
+class UiGateway:
+    proc: subprocess.Popen
+    base_url: str
+    log: Path
+
+
+def start_ui_gateway(tmp: Path, db_url: str, mock_upstream: str) -> UiGateway:
+    """`faregate serve --config` on `db_url`, with a salt key (database models' credentials)."""
+    cfg = write_config(tmp / "config.yaml", mock_upstream)
+    env = {**os.environ, **env_for(db_url, tmp), "FAREGATE_SALT_KEY": SALT_KEY}
+    port = free_port()
+    log = tmp / f"gateway-{port}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "faregate", "serve", "--host",
+                                 "127.0.0.1", "--port", str(port), "--config", str(cfg)],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc=proc)
+    except Exception:
+        stop(proc)
+        raise RuntimeError(f"gateway did not start:\n{log.read_text()}") from None
+    return UiGateway(proc, f"http://127.0.0.1:{port}", log)
 
 
 def login(page, key: str = MASTER_KEY) -> None:

@@ -6,22 +6,17 @@ creates its own keys, with names of its own). Screenshots of the pages go to doc
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import env_for, free_port, in_thread, stop, wait_for_port, write_config
+from support import in_thread, stop
+from ui.browsing import start_ui_gateway
 
 from faregate.storage import migrate
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
-SALT_KEY = "ui-test-salt-key-0123456789"
 VIEWPORT = {"width": 1280, "height": 800}
 # The console's line for a page answered 4xx (a form shown again with its error, a refused
 # page): the tests check those pages themselves. Anything else logged as an error (a CSP
@@ -30,31 +25,6 @@ EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: the server responded w
                               r"of 4\d\d ")
 
 playwright_api = pytest.importorskip("playwright.sync_api")
-
-
-@dataclass
-class UiGateway:
-    proc: subprocess.Popen
-    base_url: str
-    log: Path
-
-
-def start_ui_gateway(tmp: Path, db_url: str, mock_upstream: str) -> UiGateway:
-    """`faregate serve --config` on `db_url`, with a salt key (database models' credentials)."""
-    cfg = write_config(tmp / "config.yaml", mock_upstream)
-    env = {**os.environ, **env_for(db_url, tmp), "FAREGATE_SALT_KEY": SALT_KEY}
-    port = free_port()
-    log = tmp / f"gateway-{port}.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "faregate", "serve", "--host",
-                                 "127.0.0.1", "--port", str(port), "--config", str(cfg)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc=proc)
-    except Exception:
-        stop(proc)
-        raise RuntimeError(f"gateway did not start:\n{log.read_text()}") from None
-    return UiGateway(proc, f"http://127.0.0.1:{port}", log)
 
 
 @pytest.fixture(scope="module")

@@ -91,7 +91,7 @@ def test_admin_journey(page, gateway: str) -> None:
     with page.expect_download() as download:
         page.get_by_role("link", name="Export CSV").click()
     csv_text = download.value.path().read_text()
-    assert csv_text.splitlines()[0].startswith("day_start (UTC),key,name,spend_usd")
+    assert csv_text.splitlines()[0].startswith("day_start,key,name,spend_usd")
     assert any(ALIAS in line and ",3,0," in line for line in csv_text.splitlines())
 
     # Logs: filtered by the key's alias, each request is there; its detail has the numbers.
@@ -100,6 +100,15 @@ def test_admin_journey(page, gateway: str) -> None:
     page.get_by_role("button", name="Filter").click()
     expect(page.locator("#logs tbody tr")).to_have_count(3)
     shoot(page, "logs")
+    # The live tail: a new request appears without a reload (as text, via one poll query).
+    page.get_by_role("button", name="Start live tail").click()
+    tailed = client.chat.completions.with_raw_response.create(
+        model="qwen-local", messages=[{"role": "user", "content": "tail me"}], max_tokens=4)
+    request_ids.append(tailed.headers["x-litellm-call-id"])
+    expect(page.locator("#logs tbody tr")).to_have_count(4, timeout=15_000)
+    expect(page.locator("#logs tbody tr").first.locator("a")).to_have_attribute(
+        "href", re.compile(request_ids[-1]))
+    page.get_by_role("button", name="Stop live tail").click()
     page.locator(f'#logs a[href$="/logs/{request_ids[0]}"]').click()
     expect(page.get_by_role("heading", name=re.compile(request_ids[0]))).to_be_visible()
     expect(page.locator("dl.facts")).to_contain_text("qwen-local")

@@ -4,7 +4,6 @@ KeyAdmin, the service /key/* calls."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from decimal import Decimal
 
@@ -15,13 +14,14 @@ from faregate.keys.admin import KeySettings
 from faregate.keys.tokens import token_of
 from faregate.money import NANOS_PER_DOLLAR
 from faregate.records import KeyRecord
-from faregate.storage.protocols import SpendQuery
+from faregate.storage.reports import LogFilters
 from faregate.ui import reads
 from faregate.ui.charts import stacked_bars
 from faregate.ui.render import dollars
 from faregate.ui.site import Ctx, Form, PageRoute
 
 PAGE_SIZE = 50
+RECENT = 10
 # The form's fields, in KeySettings' names (all of them "given" on an edit: empty clears).
 EDITABLE = ("key_alias", "models", "max_budget", "budget_duration", "tpm_limit", "rpm_limit",
             "max_parallel_requests", "user_id", "team_id")
@@ -33,12 +33,11 @@ async def list_keys(ctx: Ctx) -> Response:
     after = reads.cursor_from(ctx.param("after"))
     page = await reads.key_page(ctx.services, q, team or None, user or None, state, after,
                                 PAGE_SIZE)
-    last_used = await reads.last_used(ctx.services, [k.token for k in page.items])
-    rows = [(key, reads.budget_bar(ctx.services, key), last_used.get(key.token))
-            for key in page.items]
+    rows = [(row.key, reads.budget_bar(ctx.services, row.key), row.last_used)
+            for row in page.rows]
     filters = {"q": q, "team_id": team, "user_id": user, "state": state}
-    next_url = ctx.url("/keys", **filters, after=reads.cursor_text(page.next_after)) \
-        if page.next_after else None
+    next_url = ctx.url("/keys", **filters, after=reads.cursor_text(page.next)) \
+        if page.next else None
     first_url = ctx.url("/keys", **filters) if after else None
     return ctx.render("keys.html", title="Keys", rows=rows, filters=filters,
                       next_url=next_url, first_url=first_url)
@@ -65,14 +64,12 @@ async def show(ctx: Ctx) -> Response:
     key = await _key(ctx)
     services = ctx.services
     span = reads.Range.last_days(services.now(), ctx.tz, 30)
-    filters = reads.Filters(api_key=key.token)
-    (buckets, series), recent = await asyncio.gather(
-        reads.daily_series(services, "model", span, filters=filters),
-        services.storage.spend_logs(SpendQuery(api_key=key.token, page_size=10)))
+    daily = await reads.daily_spend(services, span, "key", key.token)
+    recent = await services.storage.report_logs(LogFilters(api_key=key.token), None, RECENT)
     return ctx.render("key.html", title=key.key_alias or key.key_name, key=key,
-                      bar=reads.budget_bar(services, key), recent=recent,
-                      chart=stacked_bars("Daily spend by model, last 30 days", buckets, series,
-                                         dollars))
+                      bar=reads.budget_bar(services, key), recent=recent.rows,
+                      chart=stacked_bars("Daily spend, last 30 days", daily.labels,
+                                         daily.spend, dollars))
 
 
 async def edit_form(ctx: Ctx) -> Response:

@@ -1,74 +1,76 @@
-"""Logs: the spend ledger, newest first, filtered by key, team, model, status and time; one
-request's detail; a live tail that polls one indexed query for rows newer than the last seen."""
+"""Logs: the spend ledger, newest first (keyset pages), filtered by key, team, model, status and
+time; one request's detail; a live tail that polls one indexed query for rows after the newest
+one shown (storage/reports.py: report_logs, report_logs_newer, report_log)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from starlette.responses import JSONResponse, Response
 
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.tokens import token_of
+from faregate.storage.reports import LogFilters, LogRow
 from faregate.ui import reads
 from faregate.ui.render import dollars, when
 from faregate.ui.site import Ctx, PageRoute
 
 PAGE_SIZE = 50
 TAIL_ROWS = 50
-STATUSES = ["", "success", "failure", "partial", "interrupted", "dead_letter"]
+STATUSES = ["", "success", "error", "failure", "partial", "interrupted", "dead_letter"]
+STATUS_LABELS = {"": "any", "error": "any but success", "dead_letter": "dead letter"}
+MAX_ID_CHARS = 64
 
 
 async def logs(ctx: Ctx) -> Response:
-    filters, shown = await _filters(ctx)
-    start, end = _time(ctx, "from"), _time(ctx, "to")
-    page = await reads.log_page(ctx.services, filters, start, end, ctx.param("after"),
-                                PAGE_SIZE)
-    newest = page.rows[0]["start_time"].isoformat() if page.rows else \
-        ctx.services.now().isoformat()
+    filters, shown = await _filters(ctx, with_time=True)
+    after = reads.cursor_from(ctx.param("after"))
+    page = await ctx.services.storage.report_logs(filters, after, PAGE_SIZE)
     query = {**shown, "from": ctx.param("from"), "to": ctx.param("to")}
     return ctx.render(
         "logs.html", title="Logs", recent=page.rows, shown=shown,
-        statuses=[(s, s.replace("_", " ") or "any") for s in STATUSES],
-        query=query, newest=newest, tail_url=ctx.url("/logs/tail", **query),
-        next_url=ctx.url("/logs", **query, after=page.next) if page.next else None,
-        first_url=ctx.url("/logs", **query) if ctx.param("after") else None)
+        statuses=[(s, STATUS_LABELS.get(s, s)) for s in STATUSES], query=query,
+        newest=page.rows[0].request_id if page.rows and after is None else "",
+        tail_url=ctx.url("/logs/tail", **shown),
+        next_url=ctx.url("/logs", **query, after=reads.cursor_text(page.next))
+        if page.next else None,
+        first_url=ctx.url("/logs", **query) if after else None)
 
 
 async def tail(ctx: Ctx) -> Response:
-    """Rows that started after `after` (ISO time), newest first, as JSON for ui.js: text only
-    (the script puts them in the page with textContent, never as HTML)."""
-    filters, _ = await _filters(ctx)
-    try:
-        after = datetime.fromisoformat(ctx.param("after"))
-    except ValueError:
-        raise InvalidRequest("'after' must be an ISO time", param="after") from None
-    if after.tzinfo is None:
-        after = after.replace(tzinfo=UTC)
-    page = await reads.log_page(ctx.services, filters, after + timedelta(microseconds=1),
-                                None, "", TAIL_ROWS)
-    rows = [{"href": ctx.url(f"/logs/{r['request_id']}"),
-             "time": when(r["start_time"], ctx.tz, True),
-             "key": r["key_alias"] or r["api_key"][:8] + "…", "model": r["model"],
-             "status": r["status"], "tokens": f"{r['prompt_tokens'] + r['completion_tokens']:,}",
-             "cost": dollars(r["spend_nanos"]),
-             "latency": f"{(r['end_time'] - r['start_time']).total_seconds():.2f} s"}
-            for r in page.rows]
-    return JSONResponse({"rows": rows, "after": page.rows[0]["start_time"].isoformat()
-                         if page.rows else None})
+    """Rows after the row `after` (a request id), newest first, as JSON for ui.js: text only
+    (the script puts them in the page with textContent, never as HTML). `full`: there may be
+    more than were sent (reload the page)."""
+    filters, _ = await _filters(ctx, with_time=False)
+    after = ctx.param("after")
+    if not after or len(after) > MAX_ID_CHARS:
+        raise InvalidRequest("'after' must be the request id of the newest row shown",
+                             param="after")
+    rows = await ctx.services.storage.report_logs_newer(after, filters, TAIL_ROWS)
+    return JSONResponse({"rows": [_json(ctx, r) for r in rows],
+                         "after": rows[0].request_id if rows else after,
+                         "full": len(rows) >= TAIL_ROWS})
+
+
+def _json(ctx: Ctx, r: LogRow) -> dict[str, str]:
+    return {"href": ctx.url(f"/logs/{r.request_id}"), "time": when(r.start_time, ctx.tz, True),
+            "key": r.key_alias or r.api_key[:8] + "…", "model": r.model, "status": r.status,
+            "tokens": f"{r.prompt_tokens + r.completion_tokens:,}",
+            "cost": dollars(r.spend_nanos), "latency": f"{r.latency_s:.2f} s"}
 
 
 async def detail(ctx: Ctx) -> Response:
     request_id = ctx.request.path_params["request_id"]
-    row = await reads.log_row(ctx.services, request_id)
+    row = await ctx.services.storage.report_log(request_id) \
+        if len(request_id) <= MAX_ID_CHARS else None
     if row is None:
         raise NotFound(f"No ledger row has request id {request_id} (rows reach the ledger "
                        "within its flush interval)", code="request_not_found")
-    key = await ctx.services.storage.get_key(row["api_key"])
-    return ctx.render("log.html", title=f"Request {request_id}", row=row, key=key,
-                      latency=(row["end_time"] - row["start_time"]).total_seconds())
+    key = await ctx.services.storage.get_key(row.api_key)
+    return ctx.render("log.html", title=f"Request {request_id}", row=row, key=key)
 
 
-async def _filters(ctx: Ctx) -> tuple[reads.LogFilters, dict[str, str]]:
+async def _filters(ctx: Ctx, with_time: bool) -> tuple[LogFilters, dict[str, str]]:
     shown = {name: ctx.param(name) for name in ("key", "team_id", "model", "status")}
     if shown["status"] not in STATUSES:
         raise InvalidRequest(f"status must be one of {', '.join(STATUSES[1:])}",
@@ -77,8 +79,11 @@ async def _filters(ctx: Ctx) -> tuple[reads.LogFilters, dict[str, str]]:
     if shown["key"]:
         found = await ctx.services.storage.get_key_by_alias(shown["key"])
         token = found.token if found else token_of(shown["key"])
-    return reads.LogFilters(token, shown["team_id"] or None, shown["model"] or None,
-                            shown["status"] or None), shown
+    start = _time(ctx, "from") if with_time else None
+    end = _time(ctx, "to") if with_time else None
+    return LogFilters(api_key=token, team_id=shown["team_id"] or None,
+                      model=shown["model"] or None, status=shown["status"] or None,
+                      start=start, end=end), shown
 
 
 def _time(ctx: Ctx, name: str) -> datetime | None:

@@ -4,11 +4,9 @@ key's session: every other page is for the admin."""
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.responses import Response
 
-from faregate.storage.protocols import SpendQuery
+from faregate.storage.reports import LogFilters
 from faregate.ui import reads
 from faregate.ui.charts import stacked_bars
 from faregate.ui.render import dollars
@@ -23,15 +21,13 @@ async def me(ctx: Ctx) -> Response:
         return ctx.redirect("/keys")
     services = ctx.services
     span = reads.Range.last_days(services.now(), ctx.tz, 30)
-    filters = reads.Filters(api_key=key.token)
-    (buckets, series), month, recent = await asyncio.gather(
-        reads.daily_series(services, "model", span, filters=filters),
-        reads.total(services, span, filters),
-        services.storage.spend_logs(SpendQuery(api_key=key.token, page_size=RECENT)))
+    daily = await reads.daily_spend(services, span, "key", key.token)
+    month = await services.storage.report_totals(span.start, span.end, "key", key.token)
+    recent = await services.storage.report_logs(LogFilters(api_key=key.token), None, RECENT)
     return ctx.render("me.html", title="My key", key=key, bar=reads.budget_bar(services, key),
-                      month=month, recent=recent,
-                      chart=stacked_bars("My daily spend by model, last 30 days", buckets,
-                                         series, dollars))
+                      month=month, recent=recent.rows,
+                      chart=stacked_bars("My daily spend, last 30 days", daily.labels,
+                                         daily.spend, dollars))
 
 
 ROUTES = [PageRoute("/me", me, who="any")]

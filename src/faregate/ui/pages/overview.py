@@ -1,8 +1,7 @@
-"""Overview: spend today / 7 / 30 days, requests, the top payers, daily spend by model."""
+"""Overview: spend, requests and error rate today / 7 / 30 days, the top payers, daily spend
+by model (storage/reports.py's report_overview: one call, sums from the spend rollup)."""
 
 from __future__ import annotations
-
-import asyncio
 
 from starlette.responses import Response
 
@@ -15,20 +14,22 @@ TOP = 5
 
 
 async def overview(ctx: Ctx) -> Response:
-    services, now = ctx.services, ctx.services.now()
-    spans = {label: reads.Range.last_days(now, ctx.tz, days)
-             for label, days in (("Today", 1), ("Last 7 days", 7), ("Last 30 days", 30))}
-    month = spans["Last 30 days"]
-    sums = await asyncio.gather(*(reads.total(services, span) for span in spans.values()))
-    top = dict(zip(("key", "team", "model", "end_user"), await asyncio.gather(
-        *(reads.totals(services, level, month, TOP)
-          for level in ("key", "team", "model", "end_user"))), strict=True))
-    names = await reads.key_names(services, [t.id for t in top["key"] if t.id])
-    buckets, series = await reads.daily_series(services, "model", month)
-    return ctx.render("overview.html", title="Overview",
-                      sums=list(zip(spans, sums, strict=True)), top=top, key_names=names,
-                      chart=stacked_bars("Daily spend by model, last 30 days", buckets, series,
-                                         dollars))
+    services = ctx.services
+    report = await services.storage.report_overview(services.now(), ctx.tz.key, TOP)
+    span = reads.Range.last_days(services.now(), ctx.tz, 30)
+    days = span.days()
+    index = {d: i for i, d in enumerate(days)}
+    by_model: dict[str, list[int]] = {}
+    for point in report.daily_by_model:
+        if point.day in index:
+            by_model.setdefault(point.model, [0] * len(days))[index[point.day]] += \
+                point.spend_nanos
+    return ctx.render(
+        "overview.html", title="Overview", report=report,
+        sums=[("Today", report.today), ("Last 7 days", report.last_7_days),
+              ("Last 30 days", report.last_30_days)],
+        chart=stacked_bars("Daily spend by model, last 30 days",
+                           [d.strftime("%b %d") for d in days], by_model, dollars))
 
 
 ROUTES = [PageRoute("/overview", overview)]

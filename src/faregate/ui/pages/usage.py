@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -13,30 +14,33 @@ from starlette.responses import Response
 
 from faregate.errors import InvalidRequest
 from faregate.money import NANOS_PER_DOLLAR
+from faregate.storage.reports import Bucket
 from faregate.ui import reads
 from faregate.ui.charts import stacked_bars
 from faregate.ui.render import dollars, number
 from faregate.ui.site import Ctx, PageRoute
 
 MAX_DAYS = {"day": 366, "hour": 14}     # at most 366 day bars, 336 hour bars
-GROUPS = [("model", "Model"), ("key", "Key"), ("team", "Team"), ("user", "User"),
-          ("end_user", "Customer")]
+TOTALS = 100                            # groups in the totals table
+GROUPS = list(reads.GROUPS.items())
+CSV_GROUPS = 1000                       # the CSV names up to this many groups; the rest "other"
 
 
 @dataclass(frozen=True)
 class UsageQuery:
     first: date
     last: date
-    bucket: str                     # day | hour
+    bucket: Bucket
     group: str                      # a GROUPS level
 
     @classmethod
     def of(cls, ctx: Ctx) -> UsageQuery:
         today = ctx.services.now().astimezone(ctx.tz).date()
-        bucket = ctx.param("bucket", "day")
+        given = ctx.param("bucket", "day")
         group = ctx.param("group", "model")
-        if bucket not in MAX_DAYS:
+        if given not in ("day", "hour"):
             raise InvalidRequest("bucket must be day or hour", param="bucket")
+        bucket: Bucket = "day" if given == "day" else "hour"
         if group not in dict(GROUPS):
             raise InvalidRequest(f"group must be one of {', '.join(g for g, _ in GROUPS)}",
                                  param="group")
@@ -67,35 +71,39 @@ def _date(text: str, default: date, name: str) -> date:
 async def usage(ctx: Ctx) -> Response:
     query = UsageQuery.of(ctx)
     span = reads.Range.of_days(query.first, query.last, ctx.tz)
-    usage_series = await reads.usage_series(ctx.services, query.group, span, query.bucket)
-    names = await _names(ctx, query.group, usage_series.groups)
-    spend = {names.get(g, g): v for g, v in usage_series.spend.items()}
-    tokens = {names.get(g, g): v for g, v in usage_series.tokens.items()}
-    totals = await reads.totals(ctx.services, query.group, span, 100)
-    label = dict(GROUPS)[query.group].lower()
+    points = await reads.usage_points(ctx.services, span, query.bucket, query.group)
+    totals = await ctx.services.storage.report_top(reads.LEVELS[query.group], span.start,
+                                                   span.end, TOTALS)
+    names = await _names(ctx, query.group, sorted({p.group for p in points if p.group}
+                                                  | {t.id for t in totals}))
+    laid_out = reads.series(span, query.bucket, points, names)
+    label = reads.GROUPS[query.group].lower()
     return ctx.render(
         "usage.html", title="Usage", query=query, groups=GROUPS, names=names,
-        totals=totals, csv_url=ctx.url("/usage.csv", **query.params()),
-        spend_chart=stacked_bars(f"Spend per {query.bucket} by {label}",
-                                 usage_series.labels, spend, dollars),
-        token_chart=stacked_bars(f"Tokens per {query.bucket} by {label}",
-                                 usage_series.labels, tokens, number))
+        totals=totals, label=label, csv_url=ctx.url("/usage.csv", **query.params()),
+        spend_chart=stacked_bars(f"Spend per {query.bucket} by {label}", laid_out.labels,
+                                 laid_out.spend, dollars),
+        token_chart=stacked_bars(f"Tokens per {query.bucket} by {label}", laid_out.labels,
+                                 laid_out.tokens, number))
 
 
 async def usage_csv(ctx: Ctx) -> Response:
     query = UsageQuery.of(ctx)
     span = reads.Range.of_days(query.first, query.last, ctx.tz)
-    rows = await reads.usage_rows(ctx.services, query.group, span, query.bucket)
-    names = await _names(ctx, query.group, sorted({r.group for r in rows}))
+    points = await reads.usage_points(ctx.services, span, query.bucket, query.group,
+                                      CSV_GROUPS)
+    names = await _names(ctx, query.group, sorted({p.group for p in points if p.group}))
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([f"{query.bucket}_start ({ctx.tz.key})", query.group, "name", "spend_usd",
-                     "spend_nanos", "requests", "failures", "prompt_tokens",
-                     "completion_tokens"])
-    for r in rows:
-        writer.writerow([r.start.isoformat(), r.group, _cell(names.get(r.group, r.group)),
-                         f"{r.spend_nanos / NANOS_PER_DOLLAR:.9f}", r.spend_nanos, r.requests,
-                         r.failures, r.prompt_tokens, r.completion_tokens])
+    writer.writerow([f"{query.bucket}_start", query.group, "name", "spend_usd", "spend_nanos",
+                     "requests", "failures", "prompt_tokens", "completion_tokens"])
+    for p in points:
+        t = p.totals
+        group = p.group or ""
+        writer.writerow([p.start.isoformat(), group,
+                         _cell(names.get(group, group) if p.group else "other"),
+                         f"{t.spend_nanos / NANOS_PER_DOLLAR:.9f}", t.spend_nanos, t.requests,
+                         t.failures, t.prompt_tokens, t.completion_tokens])
     filename = f"faregate-usage-{query.group}-{query.first}-{query.last}.csv"
     return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
                     headers={"content-disposition": f'attachment; filename="{filename}"'})
@@ -106,7 +114,7 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-async def _names(ctx: Ctx, group: str, ids: list[str]) -> dict[str, str]:
+async def _names(ctx: Ctx, group: str, ids: Sequence[str]) -> dict[str, str]:
     if group != "key":
         return {}
     return await reads.key_names(ctx.services, ids)

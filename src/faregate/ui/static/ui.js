@@ -64,7 +64,10 @@
             body.insertBefore(tr, body.firstChild);
           });
           if (data.after) { after = data.after; }
-          if (status) { status.textContent = "Live: " + data.rows.length + " new at " + new Date().toLocaleTimeString(); }
+          if (status) {
+            status.textContent = data.full ? "More new rows than shown: reload the page." :
+              "Live: " + data.rows.length + " new at " + new Date().toLocaleTimeString();
+          }
         })
         .catch(function (e) { if (status) { status.textContent = "Live tail paused: " + e.message; } });
     }
