@@ -462,9 +462,14 @@ async def test_an_internal_user_cannot_give_itself_another_owner_or_more_budget(
                               "cannot exceed the caller's own max_budget (10",
                               json={"max_budget": budget})
         assert error["code"] == "budget_above_own"
+    # nor a named budget, whose terms could be bigger
+    await ok(gateway, "POST", "/budget/new", json={"budget_id": "big", "max_budget": 1000})
+    await refused(gateway, alice, "POST", "/key/generate", "may not set budget_id",
+                  json={"budget_id": "big"})
     # on her own key: no budget change (LiteLLM's rule), no new owner, no unblock
     for change in ({"max_budget": 5}, {"max_budget": 1000}, {"budget_duration": "1d"},
-                   {"user_id": "bob"}, {"team_id": "t"}, {"blocked": False}):
+                   {"budget_id": "big"}, {"user_id": "bob"}, {"team_id": "t"},
+                   {"blocked": False}):
         name = next(iter(change))
         await refused(gateway, alice, "POST", "/key/update", f"may not change {name}",
                       json={"key": own, **change})

@@ -26,6 +26,7 @@ from typing import Literal
 from fastapi import Request
 
 from faregate.errors import AdminOnly, GatewayError, NotFound
+from faregate.keys.admin import KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.money import dollars_to_nanos, nanos_to_dollars
 from faregate.records import KeyRecord
@@ -41,7 +42,8 @@ NO_USER = "a virtual key without a user"
 # What an internal_user may not change on its own key (LiteLLM: "Only proxy admins, team
 # admins, or org admins can call /key/update (max_budget/spend)"); budget_duration would
 # start a new budget period, blocked would lift an admin's block.
-OWNER_FIXED = ("max_budget", "budget_duration", "blocked", "user_id", "team_id")
+OWNER_FIXED = ("max_budget", "budget_duration", "budget_id", "blocked", "user_id",
+               "team_id")
 # What a team admin may not change on its team's keys: moving a key is a proxy_admin's.
 TEAM_FIXED = ("user_id", "team_id")
 
@@ -295,11 +297,12 @@ class Access:
         raise _refuse(f"{self.who} may call {self.route} only for a team it {relation}; not "
                       f"for team {team_id!r}", code="not_owner")
 
-    async def new_key(self, user_id: str | None, team_id: str | None, given: Collection[str],
-                      max_budget: float | None) -> str | None:
+    async def new_key(self, asked: KeySettings, given: Collection[str]) -> str | None:
         """/key/generate: the user_id the new key gets. An internal_user makes keys for
         itself (user_id defaults to it), in a team only if a member, with a max_budget no
-        more than its own; a team admin makes its team's keys for any member, or for none."""
+        more than its own and no named budget; a team admin makes its team's keys for any
+        member, or for none."""
+        user_id, team_id = asked.user_id, asked.team_id
         if self.everything:
             return user_id
         if await self.team_admin_of(team_id):
@@ -317,7 +320,11 @@ class Access:
             raise _refuse(f"{self.who} may call {self.route} only in a team it belongs to; "
                           f"not in team {team_id!r}", code="not_owner")
         if "max_budget" in given:
-            self._within_own_budget(max_budget)
+            self._within_own_budget(asked.max_budget)
+        if asked.budget_id is not None:
+            raise _refuse(f"{self.who} may not set budget_id on {self.route} (a named "
+                          "budget's terms could exceed its own); ask a proxy_admin",
+                          code="not_owner")
         return self.user_id
 
     async def change_key(self, found: KeyRecord | None, given: Collection[str]) -> None:

@@ -113,7 +113,7 @@ def build_admin_app(roles: Roles, keys: KeyAdmin, storage: AdminStore) -> FastAP
     @app.post("/key/generate")
     async def generate(body: GenerateKey, who: Who) -> dict[str, Any]:
         given = body.given()
-        owner = await who.new_key(body.user_id, body.team_id, given, body.max_budget)
+        owner = await who.new_key(body.settings(), given)
         if owner != body.user_id:
             body, given = body.model_copy(update={"user_id": owner}), given | {"user_id"}
         key, record = await keys.generate(body.settings(), body.key, given)
