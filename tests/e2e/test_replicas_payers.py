@@ -259,3 +259,39 @@ def test_a_team_tpm_limit_holds_across_three_replicas(replicas: Replicas) -> Non
     assert served >= BURST_SLOTS, served
     rows = admin_get(replicas, 2, "/spend/logs", team_id="tpm-team", page_size="1000")
     assert sum(r["total_tokens"] for r in rows) == tokens
+
+
+
+def test_answers_show_the_keys_spend_across_replicas(replicas: Replicas) -> None:
+    """x-litellm-key-spend in Redis mode: the key's spend as the admission script read it
+    in Redis plus this call's cost, so after calls on other replicas each answer shows what
+    /key/info said before it plus the call (sequential calls: no other call in flight). A
+    429 for a limit names the window, on every replica."""
+    key = new_key(replicas[0], max_budget=1.0, rpm_limit=9)
+    shown = 0
+    with httpx.Client(timeout=30) as http:
+        for i in range(9):
+            before = key_spend_once_written(replicas, i + 1, key, shown)
+            resp = http.post(replicas.url(i, "/v1/chat/completions"), json=chat(),
+                             headers={"Authorization": f"Bearer {key}"})
+            assert resp.status_code == 200, resp.text
+            cost = dollars_to_nanos(float(resp.headers["x-litellm-response-cost"]))
+            shown = dollars_to_nanos(float(resp.headers["x-litellm-key-spend"]))
+            assert shown == before + cost, (i, before, cost, shown)
+            assert resp.headers["x-ratelimit-remaining-requests"] == str(8 - i)
+        refused = http.post(replicas.url(9, "/v1/chat/completions"), json=chat(),
+                            headers={"Authorization": f"Bearer {key}"})
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["x-ratelimit-limit-requests"] == "9"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def key_spend_once_written(replicas: Replicas, i: int, key: str, at_least: int) -> int:
+    """/key/info's spend (nanos) on replica i once the ledger holds `at_least` of it."""
+    deadline = time.monotonic() + 15
+    while True:
+        spend = dollars_to_nanos(admin_get(replicas, i, "/key/info", key=key)["info"]["spend"])
+        if spend >= at_least or time.monotonic() > deadline:
+            return spend
+        time.sleep(0.05)

@@ -145,7 +145,13 @@ for _, s in ipairs(budgeted) do
 end
 if waiting ~= nil then return waiting end
 
-local out = {'ok', grant, sec}
+-- The key's spend this period as read here (-1: no budget, no spend kept): its answers'
+-- x-litellm-key-spend, with the period's end it belongs to.
+local key_spent, key_reset = -1, 0
+for _, s in ipairs(budgeted) do
+  if s[1] == 1 then key_spent, key_reset = s[2] - s[3], s[4] end
+end
+local out = {'ok', grant, sec, key_spent, key_reset}
 for _, h in ipairs(heads) do out[#out + 1] = h[1]; out[#out + 1] = h[2]; out[#out + 1] = h[3] end
 for _, s in ipairs(budgeted) do
   local b = (s[1] - 1) * 5
@@ -307,6 +313,10 @@ class RedisAdmission:
         self._replicas = replicas
         self._local: set[str] = set()         # request ids admitted by the fallback
         self._dirty: set[str] = set()          # payers (prefixes) whose spend missed a settlement
+        # token -> (period spend the last admission here read in Redis, plus this replica's
+        # settlements since; that period's end in ms): the freshest spend an answer can show
+        # without a round trip (period_spend).
+        self._key_spend: dict[str, tuple[int, int]] = {}
         self._pending: list[tuple[Demand, list[str], list[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._flushes = 0                       # settlement batches sent so far
@@ -354,6 +364,10 @@ class RedisAdmission:
             return
         admitted.settled = True
         self._held.pop(demand.request_id, None)
+        token = demand.payers[0].scope[4:]
+        if token in self._key_spend:
+            spent, reset_ms = self._key_spend[token]
+            self._key_spend[token] = (spent + cost, reset_ms)
         tpm = [w for w in demand.windows if w.tokens]
         self._pending.append((demand,
                               _settle_keys(demand) + [f"fg:w:{w.scope}" for w in tpm],
@@ -424,15 +438,24 @@ class RedisAdmission:
         await self.client.aclose()
 
     def period_spend(self, key: KeyRecord) -> int:
-        return key.period_spend_nanos
+        """The newer of the key's row and what this replica last read in Redis (spend only
+        grows within a period): /key/info's fresh row wins over an old reading, an answer's
+        cached row loses to this request's. A reading from an earlier period is ignored."""
+        seen = self._key_spend.get(key.token)
+        if seen is None or (key.budget_reset_at is not None
+                            and _ms(key.budget_reset_at) > seen[1]):
+            return key.period_spend_nanos
+        return max(seen[0], key.period_spend_nanos)
 
     def lifetime_spend(self, key: KeyRecord) -> int:
         return key.spend_nanos
 
     def forget(self, scope: str) -> None:
+        self._key_spend.pop(_prefix_of(scope), None)
         self._fallback.forget(scope)
 
     def change_period(self, scope: str, reset_at: datetime | None) -> None:
+        self._key_spend.pop(_prefix_of(scope), None)
         self._fallback.change_period(scope, reset_at)
 
     async def version(self, token: str) -> str:
@@ -541,12 +564,14 @@ class RedisAdmission:
 
     def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:
         grant, second = int(result[1]), int(result[2])
+        if int(result[3]) >= 0:
+            self._key_spend[demand.payers[0].scope[4:]] = (int(result[3]), int(result[4]))
         heads: dict[bool, tuple[int, int, int]] = {}
         for i, window in enumerate(demand.windows):
-            values = (int(result[3 + 3 * i]), int(result[4 + 3 * i]), int(result[5 + 3 * i]))
+            values = (int(result[5 + 3 * i]), int(result[6 + 3 * i]), int(result[7 + 3 * i]))
             if window.tokens not in heads or values[1] < heads[window.tokens][1]:
                 heads[window.tokens] = values
-        for at in range(3 + 3 * len(demand.windows), len(result), 3):     # periods rolled
+        for at in range(5 + 3 * len(demand.windows), len(result), 3):     # periods rolled
             payer = demand.payers[int(result[at]) - 1]
             self._on_period_start(payer.scope, int(result[at + 1]), _at(int(result[at + 2])))
         return Admitted(demand, grant, second,
