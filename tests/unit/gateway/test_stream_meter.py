@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from faregate.gateway.stream_meter import StreamMeter
@@ -48,3 +49,57 @@ def test_openai_chunks_count_and_the_usage_chunk_is_read(cuts: list[int]) -> Non
     assert meter.produced == 2 and meter.done
     assert meter.usage == {"prompt_tokens": 3, "completion_tokens": 2}
     assert b'"usage"' not in relayed                  # not asked for: not passed on
+
+
+def _reference(want_usage: bool, anthropic: bool, block: bytes) -> tuple[bytes, int, object]:
+    """The meter as it was (one event at a time), for blocks of whole events."""
+    produces = b"event: content_block_delta" if anthropic else b"data: {"
+    usage, produced = None, 0
+    if b'"usage":{' not in block and b'"usage": {' not in block:
+        return block, block.count(produces), None
+    out = []
+    for event in block.split(b"\n\n"):
+        if not event.startswith(b"data: {"):
+            if event:
+                produced += event.startswith(produces)
+                out.append(event)
+            continue
+        if b'"usage":{' in event or b'"usage": {' in event:
+            chunk = orjson.loads(event[6:])
+            usage = chunk.get("usage") or usage
+            if not want_usage:
+                if not chunk.get("choices"):
+                    continue
+                chunk.pop("usage", None)
+                event = b"data: " + orjson.dumps(chunk)
+        if b'"choices":[]' not in event and b'"choices": []' not in event:
+            produced += 1
+        out.append(event)
+    return (b"\n\n".join(out) + b"\n\n" if out else b""), produced, usage
+
+
+MIXED = [
+    b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n',
+    b'data: {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}}\n\n',
+    b'data: {"choices":[{"delta":{"content":"b"}}],"usage":{"prompt_tokens":4,'
+    b'"completion_tokens":3}}\n\n',
+    b'data: {"choices":[]}\n\n',
+    b'data: {"choices":[{"delta":{"content":"c"}}]}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":5}}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+@pytest.mark.parametrize("want_usage", [True, False])
+@pytest.mark.parametrize("events,anthropic", [(MIXED, False), (OPENAI, False),
+                                              (ANTHROPIC, True)])
+@pytest.mark.parametrize("cuts", [[], [1], [2, 3], [1, 2, 3, 4, 5, 6]])
+def test_the_meter_relays_and_counts_as_it_did_one_event_at_a_time(
+        want_usage: bool, events: list[bytes], anthropic: bool, cuts: list[int]) -> None:
+    meter = StreamMeter(want_usage, anthropic_events=anthropic)
+    produced, usage = 0, None
+    for block in split(events, cuts):
+        out, count, seen = _reference(want_usage, anthropic, block)
+        assert meter.pass_on(block) == out
+        produced, usage = produced + count, seen or usage
+    assert meter.produced == produced and meter.usage == usage
