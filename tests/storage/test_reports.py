@@ -312,6 +312,14 @@ async def test_list_keys_pages_are_the_offset_pages(storage: SqlStorage) -> None
         assert total == 11
         got += [k.token for k in listed]
     assert got == want
+    await storage.insert_keys([key(20 + n, team_id="t" if n % 2 else None,
+                                   user_id="u" if n < 3 else None) for n in range(6)])
+    team_keys, total = await storage.list_keys(1, 2, team_id="t")
+    assert total == 3 and [k.token for k in team_keys] == [token(21), token(23)]
+    assert [k.token for k in (await storage.list_keys(2, 2, team_id="t"))[0]] == [token(25)]
+    both, total = await storage.list_keys(1, 10, user_id="u", team_id="t")
+    assert total == 1 and [k.token for k in both] == [token(21)]
+    assert await storage.list_keys(9, 10, user_id="nobody") == ([], 0)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

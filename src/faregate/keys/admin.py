@@ -219,11 +219,7 @@ class KeyAdmin:
     async def list(self, page: int, page_size: int, user_id: str | None = None,
                    team_id: str | None = None) -> tuple[list[KeyRecord], int]:
         """A page of keys, and how many there are; with user_id/team_id, theirs only."""
-        if (user_id is None and team_id is None) or self._owners is None:
-            return await self._storage.list_keys(page, page_size)
-        found = await self._owners.keys_of(user_id, team_id)
-        start = (page - 1) * page_size
-        return found[start:start + page_size], len(found)
+        return await self._storage.list_keys(page, page_size, user_id, team_id)
 
     async def _check_owners(self, record: KeyRecord) -> str | None:
         """Every check first, then the user made if new (its id returned, for _unmake)."""

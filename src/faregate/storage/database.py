@@ -227,15 +227,20 @@ class SqlStorage(HierarchyQueries, ReportQueries):
                 await conn.execute(delete(keys).where(keys.c.token.in_(found)))
         return found
 
-    async def list_keys(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:
-        # The page's tokens come from the (created_at, token) index alone, then only their
+    async def list_keys(self, page: int, page_size: int, user_id: str | None = None,
+                        team_id: str | None = None) -> tuple[list[KeyRecord], int]:
+        # The page's tokens come from a (owner, created_at, token) index alone, then only their
         # rows are read: an offset steps over index entries, never over table rows, and
         # nothing is sorted (page 1,000 of 100,000 keys: see docs/performance.md).
-        chosen = (select(keys.c.token, keys.c.created_at)
+        where = [keys.c[name] == value for name, value in (("user_id", user_id),
+                                                           ("team_id", team_id))
+                 if value is not None]
+        chosen = (select(keys.c.token, keys.c.created_at).where(*where)
                   .order_by(keys.c.created_at, keys.c.token)
                   .limit(page_size).offset((page - 1) * page_size).subquery())
         async with self.engine.connect() as conn:
-            total = (await conn.execute(select(func.count()).select_from(keys))).scalar_one()
+            total = (await conn.execute(
+                select(func.count()).select_from(keys).where(*where))).scalar_one()
             rows = await conn.execute(
                 select(keys).join(chosen, chosen.c.token == keys.c.token)
                 .order_by(chosen.c.created_at, chosen.c.token))

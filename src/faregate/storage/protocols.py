@@ -181,8 +181,10 @@ class KeyStore(Protocol):
         """Returns the tokens that existed (and are now gone)."""
         ...
 
-    async def list_keys(self, page: int, page_size: int) -> tuple[list[KeyRecord], int]:
-        """One page of keys in creation order, and the total count."""
+    async def list_keys(self, page: int, page_size: int, user_id: str | None = None,
+                        team_id: str | None = None) -> tuple[list[KeyRecord], int]:
+        """One page of keys in creation order, and how many there are; with user_id and/or
+        team_id, theirs only. Page N reads index entries to its start, never sorts."""
         ...
 
 
