@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import mmap
+import operator
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,10 +36,11 @@ from faregate.records import SpendRow
 log = logging.getLogger("faregate.journal")
 
 _SUFFIX = ".spend"
-# The room mapped for a segment's rows (~13,000 rows; a flush interval holds far fewer):
-# sparse on disk, so only what is written takes space.
-SEGMENT_BYTES = 4 << 20
+# The room mapped for a segment's rows (~3,300 rows; a flush interval holds far fewer, and
+# MAX_BATCH rows wake the writer): sparse on disk, so only what is written takes space.
+SEGMENT_BYTES = 1 << 20
 _FIELDS = SpendRow.__slots__
+_VALUES = operator.attrgetter(*_FIELDS)     # a row's values in _FIELDS' order, as a tuple
 _OLDEST_LINE = _FIELDS.index("status") + 1   # the fields every journal line has had
 
 
@@ -236,7 +238,7 @@ def _age(path: Path) -> tuple[float, str]:
 
 
 def _encode(row: SpendRow) -> bytes:
-    values = [getattr(row, name) for name in _FIELDS]
+    values = _VALUES(row)
     try:
         return orjson.dumps(values, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:
