@@ -1,8 +1,9 @@
 """The admin UI in a real browser: Debian's chromium (scripts/browser.sh installs it), driven by
-Playwright for Python, against `faregate serve` as a process (SQLite; one test on Postgres).
+Playwright for Python, against `faregate serve` as a process on SQLite (test_pages_backends.py
+checks every page over HTTP on Postgres too).
 
-One gateway and one browser per test module (the tests of a module share the database: each
-creates its own keys, with names of its own). Screenshots of the pages go to docs/ui/."""
+One gateway and one browser per test process (the tests share the database: each creates its
+own keys, with names of its own). Screenshots of the pages go to docs/ui/."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: the server responded w
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Iterator[str]:
     """`faregate serve` on a fresh SQLite database; yields its base URL."""
     tmp = tmp_path_factory.mktemp("ui")
@@ -38,7 +39,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Ite
     stop(served.proc)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run scripts/browser.sh "

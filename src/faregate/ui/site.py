@@ -98,6 +98,11 @@ NAV: list[NavItem] = [
     NavItem("Models", "/models"),
     NavItem("Usage", "/usage"),
     NavItem("Logs", "/logs"),
+    NavItem("Teams", "/teams"),
+    NavItem("Users", "/users"),
+    NavItem("Organizations", "/organizations"),
+    NavItem("Customers", "/customers"),
+    NavItem("Budgets", "/budgets"),
     NavItem("My key", "/me", admin_only=False),
 ]
 
@@ -110,6 +115,8 @@ DONE: dict[str, str] = {
     "blocked": "Blocked: its requests are refused from now on.",
     "unblocked": "Unblocked: its requests are admitted again.",
     "model_added": "Model added; it serves requests now.",
+    "member_added": "Member added.",
+    "member_removed": "Member removed.",
 }
 
 
@@ -280,8 +287,10 @@ class Ui:
     async def _checked_form(self, ctx: Ctx) -> Form:
         request = ctx.request
         origin = request.headers.get("origin")
-        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get(
-                "host"):
+        # The browser's Origin names this site: the Host it asked for, or (behind a proxy
+        # that rewrites Host) the one the proxy says it received.
+        hosts = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+        if origin and origin != "null" and urlsplit(origin).netloc not in hosts:
             raise CsrfRefused("The form came from another site; it was refused.")
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/x-www-form-urlencoded":
