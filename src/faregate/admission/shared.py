@@ -21,8 +21,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from faregate.admission import periods
 from faregate.admission.demand import (
@@ -317,9 +318,11 @@ class RedisAdmission:
         # settlements since; that period's end in ms): the freshest spend an answer can show
         # without a round trip (period_spend).
         self._key_spend: dict[str, tuple[int, int]] = {}
+        # Queued for the next pipeline: settlements (demand, keys, args), then admissions
+        # (keys, args, the caller's answer). One sender sends them in that order.
         self._pending: list[tuple[Demand, list[str], list[Any]]] = []
+        self._admissions: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._flushes = 0                       # settlement batches sent so far
         self._held: dict[str, Demand] = {}     # request id -> its demand, admitted in Redis
         # Ids whose admission answer was lost, to release -> successful release rounds so far.
         self._lost: dict[str, tuple[Demand, int]] = {}
@@ -373,18 +376,62 @@ class RedisAdmission:
                               _settle_keys(demand) + [f"fg:w:{w.scope}" for w in tpm],
                               [demand.request_id, cost, admitted.second, len(demand.payers),
                                *[tokens - w.cost for w in tpm]]))
+        self._send_soon()
+
+    def _send_soon(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
+    async def _decide(self, keys: list[str], args: list[Any]) -> Any:
+        """One admission script, sent in the next pipeline: after the settlements queued
+        before it, with the admissions of other requests waiting meanwhile (one round trip
+        for all of them, and this replica's finished requests free their slots first)."""
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._admissions.append((keys, args, answer))
+        self._send_soon()
+        return await answer
+
     async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
+        """Send what is queued, settlements first, in one pipeline; again while more came."""
+        try:
+            while self._pending or self._admissions:
+                await self._send_batch()
+        finally:
+            for _, _, answer in self._admissions:     # cancelled (closing): nothing waits on
+                if not answer.done():
+                    answer.set_exception(RedisConnectionError("admission is closing"))
+            self._admissions = []
+
+    async def _send_batch(self) -> None:
+        batch, self._pending = self._pending, []
+        admissions = [a for a in self._admissions if not a[2].done()]     # not cancelled
+        self._admissions = []
+        calls = [(self._settle, keys, args) for _, keys, args in batch]
+        calls += [(self._admit, keys, args) for keys, args, _ in admissions]
+        try:
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for _, keys, args in batch:
-                        await self._settle(keys=keys, args=args, client=pipe)
-                    await pipe.execute()
-            except RedisError as exc:
+                results = await self._pipelined(calls)
+            except BaseException as exc:
+                # Those that queued meanwhile would wait behind this one: a hung Redis costs
+                # each admission one call timeout, not two.
+                admissions += self._admissions
+                self._admissions = []
+                for _, _, answer in admissions:
+                    if not answer.done():
+                        answer.set_exception(type(exc)(*exc.args) if isinstance(exc, RedisError)
+                                             else RedisConnectionError(repr(exc)))
+                raise
+            for (_, _, answer), result in zip(admissions, results[len(batch):], strict=True):
+                if answer.done():
+                    continue
+                if isinstance(result, Exception):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(result)
+            failed = [r for r in results[:len(batch)] if isinstance(r, Exception)]
+            if failed:
+                raise failed[0]
+        except RedisError as exc:
                 # The spend is in the ledger: re-read these payers' spend from the database
                 # once Redis answers again. The settlements may never have been sent (a flush
                 # that had to open a connection during a hang times out in its handshake):
@@ -394,11 +441,28 @@ class RedisAdmission:
                                    for payer in demand.payers)
                 for demand, _, _ in batch:
                     self._lost[demand.request_id] = (demand, 0)
-                log.warning("redis: could not settle %d requests (%s); their payers' spend "
-                            "will be re-read from the database", len(batch),
-                            type(exc).__name__)
-            finally:
-                self._flushes += 1
+                if batch:
+                    log.warning("redis: could not settle %d requests (%s); their payers' "
+                                "spend will be re-read from the database", len(batch),
+                                type(exc).__name__)
+
+    async def _pipelined(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]
+                         ) -> list[Any]:
+        """Run scripts in one pipeline by their digests, each answer or its ResponseError in
+        order. (redis-py's pipeline would first ask SCRIPT EXISTS: a round trip more.) A
+        Redis that lost its scripts (restarted) gets them loaded and those calls again."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script, keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            for script in {calls[i][0] for i in missing}:
+                script.sha = await self.client.script_load(script.script)
+            again = await self._pipelined([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
 
     async def _keep_leases(self) -> None:
         """Every RENEW_S: renew the leases of requests in flight here, release lost ones."""
@@ -408,19 +472,24 @@ class RedisAdmission:
             if not held and not lost:
                 continue
             lease_ms = int(LEASE_S * 1000)
+            calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
+            for rid, demand in held:
+                for payer in demand.payers:
+                    names = _keys(_prefix(payer))
+                    calls.append((self._renew, [names[1], names[3], names[2]], [rid, lease_ms]))
+            for rid, (demand, _) in lost:
+                calls.append((self._settle, _settle_keys(demand),
+                              [rid, 0, 0, len(demand.payers)]))
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for rid, demand in held:
-                        for payer in demand.payers:
-                            names = _keys(_prefix(payer))
-                            await self._renew(keys=[names[1], names[3], names[2]],
-                                              args=[rid, lease_ms], client=pipe)
-                    for rid, (demand, _) in lost:
-                        await self._settle(keys=_settle_keys(demand),
-                                           args=[rid, 0, 0, len(demand.payers)], client=pipe)
-                    await pipe.execute()
+                results = await self._pipelined(calls)
             except RedisError:
                 continue        # Redis still away: try again next round
+            failed = [r for r in results if isinstance(r, ResponseError)]
+            if failed:
+                log.error("redis: renewing leases failed: %s", failed[0])
+                continue
+            log.debug("redis: renewed %d requests' leases, released %d lost", len(held),
+                      len(lost))
             # A lost admission may still be in Redis's socket buffer when the first release
             # runs on another connection (a hung Redis reads both when it resumes, in either
             # order): release it once more a round later, then forget it.
@@ -510,8 +579,7 @@ class RedisAdmission:
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
         rechecks = 0
         while True:
-            flushes = self._flushes
-            result = await self._admit(keys=names, args=args)
+            result = await self._decide(names, args)
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if verdict == "ok":
                 return self._admitted(demand, result)
@@ -528,14 +596,11 @@ class RedisAdmission:
                         reset_ms, payers[i].budget_duration or "", now_ms)
                 continue
             if verdict == "parallel":
-                flushing = self._flusher is not None and not self._flusher.done()
-                if rechecks < _PARALLEL_RECHECKS and (flushing or self._flushes != flushes):
+                if rechecks < _PARALLEL_RECHECKS and self._pending:
                     rechecks += 1
                     # This replica's own finished requests may not have freed their slots in
-                    # Redis yet (settlements are sent a moment after the answer), or freed
-                    # them while this script waited in line behind them: decide again.
-                    if flushing and self._flusher is not None:
-                        await asyncio.shield(self._flusher)
+                    # Redis yet (settlements are queued a moment after the answer): decided
+                    # again, this goes after them in the next pipeline.
                     continue
                 raise rate_limited(None, 0, 1, payers[int(result[1]) - 1])
             if verdict == "window":

@@ -1,0 +1,137 @@
+"""RedisAdmission sends admissions and settlements as one pipeline at a time, by script digest
+(a private real redis-server): scripts Redis lost are loaded again, and admissions queued
+behind a pipeline that Redis does not answer are refused with it, not sent after it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from support import free_port, stop, wait_for_port
+
+from faregate.admission.budgets import Budgets
+from faregate.admission.demand import Demand
+from faregate.admission.local import LocalAdmission
+from faregate.admission.shared import RedisAdmission
+from faregate.errors import ServiceUnavailable
+from faregate.records import KeyRecord
+
+KEY = KeyRecord(token="pipelinetest", key_name="sk-...test", max_budget_nanos=1_000_000,
+                max_parallel_requests=3)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        stop(proc)
+
+
+def admission(url: str) -> RedisAdmission:
+    async def load_key(token: str) -> KeyRecord | None:
+        return KEY
+
+    local = LocalAdmission(Budgets(lambda: datetime.now(UTC), 1.0, lambda *_: None), 1.0)
+    return RedisAdmission(url, load_key, lambda *_: None, 1.0, "fail_closed", local, 1)
+
+
+async def held(adm: RedisAdmission) -> tuple[int, int, int]:
+    """(slots, reservations, spend) of the key in Redis."""
+    slots = await adm.client.zcard(f"fg:{{{KEY.token}}}:parallel")
+    resv = await adm.client.hlen(f"fg:{{{KEY.token}}}:resv_amount")
+    spend = await adm.client.hget(f"fg:{{{KEY.token}}}:budget", "spend")
+    return int(slots), int(resv), int(spend or 0)
+
+
+async def test_scripts_that_redis_lost_are_loaded_again(private_redis) -> None:
+    adm = admission(private_redis[0])
+    try:
+        first = await adm.admit(Demand("first", KEY, least=10, most=100))
+        await adm.settle(first, 7, 0)
+        await adm.client.script_flush()          # as after a restart: the digests are unknown
+        second = await adm.admit(Demand("second", KEY, least=10, most=100))
+        assert await held(adm) == (1, 1, 7)
+        await adm.settle(second, 5, 0)
+        assert adm._flusher is not None
+        await adm._flusher
+        assert await held(adm) == (0, 0, 12)
+    finally:
+        await adm.close()
+
+
+async def test_concurrent_admissions_share_round_trips_and_stay_exact(private_redis,
+                                                                       monkeypatch) -> None:
+    """Ten callers at once against max_parallel_requests 3: exactly 3 admitted, in fewer
+    pipelines than calls; their settlements free every slot."""
+    adm = admission(private_redis[0])
+    pipelines: list[int] = []
+    pipelined = adm._pipelined
+
+    async def counting(calls: list[Any]) -> list[Any]:
+        admissions = sum(1 for script, _, _ in calls if script is adm._admit)
+        if admissions:                           # not lease renewals
+            pipelines.append(admissions)
+        return await pipelined(calls)
+
+    monkeypatch.setattr(adm, "_pipelined", counting)
+    try:
+        await adm.admit(Demand("warm", KEY, least=1, most=10))      # the key's budget loaded
+        outcomes = await asyncio.gather(
+            *(adm.admit(Demand(f"r{i}", KEY, least=1, most=10)) for i in range(10)),
+            return_exceptions=True)
+        admitted = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(admitted) == 2                # 'warm' holds the third slot
+        assert all("max_parallel_requests" in str(o) for o in outcomes
+                   if isinstance(o, BaseException))
+        assert max(pipelines) > 1                # several decided in one round trip
+        for a in admitted:
+            await adm.settle(a, 1, 0)
+        assert adm._flusher is not None
+        await adm._flusher
+        assert (await held(adm))[:2] == (1, 1)  # only 'warm' is still held
+    finally:
+        await adm.close()
+
+
+async def test_admissions_queued_behind_an_unanswered_pipeline_are_refused_with_it(
+        private_redis, monkeypatch) -> None:
+    url, proc = private_redis
+    adm = admission(url)
+    pipelines: list[int] = []
+    pipelined = adm._pipelined
+
+    async def counting(calls: list[Any]) -> list[Any]:
+        admissions = sum(1 for script, _, _ in calls if script is adm._admit)
+        if admissions:                           # not lease renewals
+            pipelines.append(admissions)
+        return await pipelined(calls)
+
+    try:
+        warm = await adm.admit(Demand("warm", KEY, least=1, most=10))
+        await adm.settle(warm, 1, 0)
+        assert adm._flusher is not None
+        await adm._flusher
+        monkeypatch.setattr(adm, "_pipelined", counting)
+        os.kill(proc.pid, signal.SIGSTOP)
+        first = asyncio.create_task(adm.admit(Demand("first", KEY, least=1, most=10)))
+        await asyncio.sleep(0.2)                 # its pipeline is out; these queue behind it
+        queued = [asyncio.create_task(adm.admit(Demand(f"q{i}", KEY, least=1, most=10)))
+                  for i in range(3)]
+        outcomes = await asyncio.gather(first, *queued, return_exceptions=True)
+        assert all(isinstance(o, ServiceUnavailable) for o in outcomes), outcomes
+        assert pipelines == [1]                  # refused with the first, never sent
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await adm.close()
