@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from api.conftest import Clock, RunningGateway, serve
@@ -21,9 +21,13 @@ from api.openai_shape import openai_error
 from support import MASTER_KEY, env_for, write_config
 
 from faregate import config
-from faregate.api.admin_auth import ROUTES
+from faregate.api.admin_auth import ROUTES, Roles
 from faregate.app import Faregate
+from faregate.errors import ServiceUnavailable
+from faregate.keys.auth import Authenticator, Caller
+from faregate.records import KeyRecord
 from faregate.storage import migrate
+from faregate.storage.protocols import HierarchyStore
 
 DAYS = {"start_date": "2026-01-01", "end_date": "2026-01-02"}
 # The callers of the table: the master key, a key of a user with each role, a team admin
@@ -545,3 +549,23 @@ async def test_a_demotion_on_one_gateway_holds_on_another_at_once(
                                                   "user_role": "internal_user_viewer"})
         await refused(b, key, "POST", "/team/new", "internal_user_viewer may not call",
                       json={"team_id": "y"})
+
+
+class _DatabaseDown:
+    """An Authenticator that knows the key from its cache, while the database is down."""
+
+    async def caller(self, authorization: str | None, api_key: str | None) -> Caller:
+        return Caller(KeyRecord(token="t", key_name="sk-...abcd", user_id="u"),
+                      is_master=False)
+
+    async def reload(self, caller: Caller) -> Caller:
+        raise ServiceUnavailable("this key has not been seen by this gateway replica",
+                                 code="database_unavailable")
+
+
+async def test_a_role_that_cannot_be_read_is_a_503_saying_why() -> None:
+    roles = Roles(cast(Authenticator, _DatabaseDown()), cast(HierarchyStore, None))
+    with pytest.raises(ServiceUnavailable) as down:
+        await roles.check("Bearer sk-cached", None, "/key/list")
+    assert down.value.code == "database_unavailable"
+    assert "admin calls read the caller's role" in down.value.message

@@ -25,7 +25,7 @@ from typing import Literal
 
 from fastapi import Request
 
-from faregate.errors import AdminOnly, GatewayError, NotFound
+from faregate.errors import AdminOnly, GatewayError, NotFound, ServiceUnavailable
 from faregate.keys.admin import KeySettings
 from faregate.keys.auth import Authenticator, Caller
 from faregate.money import dollars_to_nanos, nanos_to_dollars
@@ -159,7 +159,13 @@ class Roles:
         if not caller.is_master:
             # The role from the rows as they are now, not a cached copy: a demotion made on
             # another replica holds at once (admin calls are rare; the cost is one read).
-            caller = await self._auth.reload(caller)
+            try:
+                caller = await self._auth.reload(caller)
+            except ServiceUnavailable:
+                raise ServiceUnavailable(
+                    "The database is unreachable; admin calls read the caller's role from it. "
+                    "Retry when /health/readiness reports db: connected",
+                    code="database_unavailable") from None
         return self.admit(caller, route)
 
     def admit(self, caller: Caller, route: str) -> Access:
