@@ -152,7 +152,7 @@ def build_admin_app(roles: Roles, keys: KeyAdmin, storage: AdminStore) -> FastAP
                         return_full_object: bool = False, user_id: str | None = None,
                         team_id: str | None = None) -> dict[str, Any]:
         if team_id is not None and not who.everything:
-            await who.team(team_id)     # a team admin lists its team's keys
+            await who.team(team_id)     # a team the caller is in (or administers)
         else:
             user_id = who.user(user_id)
         records, total = await keys.list(page, size, user_id, team_id)
