@@ -44,7 +44,7 @@ from faregate.keys.auth import SPECIAL_MODEL_NAMES, Authenticator, Caller
 from faregate.keys.end_users import EndUsers
 from faregate.observe.trace import RequestTrace
 from faregate.providers.base import UpstreamClient
-from faregate.records import SpendRow
+from faregate.records import EndUserRecord, SpendRow
 from faregate.spend.checkpoints import INTERRUPTED, OpenStream, StreamCheckpoints
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
@@ -57,6 +57,7 @@ UPSTREAM_PATHS = {CallType.CHAT: "/chat/completions", CallType.COMPLETION: "/com
 # OpenAI's legacy completions produce 16 tokens when max_tokens is not given.
 COMPLETION_DEFAULT_MAX_TOKENS = 16
 _ADMISSION_ATTEMPTS = 3
+MAX_END_USER_PAYERS = 100_000
 
 
 class Gateway:
@@ -77,6 +78,9 @@ class Gateway:
         self._now = now
         self._retries = Retries(router, self)
         self._payers = PayersByKey()
+        # An end user's Payer, built once per loaded record (the cache hands the same object
+        # until it reads the end user again), not once per request.
+        self._end_user_payers: dict[str, tuple[EndUserRecord, str, Payer]] = {}
         # Unique across processes and restarts (the ledger is idempotent by request id), and
         # cheaper than uuid4: a random per-process prefix and a counter.
         prefix = os.urandom(8).hex()
@@ -231,7 +235,14 @@ class Gateway:
             raise InvalidRequest(f"End user {end_user} is blocked from making LLM API calls. "
                                  "An admin can lift it with /customer/unblock",
                                  param="user", code="end_user_blocked")
-        return end_user_payer(record, version)
+        known = self._end_user_payers.get(end_user)
+        if known is not None and known[0] is record and known[1] == version:
+            return known[2]
+        payer = end_user_payer(record, version)
+        if len(self._end_user_payers) >= MAX_END_USER_PAYERS:
+            self._end_user_payers.clear()        # a bound on memory, as PayersByKey's
+        self._end_user_payers[end_user] = (record, version, payer)
+        return payer
 
     def _row(self, call: Call, prompt: int, completion: int, spend: int,
              status: str) -> SpendRow:
