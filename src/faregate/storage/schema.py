@@ -72,7 +72,9 @@ spend_logs = Table(
     Index("ix_spend_logs_api_key_start", "api_key", "start_time"),
     Index("ix_spend_logs_start_id", "start_time", "request_id"),
     Index("ix_spend_logs_user_start", "user_id", "start_time"),
-    Index("ix_spend_logs_team_start", "team_id", "start_time"),
+    # covering the per-team reports' sums (migration 0008)
+    Index("ix_spend_logs_team_start", "team_id", "start_time", "model", "api_key",
+          "spend_nanos", "prompt_tokens", "completion_tokens"),
     Index("ix_spend_logs_org_start", "organization_id", "start_time"),
     Index("ix_spend_logs_end_user_start", "end_user", "start_time"),
     Index("ix_spend_logs_model_start", "model", "start_time"),
