@@ -280,6 +280,18 @@ def table(rows: list[Row]) -> str:
             f"{'' if r.cpu_us_per_req is None else f'{r.cpu_us_per_req:.0f}':>8}"
             f"{cpu_x:>10}{p99_x:>10}"
             f"{'' if r.rss_mb is None else f'{r.rss_mb:.0f}':>8}{r.errors:>7}")
+    payers = [r for r in rows if r.target == "payers"]
+    if payers:
+        lines.append("")
+        lines.append("CPU per request of a key paid for at every level (team, member, "
+                     "organization, end user) over the bare key's, same run:")
+        for r in payers:
+            key = group.get((r.backend, r.workers, r.stream, r.concurrency, "gateway"))
+            if key is not None and key.cpu_us_per_req and r.cpu_us_per_req:
+                lines.append(f"  {r.backend:<15}{'stream' if r.stream else 'json':<7}"
+                             f"c={r.concurrency:<3} {key.cpu_us_per_req:>5.0f} -> "
+                             f"{r.cpu_us_per_req:>5.0f} µs "
+                             f"({(r.cpu_us_per_req / key.cpu_us_per_req - 1) * 100:+.0f}%)")
     peers = [r for r in rows if r.target == "litellm"]
     if peers:
         lines.append("")

@@ -10,12 +10,18 @@ from pathlib import Path
 
 def test_bench_quick_run_prints_the_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    doc = tmp_path / "performance.md"
+    doc.write_text("# Before\n<!-- bench:table -->\nold table\n<!-- /bench:table -->\nAfter\n")
     result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--seed-keys", "3",
-                             "--seed-rows", "30", "--json", str(out)],
+                             "--seed-rows", "30", "--json", str(out), "--doc", str(doc)],
                             capture_output=True, text=True, timeout=180,
                             cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "req/s" in result.stdout and "cpu µs" in result.stdout
+    assert "req/s" in result.stdout and "cpu µs" in result.stdout and "cpu xbare" in result.stdout
+    written = doc.read_text()          # the section between the markers is this run's table
+    assert written.startswith("# Before\n<!-- bench:table -->\n`python -m bench --quick")
+    assert "old table" not in written and "cpu xbare" in written
+    assert written.endswith("<!-- /bench:table -->\nAfter\n")
     assert "seeded 3 keys and 30 spend rows" in result.stdout
     rows = json.loads(out.read_text())["rows"]
     assert {r["target"] for r in rows} == {"direct", "bare", "gateway"}
