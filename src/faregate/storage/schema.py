@@ -94,7 +94,11 @@ spend_rollup = Table(
     Column("failures", BigInteger, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
-    Index("ix_spend_rollup_level_bucket", "level", "bucket"),
+    # a level's buckets in a range, read from the index alone on Postgres (its heap is not
+    # clustered: a level's rows lie on every page the ledger's upserts touched)
+    Index("ix_spend_rollup_level_bucket", "level", "bucket", "id",
+          postgresql_include=["spend_nanos", "requests", "failures", "prompt_tokens",
+                              "completion_tokens"]),
     sqlite_with_rowid=False,
 )
 

@@ -74,8 +74,10 @@ def upgrade() -> None:
         *(sa.Column(name, sa.BigInteger, nullable=False) for name in SUMS),
         sqlite_with_rowid=False,        # clustered by (level, id, bucket): a payer's chart
     )                                   # is one contiguous range
+    # Postgres reads a level's buckets from this index alone (INCLUDE: the sums): its heap is
+    # not clustered, and a level's rows lie on every page the ledger's upserts touched.
     op.create_index("ix_spend_rollup_level_bucket", "faregate_spend_rollup",
-                    ["level", "bucket"])
+                    ["level", "bucket", "id"], postgresql_include=list(SUMS))
     if op.get_bind().dialect.name == "postgresql":
         _postgres_triggers()
     else:
