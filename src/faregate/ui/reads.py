@@ -4,6 +4,7 @@ keys' budget bars. Pages call these, never SQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -61,11 +62,9 @@ def budget_bar(services: UiServices, key: KeyRecord) -> BudgetBar:
 
 async def key_names(services: UiServices, tokens: Sequence[str]) -> dict[str, str]:
     """Each key's alias (else its display name), for tables and charts by key."""
-    out = {}
-    for token in tokens:
-        key = await services.storage.get_key(token)
-        out[token] = (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
-    return out
+    found = await asyncio.gather(*(services.storage.get_key(token) for token in tokens))
+    return {token: (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
+            for token, key in zip(tokens, found, strict=True)}
 
 
 # keyset positions, as one opaque query value
