@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from api.conftest import RunningGateway
+from api.conftest import Clock, RunningGateway
 from support import chat
 
 from faregate.keys.admin import ACCEPTED_ONLY, NOT_SUPPORTED_YET
@@ -115,6 +115,35 @@ async def test_a_named_budget_pays_for_a_key(gateway: RunningGateway) -> None:
     assert resp.status_code == 200 and resp.json()["budget_id"] is None, resp.text
     assert (await gateway.http.post("/v1/chat/completions", json=chat(),
                                     headers=auth)).status_code == 200
+
+
+@pytest.mark.parametrize("payer", ["key", "team"])
+async def test_a_named_budgets_duration_starts_a_new_period(gateway: RunningGateway,
+                                                            clock: Clock, payer: str) -> None:
+    """A payer whose budget_duration comes from its named budget has its periods too (counted
+    from its creation): after the period, the budget serves again."""
+    made = await gateway.admin("POST", "/budget/new", json={
+        "budget_id": "daily", "max_budget": 0.0001, "budget_duration": "1d"})
+    assert made.status_code == 200, made.text
+    if payer == "team":
+        made = await gateway.admin("POST", "/team/new", json={"team_id": "daily-team",
+                                                              "budget_id": "daily"})
+        assert made.status_code == 200, made.text
+    resp = await generate(gateway, **({"budget_id": "daily"} if payer == "key"
+                                      else {"team_id": "daily-team"}))
+    assert resp.status_code == 200, resp.text
+    auth = {"Authorization": f"Bearer {resp.json()['key']}"}
+
+    async def statuses(n: int) -> list[int]:
+        return [(await gateway.http.post("/v1/chat/completions", json=chat(),
+                                         headers=auth)).status_code for _ in range(n)]
+
+    first = await statuses(5)
+    assert first[0] == 200 and first[-1] == 429, first
+    clock.advance(days=1, seconds=1)
+    again = await statuses(5)
+    assert again[0] == 200 and again[-1] == 429, again   # a new period, the same budget
+    assert again.count(200) == first.count(200)
 
 
 async def test_unknown_field_is_still_a_400_naming_it(gateway: RunningGateway) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Protocol
 
+from faregate.admission import periods
 from faregate.config import Deployment
 from faregate.money import tokens_affordable
 from faregate.records import KeyRecord
@@ -72,8 +73,19 @@ class Payer:
 def key_payer(key: KeyRecord, version: str = "0") -> Payer:
     return Payer(key_scope(key.token), KEY, key.key_name, key.max_budget_nanos,
                  key.spend_nanos, key.period_base_nanos, key.budget_duration,
-                 key.budget_reset_at, key.max_parallel_requests, key.rpm_limit, key.tpm_limit,
-                 version, key.key_alias)
+                 period_end(key.budget_reset_at, key.budget_duration, key.created_at),
+                 key.max_parallel_requests, key.rpm_limit, key.tpm_limit, version,
+                 key.key_alias)
+
+
+def period_end(reset_at: datetime | None, duration: str | None,
+               created_at: datetime | None) -> datetime | None:
+    """A payer's period end. One whose budget_duration comes from its named budget has none
+    stored until admission records its first period: its periods count from its creation
+    (admission rolls them forward to the one now is in, and records it)."""
+    if reset_at is not None or duration is None or created_at is None:
+        return reset_at
+    return periods.add(created_at, duration)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from faregate.admission.demand import (
     USER,
     Payer,
     key_payer,
+    period_end,
 )
 from faregate.records import EndUserRecord, KeyPayers, KeyRecord
 
@@ -61,13 +62,15 @@ def payers_of(key: KeyRecord, version: str, above: KeyPayers | None,
         scope = f"user:{user.user_id}"
         out.append(Payer(scope, USER, user.user_id, user.max_budget_nanos,
                          user.spend_nanos, user.period_base_nanos, user.budget_duration,
-                         user.budget_reset_at, user.max_parallel_requests, user.rpm_limit,
+                         period_end(user.budget_reset_at, user.budget_duration,
+                                    user.created_at), user.max_parallel_requests, user.rpm_limit,
                          user.tpm_limit, at.get(scope, "0")))
     if team is not None:
         scope = f"team:{team.team_id}"
         out.append(Payer(scope, TEAM, team.team_id, team.max_budget_nanos,
                          team.spend_nanos, team.period_base_nanos, team.budget_duration,
-                         team.budget_reset_at, team.max_parallel_requests, team.rpm_limit,
+                         period_end(team.budget_reset_at, team.budget_duration,
+                                    team.created_at), team.max_parallel_requests, team.rpm_limit,
                          team.tpm_limit, at.get(scope, "0")))
         if member is not None:
             scope = f"member:{member.team_id}:{member.user_id}"
@@ -80,7 +83,9 @@ def payers_of(key: KeyRecord, version: str, above: KeyPayers | None,
         scope = f"org:{org.organization_id}"
         out.append(Payer(scope, ORG, org.organization_id,
                          org.max_budget_nanos, org.spend_nanos, org.period_base_nanos,
-                         org.budget_duration, org.budget_reset_at, org.max_parallel_requests,
+                         org.budget_duration,
+                         period_end(org.budget_reset_at, org.budget_duration, org.created_at),
+                         org.max_parallel_requests,
                          org.rpm_limit, org.tpm_limit, at.get(scope, "0")))
     return tuple(out)              # each level at most once: no scope is booked twice
 
@@ -88,6 +93,8 @@ def payers_of(key: KeyRecord, version: str, above: KeyPayers | None,
 def end_user_payer(end_user: EndUserRecord, version: str = "0") -> Payer:
     return Payer(f"end_user:{end_user.end_user_id}", END_USER, end_user.end_user_id,
                  end_user.max_budget_nanos, end_user.spend_nanos, end_user.period_base_nanos,
-                 end_user.budget_duration, end_user.budget_reset_at,
+                 end_user.budget_duration,
+                 period_end(end_user.budget_reset_at, end_user.budget_duration,
+                            end_user.created_at),
                  end_user.max_parallel_requests, end_user.rpm_limit, end_user.tpm_limit,
                  version)

@@ -623,7 +623,9 @@ class RedisAdmission:
             fresh = payer
         if fresh is None:
             raise StaleKey(payer.scope)
-        reset_ms = _ms(fresh.budget_reset_at) if fresh.budget_reset_at else 0
+        # a row without a period end of its own: the one its Payer derived (named budget)
+        reset_at = fresh.budget_reset_at or payer.budget_reset_at
+        reset_ms = _ms(reset_at) if reset_at else 0
         await self._init(keys=[_keys(_prefix(payer))[0]],
                          args=[fresh.spend_nanos, fresh.period_base_nanos, reset_ms])
 
