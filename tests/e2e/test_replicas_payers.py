@@ -285,6 +285,18 @@ def test_answers_show_the_keys_spend_across_replicas(replicas: Replicas) -> None
     assert refused.headers["x-ratelimit-limit-requests"] == "9"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.headers["x-ratelimit-reset-requests"].endswith("s")
+    # a budget refusal tells the windows too, nothing of the refused call counted
+    broke = new_key(replicas[1], max_budget=0, rpm_limit=5, tpm_limit=1000)
+    for i in range(3):
+        resp = httpx.post(replicas.url(i, "/v1/chat/completions"), json=chat(),
+                          headers={"Authorization": f"Bearer {broke}"})
+        assert resp.status_code == 429, resp.text
+        assert resp.json()["error"]["type"] == "budget_exceeded"
+        assert (resp.headers["x-ratelimit-limit-requests"],
+                resp.headers["x-ratelimit-remaining-requests"]) == ("5", "5")
+        assert (resp.headers["x-ratelimit-limit-tokens"],
+                resp.headers["x-ratelimit-remaining-tokens"]) == ("1000", "1000")
+        assert resp.headers["x-litellm-key-spend"] == "0.0"
 
 
 def key_spend_once_written(replicas: Replicas, i: int, key: str, at_least: int) -> int:

@@ -138,13 +138,20 @@ for _, s in ipairs(budgeted) do
     if reserved > 0 and max_budget - spent >= least then
       if waiting == nil then waiting = {'budget', s[1], spent, reserved, 1} end
     else
-      return {'budget', s[1], spent, reserved, 0}
+      waiting = {'budget', s[1], spent, reserved, 0}
+      break
     end
   elseif available < grant then
     grant = available
   end
 end
-if waiting ~= nil then return waiting end
+if waiting ~= nil then
+  -- a refusal also tells the windows' state (x-ratelimit-* of the 429)
+  for _, h in ipairs(heads) do
+    waiting[#waiting + 1] = h[1]; waiting[#waiting + 1] = h[2]; waiting[#waiting + 1] = h[3]
+  end
+  return waiting
+end
 
 -- The key's spend this period as read here (-1: no budget, no spend kept): its answers'
 -- x-litellm-key-spend, with the period's end it belongs to.
@@ -260,6 +267,19 @@ def _keys(prefix: str) -> list[str]:
 def _settle_keys(demand: Demand) -> list[str]:
     """Each payer's budget, leases and slots, as _SETTLE reads them."""
     return [name for payer in demand.payers for name in _keys(_prefix(payer))[:4]]
+
+
+def _unbooked_heads(demand: Demand, heads: list[Any]) -> dict[str, str]:
+    """x-ratelimit-* of a refused request: the script's (limit, remaining after this request,
+    reset) per window, with the request's cost given back (nothing was booked)."""
+    tightest: dict[bool, tuple[int, int, int]] = {}
+    for i, window in enumerate(demand.windows):
+        limit, remaining, reset = (int(v) for v in heads[3 * i:3 * i + 3])
+        values = (limit, remaining + window.cost, reset)
+        if window.tokens not in tightest or values[1] < tightest[window.tokens][1]:
+            tightest[window.tokens] = values
+    return {name.decode(): value.decode() for name, value in
+            ratelimit_headers(tightest.get(False), tightest.get(True))}
 
 
 def _next_reset_ms(reset_ms: int, duration: str, now_ms: int) -> int:
@@ -609,7 +629,9 @@ class RedisAdmission:
             payer = payers[int(result[1]) - 1]
             spent, reserved, may_wait = int(result[2]), int(result[3]), int(result[4])
             if not may_wait or asyncio.get_running_loop().time() >= deadline:
-                raise budget_exceeded(payer, spent, reserved, demand.least)
+                refused = budget_exceeded(payer, spent, reserved, demand.least)
+                refused.headers.update(_unbooked_heads(demand, result[5:]))
+                raise refused
             await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
 
     async def _initialise(self, payer: Payer) -> None:
