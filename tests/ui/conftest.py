@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 from support import in_thread, stop
 from ui.browsing import start_ui_gateway
 
@@ -24,8 +25,6 @@ VIEWPORT = {"width": 1280, "height": 800}
 # violation, a script error, a 5xx) fails the test.
 EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: the server responded with a status "
                               r"of 4\d\d ")
-
-playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +43,7 @@ def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run scripts/browser.sh "
                     "(scripts/test.sh does)")
-    with playwright_api.sync_playwright() as p:
+    with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM),
                                      args=["--no-sandbox", "--disable-gpu"])
         yield launched
