@@ -219,17 +219,18 @@ async def test_without_a_salt_key_credentials_are_refused_not_stored(
     assert len(await rows(gw)) == 1
 
 
-async def test_a_virtual_key_may_not_use_the_model_routes(
+async def test_a_virtual_key_may_not_change_the_models(
         gw: RunningGateway, keyed_upstream: str) -> None:
     key = await gw.new_key()
     hdrs = {"Authorization": f"Bearer {key}"}
     for method, path, body in [("POST", "/model/new", stored_model(keyed_upstream)),
                                ("POST", "/model/update", {"id": "x"}),
-                               ("POST", "/model/delete", {"id": "x"}),
-                               ("GET", "/model/info", None)]:
+                               ("POST", "/model/delete", {"id": "x"})]:
         resp = await gw.http.request(method, path, json=body, headers=hdrs)
         assert_error(resp, 403, "admin_only")
     assert_error(await gw.http.get("/model/info"), 401)
+    assert_error(await gw.http.get("/model/info", headers={
+        "Authorization": "Bearer sk-nobody-knows-this-key"}), 401)
     assert await rows(gw) == []
 
 
@@ -341,3 +342,64 @@ async def test_keys_may_name_stored_models_once_they_exist(
         "models": ["stored-model"], "model_rpm_limit": {"stored-model": 5}})
     assert resp.status_code == 200, resp.text
     assert await ask(gw, resp.json()["key"]) == "mock mock mock mock"
+
+
+async def shown(gw: RunningGateway, key: str, path: str = "/model/info",
+                **params: str) -> list[str]:
+    """The model_names /model/info shows `key` (no credential in the answer)."""
+    resp = await gw.http.get(path, params=params, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 200, resp.text
+    for secret in (UPSTREAM_KEY, "upstream-secret", "fg1:", SALT_KEY, MASTER_KEY):
+        assert secret not in resp.text
+    return sorted(m["model_name"] for m in resp.json()["data"])
+
+
+async def test_model_info_shows_a_key_the_models_it_may_call(
+        gw: RunningGateway, keyed_upstream: str) -> None:
+    """Issue 14 part 2: a key sees on /model/info (and /v1/models) what its key and team
+    allow: a team's models, an access group's, a wildcard's; an admin or viewer sees all."""
+    await gw.admin("POST", "/model/new", json=stored_model(keyed_upstream, name="beta-model",
+                                                            access_groups=["beta"]))
+    wild = stored_model(keyed_upstream, name="openai/*")
+    wild["litellm_params"]["model"] = "openai/*"
+    resp = await gw.admin("POST", "/model/new", json=wild)
+    assert resp.status_code == 200, resp.text
+    everything = ["beta-model", "openai/*", "other-model", "qwen-local"]
+    assert await shown(gw, MASTER_KEY) == everything
+
+    # a team key: the team's models bound it
+    team = await gw.admin("POST", "/team/new", json={"team_id": "t", "models": ["qwen-local"]})
+    assert team.status_code == 200, team.text
+    team_key = await gw.new_key(team_id="t", models=[])
+    assert await shown(gw, team_key) == ["qwen-local"]
+    assert await shown(gw, team_key, "/v1/model/info") == ["qwen-local"]
+    assert [m.id async for m in gw.sdk(team_key).models.list()] == ["qwen-local"]
+    # and a key in a team lists fewer than its team: the key's
+    await gw.admin("POST", "/team/new", json={"team_id": "t2",
+                                              "models": ["qwen-local", "other-model"]})
+    assert await shown(gw, await gw.new_key(team_id="t2", models=["other-model"])) == [
+        "other-model"]
+
+    # an access group: the models in it
+    group_key = await gw.new_key(models=["beta"])
+    assert await shown(gw, group_key) == ["beta-model"]
+    assert [m.id async for m in gw.sdk(group_key).models.list()] == ["beta-model"]
+
+    # a wildcard: the pattern itself, or a name it serves, shows the wildcard's entry
+    for listed in (["openai/*"], ["openai/gpt-4o"]):
+        assert await shown(gw, await gw.new_key(models=listed)) == ["openai/*"]
+    # a key without a list may call everything; a stored model's id only if it may call it
+    assert await shown(gw, await gw.new_key(models=[])) == everything
+    data = (await gw.admin("GET", "/model/info")).json()["data"]
+    beta_id = next(m["model_info"]["id"] for m in data if m["model_name"] == "beta-model")
+    assert await shown(gw, group_key, litellm_model_id=beta_id) == ["beta-model"]
+    assert await shown(gw, team_key, litellm_model_id=beta_id) == []
+
+    # a user's key with the user's role: an internal_user its key's models, a viewer all
+    for user, role in (("ivy", "internal_user"), ("val", "proxy_admin_viewer")):
+        made = await gw.admin("POST", "/user/new", json={"user_id": user, "user_role": role})
+        assert made.status_code == 200, made.text
+    assert await shown(gw, await gw.new_key(user_id="ivy", models=["other-model"])) == [
+        "other-model"]
+    assert await shown(gw, await gw.new_key(user_id="val", models=["other-model"])) == \
+        everything

@@ -122,8 +122,8 @@ TABLE: list[tuple[str, Request, set[str]]] = [
             "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}}), ADMINS),
     ("/model/update", lambda w: ("POST", "/model/update", {"json": {
         "id": w.model_id, "model_name": "renamed"}}), ADMINS),
-    ("/model/info", req("GET", "/model/info"), READERS),
-    ("/v1/model/info", req("GET", "/v1/model/info"), READERS),
+    ("/model/info", req("GET", "/model/info"), set(CALLERS)),      # each sees its models
+    ("/v1/model/info", req("GET", "/v1/model/info"), set(CALLERS)),
     ("/model/delete", lambda w: ("POST", "/model/delete", {"json": {"id": w.model_id}}),
      ADMINS),
     ("/organization/new", req("POST", "/organization/new", json={

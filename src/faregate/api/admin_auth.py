@@ -67,6 +67,7 @@ class Rule:
 ADMIN = Rule()
 READ = Rule(viewer=True)
 OWN_KEYS = Rule(own="write", team=True)
+SEEN_MODELS = Rule(viewer=True, own="read", key_self=True)
 
 # Every admin route (FastAPI's path template, and the raw /health routes) -> its rule. A route
 # missing here is proxy_admin-only (tests/api/test_roles.py checks each one is listed).
@@ -109,8 +110,9 @@ ROUTES: dict[str, Rule] = {
     "/model/new": ADMIN,
     "/model/update": ADMIN,
     "/model/delete": ADMIN,
-    "/model/info": READ,
-    "/v1/model/info": READ,
+    # Any key: a proxy_admin or viewer sees every model, others those they may call.
+    "/model/info": SEEN_MODELS,
+    "/v1/model/info": SEEN_MODELS,
     "/organization/new": ADMIN,
     "/organization/info": READ,
     "/organization/update": ADMIN,

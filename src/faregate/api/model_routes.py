@@ -1,6 +1,8 @@
 """Stored-model admin routes (who: admin_auth.py), LiteLLM's shapes: /model/new, /model/update,
 /model/delete, /model/info. Handlers parse, call one ModelCatalog method, render; no secret
-param is ever rendered back.
+param is ever rendered back. /model/info answers a proxy_admin or viewer with every model, any
+other key with the models it may call (its `models`, its team's, access groups, wildcards:
+`Caller.may_use`, the request path's rule).
 No `from __future__ import annotations` here: FastAPI reads the dependency annotations.
 """
 
@@ -12,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.catalog.stored_models import ModelCatalog, stored_view
+from faregate.config import is_wildcard, wildcard_match
 from faregate.errors import InvalidRequest
+from faregate.keys.auth import SPECIAL_MODEL_NAMES, Caller
 
 
 class NewModel(BaseModel):
@@ -65,7 +69,25 @@ def build_model_routes(roles: Roles, catalog: ModelCatalog) -> APIRouter:
 
     @router.get("/model/info")
     @router.get("/v1/model/info")
-    async def info(_: Who, litellm_model_id: str | None = None) -> dict[str, Any]:
-        return {"data": catalog.info(litellm_model_id)}
+    async def info(who: Who, litellm_model_id: str | None = None) -> dict[str, Any]:
+        found = catalog.info(litellm_model_id)
+        if not who.everything:
+            found = [m for m in found if visible(catalog, who.caller, m["model_name"])]
+        return {"data": found}
 
     return router
+
+
+def visible(catalog: ModelCatalog, caller: Caller, model_name: str) -> bool:
+    """Whether a key may see a deployment of `model_name` on /model/info: it may call that
+    name, or (a wildcard entry, "openai/*") a name its key or team lists that the pattern
+    serves ("openai/gpt-4o")."""
+    groups = catalog.groups(model_name)
+    if caller.may_use(model_name, groups):
+        return True
+    if not is_wildcard(model_name):
+        return False
+    named = (*caller.key.models, *(caller.team_models or ()))
+    return any(not is_wildcard(name) and name not in SPECIAL_MODEL_NAMES
+               and wildcard_match(model_name, name) is not None
+               and caller.may_use(name, groups) for name in named)

@@ -199,6 +199,10 @@ class ModelCatalog:
             out = [m for m in out if m["model_info"]["id"] == model_id]
         return out
 
+    def groups(self, model_name: str) -> frozenset[str]:
+        """The access groups that grant `model_name`, as the request path reads them."""
+        return self._router.groups(model_name)
+
     async def _existing(self, model_id: str) -> StoredModel:
         if any(d.deployment_id == model_id for d in self._config):
             raise InvalidRequest(f"model {model_id} is defined in config.yaml; change it there",
