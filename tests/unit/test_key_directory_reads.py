@@ -1,6 +1,7 @@
-"""KeyDirectory: requests that miss on the same key at once share one database read (an
-expired entry under load sent every request in flight to the database, one query each); an
-error reaches each of them; a change made meanwhile is not served from the older read."""
+"""KeyDirectory (and EndUsers): requests that miss on the same key at once share one database
+read (an expired entry under load sent every request in flight to the database, one query
+each); an error reaches each of them; a change made meanwhile is not served from the older
+read."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from faregate.keys.directory import KeyDirectory
-from faregate.records import KeyRecord
+from faregate.keys.end_users import EndUsers
+from faregate.records import EndUserRecord, KeyRecord
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -96,3 +98,33 @@ async def test_a_key_forgotten_during_a_read_is_read_again_by_later_requests() -
     assert (await after).key_name == "changed"  # type: ignore[union-attr]
     await before
     assert rows.reads == 2
+
+
+class SlowEndUsers:
+    """get_or_create_end_user (a write on SQLite) answers when `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def get_or_create_end_user(self, end_user_id: str,
+                                     budget_id: str | None = None) -> EndUserRecord:
+        self.calls += 1
+        await self.release.wait()
+        return EndUserRecord(end_user_id)
+
+    async def get_budget(self, budget_id: str) -> None:
+        return None
+
+
+async def test_requests_for_one_end_user_at_once_share_one_get_or_create() -> None:
+    store, clock = SlowEndUsers(), Clock()
+    end_users = EndUsers(store, clock, 60.0)    # type: ignore[arg-type]
+    waiting = [asyncio.create_task(end_users.get("u1")) for _ in range(32)]
+    await asyncio.sleep(0)
+    store.release.set()
+    found = await asyncio.gather(*waiting)
+    assert store.calls == 1 and {record.end_user_id for record, _ in found} == {"u1"}
+    clock.now = 61.0
+    await end_users.get("u1")
+    assert store.calls == 2
