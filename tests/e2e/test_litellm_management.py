@@ -208,6 +208,11 @@ def test_a_litellm_admin_scripts_journey(admin: Admin,
         "models", "teams")
     assert [k["token"] for k in bob["keys"]] == [team_key["token"]]
     assert [t["team_id"] for t in bob["teams"]] == [team_id]
+    (bobs_team,) = bob["teams"]                  # LiteLLM: the teams' objects (list_team)
+    has(bobs_team, "team_id", "team_alias", "organization_id", "models", "max_budget",
+        "spend", "blocked", "team_memberships")
+    assert bobs_team["team_alias"] == "research"
+    assert [m["user_id"] for m in bobs_team["team_memberships"]] == ["bob"]
     assert bob["user_info"]["teams"] == [team_id]       # LiteLLM_UserTable.teams: ids
     alice_info = admin.get("/user/info", user_id="alice")
     assert dollars_to_nanos(alice_info["user_info"]["spend"]) == 2 * dollars_to_nanos(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
 from faregate.accounts.changes import PayerChanges
 from faregate.accounts.terms import TERM_FIELDS, iso, record_terms, spend_view, terms_view
 from faregate.errors import InvalidRequest, NotFound
-from faregate.records import KeyRecord, MemberRecord, UserRecord
+from faregate.records import KeyRecord, MemberRecord, TeamRecord, UserRecord
 from faregate.storage.protocols import (
     DuplicateId,
     HierarchyStore,
@@ -58,12 +58,22 @@ class UserFilters:
     user_email: str | None = None
     team_id: str | None = None
 
+# DuplicateId's kind from the store when another user holds the email (storage/hierarchy.py).
+USER_EMAIL = "user email"
+
+
+def _email_taken(email: str) -> InvalidRequest:
+    return InvalidRequest(f"Another user already has the email {email!r} (emails are compared "
+                          "case-insensitively); change that user with /user/update instead",
+                          param="user_email", code="user_email_exists")
+
 
 @dataclass(frozen=True)
 class UserInfo:
     user: UserRecord
     keys: list[KeyRecord]
     teams: list[MemberRecord]
+    team_records: dict[str, TeamRecord] = field(default_factory=dict)   # by team_id
 
 
 class UserAdmin:
@@ -83,7 +93,9 @@ class UserAdmin:
         await self._check_email_free(changes.get("user_email"), record.user_id)
         try:
             await self._storage.insert_user(record)
-        except DuplicateId:
+        except DuplicateId as exc:
+            if exc.kind == USER_EMAIL:      # taken meanwhile, or in another case
+                raise _email_taken(exc.entity_id) from None
             raise InvalidRequest(f"User {record.user_id!r} already exists; change it with "
                                  "/user/update", param="user_id",
                                  code="user_exists") from None
@@ -120,7 +132,8 @@ class UserAdmin:
         keys = await all_pages(lambda after: self._storage.list_keys_page(
             {"user_id": user_id}, after, _PAGE))
         teams = await self._storage.list_user_teams(user_id)
-        return UserInfo(user, keys, teams)
+        found = [await self._storage.get_team(m.team_id) for m in teams]
+        return UserInfo(user, keys, teams, {t.team_id: t for t in found if t is not None})
 
     async def _keys_of(self, user_id: str) -> list[KeyRecord]:
         return await all_pages(lambda after: self._storage.list_keys_page(
@@ -131,7 +144,10 @@ class UserAdmin:
         await self.get(user_id)
         changes = await self._changes(settings, set(given), self._now())
         await self._check_email_free(changes.get("user_email"), user_id)
-        record = await self._storage.update_user(user_id, changes)
+        try:
+            record = await self._storage.update_user(user_id, changes)
+        except DuplicateId as exc:
+            raise _email_taken(exc.entity_id) from None
         if record is None:
             raise NotFound(f"User {user_id!r} was deleted meanwhile", code="user_not_found")
         await self._notices.changed(scope("user", user_id), record.budget_reset_at,
@@ -178,7 +194,9 @@ class UserAdmin:
 
     async def _check_email_free(self, email: str | None, user_id: str) -> None:
         """One user per email: /user/update and /team/member_add find users by it, and an
-        email naming two users would find either."""
+        email naming two users would find either. This look names the holder; the unique
+        index on lower(user_email) (migration 0009) refuses what it misses: a holder in
+        another case, or one made meanwhile by a concurrent call."""
         if email is None:
             return
         holder = await self.by_email(email)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from faregate.accounts.teams import member_view
+from faregate.accounts.teams import member_view, team_view
 from faregate.accounts.users import UserAdmin, UserFilters, UserSettings, user_view
 from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
@@ -84,7 +84,11 @@ def build_user_routes(roles: Roles, users: UserAdmin, keys: KeyAdmin) -> APIRout
         return {"user_id": user_id, "user_info": {
                     **user_view(found.user), "teams": [m.team_id for m in found.teams]},
                 "keys": [keys.view(k) for k in found.keys],
-                "teams": [member_view(m) for m in found.teams]}
+                # LiteLLM lists the user's teams (its list_team objects), each here with
+                # the user's own membership
+                "teams": [{**team_view(found.team_records[m.team_id]),
+                           "team_memberships": [member_view(m)]}
+                          for m in found.teams if m.team_id in found.team_records]}
 
     @router.post("/user/update")
     async def update(body: UpdateUser, _: Who) -> dict[str, Any]:
