@@ -277,3 +277,17 @@ async def test_a_team_limit_refusal_names_the_teams_window(gateway: RunningGatew
     # the team's window refused, not the key's (99 left there)
     assert refused.headers["x-ratelimit-limit-requests"] == "1"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_an_anthropic_clients_429_carries_the_window(gateway: RunningGateway) -> None:
+    key = await gateway.new_key(rpm_limit=1)
+    body = {"model": "qwen-local", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "ping"}]}
+    first = await gateway.http.post("/v1/messages", headers={"x-api-key": key}, json=body)
+    assert first.status_code == 200, first.text
+    refused = await gateway.http.post("/v1/messages", headers={"x-api-key": key}, json=body)
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["type"] == "error"                       # Anthropic's shape
+    assert refused.headers["x-ratelimit-limit-requests"] == "1"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.headers["x-litellm-key-spend"] == first.headers["x-litellm-key-spend"]
