@@ -569,3 +569,32 @@ async def test_a_role_that_cannot_be_read_is_a_503_saying_why() -> None:
         await roles.check("Bearer sk-cached", None, "/key/list")
     assert down.value.code == "database_unavailable"
     assert "admin calls read the caller's role" in down.value.message
+
+
+# --- One user per email under concurrency (migration 0009) -----------------------------------
+
+
+async def test_twenty_concurrent_user_new_with_one_email_make_one_user(
+        gateway: RunningGateway) -> None:
+    """The look for another holder and the insert are two steps; the unique index on
+    lower(user_email) decides between calls that pass the look together: exactly one 200,
+    the rest 400 user_email_exists (never a 500), also across letter case."""
+    emails = ["Same@x.io" if n % 2 else "same@X.IO" for n in range(20)]
+    replies = await asyncio.gather(*[
+        gateway.admin("POST", "/user/new", json={"user_id": f"racer-{n}", "user_email": email})
+        for n, email in enumerate(emails)])
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses == [200] + [400] * 19, [r.text for r in replies if r.status_code != 400]
+    for resp in replies:
+        if resp.status_code == 400:
+            error = openai_error(400, resp.json())
+            assert error["code"] == "user_email_exists" and error["param"] == "user_email"
+    users = await ok(gateway, "GET", "/user/list")
+    assert [u["user_email"].lower() for u in users["users"]] == ["same@x.io"]
+    # the same on /user/update, in another case
+    await ok(gateway, "POST", "/user/new", json={"user_id": "other", "user_email": "o@x.io"})
+    resp = await gateway.admin("POST", "/user/update", json={"user_id": "other",
+                                                             "user_email": "SAME@x.io"})
+    error = openai_error(resp.status_code, resp.json())
+    assert resp.status_code == 400 and error["code"] == "user_email_exists", resp.text
+    assert "case-insensitively" in error["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,8 +13,9 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import MetaData, Table, UniqueConstraint, inspect
+from sqlalchemy import Column, MetaData, Table, UniqueConstraint, inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from support import fresh_pg_database
 
 from faregate.errors import ConfigError
@@ -43,20 +45,42 @@ async def on(url: str, fn: Any) -> Any:
         await engine.dispose()
 
 
+# An index on an expression (lower(user_email)) is compared by name and uniqueness: SQLite's
+# reflection skips it, so it is read from PRAGMA there; its definition is checked by
+# behaviour (test_upgrade_with_duplicate_emails_keeps_the_oldest_holder).
+EXPRESSION = ("<expression>",)
+
+
+def expression_indexes(conn: Connection, table: str) -> dict[str, tuple[Any, bool]]:
+    if conn.dialect.name != "sqlite":
+        return {}
+    out = {}
+    for _, name, unique, *_ in conn.exec_driver_sql(f"PRAGMA index_list('{table}')"):
+        info = conn.exec_driver_sql(f"PRAGMA index_xinfo('{name}')").all()
+        if any(row[1] == -2 for row in info):           # cid -2: an expression
+            out[name] = (EXPRESSION, bool(unique))
+    return out
+
+
 def reflect(conn: Connection) -> dict[str, Any]:
     insp = inspect(conn)
     out: dict[str, Any] = {}
     for table in insp.get_table_names():
         if table == "alembic_version":
             continue
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression")
+            found = insp.get_indexes(table)
+            uniques = insp.get_unique_constraints(table)
         out[table] = {
             "columns": {c["name"]: c["nullable"] for c in insp.get_columns(table)},
             "order": [c["name"] for c in insp.get_columns(table)],
             "pk": insp.get_pk_constraint(table)["constrained_columns"],
-            "indexes": {i["name"]: (tuple(i["column_names"]), bool(i["unique"]))
-                        for i in insp.get_indexes(table) if not i.get("duplicates_constraint")},
-            "unique": sorted(tuple(u["column_names"])
-                             for u in insp.get_unique_constraints(table)),
+            "indexes": {i["name"]: (EXPRESSION if None in i["column_names"]
+                                    else tuple(i["column_names"]), bool(i["unique"]))
+                        for i in found if not i.get("duplicates_constraint")}
+            | expression_indexes(conn, table),
+            "unique": sorted(tuple(u["column_names"]) for u in uniques),
         }
     return out
 
@@ -71,7 +95,9 @@ def reference() -> dict[str, Any]:
             "columns": {c.name: c.nullable for c in table.columns},
             "order": [c.name for c in table.columns],
             "pk": [c.name for c in table.primary_key.columns],
-            "indexes": {i.name: (tuple(c.name for c in i.columns), bool(i.unique))
+            "indexes": {i.name: (EXPRESSION if any(not isinstance(e, Column)
+                                                   for e in i.expressions)
+                                 else tuple(c.name for c in i.columns), bool(i.unique))
                         for i in table.indexes},
             "unique": sorted(unique),
         }
@@ -109,7 +135,9 @@ async def test_autogenerate_finds_no_difference(fresh_url: str) -> None:
 
     def diff(conn: Connection) -> list[Any]:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        return compare_metadata(ctx, metadata)
+        with warnings.catch_warnings():     # SQLite cannot reflect lower(user_email)'s index
+            warnings.filterwarnings("ignore", ".*expression-based index")
+            return compare_metadata(ctx, metadata)
 
     assert await on(fresh_url, diff) == []
 
@@ -195,3 +223,49 @@ async def test_upgrade_from_0005_keeps_every_key_and_its_spend(fresh_url: str) -
     finally:
         await storage.close()
 
+
+
+async def test_upgrade_with_duplicate_emails_keeps_the_oldest_holder(fresh_url: str) -> None:
+    """0009's unique index on lower(user_email) meets users sharing an email (possible before
+    it, case aside): the upgrade does not fail; the oldest keeps the email, the others' goes
+    to their metadata; afterwards a second holder of an email, in any case, is refused."""
+    await asyncio.to_thread(command.upgrade, migrate._config(fresh_url), "0008")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def user(user_id: str, email: str | None, day: int, meta: str = "{}") -> dict[str, Any]:
+        at = t0.replace(day=day)
+        return {"user_id": user_id, "user_email": email, "user_role": "internal_user",
+                "models": "[]", "metadata": meta, "spend_nanos": 7, "period_base_nanos": 0,
+                "created_at": at, "updated_at": at}
+
+    before = [user("u-new", "a@x.io", 2), user("u-old", "A@x.io", 1),
+              user("u-third", "a@X.IO", 3, '{"team": "red"}'), user("u-other", "b@x.io", 1),
+              user("u-none", None, 1), user("u-none-2", None, 2)]
+
+    def write_0008(conn: Connection) -> None:
+        conn.execute(Table("faregate_users", MetaData(), autoload_with=conn).insert(), before)
+        conn.commit()
+
+    await on(fresh_url, write_0008)
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+
+    def read(conn: Connection) -> dict[str, tuple[Any, ...]]:
+        rows = conn.exec_driver_sql("SELECT user_id, user_email, metadata, spend_nanos "
+                                    "FROM faregate_users").all()
+        return {r[0]: tuple(r[1:]) for r in rows}
+
+    after = await on(fresh_url, read)
+    assert after == {
+        "u-old": ("A@x.io", "{}", 7), "u-other": ("b@x.io", "{}", 7),
+        "u-new": (None, '{"faregate_duplicate_user_email":"a@x.io"}', 7),
+        "u-third": (None, '{"team":"red","faregate_duplicate_user_email":"a@X.IO"}', 7),
+        "u-none": (None, "{}", 7), "u-none-2": (None, "{}", 7)}
+
+    def insert_twin(conn: Connection) -> None:
+        users = Table("faregate_users", MetaData(), autoload_with=conn)
+        conn.execute(users.insert(), [user("u-twin", "B@X.io", 4)])
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression")
+        with pytest.raises(IntegrityError):
+            await on(fresh_url, insert_twin)

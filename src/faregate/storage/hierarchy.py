@@ -65,6 +65,8 @@ _PERIOD_TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
 
 
 # what DuplicateId calls each table's rows
+# DuplicateId's kind when the user_email, not the user_id, is taken.
+USER_EMAIL = "user email"
 _KINDS = {budgets.name: "budget", users.name: "user", teams.name: "team",
           team_members.name: "team member", organizations.name: "organization",
           organization_members.name: "organization member", end_users.name: "end user"}
@@ -175,6 +177,9 @@ class HierarchyQueries:
                 taken = (await conn.execute(select(*table.primary_key.columns).where(
                     _is(table, ids)))).first()
             if taken is None:
+                if table is users and values.get("user_email") is not None:
+                    # another user holds the email, case aside (migration 0009's index)
+                    raise DuplicateId(USER_EMAIL, values["user_email"]) from None
                 raise
             raise DuplicateId(_KINDS[table.name], "/".join(ids)) from None
 
@@ -254,7 +259,12 @@ class HierarchyQueries:
         return await self._get(users, UserRecord, user_id)
 
     async def update_user(self, user_id: str, changes: Mapping[str, Any]) -> UserRecord | None:
-        return await self._update(users, UserRecord, (user_id,), changes)
+        try:
+            return await self._update(users, UserRecord, (user_id,), changes)
+        except IntegrityError:
+            if changes.get("user_email") is None:
+                raise
+            raise DuplicateId(USER_EMAIL, str(changes["user_email"])) from None
 
     async def delete_user(self, user_id: str) -> bool:
         """The user and their memberships go; their keys and spend rows stay."""

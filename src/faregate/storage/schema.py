@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
 )
 
 metadata = MetaData()
@@ -171,6 +172,9 @@ users = Table(
     Index("ix_users_created_at", "created_at", "user_id"),
     Index("ix_users_user_email", "user_email"),
 )
+# One user per email, case aside (migration 0009): /user/new and /user/update check first
+# for a clear message; this holds when two of them race.
+Index("ux_users_user_email_lower", func.lower(users.c.user_email), unique=True)
 
 organizations = Table(
     "faregate_organizations", metadata,
