@@ -247,6 +247,11 @@ _POLL_S = 0.02
 _PARALLEL_RECHECKS = 4
 
 
+# Keys whose last spend reading this replica keeps for their answers' headers (as many as
+# PayersByKey keeps payers for).
+_MAX_KEY_SPENDS = 100_000
+
+
 def _prefix(payer: Payer) -> str:
     """A payer's hash tag: a key's token (the names keys have always had, so replicas of an
     older version share their state during a rollout), else its scope ("team:t1")."""
@@ -654,6 +659,8 @@ class RedisAdmission:
     def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:
         grant, second = int(result[1]), int(result[2])
         if int(result[3]) >= 0:
+            if len(self._key_spend) >= _MAX_KEY_SPENDS:
+                self._key_spend.clear()     # a bound on memory: the next answers read again
             self._key_spend[demand.payers[0].scope[4:]] = (int(result[3]), int(result[4]))
         heads: dict[bool, tuple[int, int, int]] = {}
         for i, window in enumerate(demand.windows):
