@@ -4,7 +4,6 @@ keys' budget bars. Pages call these, never SQL."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -13,7 +12,7 @@ from zoneinfo import ZoneInfo
 from faregate.admission.demand import key_scope
 from faregate.keys.tokens import PREFIX, token_of
 from faregate.records import KeyRecord
-from faregate.storage.reports import Bucket, Cursor, KeyFilters, KeyPage, UsagePoint
+from faregate.storage.reports import Bucket, Cursor, KeyFilters, KeyPage, Totals, UsagePoint
 from faregate.ui.charts import OTHER, BudgetBar
 from faregate.ui.site import UiServices
 
@@ -62,9 +61,11 @@ def budget_bar(services: UiServices, key: KeyRecord) -> BudgetBar:
 
 async def key_names(services: UiServices, tokens: Sequence[str]) -> dict[str, str]:
     """Each key's alias (else its display name), for tables and charts by key."""
-    found = await asyncio.gather(*(services.storage.get_key(token) for token in tokens))
-    return {token: (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
-            for token, key in zip(tokens, found, strict=True)}
+    out = {}
+    for token in tokens:            # a few (a chart's groups); SQLite answers one at a time
+        key = await services.storage.get_key(token)
+        out[token] = (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
+    return out
 
 
 # keyset positions, as one opaque query value
@@ -146,3 +147,17 @@ async def daily_spend(services: UiServices, span: Range, group: str,
     """One payer's spend per day of the viewer's zone (its key's page, My key)."""
     points = await usage_points(services, span, "day", group, 1, only)
     return series(span, "day", [UsagePoint(p.start, "spend", p.totals) for p in points])
+
+
+def group_totals(points: Sequence[UsagePoint]) -> list[tuple[str | None, Totals]]:
+    """The points' sums per group over all buckets, dearest first (None: "other")."""
+    sums: dict[str | None, Totals] = {}
+    for p in points:
+        t = sums.get(p.group, Totals())
+        sums[p.group] = Totals(t.spend_nanos + p.totals.spend_nanos,
+                               t.requests + p.totals.requests,
+                               t.failures + p.totals.failures,
+                               t.prompt_tokens + p.totals.prompt_tokens,
+                               t.completion_tokens + p.totals.completion_tokens)
+    return sorted(sums.items(), key=lambda item: (item[0] is None, -item[1].spend_nanos,
+                                                  item[0] or ""))

@@ -21,7 +21,6 @@ from faregate.ui.render import dollars, number
 from faregate.ui.site import Ctx, PageRoute
 
 MAX_DAYS = {"day": 366, "hour": 14}     # at most 366 day bars, 336 hour bars
-TOTALS = 100                            # groups in the totals table
 GROUPS = list(reads.GROUPS.items())
 CSV_GROUPS = 1000                       # the CSV names up to this many groups; the rest "other"
 
@@ -72,11 +71,9 @@ async def usage(ctx: Ctx) -> Response:
     query = UsageQuery.of(ctx)
     span = reads.Range.of_days(query.first, query.last, ctx.tz)
     points = await reads.usage_points(ctx.services, span, query.bucket, query.group)
-    totals = await ctx.services.storage.report_top(reads.LEVELS[query.group], span.start,
-                                                   span.end, TOTALS)
-    names = await _names(ctx, query.group, sorted({p.group for p in points if p.group}
-                                                  | {t.id for t in totals}))
+    names = await _names(ctx, query.group, sorted({p.group for p in points if p.group}))
     laid_out = reads.series(span, query.bucket, points, names)
+    totals = reads.group_totals(points)
     label = reads.GROUPS[query.group].lower()
     return ctx.render(
         "usage.html", title="Usage", query=query, groups=GROUPS, names=names,
