@@ -177,6 +177,9 @@ async def measure(url: str, runs: int, now: datetime) -> list[tuple[str, float]]
             await timed(f"usage 30 days by day, top 10 {group}s + other",
                         lambda group=group: storage.report_usage(month, now, "day", "UTC",
                                                                  group))
+        for level in ("model", "key", "team"):
+            await timed(f"top 100 {level}s by spend in 30 days (report_top)",
+                        lambda level=level: storage.report_top(level, month, now, 100))
         await timed("usage 30 days, one team's chart", lambda: storage.report_usage(
             month, now, "day", "UTC", "team", only="t7"))
         await timed("usage 30 days, one key's chart", lambda: storage.report_usage(

@@ -397,19 +397,33 @@ class ReportQueries:
                               top: int = 5) -> Overview:
         """The overview page's numbers as of `now`, days in the zone `tz_name` (IANA)."""
         tz = zone(tz_name)
-        end = now
         month = local_midnight(now, tz, 29)
+        # two reads of the rollup: every row's sums by day, and the models' by day
+        days = await self._series("all", None, _floor(month), _ceil(now), "day", tz,
+                                  named=False)
+
+        def since(start: datetime) -> Totals:
+            total = Totals()
+            for p in days:
+                if p.start >= start:
+                    total = _plus(total, p.totals)
+            return total
+
+        by_model = await self.report_usage(month, now, "day", tz_name, "model", MAX_GROUPS)
+        models: dict[str, Totals] = {}
+        for p in by_model:
+            models[p.group or ""] = _plus(models.get(p.group or "", Totals()), p.totals)
+        ranked = sorted(models.items(), key=lambda m: (-m[1].spend_nanos, m[0]))[:top]
         return Overview(
-            today=await self._totals("all", local_midnight(now, tz), end),
-            last_7_days=await self._totals("all", local_midnight(now, tz, 6), end),
-            last_30_days=await self._totals("all", month, end),
+            today=since(local_midnight(now, tz)),
+            last_7_days=since(local_midnight(now, tz, 6)),
+            last_30_days=since(month),
             top_keys=await self.report_top_payers("key", top),
             top_teams=await self.report_top_payers("team", top),
-            top_models=await self.report_top("model", month, end, top),
+            top_models=[Ranked(name, totals) for name, totals in ranked],
             top_end_users=await self.report_top_payers("customer", top),
             daily_by_model=[DaySpend(p.start.date(), p.group or "", p.totals.spend_nanos)
-                            for p in await self.report_usage(month, end, "day", tz_name,
-                                                             "model", MAX_GROUPS)])
+                            for p in by_model])
 
     async def report_usage(self, start: datetime, end: datetime, bucket: Bucket = "day",
                            tz_name: str = "UTC", group: str | None = None, top: int = 10,
@@ -440,23 +454,38 @@ class ReportQueries:
         if only is not None:
             return await self._series(level, [only], lo, hi, bucket, tz, named=True)
         if level == "model":
-            ids = [t.id for t in await self.report_top(level, lo, hi, top)]
-        else:
-            ids = [p.id for p in await self.report_top_payers(group, top)]
+            # one read of the models' buckets: the dearest of the range named, the rest "other"
+            every = await self._series(level, None, lo, hi, bucket, tz, named=True)
+            spend: dict[str, int] = {}
+            for p in every:
+                spend[p.group or ""] = spend.get(p.group or "", 0) + p.totals.spend_nanos
+            kept = set(sorted(spend, key=lambda m: (-spend[m], m))[:top])
+            rest: dict[datetime, Totals] = {}
+            points = []
+            for p in every:
+                if p.group in kept:
+                    points.append(p)
+                else:
+                    rest[p.start] = _plus(rest.get(p.start, Totals()), p.totals)
+            points += [UsagePoint(at, None, t) for at, t in rest.items()]
+            points.sort(key=lambda p: (p.start, p.group is None, p.group or ""))
+            return points
+        ids = [p.id for p in await self.report_top_payers(group, top)]
         points = await self._series(level, ids, lo, hi, bucket, tz, named=True) if ids else []
         named: dict[datetime, Totals] = {}
         for p in points:
             named[p.start] = _plus(named.get(p.start, Totals()), p.totals)
         for p in await self._series("all", [""], lo, hi, bucket, tz, named=False):
-            rest = _minus(p.totals, named.get(p.start, Totals()))
-            if rest.requests or rest.spend_nanos:
-                points.append(UsagePoint(p.start, None, rest))
+            left = _minus(p.totals, named.get(p.start, Totals()))
+            if left.requests or left.spend_nanos:
+                points.append(UsagePoint(p.start, None, left))
         points.sort(key=lambda p: (p.start, p.group is None, p.group or ""))
         return points
 
-    async def _series(self, level: str, ids: list[str], lo: datetime, hi: datetime,
+    async def _series(self, level: str, ids: list[str] | None, lo: datetime, hi: datetime,
                       bucket: Bucket, tz: ZoneInfo, named: bool) -> list[UsagePoint]:
-        """The sums of the level's `ids` per bucket of the zone, each id apart if `named`."""
+        """The sums of the level's `ids` (None: every id) per bucket of the zone, each id
+        apart if `named`."""
         r = spend_rollup.c
         spans = _offsets(lo, hi, tz)
         # Offsets are written into the statement (ints): the label then reads the same in the
@@ -476,14 +505,22 @@ class ReportQueries:
             columns.append(r.id.label("gid"))
         # by position: the expressions hold bound times, which Postgres would not match
         positions: list[Any] = [literal_column(str(n + 1)) for n in range(len(columns))]
-        stmt = (select(*columns, *_sums())
-                .where(r.level == level, r.id.in_(ids), r.bucket >= _bind_time(lo),
-                       r.bucket < _bind_time(hi))
+        where = [r.level == level, r.bucket >= _bind_time(lo), r.bucket < _bind_time(hi)]
+        # Payers: their ids' own ranges of the primary key. Models (a few names, each with
+        # rows in most buckets) and "all": the level's range of the (level, bucket) index,
+        # which Postgres reads alone; other models' rows are dropped below.
+        by_id = ids is not None and level not in ("model", "all")
+        if by_id:
+            where.append(r.id.in_(ids or []))
+        stmt = (select(*columns, *_sums()).where(*where)
                 .group_by(*positions).order_by(*positions))
         async with self.engine.connect() as conn:
             rows = list(await conn.execute(stmt))
         out = []
+        wanted = None if ids is None else set(ids)
         for row in rows:
+            if named and not by_id and wanted is not None and row.gid not in wanted:
+                continue
             if bucket == "day":
                 day = date(1970, 1, 1) + timedelta(days=int(row.label))
                 at = datetime(day.year, day.month, day.day, tzinfo=tz)

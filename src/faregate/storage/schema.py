@@ -95,11 +95,11 @@ spend_rollup = Table(
     Column("failures", BigInteger, nullable=False),
     Column("prompt_tokens", BigInteger, nullable=False),
     Column("completion_tokens", BigInteger, nullable=False),
-    # a level's buckets in a range, read from the index alone on Postgres (its heap is not
-    # clustered: a level's rows lie on every page the ledger's upserts touched)
-    Index("ix_spend_rollup_level_bucket", "level", "bucket", "id",
-          postgresql_include=["spend_nanos", "requests", "failures", "prompt_tokens",
-                              "completion_tokens"]),
+    # A level's buckets in a range, read from the index alone (it holds every column): the
+    # table's order is (level, id, bucket), so without it a level's range is a lookup per row
+    # (SQLite) or a heap page per row (Postgres: the ledger's upserts scatter them).
+    Index("ix_spend_rollup_level_bucket", "level", "bucket", "id", "spend_nanos", "requests",
+          "failures", "prompt_tokens", "completion_tokens"),
     sqlite_with_rowid=False,
 )
 
