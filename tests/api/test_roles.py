@@ -598,3 +598,105 @@ async def test_twenty_concurrent_user_new_with_one_email_make_one_user(
     error = openai_error(resp.status_code, resp.json())
     assert resp.status_code == 400 and error["code"] == "user_email_exists", resp.text
     assert "case-insensitively" in error["message"]
+
+
+# --- org_admin: an organization member with role org_admin ------------------------------------
+
+
+async def test_an_org_admin_manages_its_organization_and_nothing_else(
+        gateway: RunningGateway) -> None:
+    """LiteLLM's org_admin: makes teams in its organization, adds, changes and removes the
+    members of its organization and of its teams, reads its organization's info and spend and
+    its teams'; a 403 naming the role for any other organization or team, and for the
+    proxy_admin's writes (the organization itself, a team's settings)."""
+    oda = await make_user(gateway, "oda", "internal_user")
+    member = await make_user(gateway, "mia", "internal_user")
+    for org in ("o1", "o2"):
+        await ok(gateway, "POST", "/organization/new", json={
+            "organization_id": org, "organization_alias": org, "max_budget": 10})
+    await ok(gateway, "POST", "/organization/member_add", json={
+        "organization_id": "o1", "member": [{"user_id": "oda", "role": "org_admin"},
+                                            {"user_id": "mia", "role": "internal_user"}]})
+    await ok(gateway, "POST", "/organization/member_add", json={
+        "organization_id": "o2", "member": {"user_id": "mia", "role": "org_admin"}})
+    await ok(gateway, "POST", "/team/new", json={"team_id": "t-o2", "organization_id": "o2"})
+    await ok(gateway, "POST", "/team/new", json={"team_id": "t-free"})
+
+    # in its organization: a team, its members, the organization's members, info and spend
+    resp = await call(gateway, oda, "POST", "/team/new", json={
+        "team_id": "t-o1", "organization_id": "o1", "max_budget": 5})
+    assert resp.status_code == 200 and resp.json()["organization_id"] == "o1", resp.text
+    for path, body in [
+            ("/team/member_add", {"team_id": "t-o1", "member": {"user_id": "mia",
+                                                                "role": "user"}}),
+            ("/team/member_update", {"team_id": "t-o1", "user_id": "mia",
+                                     "max_budget_in_team": 2}),
+            ("/organization/member_add", {"organization_id": "o1", "member": {
+                "user_id": "noa", "role": "internal_user"}}),
+            ("/organization/member_update", {"organization_id": "o1", "user_id": "noa",
+                                             "role": "internal_user_viewer"}),
+            ("/organization/member_delete", {"organization_id": "o1", "user_id": "noa"})]:
+        resp = await call(gateway, oda, "POST", path, json=body)
+        assert resp.status_code == 200, (path, resp.text)
+    team_key = await gateway.new_key(team_id="t-o1", user_id="mia", models=[])
+    resp = await call(gateway, team_key, "POST", "/v1/chat/completions", json={
+        "model": "qwen-local", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4})
+    assert resp.status_code == 200, resp.text
+    await gateway.app.ledger.flush()
+    info = await call(gateway, oda, "GET", "/organization/info",
+                      params={"organization_id": "o1"})
+    assert info.status_code == 200 and info.json()["spend"] > 0, info.text
+    assert [t["team_id"] for t in info.json()["teams"]] == ["t-o1"]
+    for path, params in [("/team/info", {"team_id": "t-o1"}),
+                         ("/team/daily/activity", {**DAYS, "team_ids": "t-o1"})]:
+        assert (await call(gateway, oda, "GET", path, params=params)).status_code == 200
+    resp = await call(gateway, oda, "POST", "/team/member_delete", json={
+        "team_id": "t-o1", "user_id": "mia"})
+    assert resp.status_code == 200, resp.text
+
+    # outside it: another organization, a team of another or of none
+    for method, path, kwargs in [
+            ("GET", "/organization/info", {"params": {"organization_id": "o2"}}),
+            ("POST", "/organization/member_add", {"json": {"organization_id": "o2", "member": {
+                "user_id": "oda", "role": "org_admin"}}}),
+            ("POST", "/organization/member_update", {"json": {
+                "organization_id": "o2", "user_id": "mia", "role": "internal_user"}}),
+            ("POST", "/organization/member_delete", {"json": {"organization_id": "o2",
+                                                              "user_id": "mia"}})]:
+        error = await refused(gateway, oda, method, path,
+                              "only for an organization where it is org_admin", **kwargs)
+        assert error["code"] == "not_owner" and "'o2'" in error["message"]
+    for body, where in [({"team_id": "t-x", "organization_id": "o2"}, "in organization 'o2'"),
+                        ({"team_id": "t-y"}, "without an organization_id")]:
+        error = await refused(gateway, oda, "POST", "/team/new",
+                              f"internal_user may not call /team/new {where}", json=body)
+        assert "org_admin in its organization" in error["message"]
+    for team in ("t-o2", "t-free"):
+        for method, path, kwargs in [
+                ("POST", "/team/member_add", {"json": {"team_id": team, "member": {
+                    "user_id": "oda", "role": "admin"}}}),
+                ("GET", "/team/info", {"params": {"team_id": team}}),
+                ("GET", "/team/daily/activity", {"params": {**DAYS, "team_ids": team}})]:
+            await refused(gateway, oda, method, path, "only for a team it", **kwargs)
+    # the organization's and teams' own settings stay the proxy_admin's
+    for path, body in [("/organization/update", {"organization_id": "o1", "max_budget": 99}),
+                       ("/organization/new", {"organization_alias": "mine"}),
+                       ("/team/update", {"team_id": "t-o1", "max_budget": 99}),
+                       ("/team/block", {"team_id": "t-o1"})]:
+        await refused(gateway, oda, "POST", path, f"internal_user may not call {path}",
+                      json=body)
+    # a plain member of the organization is no org_admin
+    await refused(gateway, member, "POST", "/team/new", "may not call /team/new in organiz",
+                  json={"team_id": "t-z", "organization_id": "o1"})
+    await refused(gateway, member, "POST", "/organization/member_add", "org_admin",
+                  json={"organization_id": "o1", "member": {"user_id": "mia",
+                                                            "role": "org_admin"}})
+    # none of it happened
+    o2 = await ok(gateway, "GET", "/organization/info", params={"organization_id": "o2"})
+    assert [(m["user_id"], m["user_role"]) for m in o2["members"]] == [("mia", "org_admin")]
+    assert [t["team_id"] for t in o2["teams"]] == ["t-o2"]
+    o1 = await ok(gateway, "GET", "/organization/info", params={"organization_id": "o1"})
+    assert o1["max_budget"] == 10 and [t["team_id"] for t in o1["teams"]] == ["t-o1"]
+    assert (await gateway.admin("GET", "/team/info", params={"team_id": "t-x"})
+            ).status_code == 404

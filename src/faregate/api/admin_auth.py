@@ -14,6 +14,9 @@ target that is not the caller's is a 403 too.
     internal_user_viewer  the routes marked `own="read"`, on its own things
     team admin            (an internal_user with role "admin" in members_with_roles)
                           the routes marked `team`, on that team's keys and members
+    org admin             (a user with role "org_admin" in an organization's members)
+                          the routes marked `org`, on that organization, its members and
+                          its teams (their members, info and spend); /team/new in it
     a key without a user  the routes marked `key_self`, on itself
 """
 
@@ -37,6 +40,7 @@ ADMIN_VIEWER = "proxy_admin_viewer"
 INTERNAL_USER = "internal_user"
 INTERNAL_VIEWER = "internal_user_viewer"
 TEAM_ADMIN = "admin"                # a member's role in members_with_roles
+ORG_ADMIN = "org_admin"             # an organization member's role
 # How a key without a user (or whose user row is gone) is named in refusals.
 NO_USER = "a virtual key without a user"
 # What an internal_user may not change on its own key (LiteLLM: "Only proxy admins, team
@@ -55,12 +59,14 @@ class Rule:
     viewer:   a proxy_admin_viewer, on every target (set only on reads)
     own:      "read": both internal roles on their own things; "write": internal_user only
     team:     an internal_user who is a team admin, on that team's keys and members
+    org:      a user who is an org_admin of an organization, on it, its members, its teams
     key_self: a virtual key without a user, on itself
     """
 
     viewer: bool = False
     own: Literal["read", "write"] | None = None
     team: bool = False
+    org: bool = False
     key_self: bool = False
 
 
@@ -89,20 +95,20 @@ ROUTES: dict[str, Rule] = {
     "/global/spend/models": READ,
     "/global/spend/end_users": READ,
     "/user/daily/activity": Rule(viewer=True, own="read"),
-    "/team/daily/activity": Rule(viewer=True, team=True),
+    "/team/daily/activity": Rule(viewer=True, team=True, org=True),
     "/user/new": ADMIN,
     "/user/info": Rule(viewer=True, own="read"),
     "/user/update": ADMIN,
     "/user/delete": ADMIN,
     "/user/list": READ,
-    "/team/new": ADMIN,
-    "/team/info": Rule(viewer=True, own="read", team=True),
+    "/team/new": Rule(org=True),        # an org_admin: in its organization
+    "/team/info": Rule(viewer=True, own="read", team=True, org=True),
     "/team/update": ADMIN,
     "/team/delete": ADMIN,
     "/team/list": Rule(viewer=True, own="read"),
-    "/team/member_add": Rule(team=True),
-    "/team/member_delete": Rule(team=True),
-    "/team/member_update": Rule(team=True),
+    "/team/member_add": Rule(team=True, org=True),
+    "/team/member_delete": Rule(team=True, org=True),
+    "/team/member_update": Rule(team=True, org=True),
     "/team/block": ADMIN,
     "/team/unblock": ADMIN,
     "/team/model/add": ADMIN,
@@ -114,13 +120,13 @@ ROUTES: dict[str, Rule] = {
     "/model/info": SEEN_MODELS,
     "/v1/model/info": SEEN_MODELS,
     "/organization/new": ADMIN,
-    "/organization/info": READ,
+    "/organization/info": Rule(viewer=True, org=True),
     "/organization/update": ADMIN,
     "/organization/delete": ADMIN,
     "/organization/list": READ,
-    "/organization/member_add": ADMIN,
-    "/organization/member_update": ADMIN,
-    "/organization/member_delete": ADMIN,
+    "/organization/member_add": Rule(org=True),
+    "/organization/member_update": Rule(org=True),
+    "/organization/member_delete": Rule(org=True),
     **{f"{prefix}/{verb}": READ if verb in ("info", "list") else ADMIN
        for prefix in ("/customer", "/end_user")
        for verb in ("new", "info", "update", "delete", "list", "block", "unblock")},
@@ -177,6 +183,7 @@ class Roles:
             return Access(caller, role, route, rule, True, self._store)
         allowed = ((role == INTERNAL_USER and (rule.own is not None or rule.team))
                    or (role == INTERNAL_VIEWER and rule.own == "read")
+                   or (role is not None and rule.org)     # org_admin: decided on the target
                    or (role is None and rule.key_self))
         if not allowed:
             raise _refuse(f"{role or NO_USER} may not call {route}{_who_may(rule)}. Use the "
@@ -206,6 +213,8 @@ def _who_may(rule: Rule) -> str:
         may.append(f"{INTERNAL_USER} and {INTERNAL_VIEWER} (their own)")
     if rule.team:
         may.append("a team admin (its team's)")
+    if rule.org:
+        may.append(f"an {ORG_ADMIN} (its organization's)")
     return f"; it is for {', '.join(may)}"
 
 
@@ -222,6 +231,7 @@ class Access:
     everything: bool
     _store: HierarchyStore
     _teams: dict[str, str] | None = field(default=None)
+    _orgs: dict[str, bool] = field(default_factory=dict)
 
     @property
     def user_id(self) -> str | None:
@@ -242,6 +252,41 @@ class Access:
         """An internal_user with role admin in this team, on a route marked `team`."""
         return (team_id is not None and self.rule.team and self.role == INTERNAL_USER
                 and (await self.teams()).get(team_id) == TEAM_ADMIN)
+
+    async def org_admin_of(self, organization_id: str | None) -> bool:
+        """A user with role org_admin in this organization, on a route marked `org`."""
+        if organization_id is None or not self.rule.org or self.user_id is None:
+            return False
+        if organization_id not in self._orgs:
+            members = await self._store.list_organization_members(organization_id)
+            self._orgs[organization_id] = any(
+                m.user_id == self.user_id and m.user_role == ORG_ADMIN for m in members)
+        return self._orgs[organization_id]
+
+    async def organization(self, organization_id: str) -> None:
+        """The caller may act on this organization (its members, its info and spend): as
+        its org_admin."""
+        if self.everything or await self.org_admin_of(organization_id):
+            return
+        raise _refuse(f"{self.who} may call {self.route} only for an organization where it "
+                      f"is {ORG_ADMIN}; not for organization {organization_id!r}",
+                      code="not_owner")
+
+    async def new_team(self, organization_id: str | None) -> None:
+        """/team/new: an org_admin makes teams only in an organization it administers."""
+        if self.everything or await self.org_admin_of(organization_id):
+            return
+        where = "without an organization_id" if organization_id is None \
+            else f"in organization {organization_id!r}"
+        raise _refuse(f"{self.who} may not call {self.route} {where}; it is for "
+                      f"{PROXY_ADMIN}, or an {ORG_ADMIN} in its organization (pass its "
+                      "organization_id)", code="admin_only")
+
+    async def _team_in_own_org(self, team_id: str) -> bool:
+        if not self.rule.org or self.user_id is None:
+            return False
+        team = await self._store.get_team(team_id)
+        return team is not None and await self.org_admin_of(team.organization_id)
 
     def _own(self, user_id: str | None) -> bool:
         return self.rule.own is not None and user_id is not None and user_id == self.user_id
@@ -295,15 +340,19 @@ class Access:
         return self.caller.key.token, None
 
     async def team(self, team_id: str) -> None:
-        """The caller may act on this team: as its admin (routes marked `team`), or, on a
-        read marked `own`, as any member."""
+        """The caller may act on this team: as its admin (routes marked `team`), as the
+        org_admin of its organization (routes marked `org`), or, on a read marked `own`, as
+        any member."""
         if self.everything or await self.team_admin_of(team_id):
             return
         if self.rule.own == "read" and team_id in await self.teams():
             return
+        if await self._team_in_own_org(team_id):
+            return
         relation = "belongs to" if self.rule.own == "read" else "administers"
-        raise _refuse(f"{self.who} may call {self.route} only for a team it {relation}; not "
-                      f"for team {team_id!r}", code="not_owner")
+        org = f" (or in an organization where it is {ORG_ADMIN})" if self.rule.org else ""
+        raise _refuse(f"{self.who} may call {self.route} only for a team it {relation}{org}; "
+                      f"not for team {team_id!r}", code="not_owner")
 
     async def new_key(self, asked: KeySettings, given: Collection[str]) -> str | None:
         """/key/generate: the user_id the new key gets. An internal_user makes keys for

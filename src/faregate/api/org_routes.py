@@ -122,9 +122,10 @@ def build_org_routes(roles: Roles, orgs: OrganizationAdmin) -> APIRouter:
                                          "organization_alias": body.organization_alias}))
 
     @router.get("/organization/info")
-    async def info(_: Who, organization_id: Annotated[str, Query(min_length=1,
-                                                                     max_length=256)]
+    async def info(who: Who, organization_id: Annotated[str, Query(min_length=1,
+                                                                       max_length=256)]
                    ) -> dict[str, Any]:
+        await who.organization(organization_id)
         record = await orgs.get(organization_id)
         return orgs.view(record, await orgs.teams(organization_id),
                          await orgs.members(organization_id))
@@ -155,7 +156,8 @@ def build_org_routes(roles: Roles, orgs: OrganizationAdmin) -> APIRouter:
         return [orgs.view(r) for r in (await orgs.page(start, limit)).items]
 
     @router.post("/organization/member_add")
-    async def member_add(body: MemberAdd, _: Who) -> dict[str, Any]:
+    async def member_add(body: MemberAdd, who: Who) -> dict[str, Any]:
+        await who.organization(body.organization_id)
         members = body.member if isinstance(body.member, list) else [body.member]
         if not members:
             raise InvalidRequest("'member' names nobody", param="member")
@@ -167,13 +169,15 @@ def build_org_routes(roles: Roles, orgs: OrganizationAdmin) -> APIRouter:
 
     @router.patch("/organization/member_update")
     @router.post("/organization/member_update")
-    async def member_update(body: MemberUpdate, _: Who) -> dict[str, Any]:
+    async def member_update(body: MemberUpdate, who: Who) -> dict[str, Any]:
+        await who.organization(body.organization_id)
         return member_view(await orgs.update_member(body.organization_id, body.user_id,
                                                     body.user_email, body.role))
 
     @router.delete("/organization/member_delete")
     @router.post("/organization/member_delete")
-    async def member_delete(body: MemberDelete, _: Who) -> dict[str, Any]:
+    async def member_delete(body: MemberDelete, who: Who) -> dict[str, Any]:
+        await who.organization(body.organization_id)
         user_id = await orgs.delete_member(body.organization_id, body.user_id,
                                            body.user_email)
         return {"organization_id": body.organization_id, "user_id": user_id,

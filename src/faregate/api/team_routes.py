@@ -111,7 +111,8 @@ def build_team_routes(roles: Roles, teams: TeamAdmin, keys: KeyAdmin) -> APIRout
         return team_view(found.team, found.members)
 
     @router.post("/team/new")
-    async def new(body: NewTeam, _: Who) -> dict[str, Any]:
+    async def new(body: NewTeam, who: Who) -> dict[str, Any]:
+        await who.new_team(body.organization_id)
         members = [m.new() for m in body.members_with_roles or []]
         record = await teams.create(body.settings(), body.given(), body.team_id, members)
         return await shown(record.team_id)
