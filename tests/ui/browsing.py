@@ -34,7 +34,7 @@ def start_ui_gateway(tmp: Path, db_url: str, mock_upstream: str) -> UiGateway:
                                  "127.0.0.1", "--port", str(port), "--config", str(cfg)],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for_port(port, proc=proc)
+        wait_for_port(port, timeout_s=60, proc=proc)   # a busy 2-core box starts it slowly
     except Exception:
         stop(proc)
         raise RuntimeError(f"gateway did not start:\n{log.read_text()}") from None
