@@ -47,7 +47,10 @@ def test_admin_journey(page, gateway: str) -> None:
     expect(page.get_by_role("heading", name="Key created")).to_be_visible()
     secret = page.get_by_label("Secret key").input_value()
     assert secret.startswith("sk-")
-    expect(page.get_by_role("button", name="Copy")).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == secret
     shoot(page, "key-created")
     page.get_by_role("link", name="Go to the key's page").click()
     key_url = page.url
@@ -206,3 +209,17 @@ def test_models_page(page, gateway: str) -> None:
         "link", name="Delete…").click()
     page.get_by_role("button", name="Delete the model").click()
     expect(page.locator("#models")).not_to_contain_text("ui-db-model")
+
+
+def test_times_in_the_viewers_zone(browser, gateway: str) -> None:
+    """ui.js tells the server the browser's zone; pages count days and show times in it."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800},
+                                  timezone_id="Asia/Tokyo", base_url=gateway)
+    try:
+        page = context.new_page()
+        login(page)
+        expect(page.locator("footer")).to_contain_text("Times in Asia/Tokyo")
+        page.goto("/ui/logs")
+        expect(page.locator("footer")).to_contain_text("Times in Asia/Tokyo")
+    finally:
+        context.close()

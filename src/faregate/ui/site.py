@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.applications import Starlette
@@ -362,7 +362,9 @@ _ZONE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+){0,2}$")
 
 
 def _zone(name: str | None) -> ZoneInfo:
-    """The viewer's time zone (the cookie ui.js sets from the browser), else UTC."""
+    """The viewer's time zone (the cookie ui.js sets from the browser, URL-encoded), else
+    UTC."""
+    name = unquote(name) if name else None
     if name and len(name) <= 64 and _ZONE_NAME.match(name):
         try:
             return ZoneInfo(name)
