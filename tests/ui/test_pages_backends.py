@@ -194,3 +194,10 @@ def test_usage_in_other_zones_sums_the_same(served, zone: str) -> None:
             assert sum(int(line.split(",")[4]) for line in lines[1:]) == expected, bucket
             page = ui.get("/ui/usage", params={**span, "bucket": bucket})
             assert page.status_code == 200
+
+
+def test_no_such_page(served) -> None:
+    base, _ = served
+    answer = httpx.get(f"{base}/ui/no/such/<b>page</b>")
+    assert answer.status_code == 404 and "No such page" in answer.text
+    assert "<b>" not in answer.text and "content-security-policy" in answer.headers

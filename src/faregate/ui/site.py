@@ -330,7 +330,17 @@ def build_ui(services: UiServices, pages: Sequence[PageRoute],
               for p in pages]
     routes += [Route(f"/static/{path.name}", _static(path)) for path in STATIC_DIR.iterdir()
                if path.suffix in STATIC_TYPES]
-    return SecurityHeaders(Starlette(routes=routes))
+    return SecurityHeaders(Starlette(routes=routes, exception_handlers={404: _no_page}))
+
+
+async def _no_page(request: Request, _: Exception) -> Response:
+    """A path under /ui that is no page (nothing of the request is echoed)."""
+    base = request.scope.get("root_path", "")
+    return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>'
+                        f'No such page · faregate</title><link rel="stylesheet" href="{base}'
+                        f'/static/ui.css"></head><body><main id="main"><h1>No such page</h1>'
+                        f'<p><a href="{base}/">Back to the start</a></p></main></body></html>',
+                        status_code=404)
 
 
 def _static(path: Path) -> Callable[[Request], Awaitable[Response]]:
