@@ -266,6 +266,7 @@ async def test_keys_page(storage: SqlStorage) -> None:
     assert await found(team_id="t1") == ["alias-5", "alias-3", "alias-1"]
     assert await found(blocked=True) == ["alias-4"]
     assert await found(team_id="t1", search="alias-3") == ["alias-3"]
+    assert await found(search="alias-\U0010ffff") == []    # the last code point: no error
 
 
 async def test_payer_lists(storage: SqlStorage) -> None:

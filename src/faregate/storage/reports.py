@@ -610,10 +610,10 @@ class ReportQueries:
             alias: ColumnElement[bool] = k.key_alias.like(escaped + "%", escape="\\")
         else:
             # SQLite's LIKE ignores case and skips the index: a range on the binary order
-            alias = and_(k.key_alias >= text, k.key_alias < _after_prefix(text))
+            alias = _prefix_range(k.key_alias, text)
         lowered = text.lower()
         if _HEX.fullmatch(lowered):
-            return or_(alias, and_(k.token >= lowered, k.token < _after_prefix(lowered)))
+            return or_(alias, _prefix_range(k.token, lowered))
         return alias
 
     # payers above keys
@@ -694,9 +694,14 @@ def _check_limit(limit: int) -> None:
         raise ValueError(f"limit must be 1 to {MAX_PAGE}")
 
 
-def _after_prefix(prefix: str) -> str:
-    """The least string greater than every string that starts with `prefix` (binary order)."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def _prefix_range(column: Any, prefix: str) -> ColumnElement[bool]:
+    """Strings that start with `prefix`, as an index range in code point order (SQLite's
+    BINARY, UTF-8 bytes): [prefix, the least string past them); trailing U+10FFFF carry."""
+    stem = prefix.rstrip(chr(0x10FFFF))
+    if not stem:
+        at_least: ColumnElement[bool] = column >= prefix
+        return at_least                         # nothing sorts past them
+    return and_(column >= prefix, column < stem[:-1] + chr(ord(stem[-1]) + 1))
 
 
 def _log_filtered(stmt: Select[Any], filters: LogFilters) -> Select[Any]:
