@@ -303,7 +303,9 @@ def table(rows: list[Row]) -> str:
                 lines.append(f"  {'stream' if r.stream else 'json':<7}c={r.concurrency:<3} "
                              f"litellm {r.cpu_us_per_req:>8.0f} µs, faregate "
                              f"{fg.cpu_us_per_req:>5.0f} µs ({fg.backend}): "
-                             f"{r.cpu_us_per_req / fg.cpu_us_per_req:.1f}x less with faregate")
+                             f"{r.cpu_us_per_req / fg.cpu_us_per_req:.1f}x less with faregate"
+                             + (f" ({r.errors} errors or timeouts: its CPU is over the answered "
+                                "requests only)" if r.errors else ""))
     return "\n".join(lines)
 
 
