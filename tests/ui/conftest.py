@@ -45,7 +45,8 @@ def browser() -> Iterator[object]:
                     "(scripts/test.sh does)")
     with sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM),
-                                     args=["--no-sandbox", "--disable-gpu"])
+                                     args=["--no-sandbox", "--disable-gpu"],
+                                     timeout=90_000)     # slow on a busy shared box
         yield launched
         launched.close()
 
