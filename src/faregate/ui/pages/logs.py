@@ -38,15 +38,18 @@ async def logs(ctx: Ctx) -> Response:
 
 
 async def tail(ctx: Ctx) -> Response:
-    """Rows after the row `after` (a request id), newest first, as JSON for ui.js: text only
-    (the script puts them in the page with textContent, never as HTML). `full`: there may be
-    more than were sent (reload the page)."""
+    """Rows after the row `after` (a request id; none: the newest rows), newest first, as
+    JSON for ui.js: text only (the script puts them in the page with textContent, never as
+    HTML). `full`: there may be more than were sent (reload the page)."""
     filters, _ = await _filters(ctx, with_time=False)
     after = ctx.param("after")
-    if not after or len(after) > MAX_ID_CHARS:
+    if len(after) > MAX_ID_CHARS:
         raise InvalidRequest("'after' must be the request id of the newest row shown",
                              param="after")
-    rows = await ctx.services.storage.report_logs_newer(after, filters, TAIL_ROWS)
+    if after:
+        rows = await ctx.services.storage.report_logs_newer(after, filters, TAIL_ROWS)
+    else:                           # nothing shown yet: the newest rows
+        rows = (await ctx.services.storage.report_logs(filters, None, TAIL_ROWS)).rows
     return JSONResponse({"rows": [_json(ctx, r) for r in rows],
                          "after": rows[0].request_id if rows else after,
                          "full": len(rows) >= TAIL_ROWS})

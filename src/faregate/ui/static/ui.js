@@ -54,6 +54,10 @@
       fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
         .then(function (r) { if (!r.ok) { throw new Error(String(r.status)); } return r.json(); })
         .then(function (data) {
+          if (data.rows.length) {
+            var none = body.querySelector("tr.none");
+            if (none) { body.removeChild(none); }
+          }
           data.rows.slice().reverse().forEach(function (r) {
             var tr = document.createElement("tr");
             var first = cell(tr, "");
