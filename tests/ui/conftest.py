@@ -3,7 +3,7 @@ Playwright for Python, against `faregate serve` as a process on SQLite (test_pag
 checks every page over HTTP on Postgres too).
 
 One gateway and one browser per test process (the tests share the database: each creates its
-own keys, with names of its own). Screenshots of the pages go to docs/ui/."""
+own keys, with names of its own). Screenshots: tests/ui/browsing.py's SCREENSHOTS."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Ite
     stop(served.proc)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API runs an event loop on this thread while
+# it is open, and every later test file on this pytest worker that calls asyncio.run() would
+# fail ("cannot be called from a running event loop").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing at /usr/bin/chromium: run scripts/browser.sh "
