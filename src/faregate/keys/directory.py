@@ -15,11 +15,11 @@ gets the documented 503 `database_unavailable`; other keys never wait.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from faregate.admission.payers import payers_of
 from faregate.errors import ServiceUnavailable
+from faregate.keys.shared_reads import SharedReads
 from faregate.records import KeyPayers, KeyRecord
 from faregate.spend.holds import KeyHolds
 from faregate.storage.health import DatabaseHealth, is_outage
@@ -68,8 +68,7 @@ class KeyDirectory:
         self._versions = versions
         self._known: dict[str, _Entry] = {}
         self._unknown: dict[str, float] = {}
-        # The read in progress per token; requests missing on it meanwhile wait for it.
-        self._reading: dict[str, asyncio.Future[_Found]] = {}
+        self._reads: SharedReads[str, _Found] = SharedReads()
 
     @property
     def shared(self) -> bool:
@@ -100,28 +99,7 @@ class KeyDirectory:
         miss_until = self._unknown.get(token)
         if miss_until is not None and miss_until > now:
             return None, "0", None, NO_VERSIONS
-        reading = self._reading.get(token)
-        if reading is not None:
-            await asyncio.wait((reading,))
-            if not reading.cancelled():
-                return reading.result()             # the reader's answer, or its error
-            return await self.lookup_payers(token)  # its reader was cancelled: read again
-        reading = asyncio.get_running_loop().create_future()
-        self._reading[token] = reading
-        try:
-            found = await self._read(token, hit, now)
-        except asyncio.CancelledError:
-            reading.cancel()
-            raise
-        except BaseException as exc:
-            reading.set_exception(exc)
-            reading.exception()                     # retrieved: no "never retrieved" log
-            raise
-        finally:
-            if self._reading.get(token) is reading:
-                del self._reading[token]
-        reading.set_result(found)
-        return found
+        return await self._reads.read(token, lambda: self._read(token, hit, now))
 
     async def _read(self, token: str, hit: _Entry | None, now: float) -> _Found:
         """The key's row (and payers) from the database into the cache; `hit`: the expired
@@ -196,7 +174,7 @@ class KeyDirectory:
         """This process changed the key: drop the entry (with its version) and let the next
         request read the row again; without Redis, keep the new record at once."""
         self._unknown.pop(record.token, None)
-        self._reading.pop(record.token, None)
+        self._reads.forget(record.token)
         if self._versions is not None or self._payers is not None:
             # (with payers: the team, budget ... are read with the row, so read them again)
             self._known.pop(record.token, None)
@@ -207,7 +185,7 @@ class KeyDirectory:
     def forget(self, token: str) -> None:
         self._known.pop(token, None)
         self._unknown.pop(token, None)
-        self._reading.pop(token, None)      # a read begun before the change is not shared
+        self._reads.forget(token)
 
     def forget_payer(self, scope: str) -> None:
         """An admin changed a payer above keys (a user, team, member or organization):

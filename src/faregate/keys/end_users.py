@@ -8,11 +8,11 @@ admin's change made elsewhere (a block, a new budget) is picked up, and the tabl
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from faregate.errors import ServiceUnavailable
+from faregate.keys.shared_reads import SharedReads
 from faregate.records import BudgetRecord, EndUserRecord, with_budget_terms
 from faregate.storage.health import is_outage
 
@@ -38,9 +38,7 @@ class EndUsers:
         self._default_budget_id = default_budget_id
         self._versions = versions
         self._known: dict[str, tuple[EndUserRecord, str, float]] = {}
-        # The read in progress per end user: requests missing on it meanwhile share it (an
-        # expiry under load otherwise sent each request in flight to get_or_create, a write).
-        self._reading: dict[str, asyncio.Future[tuple[EndUserRecord, str]]] = {}
+        self._reads: SharedReads[str, tuple[EndUserRecord, str]] = SharedReads()
 
     async def get(self, end_user_id: str) -> tuple[EndUserRecord, str]:
         """The end user (its null terms filled from its named budget), created if new, and
@@ -49,27 +47,7 @@ class EndUsers:
         hit = self._known.get(end_user_id)
         if hit is not None and hit[2] > now:
             return hit[0], hit[1]
-        reading = self._reading.get(end_user_id)
-        if reading is not None:
-            await asyncio.wait((reading,))
-            if not reading.cancelled():
-                return reading.result()
-            return await self.get(end_user_id)     # its reader was cancelled: read again
-        reading = self._reading[end_user_id] = asyncio.get_running_loop().create_future()
-        try:
-            found = await self._get(end_user_id, hit, now)
-        except asyncio.CancelledError:
-            reading.cancel()
-            raise
-        except BaseException as exc:
-            reading.set_exception(exc)
-            reading.exception()                    # retrieved: no "never retrieved" log
-            raise
-        finally:
-            if self._reading.get(end_user_id) is reading:
-                del self._reading[end_user_id]
-        reading.set_result(found)
-        return found
+        return await self._reads.read(end_user_id, lambda: self._get(end_user_id, hit, now))
 
     async def _get(self, end_user_id: str, hit: tuple[EndUserRecord, str, float] | None,
                    now: float) -> tuple[EndUserRecord, str]:
@@ -102,7 +80,7 @@ class EndUsers:
 
     def forget(self, end_user_id: str) -> None:
         self._known.pop(end_user_id, None)
-        self._reading.pop(end_user_id, None)
+        self._reads.forget(end_user_id)
 
     def forget_payer(self, scope: str) -> None:
         """An admin changed the payer: if it is an end user, read it again on next use."""
