@@ -7,13 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
-
-import pytest
-from support import free_port, stop, wait_for_port
 
 from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Demand
@@ -24,19 +19,6 @@ from faregate.records import KeyRecord
 
 KEY = KeyRecord(token="pipelinetest", key_name="sk-...test", max_budget_nanos=1_000_000,
                 max_parallel_requests=3)
-
-
-@pytest.fixture
-def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, proc=proc)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        stop(proc)
 
 
 def admission(url: str) -> RedisAdmission:
