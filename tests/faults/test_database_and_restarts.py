@@ -227,10 +227,14 @@ def test_sigkill_of_one_worker_restarts_it_and_its_replacement_replays_the_rows(
         gw = start(tmp_path, db, [model("qwen-local", fault_mock)],
                    {"proxy_batch_write_at": 60, "redis_url": redis.url}, args=("--workers", "2"))
         try:
-            async def until_output(text: str, count: int = 1) -> None:
-                async with asyncio.timeout(30):
-                    while gw.output().count(text) < count:
-                        await asyncio.sleep(0.1)
+            async def until_output(text: str, count: int = 1, within_s: float = 30) -> None:
+                try:
+                    async with asyncio.timeout(within_s):
+                        while gw.output().count(text) < count:
+                            await asyncio.sleep(0.1)
+                except TimeoutError:
+                    raise AssertionError(f"{text!r} not logged in {within_s} s:\n"
+                                         f"{gw.output()}") from None
 
             asyncio.run(until_output("faregate: listening on", 2))     # both workers up
             time.sleep(WORKER_MIN_LIFE_S)          # old enough to be restarted, not given up
@@ -249,7 +253,8 @@ def test_sigkill_of_one_worker_restarts_it_and_its_replacement_replays_the_rows(
                 return await task
 
             load = asyncio.run(scenario())
-            asyncio.run(until_output("replaying"))      # the replacement adopted the rows
+            # The replacement adopted the rows (it starts in seconds, more on a loaded box).
+            asyncio.run(until_output("replaying", within_s=90))
             gw.proc.send_signal(signal.SIGTERM)
             code = gw.proc.wait(60)
         finally:
