@@ -28,10 +28,9 @@ from faregate.keys.admin import NOT_SUPPORTED_YET, KeyAdmin, KeySettings, check_
 from faregate.keys.tokens import token_of
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
 from faregate.storage.protocols import AdminStore
+from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
 
 log = logging.getLogger("faregate.admin")
-INT32_MAX = 2**31 - 1      # limits are INTEGER columns
-MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column (9.2e18)
 
 
 class KeyFields(BaseModel):

@@ -13,9 +13,8 @@ from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
 from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
+from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
 
-INT32_MAX = 2**31 - 1       # limits are INTEGER columns
-MAX_BUDGET_DOLLARS = 1e9    # in nano-dollars it must fit a BIGINT column
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 # LiteLLM's budget fields faregate does not implement, and why

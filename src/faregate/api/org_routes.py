@@ -16,9 +16,8 @@ from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
 from faregate.storage.protocols import PageAfter
+from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
 
-INT32_MAX = 2**31 - 1
-MAX_BUDGET_DOLLARS = 1e9
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 Role = Literal["org_admin", "internal_user", "internal_user_viewer"]
 

@@ -20,8 +20,8 @@ from faregate.errors import InvalidRequest
 from faregate.keys.tokens import token_of
 from faregate.money import nanos_to_dollars
 from faregate.storage.protocols import SpendQuery, SpendStore, SpendTotal
+from faregate.wire.storable import INT32_MAX
 
-INT32_MAX = 2**31 - 1
 # A report holds at most this many groups (group x day); past it the caller narrows the range
 # rather than getting a silently cut answer.
 MAX_REPORT_GROUPS = 10_000

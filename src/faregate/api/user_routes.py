@@ -14,9 +14,8 @@ from faregate.api.admin_auth import Access, Roles
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.admin import KeyAdmin
+from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
 
-INT32_MAX = 2**31 - 1      # limits are INTEGER columns
-MAX_BUDGET_DOLLARS = 1e9   # in nano-dollars it must fit a BIGINT column
 Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 

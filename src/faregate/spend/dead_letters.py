@@ -31,10 +31,10 @@ from faregate.records import SpendRow
 from faregate.storage.protocols import SpendStore
 from faregate.storage.rejected_rows import is_rejected_content
 from faregate.storage.schema import spend_logs
+from faregate.wire.storable import INT32_MAX
 
 FILE_NAME = "dead-letters.jsonl"
 DEAD_LETTER_STATUS = "dead_letter"
-_INT32_MAX = 2**31 - 1
 _FIELDS = [f.name for f in fields(SpendRow)]
 _TEXT_COLUMNS = [(name, getattr(spend_logs.c[name].type, "length", None))
                  for name in ("request_id", "api_key", "key_alias", "model", "upstream",
@@ -59,7 +59,7 @@ def storable(row: SpendRow) -> SpendRow:
         if value is not None and name != "status":
             changes[name] = _escaped(value)[:length]
     for name in ("prompt_tokens", "completion_tokens"):
-        changes[name] = min(max(getattr(row, name), 0), _INT32_MAX)
+        changes[name] = min(max(getattr(row, name), 0), INT32_MAX)
     return replace(row, **changes)
 
 
@@ -78,7 +78,7 @@ def looks_unstorable(row: SpendRow) -> bool:
                 value.encode("utf-8")
             except UnicodeEncodeError:
                 return True
-    return not (0 <= row.prompt_tokens <= _INT32_MAX and 0 <= row.completion_tokens <= _INT32_MAX)
+    return not (0 <= row.prompt_tokens <= INT32_MAX and 0 <= row.completion_tokens <= INT32_MAX)
 
 
 def _escaped(text: str) -> str:

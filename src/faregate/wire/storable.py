@@ -28,6 +28,8 @@ from faregate.wire.json_limits import MAX_JSON_DEPTH, too_deep
 
 MAX_STORED_JSON_BYTES = 64 * 1024   # one stored JSON document, as written
 LEDGER_UPSTREAM_CHARS = 512         # faregate_spend_logs.upstream: "<api_base>#<model>"
+INT32_MAX = 2**31 - 1               # a limit (rpm, tpm, parallel, page): INTEGER columns
+MAX_BUDGET_DOLLARS = 1e9            # in nano-dollars a budget must fit a BIGINT (9.2e18)
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1   # what orjson writes: int64 and uint64
 _MAX_SHOWN_NAME = 64                # a field name longer than this is cut in messages
 _MAX_SHOWN_PATH = 256               # and a path to a field
