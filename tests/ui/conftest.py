@@ -2,8 +2,8 @@
 Playwright for Python, against `faregate serve` as a process on SQLite (test_pages_backends.py
 checks every page over HTTP on Postgres too).
 
-One gateway and one browser per test process (the tests share the database: each creates its
-own keys, with names of its own). Screenshots: tests/ui/browsing.py's SCREENSHOTS."""
+One gateway and one browser per test module (a module's tests share the database: each creates
+its own keys, with names of its own). Screenshots: tests/ui/browsing.py's SCREENSHOTS."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ EXPECTED_REFUSAL = re.compile(r"^Failed to load resource: the server responded w
                               r"of 4\d\d ")
 
 
-@pytest.fixture(scope="session")
+# Per module: the journey's overview counts today's requests, so no other file's calls may land
+# in its database (two UI files can share a pytest worker).
+@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, mock_upstream: str) -> Iterator[str]:
     """`faregate serve` on a fresh SQLite database; yields its base URL."""
     tmp = tmp_path_factory.mktemp("ui")
