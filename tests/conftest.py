@@ -61,7 +61,8 @@ async def truncate_pg(url: str) -> None:
         await conn.execute(
             "TRUNCATE faregate_keys, faregate_spend_logs, faregate_models, faregate_budgets, "
             "faregate_users, faregate_teams, faregate_team_members, faregate_organizations, "
-            "faregate_organization_members, faregate_end_users, faregate_spend_rollup")
+            "faregate_organization_members, faregate_end_users, faregate_spend_rollup, "
+            "faregate_spend_rollup_hour")
     finally:
         await conn.close()
 

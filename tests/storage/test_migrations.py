@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import warnings
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ async def test_migrations_produce_the_reference_schema(fresh_url: str) -> None:
         "faregate_keys", "faregate_spend_logs", "faregate_models", "faregate_replicas",
         "faregate_budgets", "faregate_users", "faregate_organizations",
         "faregate_organization_members", "faregate_teams", "faregate_team_members",
-        "faregate_end_users", "faregate_spend_rollup"}
+        "faregate_end_users", "faregate_spend_rollup", "faregate_spend_rollup_hour"}
     for table in want:
         assert got[table] == want[table], table
     # the reference is not trivially empty: the checks above compare something
@@ -269,3 +270,33 @@ async def test_upgrade_with_duplicate_emails_keeps_the_oldest_holder(fresh_url: 
         warnings.filterwarnings("ignore", "Skipped unsupported reflection of expression")
         with pytest.raises(IntegrityError):
             await on(fresh_url, insert_twin)
+
+
+async def test_hour_rollup_downgrades_and_upgrades_again(fresh_url: str) -> None:
+    """0010 goes down to 0009 (table, triggers and function gone: a row still writes) and up
+    again, its backfill then equal to the 15-minute rollup's hours."""
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+    store = SqlStorage.from_url(fresh_url)
+    at = datetime(2026, 1, 1, 10, 40, tzinfo=UTC)
+    row = SpendRow("r1", "k" * 64, None, "m", "u", "chat_completion", 1, 2, 30, at, at,
+                   "success")
+    try:
+        await store.write_spend([row])
+    finally:
+        await store.close()
+    await asyncio.to_thread(command.downgrade, migrate._config(fresh_url), "0009")
+    assert "faregate_spend_rollup_hour" not in await on(fresh_url, reflect)
+    store = SqlStorage.from_url(fresh_url)
+    try:
+        await store.write_spend([replace(row, request_id="r2")])
+    finally:
+        await store.close()
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+
+    def hours(conn: Connection) -> list[Any]:
+        return conn.exec_driver_sql(
+            "SELECT level, id, spend_nanos, requests FROM faregate_spend_rollup_hour "
+            "ORDER BY level, id").all()
+
+    assert [tuple(r) for r in await on(fresh_url, hours)] == [("all", "", 60, 2),
+                                                              ("model", "m", 60, 2)]

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic import command
@@ -20,8 +21,15 @@ from faregate.records import KeyRecord, SpendRow, TeamRecord, UserRecord
 from faregate.storage import migrate
 from faregate.storage.database import SqlStorage, create_engine
 from faregate.storage.protocols import ReportStore, Storage
-from faregate.storage.reports import Cursor, KeyFilters, LogFilters, Totals
-from faregate.storage.schema import spend_logs, spend_rollup
+from faregate.storage.reports import (
+    HOURLY_LEVELS,
+    Cursor,
+    KeyFilters,
+    LogFilters,
+    Totals,
+    local_midnight,
+)
+from faregate.storage.schema import spend_logs, spend_rollup, spend_rollup_hour
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -65,12 +73,14 @@ async def rollup_equals_ledger(store: SqlStorage) -> None:
             else:
                 want = {tuple(r) for r in await conn.execute(
                     select(column, *sums).where(column.is_not(None)).group_by(column))}
-            r = spend_rollup.c
-            got = {tuple(x) for x in await conn.execute(
-                select(r.id, func.sum(r.spend_nanos), func.sum(r.requests),
-                       func.sum(r.prompt_tokens)).where(r.level == level).group_by(r.id)
-                .having(func.sum(r.requests) != 0))}
-            assert got == want, level
+            tables = [spend_rollup] + ([spend_rollup_hour] if level in HOURLY_LEVELS else [])
+            for table in tables:
+                r = table.c
+                got = {tuple(x) for x in await conn.execute(
+                    select(r.id, func.sum(r.spend_nanos), func.sum(r.requests),
+                           func.sum(r.prompt_tokens)).where(r.level == level).group_by(r.id)
+                    .having(func.sum(r.requests) != 0))}
+                assert got == want, (table.name, level)
 
 
 def test_sql_storage_is_a_report_store(tmp_path: Path) -> None:
@@ -196,6 +206,75 @@ async def test_overview(storage: SqlStorage) -> None:
     assert view.top_teams == []                             # rows named no team
     # the ledger made the end user its row named
     assert [(e.id, e.spend_nanos) for e in view.top_end_users] == [("e1", 10)]
+
+
+ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")    # +00 -05 +05:30 +05:45
+
+
+def spread_rows(n: int, first: datetime) -> list[SpendRow]:
+    """Rows at irregular minutes over ~10 days, three models, some failures."""
+    return [row(f"z{i}", 1, first + timedelta(minutes=53 * i + i % 7, seconds=i % 60),
+                spend=1_000 + 37 * i, model=f"m{i % 3}",
+                status="failure" if i % 11 == 0 else "success") for i in range(n)]
+
+
+def want_buckets(rows: list[SpendRow], start: datetime, end: datetime, tz: str,
+                 bucket: str, by_model: bool) -> dict[tuple[datetime, str | None], int]:
+    """The ledger's own sums per bucket of the zone (SUM over the rows, in Python)."""
+    zone = ZoneInfo(tz)
+    out: dict[tuple[datetime, str | None], int] = {}
+    for r in rows:
+        if not start <= r.start_time < end:
+            continue
+        local = r.start_time.astimezone(zone)
+        if bucket == "day":
+            at = datetime(local.year, local.month, local.day, tzinfo=zone)
+        else:   # the zone's hour: the wall-clock hour, kept apart across a DST change
+            at = (local - timedelta(minutes=local.minute, seconds=local.second,
+                                    microseconds=local.microsecond))
+        place = (at.astimezone(UTC), r.model if by_model else None)
+        out[place] = out.get(place, 0) + r.spend_nanos
+    return out
+
+
+@pytest.mark.parametrize("tz", ZONES)
+async def test_usage_and_overview_equal_the_ledger_in_every_zone(storage: SqlStorage,
+                                                                 tz: str) -> None:
+    """Whole hours come from the hourly rollup, the hours a zone's day or hour cuts from the
+    15-minute one: either way each bucket is the SUM of its ledger rows."""
+    await storage.insert_keys([key(1)])
+    rows = spread_rows(300, T0)
+    await storage.write_spend(rows)
+    await rollup_equals_ledger(storage)
+    start = T0 + timedelta(hours=5, minutes=45)                 # not on a whole hour
+    end = T0 + timedelta(days=9, hours=7, minutes=15)
+    for bucket, span in (("day", (start, end)), ("hour", (start, start + timedelta(days=2)))):
+        for by_model in (False, True):
+            points = await storage.report_usage(*span, bucket, tz,    # type: ignore[arg-type]
+                                                "model" if by_model else None)
+            got: dict[tuple[datetime, str | None], int] = {}
+            for p in points:
+                place = (p.start.astimezone(UTC), p.group)
+                got[place] = got.get(place, 0) + p.totals.spend_nanos
+            assert got == want_buckets(rows, *span, tz, bucket, by_model), (bucket, by_model)
+            assert sum(p.totals.requests for p in points) == sum(
+                1 for r in rows if span[0] <= r.start_time < span[1])
+    now = T0 + timedelta(days=10, hours=3, minutes=20)
+    view = await storage.report_overview(now, tz)
+    zone = ZoneInfo(tz)
+    for days, totals in ((1, view.today), (7, view.last_7_days), (30, view.last_30_days)):
+        since = local_midnight(now, zone, days - 1)
+        inside = [r for r in rows if since <= r.start_time < now]
+        assert totals == Totals(sum(r.spend_nanos for r in inside), len(inside),
+                                sum(r.status != "success" for r in inside),
+                                3 * len(inside), 5 * len(inside)), days
+    daily = {(d.day, d.model): d.spend_nanos for d in view.daily_by_model}
+    want_daily: dict[tuple[date, str], int] = {}
+    for r in rows:
+        if local_midnight(now, zone, 29) <= r.start_time < now:
+            place = (r.start_time.astimezone(zone).date(), r.model)
+            want_daily[place] = want_daily.get(place, 0) + r.spend_nanos
+    assert daily == want_daily
 
 
 async def test_log_pages_neither_skip_nor_repeat_rows_sharing_a_time(

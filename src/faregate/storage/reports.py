@@ -55,6 +55,7 @@ from faregate.storage.schema import (
     organizations,
     spend_logs,
     spend_rollup,
+    spend_rollup_hour,
     team_members,
     teams,
     users,
@@ -68,6 +69,7 @@ Bucket = Literal["hour", "day"]
 GROUPS = {"key": "key", "team": "team", "user": "user", "customer": "end_user",
           "organization": "org", "model": "model"}
 PayerLevel = Literal["team", "user", "organization", "customer"]
+HOURLY_LEVELS = ("all", "model")        # the levels faregate_spend_rollup_hour also holds
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -297,8 +299,8 @@ def _minus(a: Totals, b: Totals) -> Totals:
                   a.completion_tokens - b.completion_tokens)
 
 
-def _sums() -> list[Any]:
-    r = spend_rollup.c
+def _sums(table: Any = spend_rollup) -> list[Any]:
+    r = table.c
     return [func.sum(r.spend_nanos).label("spend"), func.sum(r.requests).label("requests"),
             func.sum(r.failures).label("failures"), func.sum(r.prompt_tokens).label("prompt"),
             func.sum(r.completion_tokens).label("completion")]
@@ -329,6 +331,61 @@ def _offsets(start: datetime, end: datetime, tz: ZoneInfo) -> list[tuple[datetim
         else:
             moment = ahead
     return spans
+
+
+def _hour_floor(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _cuts(lo: datetime, hi: datetime, bucket: Bucket, tz: ZoneInfo,
+          spans: list[tuple[datetime, int]]) -> list[datetime] | None:
+    """The instants in (lo, hi) where a bucket of the zone starts or its offset changes and
+    that are not whole UTC hours: the hourly rollup cannot be split there. None: every hour
+    is cut (hours of a zone a half or quarter hour from UTC)."""
+    cuts = [at for at, _ in spans[1:]]
+    if any(off % 3600 for _, off in spans):
+        # a day or hour of the zone starts half or a quarter past a UTC hour
+        if bucket == "hour":
+            return None
+        day = lo.astimezone(tz).date()
+        while (midnight := local_midnight(datetime(day.year, day.month, day.day, 12,
+                                                   tzinfo=tz), tz)) < hi:
+            cuts.append(midnight)
+            day += timedelta(days=1)
+    return [c for c in cuts if lo < c < hi and c != _hour_floor(c)]
+
+
+def _split(lo: datetime, hi: datetime, cuts: list[datetime]
+           ) -> tuple[list[tuple[datetime, datetime]], tuple[datetime, datetime, set[datetime]]
+                      | None]:
+    """[lo, hi) as ranges read from the 15-minute rollup and (first hour, end, hours left
+    out) read from the hourly one: whole UTC hours inside [lo, hi) not cut, the rest in
+    quarters. lo and hi are 15-minute instants (UTC)."""
+    first = _hour_floor(lo) + (timedelta(hours=1) if lo != _hour_floor(lo) else timedelta())
+    last = _hour_floor(hi)
+    if first >= last:
+        return [(lo, hi)], None
+    dirty = {_hour_floor(c) for c in cuts if first <= c < last}
+    quarters = [(lo, first)] if lo < first else []
+    quarters += [(h, h + timedelta(hours=1)) for h in sorted(dirty)]
+    if last < hi:
+        quarters.append((last, hi))
+    return quarters, (first, last, dirty)
+
+
+def _within(table: Any, ranges: list[tuple[datetime, datetime]]) -> ColumnElement[bool] | None:
+    if not ranges:
+        return None
+    b = table.c.bucket
+    return or_(*(and_(b >= _bind_time(a), b < _bind_time(z)) for a, z in ranges))
+
+
+def _hours_where(first: datetime, last: datetime, dirty: set[datetime]) -> ColumnElement[bool]:
+    b = spend_rollup_hour.c.bucket
+    where = and_(b >= _bind_time(first), b < _bind_time(last))
+    if dirty:
+        where = and_(where, b.not_in([_bind_time(h) for h in sorted(dirty)]))
+    return where
 
 
 class ReportQueries:
@@ -485,9 +542,39 @@ class ReportQueries:
     async def _series(self, level: str, ids: list[str] | None, lo: datetime, hi: datetime,
                       bucket: Bucket, tz: ZoneInfo, named: bool) -> list[UsagePoint]:
         """The sums of the level's `ids` (None: every id) per bucket of the zone, each id
-        apart if `named`."""
-        r = spend_rollup.c
+        apart if `named`. Levels all and model read whole UTC hours from the hourly rollup
+        where no bucket of the zone starts inside the hour, the rest from the 15-minute one."""
         spans = _offsets(lo, hi, tz)
+        cuts = _cuts(lo, hi, bucket, tz, spans) if level in HOURLY_LEVELS else None
+        quarters, hours = _split(lo, hi, cuts) if cuts is not None else ([(lo, hi)], None)
+        reads = [(spend_rollup, _within(spend_rollup, quarters))]
+        if hours is not None:
+            reads.append((spend_rollup_hour, _hours_where(*hours)))
+        sums: dict[tuple[int, str], Totals] = {}
+        for table, where in reads:
+            if where is None:
+                continue
+            for row in await self._grouped(table, where, level, ids, bucket, spans, named):
+                place = (int(row.label), row.gid if named else "")
+                sums[place] = _plus(sums.get(place, Totals()), _totals(row))
+        out = []
+        wanted = None if ids is None else set(ids)
+        for (label, gid), totals in sorted(sums.items()):
+            if named and wanted is not None and gid not in wanted:
+                continue
+            if bucket == "day":
+                day = date(1970, 1, 1) + timedelta(days=label)
+                at = datetime(day.year, day.month, day.day, tzinfo=tz)
+            else:
+                at = datetime.fromtimestamp(label, UTC).astimezone(tz)
+            out.append(UsagePoint(at, gid if named else None, totals))
+        return out
+
+    async def _grouped(self, table: Any, where: ColumnElement[bool], level: str,
+                       ids: list[str] | None, bucket: Bucket,
+                       spans: list[tuple[datetime, int]], named: bool) -> list[Any]:
+        """One rollup table's rows in `where`, summed per bucket of the zone (and id)."""
+        r = table.c
         # Offsets are written into the statement (ints): the label then reads the same in the
         # SELECT and the GROUP BY, which Postgres needs to see them as one expression.
         offset: Any = literal_column(str(spans[0][1]))
@@ -505,29 +592,16 @@ class ReportQueries:
             columns.append(r.id.label("gid"))
         # by position: the expressions hold bound times, which Postgres would not match
         positions: list[Any] = [literal_column(str(n + 1)) for n in range(len(columns))]
-        where = [r.level == level, r.bucket >= _bind_time(lo), r.bucket < _bind_time(hi)]
         # Payers: their ids' own ranges of the primary key. Models (a few names, each with
         # rows in most buckets) and "all": the level's range of the (level, bucket) index,
-        # which Postgres reads alone; other models' rows are dropped below.
-        by_id = ids is not None and level not in ("model", "all")
-        if by_id:
-            where.append(r.id.in_(ids or []))
-        stmt = (select(*columns, *_sums()).where(*where)
+        # which Postgres reads alone; other models' rows are dropped by the caller.
+        conditions = [r.level == level, where]
+        if ids is not None and level not in HOURLY_LEVELS:
+            conditions.append(r.id.in_(ids or []))
+        stmt = (select(*columns, *_sums(table)).where(*conditions)
                 .group_by(*positions).order_by(*positions))
         async with self.engine.connect() as conn:
-            rows = list(await conn.execute(stmt))
-        out = []
-        wanted = None if ids is None else set(ids)
-        for row in rows:
-            if named and not by_id and wanted is not None and row.gid not in wanted:
-                continue
-            if bucket == "day":
-                day = date(1970, 1, 1) + timedelta(days=int(row.label))
-                at = datetime(day.year, day.month, day.day, tzinfo=tz)
-            else:
-                at = datetime.fromtimestamp(int(row.label), UTC).astimezone(tz)
-            out.append(UsagePoint(at, row.gid if named else None, _totals(row)))
-        return out
+            return list(await conn.execute(stmt))
 
     # logs
 

@@ -103,6 +103,23 @@ spend_rollup = Table(
     sqlite_with_rowid=False,
 )
 
+# The levels all and model per UTC hour (migration 0010): a month of the models is 720 rows
+# per model instead of 2,880, for the overview and usage by model (storage/reports.py).
+spend_rollup_hour = Table(
+    "faregate_spend_rollup_hour", metadata,
+    Column("level", String(16), primary_key=True),
+    Column("id", String(512), primary_key=True),
+    Column("bucket", DateTime(timezone=True), primary_key=True),
+    Column("spend_nanos", BigInteger, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("failures", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Index("ix_spend_rollup_hour_level_bucket", "level", "bucket", "id", "spend_nanos",
+          "requests", "failures", "prompt_tokens", "completion_tokens"),
+    sqlite_with_rowid=False,
+)
+
 models = Table(
     "faregate_models", metadata,
     Column("id", String(64), primary_key=True),
