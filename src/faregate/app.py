@@ -219,7 +219,8 @@ class Faregate:
             await self._lifespan(receive, send)
 
     async def startup(self) -> None:
-        self.upstream.open(pooled_session())    # one pool for every provider's client
+        # One session for every provider's client (plain http: the lean HTTP/1.1 client).
+        self.upstream.open(pooled_session(lean=self.settings.upstream_http_client == "http1"))
         await self.ledger.start()       # replays spend rows a crashed process left on disk
         self.checkpoints.start()
         self.db_health.start()

@@ -194,6 +194,8 @@ class Settings:
     prometheus_multiproc_dir: str | None = None  # --workers: where workers share metrics
     # The budget_id an end user gets when its first request creates it (LiteLLM's name).
     max_end_user_budget_id: str | None = None
+    # "http1": plain-http upstreams through the lean HTTP/1.1 client; "aiohttp": all via aiohttp
+    upstream_http_client: str = "http1"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def models(self) -> list[str]:
@@ -287,6 +289,10 @@ def load(environ: Mapping[str, str], path: str | Path | None) -> Settings:
         prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         max_end_user_budget_id=_optional_text(general.get("max_end_user_budget_id"),
                                               "general_settings.max_end_user_budget_id"),
+        upstream_http_client=_choice(
+            env.get("FAREGATE_UPSTREAM_HTTP_CLIENT")
+            or general.get("upstream_http_client", "http1"), ("http1", "aiohttp"),
+            "FAREGATE_UPSTREAM_HTTP_CLIENT / general_settings.upstream_http_client"),
     )
 
 

@@ -32,8 +32,10 @@ from faregate.providers.anthropic_translate import (
     to_messages_request,
 )
 from faregate.providers.base import (
+    CONNECTION_ERRORS,
     PerDeployment,
     UpstreamReply,
+    UpstreamSession,
     connection_failure,
     sse_blocks,
     upstream_failure,
@@ -60,16 +62,16 @@ def _headers(d: Deployment) -> dict[str, str]:
 
 class AnthropicClient:
     def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamSession | None = None
         self._headers_for = PerDeployment(_headers)
         self._now = now
 
-    def use(self, session: aiohttp.ClientSession) -> None:
+    def use(self, session: UpstreamSession) -> None:
         """Send through `session` (the process's pooled one; its owner closes it)."""
         self._session = session
 
     @property
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> UpstreamSession:
         assert self._session is not None, "AnthropicClient.use(session) was not called"
         return self._session
 
@@ -112,7 +114,7 @@ class AnthropicClient:
                                            resp.headers)
         except TimeoutError:
             raise _timeout(d, d.timeout_s) from None
-        except aiohttp.ClientError as exc:
+        except CONNECTION_ERRORS as exc:
             raise _connection_failure(d, exc) from None
         completion = from_message(read_message(d, resp.status, data), int(self._now()))
         return UpstreamReply(orjson.dumps(completion), completion["usage"])
@@ -154,7 +156,7 @@ class AnthropicClient:
                             return
         except TimeoutError:
             raise _timeout(d, min(d.stream_timeout_s or d.timeout_s, d.timeout_s)) from None
-        except aiohttp.ClientError as exc:
+        except CONNECTION_ERRORS as exc:
             raise _connection_failure(d, exc) from None
         raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' ended the "
                             "stream before message_stop", status=502,

@@ -20,7 +20,13 @@ import orjson
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
 from faregate.providers.anthropic_translate import openai_usage
-from faregate.providers.base import UpstreamReply, sse_blocks, with_retry_after
+from faregate.providers.base import (
+    CONNECTION_ERRORS,
+    UpstreamReply,
+    UpstreamSession,
+    sse_blocks,
+    with_retry_after,
+)
 
 # The events whose payload metering reads; the rest (deltas, pings) pass unparsed.
 _METERED = (b"event: message_start", b"event: message_delta", b"event: message_stop",
@@ -30,7 +36,7 @@ Failure = Callable[[Deployment, int, bytes], UpstreamError]
 Problem = Callable[[Deployment, Exception], UpstreamError]
 
 
-async def send_message(http: aiohttp.ClientSession, d: Deployment, headers: dict[str, str],
+async def send_message(http: UpstreamSession, d: Deployment, headers: dict[str, str],
                        body: bytes, failure: Failure, connection: Problem,
                        timeout: Problem) -> UpstreamReply:
     """POST the Messages body; Anthropic's Message as it came, and its usage (OpenAI-shaped,
@@ -43,7 +49,7 @@ async def send_message(http: aiohttp.ClientSession, d: Deployment, headers: dict
                 raise with_retry_after(failure(d, resp.status, data), resp.headers)
     except TimeoutError as exc:
         raise timeout(d, exc) from None
-    except aiohttp.ClientError as exc:
+    except CONNECTION_ERRORS as exc:
         raise connection(d, exc) from None
     message = read_message(d, resp.status, data)
     return UpstreamReply(data, openai_usage(message.get("usage")))
@@ -63,7 +69,7 @@ def read_message(d: Deployment, status: int, data: bytes) -> dict[str, Any]:
     return message
 
 
-async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: dict[str, str],
+async def stream_message(http: UpstreamSession, d: Deployment, headers: dict[str, str],
                          body: bytes, failure: Failure, connection: Problem,
                          timeout: Problem, error_status: dict[str, int]
                          ) -> AsyncGenerator[bytes, None]:
@@ -108,7 +114,7 @@ async def stream_message(http: aiohttp.ClientSession, d: Deployment, headers: di
                     yield complete
     except TimeoutError as exc:
         raise timeout(d, exc) from None
-    except aiohttp.ClientError as exc:
+    except CONNECTION_ERRORS as exc:
         raise connection(d, exc) from None
     raise UpstreamError(f"The Anthropic upstream for model '{d.model_name}' ended the stream "
                         "before message_stop", status=502, code="upstream_bad_stream",

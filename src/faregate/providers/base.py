@@ -1,8 +1,9 @@
 """What every provider's client shares.
 
 - the interface the gateway calls (`UpstreamClient`, answering `UpstreamReply`);
-- the one pooled HTTP session of the process (`pooled_session`), which the composition root
-  makes and hands to every client;
+- the one pooled HTTP session of the process (`pooled_session`, an `UpstreamSession`), which
+  the composition root makes and hands to every client: plain-http upstreams through the lean
+  HTTP/1.1 client (http1.py), the rest (https, ...) through aiohttp;
 - `PerDeployment`: what a client derives from a deployment (headers holding its credential,
   timeouts), built once per `Deployment` object and never served to another one;
 - `sse_blocks`: a response body cut into blocks of complete server-sent events;
@@ -17,15 +18,19 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
+from faregate.providers.http1 import ConnectFailed, Http1Error, Http1Pool, Target
 
 T = TypeVar("T")
 
@@ -47,20 +52,114 @@ class UpstreamClient(Protocol):
         """Raise InvalidRequest now, before anything is reserved, if `d` cannot take `body`."""
 
 
-def pooled_session() -> aiohttp.ClientSession:
-    """The process's one HTTP session, shared by every provider's client: keep-alive
-    connections to every upstream in one pool. Make it in the running event loop; its owner
-    (ProviderClients) closes it once, at shutdown.
+# What a failed connection raises, whichever client carried the request.
+CONNECTION_ERRORS = (aiohttp.ClientError, Http1Error)
 
-    Answers are decompressed (aiohttp's default). aiohttp asks every upstream for gzip or
-    deflate (Accept-Encoding), and no client relays an upstream's bytes with its
-    Content-Encoding: the OpenAI-compatible client parses the body and frames its events, the
-    Anthropic one translates or meters them, so a compressed answer is of use only
-    decompressed. An answer sent uncompressed (vLLM, llama.cpp, the mocks) is read as it
-    came, byte for byte."""
+
+class Body(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class Answer(Protocol):
+    """An upstream's answer as either client gives it (aiohttp's ClientResponse, http1's
+    Exchange): headers readable in any case."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def content(self) -> Body: ...
+
+    async def read(self) -> bytes: ...
+
+
+class UpstreamSession:
+    """The process's one HTTP session, shared by every provider's client. A URL
+    `http://host[:port]/path` goes through the lean HTTP/1.1 client (http1.Http1Pool);
+    https, credentials in the URL, a path that is not plain ASCII, or `lean=False`
+    (FAREGATE_UPSTREAM_HTTP_CLIENT=aiohttp) go through aiohttp, as every request did before.
+    `post` takes aiohttp's arguments and timeouts for both.
+
+    Compression: the lean client sends no Accept-Encoding (so upstreams answer uncompressed),
+    aiohttp asks for gzip or deflate; both decode a compressed answer. No client relays an
+    upstream's bytes with its Content-Encoding (the OpenAI-compatible client parses the body
+    and frames its events, the Anthropic one translates or meters them), so a compressed
+    answer is of use only decompressed; one sent uncompressed (vLLM, llama.cpp, the mocks) is
+    read as it came, byte for byte."""
+
+    def __init__(self, session: aiohttp.ClientSession, lean: Http1Pool | None) -> None:
+        self.aiohttp = session
+        self.lean = lean
+        self._targets: dict[str, Target | None] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self.aiohttp.closed
+
+    def post(self, url: str, *, data: bytes, headers: Mapping[str, str],
+             timeout: aiohttp.ClientTimeout) -> AbstractAsyncContextManager[Answer]:
+        target = self._targets.get(url, _UNSEEN) if self.lean is not None else None
+        if target is _UNSEEN:
+            target = self._target(url)
+        if target is None or self.lean is None:
+            return self.aiohttp.post(url, data=data, headers=headers, timeout=timeout)
+        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+            raise ValueError("a header name or value holds a line break")
+        head = b"%s%sContent-Length: %d\r\n\r\n" % (target.head, lines.encode(), len(data))
+        connect = timeout.sock_connect if timeout.connect is None else timeout.connect
+        return self.lean.post(target, head, data, timeout.total, timeout.sock_read, connect)
+
+    def _target(self, url: str) -> Target | None:
+        """Where the lean client sends `url`'s requests, or None: aiohttp's to send."""
+        if len(self._targets) >= 1024:      # api_base churn (stored models): stay bounded
+            self._targets.clear()
+        self._targets[url] = target = _lean_target(url)
+        return target
+
+    async def close(self) -> None:
+        if self.lean is not None:
+            await self.lean.close()
+        await self.aiohttp.close()
+
+    async def __aenter__(self) -> UpstreamSession:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+_UNSEEN = Target("", 0, b"")
+
+
+def _lean_target(url: str) -> Target | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 80
+    except ValueError:
+        return None
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if parts.scheme != "http" or not parts.hostname or "@" in parts.netloc \
+            or not (path.isascii() and path.isprintable() and parts.netloc.isascii()) \
+            or " " in path:
+        return None
+    return Target(parts.hostname, port,
+                  f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n".encode())
+
+
+def pooled_session(lean: bool = True) -> UpstreamSession:
+    """The process's one HTTP session (UpstreamSession): keep-alive connections to every
+    upstream, plain-http ones in the lean client's pool (unless `lean` is False), the rest in
+    aiohttp's. Make it in the running event loop; its owner (ProviderClients) closes it once,
+    at shutdown."""
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
                                      ttl_dns_cache=60)
-    return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+    session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+    return UpstreamSession(session, Http1Pool(keepalive_s=30) if lean else None)
 
 
 class PerDeployment(Generic[T]):
@@ -177,7 +276,7 @@ def _upstream_message(data: bytes) -> str:
 def connection_failure(d: Deployment, exc: Exception, upstream: str = "the upstream"
                        ) -> UpstreamError:
     """A connection that failed (retryable): `upstream` names the provider in the message."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, (aiohttp.ClientConnectorError, ConnectFailed)):
         # Never connected (refused, no route, DNS): nothing reached the upstream.
         return UpstreamError(f"Cannot reach {upstream} for model '{d.model_name}' at "
                              f"{d.shown_base}: {type(exc).__name__}", status=502,

@@ -7,27 +7,25 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Protocol
 
-import aiohttp
-
 from faregate.config import Deployment
-from faregate.providers.base import UpstreamClient, UpstreamReply
+from faregate.providers.base import UpstreamClient, UpstreamReply, UpstreamSession
 
 
 class _Client(UpstreamClient, Protocol):
-    def use(self, session: aiohttp.ClientSession) -> None: ...
+    def use(self, session: UpstreamSession) -> None: ...
 
 
 class ProviderClients:
     def __init__(self, clients: Mapping[str, _Client], default: str = "openai") -> None:
         self._clients = dict(clients)
         self._default = self._clients[default]
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamSession | None = None
 
     def client(self, d: Deployment) -> UpstreamClient:
         """The client for `d`'s provider ("openai" serves every OpenAI-compatible server)."""
         return self._clients.get(d.provider, self._default)
 
-    def open(self, session: aiohttp.ClientSession) -> None:
+    def open(self, session: UpstreamSession) -> None:
         """Send every provider's requests through `session` (base.pooled_session), which this
         object then owns: `close` closes it."""
         self._session = session

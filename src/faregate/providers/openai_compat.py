@@ -1,4 +1,5 @@
-"""Any OpenAI-compatible upstream (vLLM, an inference gateway, OpenAI) over the pooled session.
+"""Any OpenAI-compatible upstream (vLLM, an inference gateway, OpenAI) over the pooled session
+(UpstreamSession: plain http through the lean HTTP/1.1 client, https through aiohttp).
 
 The body goes out as the bytes the gateway hands over; responses come back as bytes. Failures
 become UpstreamError (base.py says how). A 2xx whose body is not a JSON object is a failure too
@@ -17,8 +18,10 @@ import orjson
 from faregate.config import Deployment
 from faregate.errors import UpstreamError
 from faregate.providers.base import (
+    CONNECTION_ERRORS,
     PerDeployment,
     UpstreamReply,
+    UpstreamSession,
     connection_failure,
     sse_blocks,
     upstream_failure,
@@ -41,10 +44,10 @@ def _prepared(d: Deployment) -> Prepared:
 
 class OpenAICompatible:
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._session: UpstreamSession | None = None
         self._prepared = PerDeployment(_prepared)
 
-    def use(self, session: aiohttp.ClientSession) -> None:
+    def use(self, session: UpstreamSession) -> None:
         """Send through `session` (the process's pooled one; its owner closes it)."""
         self._session = session
 
@@ -52,7 +55,7 @@ class OpenAICompatible:
         """Nothing to check: the body goes to the upstream as it is."""
 
     @property
-    def _http(self) -> aiohttp.ClientSession:
+    def _http(self) -> UpstreamSession:
         assert self._session is not None, "OpenAICompatible.use(session) was not called"
         return self._session
 
@@ -67,7 +70,7 @@ class OpenAICompatible:
                     raise with_retry_after(upstream_failure(d, resp.status, data), resp.headers)
         except TimeoutError:        # first: aiohttp's read timeouts are ClientErrors too
             raise upstream_timeout(d, d.timeout_s, "timeout") from None
-        except aiohttp.ClientError as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_failure(d, exc) from None
         try:
             parsed = orjson.loads(data)
@@ -99,5 +102,5 @@ class OpenAICompatible:
                 raise upstream_timeout(d, min(d.stream_timeout_s, d.timeout_s),
                                        "stream_timeout or timeout") from None
             raise upstream_timeout(d, d.timeout_s, "timeout") from None
-        except aiohttp.ClientError as exc:
+        except CONNECTION_ERRORS as exc:
             raise connection_failure(d, exc) from None

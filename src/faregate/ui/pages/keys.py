@@ -30,7 +30,7 @@ EDITABLE = ("key_alias", "models", "max_budget", "budget_duration", "tpm_limit",
 async def list_keys(ctx: Ctx) -> Response:
     q, team, user, state = (ctx.param("q"), ctx.param("team_id"), ctx.param("user_id"),
                             ctx.param("state"))
-    after = reads.cursor_from(ctx.param("after"))
+    after = reads.key_cursor_from(ctx.param("after"))
     page = await reads.key_page(ctx.services, q, team or None, user or None, state, after,
                                 PAGE_SIZE)
     rows = [(row.key, reads.budget_bar(ctx.services, row.key), row.last_used)

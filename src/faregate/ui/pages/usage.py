@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from faregate.errors import InvalidRequest
 from faregate.money import NANOS_PER_DOLLAR
-from faregate.storage.reports import Bucket
+from faregate.storage.reports import Bucket, Totals, UsagePoint
 from faregate.ui import reads
 from faregate.ui.charts import stacked_bars
 from faregate.ui.render import dollars, number
@@ -23,6 +23,7 @@ from faregate.ui.site import Ctx, PageRoute
 MAX_DAYS = {"day": 366, "hour": 14}     # at most 366 day bars, 336 hour bars
 GROUPS = list(reads.GROUPS.items())
 CSV_GROUPS = 1000                       # the CSV names up to this many groups; the rest "other"
+CSV_PAGE = 200                          # groups read (and written) at a time
 
 
 @dataclass(frozen=True)
@@ -85,25 +86,74 @@ async def usage(ctx: Ctx) -> Response:
 
 
 async def usage_csv(ctx: Ctx) -> Response:
+    """Streamed: the header row goes out at once, then the named groups a page of
+    CSV_PAGE at a time (each group's buckets, dearest group first), then "other"."""
     query = UsageQuery.of(ctx)
     span = reads.Range.of_days(query.first, query.last, ctx.tz)
-    points = await reads.usage_points(ctx.services, span, query.bucket, query.group,
-                                      CSV_GROUPS)
-    names = await _names(ctx, query.group, sorted({p.group for p in points if p.group}))
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([f"{query.bucket}_start", query.group, "name", "spend_usd", "spend_nanos",
-                     "requests", "failures", "prompt_tokens", "completion_tokens"])
-    for p in points:
-        t = p.totals
-        group = p.group or ""
-        writer.writerow([p.start.isoformat(), group,
-                         _cell(names.get(group, group) if p.group else "other"),
-                         f"{t.spend_nanos / NANOS_PER_DOLLAR:.9f}", t.spend_nanos, t.requests,
-                         t.failures, t.prompt_tokens, t.completion_tokens])
     filename = f"faregate-usage-{query.group}-{query.first}-{query.last}.csv"
-    return Response(out.getvalue(), media_type="text/csv; charset=utf-8",
-                    headers={"content-disposition": f'attachment; filename="{filename}"'})
+    return StreamingResponse(_csv_lines(ctx, query, span), media_type="text/csv; charset=utf-8",
+                             headers={"content-disposition":
+                                      f'attachment; filename="{filename}"'})
+
+
+async def _csv_lines(ctx: Ctx, query: UsageQuery, span: reads.Range) -> AsyncIterator[str]:
+    yield _line([f"{query.bucket}_start", query.group, "name", "spend_usd", "spend_nanos",
+                 "requests", "failures", "prompt_tokens", "completion_tokens"])
+    storage = ctx.services.storage
+    if query.group == "model":      # a few names: one read of the models' buckets
+        points = await reads.usage_points(ctx.services, span, query.bucket, query.group,
+                                          CSV_GROUPS)
+        yield "".join(_row(p, p.group or "") for p in _by_group(points))
+        return
+    ranked = [p.id for p in await storage.report_top_payers(query.group, CSV_GROUPS)]
+    named: dict[datetime, Totals] = {}
+    for at in range(0, len(ranked), CSV_PAGE):
+        ids = ranked[at:at + CSV_PAGE]
+        points = await storage.report_usage_of(span.start, span.end, query.bucket,
+                                               span.zone.key, query.group, ids)
+        names = await _names(ctx, query.group, ids)
+        order = {ident: n for n, ident in enumerate(ids)}
+        points.sort(key=lambda p: (order[p.group or ""], p.start))
+        for p in points:
+            named[p.start] = _plus(named.get(p.start, Totals()), p.totals)
+        yield "".join(_row(p, names.get(p.group or "", p.group or "")) for p in points)
+    rest = []
+    for p in await reads.usage_points(ctx.services, span, query.bucket, None):
+        left = _minus(p.totals, named.get(p.start, Totals()))
+        if left.requests or left.spend_nanos:
+            rest.append(UsagePoint(p.start, None, left))
+    yield "".join(_row(p, "other") for p in rest)
+
+
+def _by_group(points: Sequence[UsagePoint]) -> list[UsagePoint]:
+    """Each group's buckets together, the dearest group first, "other" last."""
+    rank = {group: n for n, (group, _) in enumerate(reads.group_totals(points))}
+    return sorted(points, key=lambda p: (rank[p.group], p.start))
+
+
+def _row(p: UsagePoint, name: str) -> str:
+    t = p.totals
+    return _line([p.start.isoformat(), p.group or "", _cell(name) if p.group else "other",
+                  f"{t.spend_nanos / NANOS_PER_DOLLAR:.9f}", t.spend_nanos, t.requests,
+                  t.failures, t.prompt_tokens, t.completion_tokens])
+
+
+def _line(cells: Sequence[object]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(cells)
+    return out.getvalue()
+
+
+def _plus(a: Totals, b: Totals) -> Totals:
+    return Totals(*(x + y for x, y in zip(_fields(a), _fields(b), strict=True)))
+
+
+def _minus(a: Totals, b: Totals) -> Totals:
+    return Totals(*(x - y for x, y in zip(_fields(a), _fields(b), strict=True)))
+
+
+def _fields(t: Totals) -> tuple[int, int, int, int, int]:
+    return (t.spend_nanos, t.requests, t.failures, t.prompt_tokens, t.completion_tokens)
 
 
 def _cell(text: str) -> str:
