@@ -26,6 +26,7 @@ from faregate.storage.reports import (
     Cursor,
     KeyFilters,
     LogFilters,
+    SearchCursor,
     Totals,
     local_midnight,
 )
@@ -336,7 +337,7 @@ async def test_keys_page(storage: SqlStorage) -> None:
         page = await storage.report_keys(KeyFilters(**filters), limit=20)
         return [r.key.key_alias or "" for r in page.rows]
 
-    assert await found(search="alias-") == [f"alias-{n}" for n in (5, 4, 3, 2, 1)]
+    assert await found(search="alias-") == [f"alias-{n}" for n in (1, 2, 3, 4, 5)]
     assert await found(search="alias-3") == ["alias-3"]
     assert await found(search="x_7%") == ["x_7%"]        # LIKE's wildcards are plain text
     assert await found(search="x%") == []
@@ -346,6 +347,42 @@ async def test_keys_page(storage: SqlStorage) -> None:
     assert await found(blocked=True) == ["alias-4"]
     assert await found(team_id="t1", search="alias-3") == ["alias-3"]
     assert await found(search="alias-\U0010ffff") == []    # the last code point: no error
+
+
+async def test_key_search_pages_in_alias_then_token_order(storage: SqlStorage) -> None:
+    """A search reads pages of its matches in alias order (code points, so 'B' < 'a' < 'é'),
+    then the keys only their token matches, by token; no page skips or repeats a key."""
+    aliases = {1: "a~3", 2: "aB", 3: "a", 4: "aé", 5: "a_", 6: "b", 7: None, 8: "ab"}
+    await storage.insert_keys([key(n, key_alias=a) for n, a in aliases.items()]
+                              + [key(0xa0 + n, key_alias=f"z{n}") for n in range(3)])
+    # "a" is hex: the aliases from "a", then tokens from "a" (0xa0... here: none start so)
+    want_alias = ["a", "aB", "a_", "ab", "a~3", "aé"]
+    for limit in (1, 2, 4, 6, 7, 50):
+        seen: list[str | None] = []
+        after: Cursor | SearchCursor | None = None
+        while True:
+            page = await storage.report_keys(KeyFilters(search="a"), after, limit)
+            seen += [r.key.key_alias for r in page.rows]
+            assert len(page.rows) <= limit
+            if page.next is None:
+                break
+            after = page.next
+        assert seen == want_alias, limit
+    # a prefix of tokens (64 hex digits, zero-padded: "00" matches every token here)
+    tokens = sorted(token(n) for n in [*aliases, 0xa0, 0xa1, 0xa2])
+    for limit in (1, 3, 50):
+        seen_tokens: list[str] = []
+        after = None
+        while True:
+            page = await storage.report_keys(KeyFilters(search="00"), after, limit)
+            seen_tokens += [r.key.token for r in page.rows]
+            if page.next is None:
+                break
+            after = page.next
+        assert seen_tokens == tokens, limit
+    # both: "a" as alias prefix first, then the keys whose token starts "0...0a" and alias not
+    both = await storage.report_keys(KeyFilters(search="0" * 62 + "a"), None, 50)
+    assert [r.key.key_alias for r in both.rows] == ["z0", "z1", "z2"]
 
 
 async def test_payer_lists(storage: SqlStorage) -> None:

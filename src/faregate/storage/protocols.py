@@ -41,6 +41,7 @@ if TYPE_CHECKING:      # reports.py reads keys through hierarchy.py, which impor
         PayerPage,
         PayerSpend,
         Ranked,
+        SearchCursor,
         Totals,
         UsagePoint,
     )
@@ -342,12 +343,17 @@ class ReportStore(Protocol):
     async def report_usage(self, start: datetime, end: datetime, bucket: Bucket = "day",
                            tz_name: str = "UTC", group: str | None = None, top: int = 10,
                            only: str | None = None) -> list[UsagePoint]: ...
+    async def report_usage_of(self, start: datetime, end: datetime, bucket: Bucket,
+                              tz_name: str, group: str,
+                              ids: Sequence[str]) -> list[UsagePoint]: ...
+    async def report_key_names(self, tokens: Sequence[str]) -> dict[str, str]: ...
     async def report_logs(self, filters: LogFilters | None = None, after: Cursor | None = None,
                           limit: int = 50) -> LogPage: ...
     async def report_logs_newer(self, request_id: str, filters: LogFilters | None = None,
                                 limit: int = 50) -> list[LogRow]: ...
     async def report_log(self, request_id: str) -> LogRow | None: ...
-    async def report_keys(self, filters: KeyFilters | None = None, after: Cursor | None = None,
+    async def report_keys(self, filters: KeyFilters | None = None,
+                          after: Cursor | SearchCursor | None = None,
                           limit: int = 50) -> KeyPage: ...
     async def report_payers(self, level: PayerLevel, after: Cursor | None = None,
                             limit: int = 50,

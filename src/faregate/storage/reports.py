@@ -23,6 +23,7 @@ SqlStorage mixes ReportQueries in; the composition root's storage object is the 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -210,6 +211,15 @@ class KeyFilters:
 
 
 @dataclass(frozen=True)
+class SearchCursor:
+    """Where a key search's page goes on: after this alias (the keys whose alias matches,
+    in code point order), or after this token (then those matched by their token)."""
+
+    by: Literal["alias", "token"]
+    after: str
+
+
+@dataclass(frozen=True)
 class KeyRow:
     key: KeyRecord
     last_used: datetime | None          # the start of its newest ledger row
@@ -218,7 +228,7 @@ class KeyRow:
 @dataclass(frozen=True)
 class KeyPage:
     rows: list[KeyRow]
-    next: Cursor | None
+    next: Cursor | SearchCursor | None          # SearchCursor: the pages of a search
 
 
 @dataclass(frozen=True)
@@ -539,6 +549,32 @@ class ReportQueries:
         points.sort(key=lambda p: (p.start, p.group is None, p.group or ""))
         return points
 
+    async def report_usage_of(self, start: datetime, end: datetime, bucket: Bucket,
+                              tz_name: str, group: str, ids: Sequence[str]) -> list[UsagePoint]:
+        """As report_usage with `group`, for the named `ids` only (no "other"): the usage
+        CSV's pages of groups."""
+        if bucket not in ("hour", "day") or group not in GROUPS:
+            raise ValueError(f"no usage of {group!r} by {bucket!r}")
+        if len(ids) > MAX_GROUPS:
+            raise ValueError(f"at most {MAX_GROUPS} ids")
+        if not ids:
+            return []
+        return await self._series(GROUPS[group], list(ids), _floor(start), _ceil(end), bucket,
+                                  zone(tz_name), named=True)
+
+    async def report_key_names(self, tokens: Sequence[str]) -> dict[str, str]:
+        """Each key's alias, else its display name (sk-...abcd), by token; one read per
+        MAX_GROUPS tokens. Tokens of deleted keys are left out."""
+        k = keys.c
+        out: dict[str, str] = {}
+        async with self.engine.connect() as conn:
+            for at in range(0, len(tokens), MAX_GROUPS):
+                chunk = list(tokens[at:at + MAX_GROUPS])
+                for row in await conn.execute(select(k.token, k.key_alias, k.key_name)
+                                              .where(k.token.in_(chunk))):
+                    out[row.token] = row.key_alias or row.key_name
+        return out
+
     async def _series(self, level: str, ids: list[str] | None, lo: datetime, hi: datetime,
                       bucket: Bucket, tz: ZoneInfo, named: bool) -> list[UsagePoint]:
         """The sums of the level's `ids` (None: every id) per bucket of the zone, each id
@@ -647,23 +683,25 @@ class ReportQueries:
     # keys
 
     async def report_keys(self, filters: KeyFilters | None = None,
-                          after: Cursor | None = None, limit: int = 50) -> KeyPage:
-        """Keys, newest first (created_at, then token, descending), with their last use. A
-        search matches a prefix of the alias (case-sensitive) or, when it is hex, of the
-        token; filters are equalities (team, user, blocked)."""
+                          after: Cursor | SearchCursor | None = None,
+                          limit: int = 50) -> KeyPage:
+        """Keys, newest first (created_at, then token, descending), with their last use;
+        filters are equalities (team, user, blocked). A search matches a prefix of the alias
+        (case-sensitive) or, when it is hex, of the token, and lists in alias order (code
+        points) the keys whose alias matches, then by token the others whose token does:
+        each an index range read from `after` for `limit` rows, however many match."""
         _check_limit(limit)
         filters = filters or KeyFilters()
         k = keys.c
-        last_used = (select(func.max(spend_logs.c.start_time))
-                     .where(spend_logs.c.api_key == k.token).scalar_subquery())
-        stmt: Select[Any] = select(keys, last_used.label("last_used"))
+        base: Select[Any] = select(keys, self._last_used().label("last_used"))
         for name in ("team_id", "user_id", "blocked"):
             value = getattr(filters, name)
             if value is not None:
-                stmt = stmt.where(k[name] == value)
+                base = base.where(k[name] == value)
         if filters.search:
-            stmt = stmt.where(self._key_search(filters.search))
-        if after is not None:
+            return await self._key_search(base, filters.search, after, limit)
+        stmt = base
+        if isinstance(after, Cursor):
             stmt = stmt.where(*_before(k.created_at, k.token, after))
         stmt = stmt.order_by(k.created_at.desc(), k.token.desc()).limit(limit + 1)
         async with self.engine.connect() as conn:
@@ -676,19 +714,50 @@ class ReportQueries:
             nxt = Cursor(last.created_at, last.token)
         return KeyPage(out, nxt)
 
-    def _key_search(self, text: str) -> ColumnElement[bool]:
+    def _last_used(self) -> Any:
+        return (select(func.max(spend_logs.c.start_time))
+                .where(spend_logs.c.api_key == keys.c.token).scalar_subquery())
+
+    async def _key_search(self, base: Select[Any], text: str,
+                          after: Cursor | SearchCursor | None, limit: int) -> KeyPage:
+        k = keys.c
+        postgres = self.engine.dialect.name == "postgresql"
+        hexed = text.lower() if _HEX.fullmatch(text.lower()) else None
+        position = after if isinstance(after, SearchCursor) else None
+        rows: list[tuple[str, Any]] = []
+        async with self.engine.connect() as conn:
+            if position is None or position.by == "alias":
+                stmt = base.where(self._alias_prefix(text))
+                if position is not None:
+                    stmt = stmt.where(_after_alias(k.key_alias, position.after, postgres))
+                order: Any = (literal_column("faregate_keys.key_alias USING ~<~") if postgres
+                              else k.key_alias)
+                stmt = stmt.order_by(order).limit(limit + 1)
+                rows += [("alias", r) for r in await conn.execute(stmt)]
+            if hexed is not None and len(rows) <= limit:
+                stmt = base.where(_prefix_range(k.token, hexed),
+                                  or_(k.key_alias.is_(None), ~self._alias_prefix(text)))
+                if position is not None and position.by == "token":
+                    stmt = stmt.where(k.token > position.after)
+                stmt = stmt.order_by(k.token).limit(limit + 1 - len(rows))
+                rows += [("token", r) for r in await conn.execute(stmt)]
+        out = [KeyRow(key_from_mapping(r._mapping), _utc(r.last_used)) for _, r in rows[:limit]]
+        nxt = None
+        if len(rows) > limit:
+            by, last = rows[limit - 1]
+            nxt = SearchCursor("alias" if by == "alias" else "token",
+                               last.key_alias if by == "alias" else last.token)
+        return KeyPage(out, nxt)
+
+    def _alias_prefix(self, text: str) -> ColumnElement[bool]:
         k = keys.c
         if self.engine.dialect.name == "postgresql":
-            # LIKE 'p%' on a text_pattern_ops index, whatever the database's collation
+            # LIKE 'p%' on the text_pattern_ops index (code point order, whatever the
+            # database's collation): the range and the order the search pages read
             escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            alias: ColumnElement[bool] = k.key_alias.like(escaped + "%", escape="\\")
-        else:
-            # SQLite's LIKE ignores case and skips the index: a range on the binary order
-            alias = _prefix_range(k.key_alias, text)
-        lowered = text.lower()
-        if _HEX.fullmatch(lowered):
-            return or_(alias, _prefix_range(k.token, lowered))
-        return alias
+            return k.key_alias.like(escaped + "%", escape="\\")
+        # SQLite's LIKE ignores case and skips the index: a range on the binary order
+        return _prefix_range(k.key_alias, text)
 
     # payers above keys
 
@@ -761,6 +830,16 @@ def _before(at_column: Any, id_column: Any, cursor: Cursor) -> list[ColumnElemen
     the time lets every backend seek the index to the cursor rather than scan to it."""
     at = _bind_time(cursor.at)
     return [at_column <= at, tuple_(at_column, id_column) < tuple_(literal(at), literal(cursor.id))]
+
+
+def _after_alias(column: Any, alias: str, postgres: bool) -> ColumnElement[bool]:
+    """Aliases past `alias` in code point order (Postgres: the text_pattern_ops operator,
+    which its index reads; SQLite's BINARY order is the same)."""
+    if postgres:
+        after: ColumnElement[bool] = column.op("~>~", is_comparison=True)(alias)
+    else:
+        after = column > alias
+    return after
 
 
 def _check_limit(limit: int) -> None:

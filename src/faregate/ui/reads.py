@@ -12,7 +12,15 @@ from zoneinfo import ZoneInfo
 from faregate.admission.demand import key_scope
 from faregate.keys.tokens import PREFIX, token_of
 from faregate.records import KeyRecord
-from faregate.storage.reports import Bucket, Cursor, KeyFilters, KeyPage, Totals, UsagePoint
+from faregate.storage.reports import (
+    Bucket,
+    Cursor,
+    KeyFilters,
+    KeyPage,
+    SearchCursor,
+    Totals,
+    UsagePoint,
+)
 from faregate.ui.charts import OTHER, BudgetBar
 from faregate.ui.site import UiServices
 
@@ -60,18 +68,19 @@ def budget_bar(services: UiServices, key: KeyRecord) -> BudgetBar:
 
 
 async def key_names(services: UiServices, tokens: Sequence[str]) -> dict[str, str]:
-    """Each key's alias (else its display name), for tables and charts by key."""
-    out = {}
-    for token in tokens:            # a few (a chart's groups); SQLite answers one at a time
-        key = await services.storage.get_key(token)
-        out[token] = (key.key_alias or key.key_name) if key else f"(deleted) {token[:8]}…"
-    return out
+    """Each key's alias (else its display name), for tables and charts by key: one read."""
+    found = await services.storage.report_key_names(tokens)
+    return {token: found.get(token, f"(deleted) {token[:8]}…") for token in tokens}
 
 
 # keyset positions, as one opaque query value
 
-def cursor_text(cursor: Cursor | None) -> str | None:
-    return None if cursor is None else f"{cursor.at.isoformat()}~{cursor.id}"
+def cursor_text(cursor: Cursor | SearchCursor | None) -> str | None:
+    if cursor is None:
+        return None
+    if isinstance(cursor, SearchCursor):
+        return f"{cursor.by}~{cursor.after}"
+    return f"{cursor.at.isoformat()}~{cursor.id}"
 
 
 def cursor_from(text: str) -> Cursor | None:
@@ -86,8 +95,16 @@ def cursor_from(text: str) -> Cursor | None:
     return Cursor(moment if moment.tzinfo else moment.replace(tzinfo=UTC), ident)
 
 
+def key_cursor_from(text: str) -> Cursor | SearchCursor | None:
+    """The keys page's `?after=`: a time and token, or a search's alias or token."""
+    by, sep, value = text.partition("~")
+    if sep and value and by in ("alias", "token"):
+        return SearchCursor("alias" if by == "alias" else "token", value)
+    return cursor_from(text)
+
+
 async def key_page(services: UiServices, search: str, team_id: str | None,
-                   user_id: str | None, state: str, after: Cursor | None,
+                   user_id: str | None, state: str, after: Cursor | SearchCursor | None,
                    limit: int) -> KeyPage:
     """A page of keys, newest first; `search`: a prefix of the alias or of the hash, or a
     whole key (sk-...), which finds that key by its hash."""
