@@ -101,3 +101,45 @@ async def test_a_change_reaches_every_payer_naming_the_budget(
     info: list[dict[str, Any]] = await ok(gateway, "POST", "/budget/info",
                                           json={"budgets": ["tier"]})
     assert info[0]["max_budget"] == 7 and info[0]["budget_duration"] == "1d"
+
+
+# Every body that takes budget_duration, as a valid call: (path, body without the term).
+DURATION_BODIES: list[tuple[str, dict[str, Any]]] = [
+    ("/key/generate", {}),
+    ("/user/new", {}),
+    ("/team/new", {}),
+    ("/organization/new", {"organization_alias": "O"}),
+    ("/customer/new", {"user_id": "c-{n}"}),
+    ("/budget/new", {}),
+]
+# Not durations, each refused: units LiteLLM does not know, nothing, zero, not text, longer
+# than the stored column (32 characters) though it would read as one day.
+NOT_DURATIONS: list[Any] = ["1x", "fortnight", "weekly", "", "0d", "30", "d", 30, 1.5, [],
+                            "0" * 31 + "1d", " " * 31 + "1d", "1d" + " " * 31, "x" * 100_000]
+
+
+async def test_budget_duration_is_one_rule_on_every_body(gateway: RunningGateway) -> None:
+    """Every payer's body refuses the same durations with the same 400 (message, param,
+    code) and takes LiteLLM's forms: 30s, 30m, 30h, 30d, 1w, 1mo."""
+    n = 0
+
+    def body(template: dict[str, Any], duration: Any) -> dict[str, Any]:
+        nonlocal n
+        n += 1
+        return {k: v.format(n=n) if isinstance(v, str) else v for k, v in template.items()
+                } | {"budget_duration": duration}
+
+    for value in NOT_DURATIONS:
+        refusals = {}
+        for path, template in DURATION_BODIES:
+            refused = await error(gateway, 400, "POST", path, json=body(template, value))
+            refusals[path] = (refused["message"], refused.get("param"), refused.get("code"))
+        assert len(set(refusals.values())) == 1, (value, refusals)
+        message, param, _ = refusals["/budget/new"]
+        assert param == "budget_duration", (value, message)
+        assert len(message) < 300, message
+    for value in ("30s", "30m", "30h", "30d", "1w", "1mo", "0" * 30 + "1d"):
+        for path, template in DURATION_BODIES:
+            made = await ok(gateway, "POST", path, json=body(template, value))
+            shown = made.get("budget_duration", made.get("data", made).get("budget_duration"))
+            assert shown == value, (path, made)

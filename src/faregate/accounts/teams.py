@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from faregate.accounts.changes import PayerChanges
-from faregate.accounts.terms import TERM_FIELDS, iso, record_terms, spend_view, terms_view
+from faregate.accounts.terms import Terms, iso, record_terms, spend_view, terms_view
 from faregate.accounts.users import DeleteKeys, UserAdmin, all_pages
 from faregate.errors import InvalidRequest, NotFound
 from faregate.money import dollars_to_nanos, nanos_to_dollars
@@ -28,14 +28,10 @@ _PAGE = 1000
 
 
 @dataclass(frozen=True)
-class TeamSettings:
-    """The settable fields of a team, in LiteLLM's names; None = not given."""
+class TeamSettings(Terms):
+    """The settable fields of a team, its terms and the rest, in LiteLLM's names; None =
+    not given."""
 
-    max_budget: float | None = None
-    budget_duration: str | None = None
-    tpm_limit: int | None = None
-    rpm_limit: int | None = None
-    max_parallel_requests: int | None = None
     team_alias: str | None = None
     models: list[str] | None = None
     metadata: dict[str, Any] | None = None
@@ -224,7 +220,7 @@ class TeamAdmin:
 
     async def _changes(self, s: TeamSettings, given: set[str],
                        now: datetime) -> dict[str, Any]:
-        out = record_terms({n: getattr(s, n) for n in TERM_FIELDS if n in given}, now)
+        out = record_terms(s.given_terms(given), now)
         if "team_alias" in given:
             out["team_alias"] = s.team_alias
         if "models" in given:

@@ -1,26 +1,47 @@
-"""The budget terms every payer above a key takes, in LiteLLM's names (max_budget in dollars,
-budget_duration, tpm_limit, rpm_limit, max_parallel_requests), turned into record fields; and
-the one rule for LiteLLM fields faregate does not implement: a 400 naming the field."""
+"""The budget terms every payer takes, in LiteLLM's names (max_budget in dollars,
+budget_duration, tpm_limit, rpm_limit, max_parallel_requests): declared once (`Terms`, which
+every payer's settings extend), checked by one rule each, turned into record fields; and the
+one rule for LiteLLM fields faregate does not implement: a 400 naming the field."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from faregate.admission import periods
 from faregate.errors import InvalidRequest
 from faregate.money import dollars_to_nanos, nanos_to_dollars
+from faregate.wire.storable import BUDGET_DURATION_CHARS, INT32_MAX
 
-TERM_FIELDS = ("max_budget", "budget_duration", "tpm_limit", "rpm_limit",
-               "max_parallel_requests")
 # values LiteLLM's UI and SDKs send as defaults: they ask for nothing
 _NOTHING: tuple[Any, ...] = (None, [], {}, False, "")
 
 
+@dataclass(frozen=True)
+class Terms:
+    """A payer's budget terms as an admin sets them (UserSettings, TeamSettings and
+    KeySettings extend it); None = not given, or given as none."""
+
+    max_budget: float | None = None
+    budget_duration: str | None = None
+    tpm_limit: int | None = None
+    rpm_limit: int | None = None
+    max_parallel_requests: int | None = None
+
+    def given_terms(self, given: Collection[str]) -> dict[str, Any]:
+        """The terms named in `given`, by name (for record_terms)."""
+        return {name: getattr(self, name) for name in TERM_FIELDS if name in given}
+
+
+TERM_FIELDS = tuple(f.name for f in fields(Terms))
+
+
 def record_terms(given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The record fields for the terms in `given` (only those present): max_budget ->
-    max_budget_nanos; budget_duration -> budget_duration and its first period's end."""
+    max_budget_nanos; budget_duration -> budget_duration and its first period's end; a limit
+    as it is (an integer column: 0 to INT32_MAX)."""
     out: dict[str, Any] = {}
     for name, value in given.items():
         if name == "max_budget":
@@ -30,20 +51,32 @@ def record_terms(given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
             except ValueError as exc:
                 raise InvalidRequest(str(exc), param="max_budget") from None
         elif name == "budget_duration":
-            out["budget_duration"] = duration(value)
-            out["budget_reset_at"] = None if value is None else periods.add(now, value)
+            period = out["budget_duration"] = duration(value)
+            out["budget_reset_at"] = None if period is None else periods.add(now, period)
         elif name in TERM_FIELDS:
+            if value is not None and not 0 <= value <= INT32_MAX:
+                raise InvalidRequest(f"'{name}' must be a whole number from 0 to {INT32_MAX}",
+                                     param=name)
             out[name] = value
     return out
 
 
-def duration(value: str | None) -> str | None:
+def duration(value: object) -> str | None:
+    """The one budget_duration rule, for every payer and every body: null (no period), or
+    LiteLLM's <number><unit> (s, m, h, d, w, mo: periods.validate) in at most
+    BUDGET_DURATION_CHARS characters, the width of the column it is stored in. Anything else
+    is a 400 naming budget_duration."""
     if value is None:
         return None
-    try:
-        return periods.validate(value)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="budget_duration") from None
+    if isinstance(value, str) and len(value) <= BUDGET_DURATION_CHARS:
+        try:
+            return periods.validate(value)
+        except ValueError as exc:
+            message = str(exc)
+    else:
+        message = (f"budget_duration must be text of at most {BUDGET_DURATION_CHARS} "
+                   "characters; use e.g. 30s, 30m, 1h, 1d, 1w or 1mo")
+    raise InvalidRequest(message, param="budget_duration")
 
 
 def terms_view(record: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from faregate.accounts.changes import PayerChanges
-from faregate.accounts.terms import TERM_FIELDS, iso, record_terms, spend_view, terms_view
+from faregate.accounts.terms import Terms, iso, record_terms, spend_view, terms_view
 from faregate.errors import InvalidRequest, NotFound
 from faregate.records import KeyRecord, MemberRecord, TeamRecord, UserRecord
 from faregate.storage.protocols import (
@@ -33,14 +33,10 @@ DeleteKeys = Callable[[list[str]], Awaitable[list[str]]]
 
 
 @dataclass(frozen=True)
-class UserSettings:
-    """The settable fields of a user, in LiteLLM's names; None = not given."""
+class UserSettings(Terms):
+    """The settable fields of a user, its terms and the rest, in LiteLLM's names; None =
+    not given."""
 
-    max_budget: float | None = None
-    budget_duration: str | None = None
-    tpm_limit: int | None = None
-    rpm_limit: int | None = None
-    max_parallel_requests: int | None = None
     user_email: str | None = None
     user_alias: str | None = None
     user_role: str | None = None
@@ -207,7 +203,7 @@ class UserAdmin:
 
     async def _changes(self, s: UserSettings, given: set[str],
                        now: datetime) -> dict[str, Any]:
-        out = record_terms({n: getattr(s, n) for n in TERM_FIELDS if n in given}, now)
+        out = record_terms(s.given_terms(given), now)
         if "user_role" in given:
             if s.user_role not in USER_ROLES:
                 raise InvalidRequest(f"user_role must be one of {list(USER_ROLES)}",

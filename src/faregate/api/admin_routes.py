@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
 from faregate.api.admin_auth import Access, Roles
+from faregate.api.admin_fields import Dollars, Limit, TermFields
 from faregate.api.openapi import publish_openapi
 from faregate.api.storable_input import StorableInput
 from faregate.errors import (
@@ -28,30 +29,23 @@ from faregate.keys.admin import NOT_SUPPORTED_YET, KeyAdmin, KeySettings, check_
 from faregate.keys.tokens import token_of
 from faregate.storage.health import OUTAGE_ERRORS, is_outage
 from faregate.storage.protocols import AdminStore
-from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
+from faregate.wire.storable import INT32_MAX
 
 log = logging.getLogger("faregate.admin")
 
 
-class KeyFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class KeyFields(TermFields):
     models: list[str] | None = None
-    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
-    budget_duration: str | None = None
     duration: str | None = None
     key_alias: str | None = Field(default=None, max_length=256)
     metadata: dict[str, Any] | None = None
-    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    model_rpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
-    model_tpm_limit: dict[str, Annotated[int, Field(ge=0, le=INT32_MAX)]] | None = None
+    model_rpm_limit: dict[str, Limit] | None = None
+    model_tpm_limit: dict[str, Limit] | None = None
     aliases: dict[Annotated[str, Field(max_length=256)],
                   Annotated[str, Field(max_length=256)]] | None = Field(default=None,
                                                                          max_length=100)
     blocked: bool | None = None
-    soft_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
+    soft_budget: Dollars | None = None
     tags: list[Annotated[str, Field(max_length=256)]] | None = Field(default=None,
                                                                    max_length=100)
     key_type: str | None = None             # accepted values only (check_supported)

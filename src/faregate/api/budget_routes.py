@@ -7,15 +7,12 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.budgets import BudgetAdmin
-from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
 from faregate.api.admin_auth import Access, Roles
+from faregate.api.admin_fields import Id, TermFields, Unsupported
 from faregate.api.storable_input import StorableInput
-from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
-
-Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 # LiteLLM's budget fields faregate does not implement, and why
 NOT_SUPPORTED: dict[str, str] = {
@@ -26,26 +23,8 @@ NOT_SUPPORTED: dict[str, str] = {
 }
 
 
-class BudgetTerms(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
-    budget_duration: str | None = Field(default=None, max_length=64)
-    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _supported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            refuse_unsupported(data, NOT_SUPPORTED)
-            return {k: v for k, v in data.items() if k not in NOT_SUPPORTED}
-        return data
-
-    def terms(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in TERM_FIELDS
-                if name in self.model_fields_set}
+class BudgetTerms(TermFields, Unsupported):
+    unsupported = NOT_SUPPORTED
 
 
 class NewBudget(BudgetTerms):

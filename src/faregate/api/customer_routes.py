@@ -7,17 +7,14 @@ No `from __future__ import annotations` here: FastAPI reads the dependency annot
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.customers import CustomerAdmin
-from faregate.accounts.terms import TERM_FIELDS, refuse_unsupported
 from faregate.api.admin_auth import Access, Roles
+from faregate.api.admin_fields import Id, TermFields, Unsupported
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
 from faregate.storage.protocols import PageAfter
-from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
-
-Id = Annotated[str, Field(min_length=1, max_length=256)]
 
 # LiteLLM's customer fields faregate does not implement, and why
 NOT_SUPPORTED: dict[str, str] = {
@@ -31,30 +28,18 @@ NOT_SUPPORTED: dict[str, str] = {
 }
 
 
-class CustomerFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CustomerFields(TermFields, Unsupported):
+    unsupported = NOT_SUPPORTED
 
     alias: str | None = Field(default=None, max_length=256)
     blocked: bool | None = None
     budget_id: Id | None = None
     metadata: dict[str, Any] | None = None
-    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
-    budget_duration: str | None = Field(default=None, max_length=64)
-    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _supported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            refuse_unsupported(data, NOT_SUPPORTED)
-            return {k: v for k, v in data.items() if k not in NOT_SUPPORTED}
-        return data
 
     def fields(self) -> dict[str, Any]:
-        names = {*TERM_FIELDS, "alias", "blocked", "budget_id", "metadata"}
-        return {n: getattr(self, n) for n in self.model_fields_set if n in names}
+        names = {"alias", "blocked", "budget_id", "metadata"}
+        return {**self.terms(),
+                **{n: getattr(self, n) for n in self.model_fields_set if n in names}}
 
 
 class CustomerRef(CustomerFields):

@@ -12,13 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faregate.accounts.teams import NewMember, TeamAdmin, TeamSettings, member_view, team_view
 from faregate.api.admin_auth import Access, Roles
+from faregate.api.admin_fields import Dollars, Id, TermFields
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest
 from faregate.keys.admin import KeyAdmin
-from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
-
-Id = Annotated[str, Field(min_length=1, max_length=256)]
-Dollars = Annotated[float, Field(ge=0, le=MAX_BUDGET_DOLLARS)]
 
 
 class Member(BaseModel):
@@ -33,16 +30,9 @@ class Member(BaseModel):
         return NewMember(self.user_id, self.user_email, self.role)
 
 
-class TeamFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TeamFields(TermFields):
     team_alias: str | None = Field(default=None, max_length=256)
     models: list[Annotated[str, Field(max_length=256)]] | None = None
-    max_budget: Dollars | None = None
-    budget_duration: str | None = None
-    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metadata: dict[str, Any] | None = None
     organization_id: str | None = Field(default=None, max_length=256)
     blocked: bool | None = None

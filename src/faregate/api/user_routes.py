@@ -11,26 +11,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from faregate.accounts.teams import member_view, team_view
 from faregate.accounts.users import UserAdmin, UserFilters, UserSettings, user_view
 from faregate.api.admin_auth import Access, Roles
+from faregate.api.admin_fields import Id, TermFields
 from faregate.api.storable_input import StorableInput
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.admin import KeyAdmin
-from faregate.wire.storable import INT32_MAX, MAX_BUDGET_DOLLARS
-
-Id = Annotated[str, Field(min_length=1, max_length=256)]
+from faregate.wire.storable import INT32_MAX
 
 
-class UserFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class UserFields(TermFields):
     user_email: str | None = Field(default=None, max_length=256)
     user_alias: str | None = Field(default=None, max_length=256)
     user_role: str | None = None
-    max_budget: float | None = Field(default=None, ge=0, le=MAX_BUDGET_DOLLARS)
-    budget_duration: str | None = None
     models: list[Annotated[str, Field(max_length=256)]] | None = None
-    tpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    rpm_limit: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_parallel_requests: int | None = Field(default=None, ge=0, le=INT32_MAX)
     metadata: dict[str, Any] | None = None
     budget_id: str | None = Field(default=None, max_length=256)
 

@@ -12,13 +12,14 @@ from datetime import datetime
 from typing import Any
 
 from faregate.accounts.key_owners import KeyOwners
+from faregate.accounts.terms import Terms, record_terms
 from faregate.admission import periods
 from faregate.admission.demand import Admission, key_scope
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.auth import SPECIAL_MODEL_NAMES
 from faregate.keys.directory import KeyDirectory
 from faregate.keys.tokens import MAX_KEY_CHARS, PREFIX, display_name, hash_key, new_key
-from faregate.money import dollars_to_nanos, nanos_to_dollars
+from faregate.money import nanos_to_dollars
 from faregate.records import KeyRecord
 from faregate.storage.protocols import DuplicateAlias, KeyStore
 from faregate.wire.storable import check_stored_size
@@ -30,18 +31,14 @@ _JSON_COLUMNS = frozenset({"models", "metadata", "model_rpm_limit", "model_tpm_l
 
 
 @dataclass(frozen=True)
-class KeySettings:
-    """The settable fields of a key, in LiteLLM's names; None = not given."""
+class KeySettings(Terms):
+    """The settable fields of a key, its terms and the rest, in LiteLLM's names; None = not
+    given."""
 
     models: list[str] | None = None
-    max_budget: float | None = None
-    budget_duration: str | None = None
     duration: str | None = None
     key_alias: str | None = None
     metadata: dict[str, Any] | None = None
-    tpm_limit: int | None = None
-    rpm_limit: int | None = None
-    max_parallel_requests: int | None = None
     model_rpm_limit: dict[str, int] | None = None
     model_tpm_limit: dict[str, int] | None = None
     aliases: dict[str, str] | None = None
@@ -280,7 +277,7 @@ class KeyAdmin:
                  metadata: dict[str, Any] | None = None) -> dict[str, Any]:
         """The record's changes from the fields `given`; `metadata`: the key's stored one (an
         update), whose tags and soft_budget survive a new metadata that leaves them out."""
-        out: dict[str, Any] = {}
+        out = record_terms(s.given_terms(given), now)
         if "models" in given:
             models = s.models or []
             known = set(self._models())
@@ -290,26 +287,9 @@ class KeyAdmin:
                 raise InvalidRequest(f"Unknown model(s) {unknown}; this gateway serves "
                                      f"{sorted(known)}", param="models")
             out["models"] = tuple(models)
-        if "max_budget" in given:
-            try:
-                out["max_budget_nanos"] = None if s.max_budget is None else dollars_to_nanos(
-                    s.max_budget, "max_budget")
-            except ValueError as exc:
-                raise InvalidRequest(str(exc), param="max_budget") from None
-        if "budget_duration" in given:
-            budget_duration = self._duration(s.budget_duration, "budget_duration")
-            out["budget_duration"] = budget_duration
-            out["budget_reset_at"] = None if budget_duration is None \
-                else periods.add(now, budget_duration)
         if "duration" in given:
             duration = self._duration(s.duration, "duration")
             out["expires"] = None if duration is None else periods.add(now, duration)
-        for name in ("tpm_limit", "rpm_limit", "max_parallel_requests"):
-            if name in given:
-                value = getattr(s, name)
-                if value is not None and value < 0:
-                    raise InvalidRequest(f"'{name}' must be >= 0", param=name)
-                out[name] = value
         for name in ("model_rpm_limit", "model_tpm_limit"):
             if name in given:
                 limits = getattr(s, name) or {}

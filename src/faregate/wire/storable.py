@@ -10,7 +10,8 @@ cannot write). Unstorable are:
   infinity and would be written back as `null`), integers past 64 bits (orjson's writer);
 - nesting past `MAX_JSON_DEPTH` (orjson's writer);
 - a stored JSON document (key metadata, a model's litellm_params...) past
-  `MAX_STORED_JSON_BYTES`, and text past its column's width (`LEDGER_UPSTREAM_CHARS`).
+  `MAX_STORED_JSON_BYTES`, and text past its column's width (`LEDGER_UPSTREAM_CHARS`,
+  `BUDGET_DURATION_CHARS`).
 
 The checks walk the value once, iteratively (a hostile body may nest deeper than Python's
 recursion limit). Documented in docs/admin-api.md ("What is refused").
@@ -28,6 +29,7 @@ from faregate.wire.json_limits import MAX_JSON_DEPTH, too_deep
 
 MAX_STORED_JSON_BYTES = 64 * 1024   # one stored JSON document, as written
 LEDGER_UPSTREAM_CHARS = 512         # faregate_spend_logs.upstream: "<api_base>#<model>"
+BUDGET_DURATION_CHARS = 32          # every payer's budget_duration column: VARCHAR(32)
 INT32_MAX = 2**31 - 1               # a limit (rpm, tpm, parallel, page): INTEGER columns
 MAX_BUDGET_DOLLARS = 1e9            # in nano-dollars a budget must fit a BIGINT (9.2e18)
 INT_MIN, INT_MAX = -(2**63), 2**64 - 1   # what orjson writes: int64 and uint64
