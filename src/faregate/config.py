@@ -38,6 +38,8 @@ DEFAULT_PROMPT_OVERHEAD_TOKENS = 64
 DEFAULT_PER_MESSAGE_OVERHEAD_TOKENS = 8
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 ANTHROPIC_API_BASE = "https://api.anthropic.com"
+# The width of every stored model name: the ledger's `model`, the models table's `model_name`.
+MODEL_NAME_CHARS = 256
 MIN_SALT_KEY_CHARS = 16
 
 
@@ -447,6 +449,7 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     name = entry.get("model_name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.model_name must be a non-empty string")
+    _check_model_name(name, where)
     where = f"{where} ({name})"
     params = _mapping(entry.get("litellm_params"), f"{where}.litellm_params")
     info = _mapping(entry.get("model_info"), f"{where}.model_info")
@@ -529,6 +532,24 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
         health_check_model=_health_check_model(info.get("health_check_model"),
                                                f"{where}.model_info"),
     )
+
+
+def _check_model_name(name: str, where: str) -> None:
+    """A model_name is stored (every ledger row's `model`, the models table): the rule the
+    admin API applies to what it stores (wire/storable.py), here at start-up. The name is not
+    echoed: it is what is wrong."""
+    if len(name) > MODEL_NAME_CHARS:
+        raise ConfigError(f"{where}.model_name is {len(name)} characters long; at most "
+                          f"{MODEL_NAME_CHARS} are stored with every request: shorten it")
+    if "\x00" in name:
+        raise ConfigError(f"{where}.model_name contains a NUL character (U+0000), which the "
+                          "database cannot store; remove it")
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:
+        raise ConfigError(f"{where}.model_name contains a lone surrogate "
+                          f"(U+{ord(name[exc.start]):04X}), which is not valid Unicode text; "
+                          "write the name as UTF-8 text") from None
 
 
 def _access_groups(value: Any, where: str) -> tuple[str, ...]:

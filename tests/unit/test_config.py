@@ -222,6 +222,25 @@ def test_model_entry_errors(tmp_path: Path) -> None:
             load(env(tmp_path, FAREGATE_MASTER_KEY=MASTER), write(tmp_path, text))
 
 
+def test_model_names_are_held_to_the_storable_rule(tmp_path: Path) -> None:
+    """A model_name is stored (every ledger row's model, VARCHAR(256)): one the database
+    could not store is a start-up error naming the entry, never a failed ledger write."""
+    def named(name: str) -> str:
+        return model_config().replace("model_name: m\n", f"model_name: {name}\n")
+
+    cases = {
+        '"qwen\\0local"': r"model_list\[0\]\.model_name contains a NUL character",
+        '"qwen\\ud800"': r"model_list\[0\]\.model_name contains a lone surrogate \(U\+D800\)",
+        "x" * 257: r"model_list\[0\]\.model_name is 257 characters long; at most 256",
+    }
+    for name, pattern in cases.items():
+        with pytest.raises(ConfigError, match=pattern) as info:
+            load(env(tmp_path, FAREGATE_MASTER_KEY=MASTER), write(tmp_path, named(name)))
+        assert "x" * 257 not in str(info.value)     # the name is not echoed whole
+    longest = load(env(tmp_path, FAREGATE_MASTER_KEY=MASTER), write(tmp_path, named("y" * 256)))
+    assert longest.deployments[0].model_name == "y" * 256
+
+
 def test_second_model_is_named_in_errors(tmp_path: Path) -> None:
     text = model_config() + (
         "  - model_name: second\n"
