@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
 import orjson
 import pytest
+import uvloop
 from support import mock_upstream_process
 
 from faregate.config import Deployment
@@ -508,3 +510,19 @@ async def test_a_line_break_in_a_header_is_refused() -> None:
         with pytest.raises(ValueError):
             session.post("http://127.0.0.1:9/v1", data=b"", headers={"x": "a\r\nb: c"},
                          timeout=aiohttp.ClientTimeout(total=1))
+
+
+# the same on uvloop, which `faregate serve` runs on (its transports are not asyncio's classes)
+
+
+UVLOOP_CASES = [f for name, f in list(globals().items()) if name.startswith("test_")
+                and inspect.iscoroutinefunction(f) and not inspect.signature(f).parameters]
+
+
+@pytest.mark.parametrize("case", UVLOOP_CASES, ids=lambda f: f.__name__.removeprefix("test_"))
+def test_on_uvloop(case: Callable[[], Awaitable[None]]) -> None:
+    uvloop.run(case())      # type: ignore[arg-type]
+
+
+def test_on_uvloop_through_the_mock(mock_base: str) -> None:
+    uvloop.run(test_chat_and_stream_through_the_mock_on_one_kept_connection(mock_base))
