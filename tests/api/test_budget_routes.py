@@ -120,7 +120,8 @@ NOT_DURATIONS: list[Any] = ["1x", "fortnight", "weekly", "", "0d", "30", "d", 30
 
 async def test_budget_duration_is_one_rule_on_every_body(gateway: RunningGateway) -> None:
     """Every payer's body refuses the same durations with the same 400 (message, param,
-    code) and takes LiteLLM's forms: 30s, 30m, 30h, 30d, 1w, 1mo."""
+    code) and takes LiteLLM's forms: 30s, 30m, 30h, 30d, 1w, 1mo; the other terms' bounds
+    are refused alike too."""
     n = 0
 
     def body(template: dict[str, Any], duration: Any) -> dict[str, Any]:
@@ -138,6 +139,15 @@ async def test_budget_duration_is_one_rule_on_every_body(gateway: RunningGateway
         message, param, _ = refusals["/budget/new"]
         assert param == "budget_duration", (value, message)
         assert len(message) < 300, message
+    for term, value in (("max_budget", -1), ("max_budget", 1e10), ("max_budget", "x"),
+                        ("tpm_limit", -1), ("rpm_limit", 2**31), ("max_parallel_requests", 1.5)):
+        refusals = {}
+        for path, template in DURATION_BODIES:
+            refused = await error(gateway, 400, "POST", path, json={
+                k: v.format(n=0) if isinstance(v, str) else v for k, v in template.items()
+            } | {term: value})
+            refusals[path] = (refused["message"], refused.get("param"), refused.get("code"))
+        assert len(set(refusals.values())) == 1, (term, value, refusals)
     for value in ("30s", "30m", "30h", "30d", "1w", "1mo", "0" * 30 + "1d"):
         for path, template in DURATION_BODIES:
             made = await ok(gateway, "POST", path, json=body(template, value))

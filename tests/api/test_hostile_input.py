@@ -287,6 +287,7 @@ BAD_KEY_BODIES: list[tuple[str, bytes]] = [
     ("duration huge", b'{"duration": "99999999999999999999d"}'),
     ("duration months huge", b'{"duration": "9999999999mo"}'),
     ("budget_duration huge", b'{"budget_duration": "999999999999w"}'),
+    ("budget_duration past its VARCHAR(32)", b'{"budget_duration": "' + b"0" * 31 + b'1d"}'),
     ("metadata nested 300 deep", b'{"metadata": {"a": ' + deep_bytes(300) + b"}}"),
     ("metadata integer past 64 bits", b'{"metadata": {"a": 100000000000000000000000}}'),
     ("metadata nested 700 deep", b'{"metadata": {"a": ' + deep_bytes(700) + b"}}"),
