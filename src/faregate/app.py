@@ -191,12 +191,13 @@ class Faregate:
         self.admin.include_router(build_org_routes(self.roles, self.organizations))
         self.admin.include_router(build_customer_routes(self.roles, self.customers))
         self.admin.include_router(build_budget_routes(self.roles, self.named_budgets))
-        # The admin web UI (/ui): pages over the same services as the routes above.
+        # The admin web UI (/ui): pages over the same services as the routes above, each
+        # page admitted by the rule of the admin route it stands for (self.roles.admit).
         self.admin.mount("/ui", build_ui(UiServices(
             self.storage, self.keys, self.auth, settings.master_key, self.router, self.models,
             self.users, self.teams, self.organizations, self.customers, self.named_budgets,
             reserved=self.budgets.reserved, period_spend=self.admission.period_spend,
-            now=now), all_routes()))
+            now=now, admit=self.roles.admit), all_routes()))
 
     def _forget_cached_payer(self, scope: str) -> None:
         """An admin changed a payer: this process's next request reads it again."""

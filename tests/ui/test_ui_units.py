@@ -1,5 +1,5 @@
 """The UI's pure parts: the session cookie's signature, chart geometry, money as shown, the
-viewer's day boundaries."""
+viewer's day boundaries, which admin route each page stands for, the login throttle."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from faregate.api.admin_auth import ROUTES
 from faregate.secret import Secret
 from faregate.storage.reports import Cursor
 from faregate.ui.charts import BudgetBar, stacked_bars
+from faregate.ui.pages import all_routes
 from faregate.ui.reads import Range, bucket_starts, cursor_from, cursor_text
 from faregate.ui.render import dollars
 from faregate.ui.session import Session, SessionSigner
+from faregate.ui.throttle import LoginThrottle
 
 MASTER = Secret("sk-unit-master-key-0123456789")
 
@@ -89,3 +92,37 @@ def test_cursor_text_round_trip() -> None:
     cursor = Cursor(datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "abc~def")
     assert cursor_from(cursor_text(cursor) or "") == cursor
     assert cursor_from("nonsense") is None and cursor_from("x~y") is None
+
+
+# The pages that only show a form or a question before a change: the change's rule applies.
+FORM_PAGES = ("/new", "/edit", "/delete")
+
+
+def test_every_admin_page_stands_for_an_admin_route() -> None:
+    """Each admin page is admitted by the rule of a real admin route (a typo would fall back
+    to proxy_admin only, silently); a change, or a page that leads to one, by a rule that no
+    proxy_admin_viewer passes."""
+    pages = [p for p in all_routes() if p.who == "admin"]
+    assert len(pages) > 40
+    for page in pages:
+        assert page.api in ROUTES, (page.path, page.methods, page.api)
+        changes = "POST" in page.methods or page.path.endswith(FORM_PAGES)
+        assert ROUTES[page.api].viewer is not changes, (page.path, page.methods, page.api)
+
+
+def test_login_throttle() -> None:
+    throttle = LoginThrottle(limit=3, window_s=60, max_addresses=2)
+    for t in (0, 10, 20):
+        assert throttle.retry_after("a", t) is None
+        throttle.failed("a", t)
+    assert throttle.retry_after("a", 21) == 39             # until the failure at 0 ages out
+    assert throttle.retry_after("b", 21) is None           # another address: untouched
+    assert throttle.retry_after("a", 60) is None           # 0 is out of the window: 2 left
+    throttle.failed("a", 60)
+    assert throttle.retry_after("a", 61) == 9              # the one at 10 is now the oldest
+    assert throttle.retry_after("a", 200) is None          # all aged out, and forgotten
+    # Bounded: a third address pushes out the one whose failures began first.
+    throttle.failed("b", 300)
+    throttle.failed("c", 301)
+    throttle.failed("d", 302)
+    assert len(throttle._failures) == 2 and "b" not in throttle._failures

@@ -2,6 +2,16 @@
 their CSRF check, rendering, security headers and the static files. Pages live in ui/pages/,
 each a module with a `ROUTES` list of `PageRoute`s; `build_ui` mounts them all.
 
+Who may open a page is the admin API's decision, not the UI's: each admin page names the admin
+route it stands for (`PageRoute.api`: the keys table is /key/list, its New key form
+/key/generate) and `Gate` asks that route's rule (api/admin_auth.py, injected as
+`UiServices.admit`) about the viewer. The master key's session is a proxy_admin; a virtual key's
+session is its user's `user_role`, read again from the database at every page (a demotion holds
+at the next load). A page opens only to a caller the rule admits to *everything* (a
+proxy_admin; a proxy_admin_viewer on reads): the pages show every key and payer, so a caller
+the API admits only to its own things (internal users, team and org admins, keys without a
+user) keeps the self-service page, My key.
+
 Every response carries a Content-Security-Policy that allows no inline script or style, and
 every page is rendered with autoescaping on: what a user stored (a key alias) shows as text.
 """
@@ -15,14 +25,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faregate.accounts.budgets import BudgetAdmin
@@ -32,15 +42,16 @@ from faregate.accounts.teams import TeamAdmin
 from faregate.accounts.users import UserAdmin
 from faregate.catalog.routing import Router
 from faregate.catalog.stored_models import ModelCatalog
-from faregate.errors import GatewayError, InvalidRequest
+from faregate.errors import AdminOnly, AuthError, GatewayError, InvalidRequest
 from faregate.keys.admin import KeyAdmin
-from faregate.keys.auth import Authenticator
+from faregate.keys.auth import Authenticator, Caller
 from faregate.records import KeyRecord
 from faregate.secret import Secret
 from faregate.storage.health import is_outage
 from faregate.storage.protocols import Storage
 from faregate.ui.render import Renderer
 from faregate.ui.session import COOKIE, Session, SessionSigner
+from faregate.ui.throttle import LoginThrottle
 
 log = logging.getLogger("faregate.ui")
 
@@ -58,6 +69,18 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
 ]
 Who = Literal["admin", "any", "anonymous"]
+
+
+class Admitted(Protocol):
+    """What the admin API's rule grants a caller on one route (api/admin_auth.py `Access`)."""
+
+    @property
+    def everything(self) -> bool: ...       # every target: a proxy_admin, or a viewer on a read
+
+
+# The admin API's decision for (caller, admin route): raises AdminOnly (403) with the reason,
+# or says what it admits (api/admin_auth.py `Roles.admit`).
+Admit = Callable[[Caller, str], Admitted]
 
 
 @dataclass(frozen=True)
@@ -82,13 +105,14 @@ class UiServices:
     # yet flushed to the database).
     period_spend: Callable[[KeyRecord], int]
     now: Callable[[], datetime]
+    admit: Admit
 
 
 @dataclass(frozen=True)
 class NavItem:
     label: str
     path: str                       # under /ui
-    admin_only: bool = True
+    admin_only: bool = True         # shown to whoever may open `path`; False: key sessions
 
 
 # The navigation bar, in order. A new page adds its line here (see ui/README.md).
@@ -168,15 +192,19 @@ class CsrfRefused(Exception):
 class Ctx:
     """One request to a page: who is looking, its form, and how to answer."""
 
-    def __init__(self, request: Request, session: Session, services: UiServices,
-                 renderer: Renderer, viewer_key: KeyRecord | None, now_s: int) -> None:
+    def __init__(self, request: Request, session: Session, ui: Ui,
+                 viewer_key: KeyRecord | None, caller: Caller | None, now_s: int) -> None:
         self.request = request
         self.now_s = now_s
         self.session = session
-        self.services = services
+        self.services = ui.services
         self.viewer_key = viewer_key        # role "key": the viewer's own key, read now
+        # role "key": the key as the admin API sees its caller now (its user's role); None if
+        # it may not act now (blocked, expired), so it gets no admin page.
+        self.caller = caller
+        self.throttle = ui.throttle
         self.base: str = request.scope.get("root_path", "")
-        self._renderer = renderer
+        self._ui = ui
         self.form = Form({})
         self.new_session: Session | None = None
         self.tz = _zone(request.cookies.get(TZ_COOKIE))
@@ -184,6 +212,30 @@ class Ctx:
     @property
     def is_admin(self) -> bool:
         return self.session.is_admin
+
+    @property
+    def client_address(self) -> str:
+        client = self.request.client
+        return client.host if client is not None else "unknown"
+
+    @property
+    def user_role(self) -> str | None:
+        """The viewer's user's role, to show beside its key (the decisions are Gate's)."""
+        caller = self.caller
+        payers = caller.payers if caller is not None else None
+        if payers is None or payers.user is None or caller is None or not caller.key.user_id:
+            return None
+        return payers.user.user_role
+
+    def may(self, path: str, method: str = "GET") -> bool:
+        """Whether this viewer may open `path` (under /ui, with or without the mount's
+        prefix) with `method`: for templates, to show a link or button only to those whom
+        its page will admit. The same decision the page itself makes."""
+        if path.startswith(self.base + "/"):
+            path = path[len(self.base):]
+        page = self._ui.gate.find(method, path.split("?")[0])
+        return page is not None and self._ui.gate.refusal(
+            page, self.new_session or self.session, self.caller) is None
 
     def param(self, name: str, default: str = "") -> str:
         return self.request.query_params.get(name, default).strip()
@@ -195,11 +247,11 @@ class Ctx:
 
     def render(self, template: str, status: int = 200, **values: Any) -> HTMLResponse:
         session = self.new_session or self.session
-        nav = [n for n in NAV if (n.admin_only and session.is_admin)
+        nav = [n for n in NAV if (n.admin_only and self.may(n.path))
                or (not n.admin_only and session.role == "key")]
         values.setdefault("message", DONE.get(self.param("done")))
-        body = self._renderer.render(template, ctx=self, csrf=session.csrf, nav=nav,
-                                     session=session, **values)
+        body = self._ui.renderer.render(template, ctx=self, csrf=session.csrf, nav=nav,
+                                        session=session, **values)
         return HTMLResponse(body, status_code=status)
 
     def redirect(self, path: str, **query: Any) -> RedirectResponse:
@@ -215,19 +267,62 @@ class PageRoute:
     path: str                       # under /ui, Starlette's syntax ("/keys/{token}")
     handler: Handler
     methods: Sequence[str] = ("GET",)
-    who: Who = "admin"              # admin: the master key's session only; any: any signed in
+    who: Who = "admin"              # admin: as `api`'s rule decides; any: any signed in
     name: str | None = None
+    # who="admin": the admin API route this page does (its rule in api/admin_auth.py ROUTES
+    # decides who may open it); None: a proxy_admin only.
+    api: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gate:
+    """Which page a path is, and whether a viewer may open it: the admin API's rule for the
+    page's `api` route (UiServices.admit), never a rule of the UI's own."""
+
+    def __init__(self, pages: Sequence[PageRoute], admit: Admit) -> None:
+        self._pages = [(compile_path(p.path)[0], p) for p in pages]
+        self._admit = admit
+
+    def find(self, method: str, path: str) -> PageRoute | None:
+        for pattern, page in self._pages:
+            if method in page.methods and pattern.match(path):
+                return page
+        return None
+
+    def refusal(self, page: PageRoute, session: Session, caller: Caller | None) -> str | None:
+        """None if the viewer may open `page`, else why not (shown on the 403 page)."""
+        if page.who == "anonymous" or session.is_admin:
+            return None
+        if session.role == "anonymous":
+            return "Log in first."
+        if page.who == "any":
+            return None
+        if caller is None:
+            return ("This key may not act now (it is blocked or expired), so it opens no "
+                    "admin page; its own usage is under My key.")
+        route = page.api or ""
+        try:
+            access = self._admit(caller, route)
+        except AdminOnly as exc:
+            return exc.message
+        if not access.everything:
+            return (f"Your role may call {route} only on its own things (or those it "
+                    "administers), and this page acts on everyone's: it is for proxy_admin "
+                    "(proxy_admin_viewer to read). Your key's own usage is under My key.")
+        return None
 
 
 class Ui:
     """The pages' common path: session -> who may look -> CSRF -> handler -> headers."""
 
-    def __init__(self, services: UiServices, renderer: Renderer,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, services: UiServices, renderer: Renderer, pages: Sequence[PageRoute],
+                 clock: Callable[[], float] = time.time,
+                 throttle: LoginThrottle | None = None) -> None:
         self.services = services
         self.renderer = renderer
         self.signer = SessionSigner(services.master_key)
+        self.gate = Gate(pages, services.admit)
+        self.throttle = throttle or LoginThrottle()
         self._clock = clock
 
     def endpoint(self, page: PageRoute) -> Callable[[Request], Awaitable[Response]]:
@@ -242,23 +337,21 @@ class Ui:
         fresh = session is None
         if session is None:
             session = Session.anonymous(now_s)
-        viewer_key = None
+        ctx = Ctx(request, session, self, None, None, now_s)
         try:
             if session.role == "key":
-                viewer_key = await self.services.storage.get_key(session.token or "")
-                if viewer_key is None:      # deleted or regenerated since: sign in again
+                ctx.viewer_key, ctx.caller = await self._viewer(session.token or "")
+                if ctx.viewer_key is None:      # deleted or regenerated since: sign in again
                     session, fresh = Session.anonymous(now_s), True
-            ctx = Ctx(request, session, self.services, self.renderer, viewer_key, now_s)
+                    ctx = Ctx(request, session, self, None, None, now_s)
             if fresh:
                 ctx.new_session = session
             response = await self._answer(page, ctx)
         except GatewayError as exc:
-            ctx = Ctx(request, session, self.services, self.renderer, viewer_key, now_s)
             response = ctx.render("error.html", status=exc.status, message=exc.message)
         except Exception as exc:
             if not is_outage(exc):
                 raise
-            ctx = Ctx(request, session, self.services, self.renderer, viewer_key, now_s)
             response = ctx.render("error.html", status=503,
                                   message="The database is unreachable; the pages need it. "
                                           "Retry when /health/readiness reports db: connected.")
@@ -267,15 +360,28 @@ class Ui:
         response.headers["cache-control"] = "no-store"
         return response
 
+    async def _viewer(self, token: str) -> tuple[KeyRecord | None, Caller | None]:
+        """A key session's key, and the caller it is for the admin API now: read from the
+        database at every page, as the admin API reads its callers (Roles.check), so a
+        demotion, a block or a user's deletion holds at the next page."""
+        record = await self.services.storage.get_key(token)
+        if record is None:
+            return None, None
+        try:
+            caller = await self.services.auth.reload(Caller(record, is_master=False))
+        except AuthError:                   # blocked or expired: My key only
+            return record, None
+        return caller.key, caller
+
     async def _answer(self, page: PageRoute, ctx: Ctx) -> Response:
         role = ctx.session.role
         if page.who != "anonymous" and role == "anonymous":
             return ctx.redirect("/login", next=ctx.request.url.path
                                 if ctx.request.method == "GET" else None)
-        if page.who == "admin" and role != "admin":
+        refusal = self.gate.refusal(page, ctx.session, ctx.caller)
+        if refusal is not None:
             return ctx.render("error.html", status=403, heading="Not allowed",
-                              message="This page is for the gateway's admin (the master key). "
-                                      "A virtual key sees its own usage under My key.")
+                              message=refusal)
         if ctx.request.method == "POST":
             try:
                 ctx.form = await self._checked_form(ctx)
@@ -325,7 +431,7 @@ class Ui:
 def build_ui(services: UiServices, pages: Sequence[PageRoute],
              clock: Callable[[], float] = time.time) -> ASGIApp:
     """The UI as an ASGI app, to mount at /ui."""
-    ui = Ui(services, Renderer(), clock)
+    ui = Ui(services, Renderer(), pages, clock)
     routes = [Route(p.path, ui.endpoint(p), methods=list(p.methods), name=p.name)
               for p in pages]
     routes += [Route(f"/static/{path.name}", _static(path)) for path in STATIC_DIR.iterdir()

@@ -350,22 +350,28 @@ def _bound(handler: Callable[[Ctx, Kind], Awaitable[Response]],
 
 
 def _routes(kind: Kind) -> list[PageRoute]:
-    p = kind.path
+    """The kind's pages, each admitted by the rule of the admin route it does (/team/list,
+    /team/new, ...; an organization is blocked through /organization/update)."""
+    p, api = kind.path, "/" + kind.level
+    post = ("POST",)
     routes = [
-        PageRoute(p, _bound(list_payers, kind)),
-        PageRoute(f"{p}/new", _bound(new_form, kind)),
-        PageRoute(f"{p}/new", _bound(create, kind), methods=("POST",)),
-        PageRoute(p + "/{ident}", _bound(show, kind)),
-        PageRoute(p + "/{ident}/edit", _bound(edit_form, kind)),
-        PageRoute(p + "/{ident}/edit", _bound(edit, kind), methods=("POST",)),
+        PageRoute(p, _bound(list_payers, kind), api=f"{api}/list"),
+        PageRoute(f"{p}/new", _bound(new_form, kind), api=f"{api}/new"),
+        PageRoute(f"{p}/new", _bound(create, kind), methods=post, api=f"{api}/new"),
+        PageRoute(p + "/{ident}", _bound(show, kind), api=f"{api}/info"),
+        PageRoute(p + "/{ident}/edit", _bound(edit_form, kind), api=f"{api}/update"),
+        PageRoute(p + "/{ident}/edit", _bound(edit, kind), methods=post, api=f"{api}/update"),
     ]
     if kind.blockable:
-        routes.append(PageRoute(p + "/{ident}/block", _bound(block, kind), methods=("POST",)))
+        block_api = f"{api}/update" if kind.level == "organization" else f"{api}/block"
+        routes.append(PageRoute(p + "/{ident}/block", _bound(block, kind), methods=post,
+                                api=block_api))
     if kind.member_roles:
         routes += [
-            PageRoute(p + "/{ident}/members", _bound(add_member, kind), methods=("POST",)),
+            PageRoute(p + "/{ident}/members", _bound(add_member, kind), methods=post,
+                      api=f"{api}/member_add"),
             PageRoute(p + "/{ident}/members/remove", _bound(remove_member, kind),
-                      methods=("POST",)),
+                      methods=post, api=f"{api}/member_delete"),
         ]
     return routes
 

@@ -79,9 +79,9 @@ def _form(ctx: Ctx, record: BudgetRecord | None, form: Form, error: str | None =
 
 
 ROUTES = [
-    PageRoute("/budgets", list_budgets),
-    PageRoute("/budgets/new", new_form),
-    PageRoute("/budgets/new", create, methods=("POST",)),
-    PageRoute("/budgets/{ident}/edit", edit_form),
-    PageRoute("/budgets/{ident}/edit", edit, methods=("POST",)),
+    PageRoute("/budgets", list_budgets, api="/budget/list"),
+    PageRoute("/budgets/new", new_form, api="/budget/new"),
+    PageRoute("/budgets/new", create, methods=("POST",), api="/budget/new"),
+    PageRoute("/budgets/{ident}/edit", edit_form, api="/budget/update"),
+    PageRoute("/budgets/{ident}/edit", edit, methods=("POST",), api="/budget/update"),
 ]

@@ -103,7 +103,7 @@ def _time(ctx: Ctx, name: str) -> datetime | None:
 
 
 ROUTES = [
-    PageRoute("/logs", logs),
-    PageRoute("/logs/tail", tail),
-    PageRoute("/logs/{request_id}", detail),
+    PageRoute("/logs", logs, api="/spend/logs"),
+    PageRoute("/logs/tail", tail, api="/spend/logs"),
+    PageRoute("/logs/{request_id}", detail, api="/spend/logs"),
 ]

@@ -156,11 +156,11 @@ def _form(ctx: Ctx, view: dict[str, Any] | None, form: Form, error: str | None =
 
 
 ROUTES = [
-    PageRoute("/models", models),
-    PageRoute("/models/new", new_form),
-    PageRoute("/models/new", create, methods=("POST",)),
-    PageRoute("/models/{model_id}/edit", edit_form),
-    PageRoute("/models/{model_id}/edit", edit, methods=("POST",)),
-    PageRoute("/models/{model_id}/delete", delete_confirm),
-    PageRoute("/models/{model_id}/delete", delete, methods=("POST",)),
+    PageRoute("/models", models, api="/model/info"),
+    PageRoute("/models/new", new_form, api="/model/new"),
+    PageRoute("/models/new", create, methods=("POST",), api="/model/new"),
+    PageRoute("/models/{model_id}/edit", edit_form, api="/model/update"),
+    PageRoute("/models/{model_id}/edit", edit, methods=("POST",), api="/model/update"),
+    PageRoute("/models/{model_id}/delete", delete_confirm, api="/model/delete"),
+    PageRoute("/models/{model_id}/delete", delete, methods=("POST",), api="/model/delete"),
 ]

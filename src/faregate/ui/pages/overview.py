@@ -32,4 +32,4 @@ async def overview(ctx: Ctx) -> Response:
                            [d.strftime("%b %d") for d in days], by_model, dollars))
 
 
-ROUTES = [PageRoute("/overview", overview)]
+ROUTES = [PageRoute("/overview", overview, api="/global/spend")]

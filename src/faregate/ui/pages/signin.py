@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from faregate.errors import GatewayError
+from faregate.errors import AuthError, GatewayError
 from faregate.ui.session import Session
 from faregate.ui.site import Ctx, PageRoute
 
 
-def _home(session: Session) -> str:
-    return {"admin": "/overview", "key": "/me"}.get(session.role, "/login")
-
-
 async def root(ctx: Ctx) -> Response:
-    return ctx.redirect(_home(ctx.session))
+    """Each viewer's home: the overview for those who may open it (the master key, a key of a
+    proxy_admin or proxy_admin_viewer), My key for other keys; after a login, the page that
+    sent it there if this viewer may open it."""
+    if ctx.session.role == "anonymous":
+        return ctx.redirect("/login")
+    next_path = _safe_next(ctx, ctx.param("next"))
+    if next_path and ctx.may(next_path):
+        return ctx.redirect(next_path)
+    return ctx.redirect("/overview" if ctx.may("/overview") else "/me")
 
 
 async def login_page(ctx: Ctx) -> Response:
     if ctx.session.role != "anonymous":
-        return ctx.redirect(_home(ctx.session))
+        return ctx.redirect("/")
     return ctx.render("login.html", error=None, next=_safe_next(ctx, ctx.param("next")))
 
 
@@ -27,6 +31,16 @@ async def login(ctx: Ctx) -> Response:
     presented = ctx.form.get("key")
     next_path = _safe_next(ctx, ctx.form.get("next"))
     now_s = ctx.now_s
+    address = ctx.client_address
+    wait_s = ctx.throttle.retry_after(address, now_s)
+    if wait_s is not None:
+        # Refused before the key is looked at: a guess made now teaches nothing.
+        response = ctx.render("login.html", status=429, next=next_path,
+                              error=f"Too many failed logins from your address "
+                                    f"({ctx.throttle.limit} in {ctx.throttle.window_s} s). "
+                                    f"Try again in {wait_s} s.")
+        response.headers["retry-after"] = str(wait_s)
+        return response
     if not presented:
         return ctx.render("login.html", status=400, error="Enter a key.", next=next_path)
     if ctx.services.master_key.matches(presented):
@@ -35,13 +49,14 @@ async def login(ctx: Ctx) -> Response:
         try:
             caller = await ctx.services.auth.caller(None, presented)
         except GatewayError as exc:
+            if isinstance(exc, AuthError):
+                ctx.throttle.failed(address, now_s)
             return ctx.render("login.html", status=exc.status, error=exc.message,
                               next=next_path)
         session = ctx.session.signed_in("key", now_s, caller.key.token)
     ctx.new_session = session
-    if next_path and (session.is_admin or next_path == "/me"):
-        return ctx.redirect(next_path)
-    return ctx.redirect(_home(session))
+    # Home decides with the new session's rights, read afresh on that request.
+    return ctx.redirect("/", next=next_path or None)
 
 
 async def logout(ctx: Ctx) -> Response:

@@ -167,4 +167,5 @@ async def _names(ctx: Ctx, group: str, ids: Sequence[str]) -> dict[str, str]:
     return await reads.key_names(ctx.services, ids)
 
 
-ROUTES = [PageRoute("/usage", usage), PageRoute("/usage.csv", usage_csv)]
+ROUTES = [PageRoute("/usage", usage, api="/global/spend/report"),
+          PageRoute("/usage.csv", usage_csv, api="/global/spend/report")]
