@@ -171,3 +171,76 @@ def test_redis_mode_sigkill_and_a_redis_restart_with_rows_stuck_keeps_the_budget
     assert {o.status for o in after.outcomes[:4]} == {503}
     assert set(after.failures()) <= {"429", "503"} and "429" in after.failures()
     assert len(ledger.rows) == len(whole.served)
+
+
+def test_a_journal_left_by_a_predecessor_is_adopted_while_running(
+        private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
+        fault_table: FaultTable) -> None:
+    """A successor started while its predecessor still runs (a rolling restart: both share the
+    journal's directory) finds nothing to adopt at its start, since the predecessor's segments
+    are flock'd. When the predecessor dies with rows on disk, the successor adopts them within
+    the 5 s scan while it runs, readiness' spend_rows_waiting counts them while they cannot be
+    written (the key's row is locked), the key waits for them, and the budget then holds."""
+    db = new_database(private_pg)
+    models = [model("qwen-local", fault_mock)]
+    # The predecessor's rows reach Postgres only every 60 s (or at 500 waiting): all on disk.
+    first = start(tmp_path, db, models, {"proxy_batch_write_at": 60})
+    gateways = [first]
+    key = new_key(first.base_url, max_budget=BUDGET_USD)
+    bystander = new_key(first.base_url, max_budget=BUDGET_USD)
+    lock = RowLock(db, key)
+
+    async def readiness(base_url: str) -> dict:
+        async with httpx.AsyncClient(base_url=base_url, timeout=10) as http:
+            return dict((await http.get("/health/readiness")).json())
+
+    async def scenario() -> tuple[Load, Load, Load, int, int, Ledger]:
+        before = await drive(first.base_url, key, [chat(f"a{i}") for i in range(300)], 8)
+        # The successor: same data directory, same database, no Redis (it admits once the
+        # predecessor is gone, docs/replicas.md).
+        gateways.append(await asyncio.to_thread(start, tmp_path, db, models))
+        second = gateways[1]
+        at_start = (await readiness(second.base_url))["spend_rows_waiting"]
+        await lock.take()
+        try:
+            first.proc.kill()
+            await asyncio.to_thread(first.proc.wait, 10)
+            waiting = 0
+            try:
+                async with asyncio.timeout(30):           # the scan runs every 5 s
+                    while waiting < len(before.served):
+                        waiting = (await readiness(second.base_url))["spend_rows_waiting"]
+                        await asyncio.sleep(0.1)
+            except TimeoutError:
+                raise AssertionError(f"30 s after the kill the successor counts {waiting} "
+                                     "rows waiting: the predecessor's were not adopted") from None
+            # Its rows cannot be written: the key waits for them, then 503; others are served.
+            held = await drive(second.base_url, key, [chat(f"c{i}") for i in range(2)], 2)
+            other = await drive(second.base_url, bystander, [chat("other")], 1)
+        finally:
+            await lock.release()
+        rest = await drive(second.base_url, key, [chat(f"d{i}") for i in range(1000)], 8)
+        await wait_until_written(second.base_url)
+        return (before, Load(held.outcomes + rest.outcomes), other, at_start, waiting,
+                await read_ledger(db, key, second.base_url))
+
+    try:
+        before, after, other, at_start, waiting, ledger = asyncio.run(scenario())
+        log = gateways[-1].output()
+    finally:
+        for gateway in gateways:
+            stop(gateway.proc)
+    adopted = re.search(r"replaying (\d+) spend rows", log)
+    whole = Load(before.outcomes + after.outcomes)
+    check_and_record(fault_table, "predecessor's journal adopted while running (SIGKILL)",
+                     whole, ledger, whole.ids(lambda o: o.status == 200),
+                     f"{len(before.served)} served by the predecessor; "
+                     f"{adopted.group(1) if adopted else 0} rows adopted by the running "
+                     f"successor (readiness waiting {waiting}), {len(after.served)} served after")
+    assert len(before.served) == 300 and at_start == 0     # nothing to adopt at its start
+    assert adopted is not None and int(adopted.group(1)) == 300
+    assert waiting >= 300                                  # readiness counts them
+    assert {o.status for o in after.outcomes[:2]} == {503}  # held while they could not land
+    assert other.failures() == {}
+    assert set(after.failures()) <= {"429", "503"} and "429" in after.failures()
+    assert len(ledger.rows) == len(whole.served)
