@@ -157,13 +157,20 @@ class _Connection(asyncio.Protocol):
         if self.complete:       # a second answer to one request: never reuse this connection
             self.keep_alive = False
 
+    # Past the answer's end (`complete`), a second answer is ignored: it spoils the connection
+    # (above), never the answer already read.
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         old = dict.get(self.headers, key)
         dict.__setitem__(self.headers, key, text if old is None else f"{old}, {text}")
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         status = self._parser.get_status_code()
         if status < 200:        # 100 Continue and the like: the answer is still to come
             self._interim = True
@@ -176,6 +183,8 @@ class _Connection(asyncio.Protocol):
             dict.get(headers, "transfer-encoding", "").lower() and status not in (204, 304)
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
 

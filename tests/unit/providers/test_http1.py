@@ -440,15 +440,17 @@ async def test_a_pooled_connection_that_answered_a_byte_is_not_retried() -> None
         assert caught.value.code == "upstream_disconnected" and len(server.requests) == 2
 
 
-async def test_bytes_after_an_answer_spoil_its_connection() -> None:
-    async def extra(request: Request, writer: asyncio.StreamWriter) -> bool:
-        writer.write(answer() + b"HTTP/1.1 200 OK\r\n")
+@pytest.mark.parametrize("extra", [b"HTTP/1.1 200 OK\r\n", b"x",
+                                   answer(b"{}", "500 Internal Server Error")])
+async def test_bytes_after_an_answer_spoil_its_connection_not_the_answer(extra: bytes) -> None:
+    async def more(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer() + extra)
         return True
 
-    async with raw_server(extra) as server, lean() as (session, client):
+    async with raw_server(more) as server, lean() as (session, client):
         d = deployment(server.base)
-        await client.send(d, "/chat/completions", CHAT)
-        await client.send(d, "/chat/completions", CHAT)
+        assert (await client.send(d, "/chat/completions", CHAT)).body == OK_JSON
+        assert (await client.send(d, "/chat/completions", CHAT)).body == OK_JSON
         assert server.connections == 2 and pool_of(session).connects == 2
 
 
