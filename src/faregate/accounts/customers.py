@@ -12,11 +12,10 @@ from typing import Any
 
 from faregate.accounts.budgets import require_budget
 from faregate.accounts.changes import PayerChanges
-from faregate.accounts.terms import iso, record_terms, spend_view, terms_view
+from faregate.accounts.terms import iso, payer_fields, spend_view, terms_view
 from faregate.errors import InvalidRequest, NotFound
 from faregate.records import EndUserRecord
 from faregate.storage.protocols import DuplicateId, HierarchyStore, Page, PageAfter, scope
-from faregate.wire.storable import check_stored_size
 
 
 class CustomerAdmin:
@@ -92,18 +91,7 @@ class CustomerAdmin:
 
     @staticmethod
     def _record_fields(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-        out = record_terms(fields, now)
-        for name in ("alias", "blocked", "budget_id", "metadata"):
-            if name in fields:
-                out[name] = fields[name]
-        if out.get("blocked", False) is None:
-            raise InvalidRequest("'blocked' must be true or false", param="blocked")
-        if "metadata" in out and out["metadata"] is None:
-            out["metadata"] = {}
-        for name in ("models", "metadata"):     # each one stored JSON document
-            if name in out:
-                check_stored_size(list(out[name]) if name == "models" else out[name], name)
-        return out
+        return payer_fields(fields, ("alias", "blocked", "budget_id", "metadata"), now)
 
     @staticmethod
     def view(record: EndUserRecord) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from faregate.accounts.budgets import require_budget
 from faregate.accounts.changes import PayerChanges
-from faregate.accounts.terms import iso, record_terms, spend_view, terms_view
+from faregate.accounts.terms import iso, payer_fields, spend_view, terms_view
 from faregate.errors import InvalidRequest, NotFound
 from faregate.records import (
     OrganizationMemberRecord,
@@ -24,7 +24,6 @@ from faregate.records import (
     UserRecord,
 )
 from faregate.storage.protocols import DuplicateId, HierarchyStore, Page, PageAfter, scope
-from faregate.wire.storable import check_stored_size
 
 ORG_ROLES = ("org_admin", "internal_user", "internal_user_viewer")
 _SETTABLE = ("organization_alias", "models", "metadata", "budget_id", "blocked")
@@ -170,20 +169,7 @@ class OrganizationAdmin:
 
     @staticmethod
     def _record_fields(fields: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-        out = record_terms(fields, now)
-        for name in _SETTABLE:
-            if name in fields:
-                out[name] = fields[name]
-        if "models" in out:
-            out["models"] = tuple(out["models"] or ())
-        if "metadata" in out and out["metadata"] is None:
-            out["metadata"] = {}
-        for name in ("models", "metadata"):     # each one stored JSON document
-            if name in out:
-                check_stored_size(list(out[name]) if name == "models" else out[name], name)
-        if "blocked" in out and out["blocked"] is None:
-            raise InvalidRequest("'blocked' must be true or false", param="blocked")
-        return out
+        return payer_fields(fields, _SETTABLE, now)
 
     @staticmethod
     def view(record: OrganizationRecord, teams: list[TeamRecord] | None = None,

@@ -13,7 +13,7 @@ from typing import Any
 from faregate.admission import periods
 from faregate.errors import InvalidRequest
 from faregate.money import dollars_to_nanos, nanos_to_dollars
-from faregate.wire.storable import BUDGET_DURATION_CHARS, INT32_MAX
+from faregate.wire.storable import BUDGET_DURATION_CHARS, INT32_MAX, check_stored_size
 
 # values LiteLLM's UI and SDKs send as defaults: they ask for nothing
 _NOTHING: tuple[Any, ...] = (None, [], {}, False, "")
@@ -58,6 +58,24 @@ def record_terms(given: Mapping[str, Any], now: datetime) -> dict[str, Any]:
                 raise InvalidRequest(f"'{name}' must be a whole number from 0 to {INT32_MAX}",
                                      param=name)
             out[name] = value
+    return out
+
+
+def payer_fields(given: Mapping[str, Any], settable: Collection[str],
+                 now: datetime) -> dict[str, Any]:
+    """The record fields of a payer's settings: its terms (record_terms) and those of
+    `settable` that `given` holds; models as a tuple, a null metadata as {}, each within
+    one stored JSON document; blocked true or false."""
+    out = record_terms(given, now)
+    out.update((name, given[name]) for name in settable if name in given)
+    if "models" in out:
+        out["models"] = tuple(out["models"] or ())
+        check_stored_size(list(out["models"]), "models")
+    if "metadata" in out:
+        out["metadata"] = out["metadata"] or {}
+        check_stored_size(out["metadata"], "metadata")
+    if "blocked" in out and out["blocked"] is None:
+        raise InvalidRequest("'blocked' must be true or false", param="blocked")
     return out
 
 
