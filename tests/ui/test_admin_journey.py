@@ -10,6 +10,7 @@ import re
 import openai
 import pytest
 from playwright.sync_api import expect
+from support import MASTER_KEY
 from ui.browsing import admin, login, shoot
 
 TEAM = "search-team"
@@ -223,3 +224,31 @@ def test_times_in_the_viewers_zone(browser, gateway: str) -> None:
         expect(page.locator("footer")).to_contain_text("Times in Asia/Tokyo")
     finally:
         context.close()
+
+
+def test_a_failed_requests_detail(page, gateway: str) -> None:
+    """The ledger keeps no attempts or error text: the page says so, what the status means,
+    and the failing deployment's state and last error on this process now."""
+    with admin(gateway) as api:
+        made = api.post("/model/new", json={"model_name": "ui-broken", "litellm_params": {
+            "model": "openai/qwen-local", "api_base": "http://127.0.0.1:9/v1",
+            "input_cost_per_token": 0.000001, "output_cost_per_token": 0.000002}})
+        assert made.status_code == 200, made.text
+    client = openai.OpenAI(api_key=MASTER_KEY, base_url=f"{gateway}/v1", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="ui-broken", max_tokens=8,
+                                       messages=[{"role": "user", "content": "hi"}])
+    assert failed.value.status_code == 502, failed.value.response.text
+    request_id = failed.value.response.headers["x-request-id"]     # the ledger's id
+    login(page)
+    for _ in range(40):             # the ledger writes rows in batches
+        if page.goto(f"/ui/logs/{request_id}").status == 200:
+            break
+        page.wait_for_timeout(250)
+    expect(page.get_by_role("heading", name=f"Request {request_id}")).to_be_visible()
+    expect(page.locator("#status-means")).to_contain_text("nothing is charged")
+    expect(page.locator("#attempts")).to_contain_text("not recorded")
+    error = page.locator("#upstream-error")
+    expect(error).to_contain_text("this deployment now")
+    expect(error).to_contain_text("last error")
+    expect(page.locator("dl.facts")).to_contain_text("127.0.0.1:9")

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from starlette.responses import JSONResponse, Response
 
+from faregate.catalog.routing import DeploymentHealth
 from faregate.errors import InvalidRequest, NotFound
 from faregate.keys.tokens import token_of
 from faregate.storage.reports import LogFilters, LogRow
@@ -20,6 +21,18 @@ TAIL_ROWS = 50
 STATUSES = ["", "success", "error", "failure", "partial", "interrupted", "dead_letter"]
 STATUS_LABELS = {"": "any", "error": "any but success", "dead_letter": "dead letter"}
 MAX_ID_CHARS = 64
+# What a ledger row's status says happened (gateway/request_path.py, spend/checkpoints.py).
+STATUS_MEANS = {
+    "success": "The upstream answered; charged for the tokens it reported.",
+    "failure": "No answer: the first attempt, its retries and fallbacks all failed, or the "
+               "call ended before any token. The caller got the error; nothing is charged.",
+    "partial": "A stream cut short: charged for the chunks produced and the prompt at its "
+               "bound.",
+    "interrupted": "A stream cut by a gateway crash: charged from its last checkpoint when the "
+                   "gateway started again.",
+    "dead_letter": "A row the database refused, kept so its spend is not lost (see "
+                   "operations: dead letters).",
+}
 
 
 async def logs(ctx: Ctx) -> Response:
@@ -70,7 +83,21 @@ async def detail(ctx: Ctx) -> Response:
         raise NotFound(f"No ledger row has request id {request_id} (rows reach the ledger "
                        "within its flush interval)", code="request_not_found")
     key = await ctx.services.storage.get_key(row.api_key)
-    return ctx.render("log.html", title=f"Request {request_id}", row=row, key=key)
+    return ctx.render("log.html", title=f"Request {request_id}", row=row, key=key,
+                      means=STATUS_MEANS.get(row.status, ""),
+                      deployment=None if row.status == "success" else _deployment_now(ctx, row))
+
+
+def _deployment_now(ctx: Ctx, row: LogRow) -> DeploymentHealth | None:
+    """The state, on this process and now, of the deployment a failed row names (its
+    upstream is `<api base>#<upstream model>`): the nearest thing to the request's error the
+    gateway keeps, since the ledger stores neither attempts nor error text."""
+    router = ctx.services.router
+    ids = [d.deployment_id for d in router.entries() if d.model_name == row.model
+           and f"{d.shown_base}#{d.upstream_model}" == row.upstream]
+    if len(ids) != 1:               # gone since, or ambiguous: say nothing rather than guess
+        return None
+    return next((h for h in router.health() if h.deployment_id == ids[0]), None)
 
 
 async def _filters(ctx: Ctx, with_time: bool) -> tuple[LogFilters, dict[str, str]]:
