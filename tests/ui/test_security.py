@@ -8,6 +8,7 @@ import re
 
 import httpx
 import openai
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 from support import MASTER_KEY
 from ui.browsing import admin, login, shoot
@@ -180,22 +181,65 @@ def test_session_cookie_and_logout(page, gateway: str) -> None:
     expect(page).to_have_url(re.compile(r"/ui/overview$"))
 
 
+# Waits in the keyboard test: a loaded box can take seconds per page (login, two redirects,
+# the overview), longer than expect()'s 5 s default; it waits for conditions, never sleeps.
+SLOW_MS = 60_000
+FOCUSED = """() => { const e = document.activeElement;
+  if (!e || e === document.body) return "nothing (the body)";
+  return e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") + " '" +
+    (e.textContent || e.value || "").trim().slice(0, 40) + "'"; }"""
+# The elements that stick out past the viewport's right edge, widest first.
+OVERFLOWING = """() => [...document.querySelectorAll("body *")]
+  .map(e => [e, e.getBoundingClientRect().right])
+  .filter(([e, right]) => right > window.innerWidth + 0.5
+          && !e.closest(".scroll"))
+  .sort((a, b) => b[1] - a[1]).slice(0, 3)
+  .map(([e, right]) => e.tagName.toLowerCase() + (e.id ? "#" + e.id : "") +
+       (typeof e.className === "string" && e.className ? "." + e.className : "") +
+       " right=" + Math.round(right))"""
+
+
+def _seen(page) -> str:
+    """What the page showed, for a failure's message."""
+    main = page.locator("main").inner_text(timeout=SLOW_MS) if page.locator("main").count() \
+        else ""
+    return f"at {page.url}, focus on {page.evaluate(FOCUSED)}, page says {main[:200]!r}"
+
+
+def _wait_url(page, pattern: str) -> None:
+    try:
+        page.wait_for_url(re.compile(pattern), timeout=SLOW_MS)
+    except PlaywrightTimeout:
+        raise AssertionError(f"never reached {pattern}: {_seen(page)}") from None
+
+
+def _tab_to(page, text: str, presses: int) -> None:
+    for _ in range(presses):
+        page.keyboard.press("Tab")
+    focused = page.evaluate("document.activeElement.textContent")
+    assert focused == text, f"{presses} Tab(s) focused {page.evaluate(FOCUSED)}, not " \
+                            f"{text!r}: {_seen(page)}"
+
+
 def test_keyboard_and_phone_width(page, gateway: str) -> None:
     page.goto("/ui/login")
-    page.keyboard.type(MASTER_KEY)          # the key field has the focus
+    # The key field has the focus (autofocus: applied at the page's first rendering, which a
+    # loaded box may delay past the load event: wait for it rather than type into nothing).
+    expect(page.get_by_label("Key")).to_be_focused(timeout=SLOW_MS)
+    page.keyboard.type(MASTER_KEY)
     page.keyboard.press("Enter")
-    expect(page).to_have_url(re.compile(r"/ui/overview$"))
-    page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
-    for _ in range(2):                      # the brand link, then the first nav link
-        page.keyboard.press("Tab")
-    assert page.evaluate("document.activeElement.textContent") == "Overview"
+    _wait_url(page, r".*/ui/overview$")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible(timeout=SLOW_MS)
+    _tab_to(page, "Skip to content", 1)
+    _tab_to(page, "Overview", 2)            # the brand link, then the first nav link
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")
-    expect(page).to_have_url(re.compile(r"/ui/keys$"))
+    _wait_url(page, r".*/ui/keys$")
     # A phone's width: the page itself never scrolls sideways (wide tables scroll inside).
     page.set_viewport_size({"width": 390, "height": 844})
     for path in ["/ui/overview", "/ui/keys", "/ui/models", "/ui/usage", "/ui/logs"]:
-        page.goto(path)
+        page.goto(path, timeout=SLOW_MS)
         width = page.evaluate("document.documentElement.scrollWidth")
-        assert width <= 390, (path, width)
+        viewport = page.evaluate("window.innerWidth")
+        assert width <= 390, (f"{path} is {width} px wide at a {viewport} px viewport; "
+                              f"sticking out: {page.evaluate(OVERFLOWING)}")
