@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from e2e.conftest import ServedGateway
@@ -51,6 +52,17 @@ async def outage_during_load(pg: PrivatePostgres, gw: ServedGateway, key: str, n
     await asyncio.to_thread(pg.start)
     up_at = time.monotonic()
     return await load_task, down_at, up_at, seen
+
+
+def ledger_after_exit(tmp_path: Path, db: str, models: list[dict[str, Any]],
+                      key: str) -> Ledger:
+    """The key's ledger once a gateway has exited, with what /key/info says on the process
+    started next (nothing is left for it to write: it reports what the database holds)."""
+    after = start(tmp_path, db, models)
+    try:
+        return asyncio.run(read_ledger(db, key, after.base_url))
+    finally:
+        stop(after.proc)
 
 
 def test_postgres_stopped_for_10s_mid_load_serves_known_keys_and_loses_no_row(
@@ -114,8 +126,8 @@ def test_sigterm_mid_load_finishes_open_streams_and_writes_every_row(
         fault_table: FaultTable) -> None:
     db = new_database(private_pg)
     # One token every 25 ms: a 60-token stream is open ~1.5 s.
-    gw = start(tmp_path, db, [model("qwen-local", fault_mock),
-                              model("slow", fault_mock, upstream_model="slow-25")])
+    models = [model("qwen-local", fault_mock), model("slow", fault_mock, upstream_model="slow-25")]
+    gw = start(tmp_path, db, models)
     try:
         key = new_key(gw.base_url, max_budget=100)
 
@@ -134,7 +146,7 @@ def test_sigterm_mid_load_finishes_open_streams_and_writes_every_row(
         streams, plain, code = asyncio.run(scenario())
     finally:
         stop(gw.proc)
-    ledger = asyncio.run(read_ledger(db, key))
+    ledger = ledger_after_exit(tmp_path, db, models, key)
     load = Load(streams.outcomes + plain.outcomes)
     check_and_record(fault_table, "SIGTERM mid-load, 16 streams open", load, ledger,
                      load.ids(lambda o: o.status == 200),
@@ -188,8 +200,8 @@ def test_sigterm_with_streams_longer_than_the_grace_period_cuts_and_charges_them
         fault_table: FaultTable) -> None:
     db = new_database(private_pg)
     # 200 tokens at one per 25 ms = 5 s, against a grace period of 1 s.
-    gw = start(tmp_path, db, [model("slow", fault_mock, upstream_model="slow-25")],
-               {"graceful_shutdown_timeout_s": 1})
+    models = [model("slow", fault_mock, upstream_model="slow-25")]
+    gw = start(tmp_path, db, models, {"graceful_shutdown_timeout_s": 1})
     try:
         key = new_key(gw.base_url, max_budget=100)
 
@@ -205,7 +217,7 @@ def test_sigterm_with_streams_longer_than_the_grace_period_cuts_and_charges_them
         load, code = asyncio.run(scenario())
     finally:
         stop(gw.proc)
-    ledger = asyncio.run(read_ledger(db, key))
+    ledger = ledger_after_exit(tmp_path, db, models, key)
     cut = load.ids(lambda o: o.chunks > 0)
     check_and_record(fault_table, "SIGTERM, streams longer than the 1 s grace", load, ledger,
                      cut, f"exit {code}; rows: "
@@ -223,8 +235,9 @@ def test_sigkill_of_one_worker_restarts_it_and_its_replacement_replays_the_rows(
     redis = RedisServer(tmp_path)
     redis.start()
     db = new_database(private_pg)
+    models = [model("qwen-local", fault_mock)]
     try:
-        gw = start(tmp_path, db, [model("qwen-local", fault_mock)],
+        gw = start(tmp_path, db, models,
                    {"proxy_batch_write_at": 60, "redis_url": redis.url}, args=("--workers", "2"))
         try:
             async def until_output(text: str, count: int = 1, within_s: float = 30) -> None:
@@ -259,7 +272,7 @@ def test_sigkill_of_one_worker_restarts_it_and_its_replacement_replays_the_rows(
             code = gw.proc.wait(60)
         finally:
             stop(gw.proc)
-        ledger = asyncio.run(read_ledger(db, key))
+        ledger = ledger_after_exit(tmp_path, db, models, key)
     finally:
         redis.stop()
     replayed = re.search(r"replaying (\d+) spend rows", gw.output())

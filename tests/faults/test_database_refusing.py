@@ -22,6 +22,7 @@ import yaml
 from faults.conftest import model, new_key, start
 from faults.harness import (
     FaultTable,
+    Ledger,
     Load,
     check_and_record,
     drive,
@@ -101,7 +102,7 @@ def test_database_refusing_connections_is_the_documented_outage(
     try:
         known = new_key(gw.base_url, max_budget=100)
 
-        async def scenario() -> tuple[Load, dict[str, Any]]:
+        async def scenario() -> tuple[Load, dict[str, Any], Ledger]:
             before = await drive(gw.base_url, known, [chat(f"b{i}") for i in range(5)], 2)
             assert before.failures() == {}
             await asyncio.to_thread(allow_connections, database, False)
@@ -133,10 +134,11 @@ def test_database_refusing_connections_is_the_documented_outage(
             seen["during"] = during
             seen["state"] = state
             await wait_until_written(gw.base_url)
-            return Load(before.outcomes + during.outcomes + after.outcomes), seen
+            # ... and what this process's /key/info says, after all it served from memory.
+            return (Load(before.outcomes + during.outcomes + after.outcomes), seen,
+                    await read_ledger(database, known, gw.base_url))
 
-        load, seen = asyncio.run(scenario())
-        ledger = in_thread(asyncio.run, read_ledger(database, known))
+        load, seen, ledger = asyncio.run(scenario())
     finally:
         stop(gw.proc)
     log = gw.output()

@@ -172,3 +172,29 @@ def test_redis_paused_10s_frees_every_slot_and_reservation_within_seconds(
     assert set(after.failures()) <= {"429"} and after.failures().get("429", 0) <= 2, \
         after.failures()
     assert asyncio.run(held_in_redis(redis_server.url, key)) == (0, 0)
+
+
+def test_max_parallel_requests_at_concurrency_equal_to_the_limit_refuses_nothing(
+        two_replicas: tuple[str, list[ServedGateway]], fault_table: FaultTable) -> None:
+    """No fault: the baseline the hang is measured against (issue 13, also found). Callers
+    that together never have more requests in flight than the key's max_parallel_requests
+    must all be served: a replica queues a request's settlement before its answer leaves, and
+    sends it ahead of its next admission. (Before, slots were released after the answer and
+    37% of such requests got 429: 1,080 of 2,898.)"""
+    db, gateways = two_replicas
+    limit = 4
+    key = new_key(gateways[0].base_url, max_budget=100, max_parallel_requests=limit)
+
+    async def scenario() -> Load:
+        load = await on_both(gateways, key, 600, limit, pace_s=0.0)
+        for gw in gateways:
+            await wait_until_written(gw.base_url)
+        return load
+
+    load = asyncio.run(scenario())
+    ledger = asyncio.run(read_ledger(db, key, gateways[0].base_url))
+    check_and_record(fault_table, f"max_parallel_requests {limit}, concurrency {limit}, no fault "
+                     "(2 replicas)", load, ledger, load.ids(lambda o: o.status == 200),
+                     f"{load.failures().get('429', 0)} parallel 429s")
+    assert load.failures() == {}, load.failures()
+    assert ledger.rows.keys() == load.ids(lambda o: o.status == 200)
