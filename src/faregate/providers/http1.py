@@ -451,21 +451,31 @@ class Exchange:
             await conn.wait(self._read_by())
         return self._decoded(conn.take(), final=True)
 
-    async def iter_any(self) -> AsyncIterator[bytes]:
-        """The body as it arrives: everything received by each wake-up, in one piece."""
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """The body as it arrives: everything received by each wake-up, in one piece. (An
+        iterator object, not an async generator: one left unfinished costs no finalizer
+        task.)"""
+        return self
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
         conn = self._conn
         assert conn is not None
         while True:
             if conn.chunks:
                 data = self._decoded(conn.take(), final=False)
                 if data:
-                    yield data
+                    return data
                 continue
             if conn.complete:
-                tail = self._decoded(b"", final=True)
-                if tail:
-                    yield tail
-                return
+                if self._decoder is not None:
+                    tail = self._decoded(b"", final=True)
+                    self._decoder = None
+                    if tail:
+                        return tail
+                raise StopAsyncIteration
             if conn.error is not None:
                 raise conn.error
             await conn.wait(self._read_by())
