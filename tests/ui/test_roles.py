@@ -116,9 +116,19 @@ def test_viewer_reads_everything_and_changes_nothing(page, gateway: str) -> None
 
 def test_internal_user_keeps_the_self_service_view(page, gateway: str) -> None:
     mine = _user_key(gateway, "r-internal", "internal_user")
+    with admin(gateway) as api:
+        api.post("/key/generate", json={"user_id": "r-internal",
+                                        "key_alias": "r-internal-second"}).raise_for_status()
+        api.post("/key/generate", json={"key_alias": "not-r-internals"}).raise_for_status()
     login(page, mine["key"])
     expect(page).to_have_url(re.compile(r"/ui/me$"))
     assert _nav(page) == ["My key"]
+    # Its user's keys, as /key/list lists them for it: its own, no one else's.
+    own = page.locator("#own-keys tbody tr")
+    expect(own).to_have_count(2)
+    expect(page.locator("#own-keys")).to_contain_text("r-internal-key (this key)")
+    expect(page.locator("#own-keys")).to_contain_text("r-internal-second")
+    assert "not-r-internals" not in page.content()
     for path in ADMIN_PAGES:
         response = page.goto(path)
         assert response is not None and response.status == 403, (path, response)

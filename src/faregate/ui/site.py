@@ -77,6 +77,11 @@ class Admitted(Protocol):
     @property
     def everything(self) -> bool: ...       # every target: a proxy_admin, or a viewer on a read
 
+    def user(self, user_id: str | None) -> str | None:
+        """The user whose things this caller reads (its own, unless `everything`); AdminOnly
+        if it may read no user's."""
+        ...
+
 
 # The admin API's decision for (caller, admin route): raises AdminOnly (403) with the reason,
 # or says what it admits (api/admin_auth.py `Roles.admit`).
