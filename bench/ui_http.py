@@ -1,7 +1,8 @@
 """Every UI page over HTTP at size (issue 16): `faregate serve` on a database that
 bench.ui_pages seeded (100,000 keys, 1,000,000 ledger rows), each page fetched N times, its
 server time taken as the serving process's CPU per page (from /proc, so a loaded machine does
-not inflate it) beside the wall time to the last byte (and to the first, for the CSV).
+not inflate it) and, on Postgres, its backends' CPU per page, beside the wall time to the
+last byte (and to the first, for the CSV).
 
     python -m bench.ui_pages --backend sqlite --sqlite-path /tmp/ui.db --keep   # seed once
     python -m bench.ui_http --db sqlite:////tmp/ui.db
@@ -51,6 +52,26 @@ def _cpu_s(pid: int) -> float:
     return total
 
 
+def _backends_cpu_s(database: str | None) -> float:
+    """CPU seconds of the Postgres backends serving `database` (the gateway's pool: the
+    bench itself holds no connection), found by their process titles."""
+    if database is None:
+        return 0.0
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            if not title.startswith("postgres:") or f" {database} " not in title:
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,22 +117,29 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         proc, base = serve(args.db, Path(tmp))
+        database = (args.db.rsplit("/", 1)[1].split("?")[0]
+                    if args.db.startswith("postgres") else None)
         try:
-            rows = measure(base, proc.pid, args.runs, args.tz)
+            rows = measure(base, proc.pid, database, args.runs, args.tz)
         finally:
             proc.terminate()
             proc.wait(30)
     print(f"\n{args.db.split('://')[0]}, viewer in {args.tz}; median of {args.runs} "
           f"(wall) and CPU per page; load average {os.getloadavg()[0]:.1f}")
-    print("| page | server CPU ms | wall ms | first byte ms |")
-    print("|---|---:|---:|---:|")
-    for name, cpu, wall, first in rows:
-        print(f"| {name} | {cpu:.1f} | {wall:.1f} | {'' if first is None else f'{first:.1f}'} |")
+    print("| page | gateway CPU ms | database CPU ms | wall ms | first byte ms |")
+    print("|---|---:|---:|---:|---:|")
+    for name, cpu, db_cpu, wall, first in rows:
+        print(f"| {name} | {cpu:.1f} | {db_cpu:.1f} | {wall:.1f} | "
+              f"{'' if first is None else f'{first:.1f}'} |")
 
 
-def measure(base: str, pid: int, runs: int, tz: str
-            ) -> list[tuple[str, float, float, float | None]]:
-    out: list[tuple[str, float, float, float | None]] = []
+Row = tuple[str, float, float, float, float | None]
+
+
+def measure(base: str, pid: int, database: str | None, runs: int, tz: str) -> list[Row]:
+    """Per page: the gateway's CPU, the database backends' CPU (Postgres; SQLite runs in the
+    gateway), the median wall to the last byte and, for the CSV, to the first."""
+    out: list[Row] = []
     with httpx.Client(base_url=base, timeout=120) as ui:
         token = CSRF.search(ui.get("/ui/login").text)
         assert token, "no login form"
@@ -122,7 +150,7 @@ def measure(base: str, pid: int, runs: int, tz: str
         def page(name: str, path: str, params: dict[str, str] | None = None) -> str:
             text = ui.get(path, params=params).text            # warm
             walls, firsts = [], []
-            cpu = _cpu_s(pid)
+            cpu, db_cpu = _cpu_s(pid), _backends_cpu_s(database)
             for _ in range(runs):
                 started = time.perf_counter()
                 with ui.stream("GET", path, params=params) as response:
@@ -134,8 +162,9 @@ def measure(base: str, pid: int, runs: int, tz: str
                     assert response.status_code == 200, (path, response.status_code)
                 walls.append((time.perf_counter() - started) * 1e3)
             per_page = (_cpu_s(pid) - cpu) * 1e3 / runs
+            db_per_page = (_backends_cpu_s(database) - db_cpu) * 1e3 / runs
             streamed = path.endswith(".csv")
-            out.append((name, per_page, statistics.median(walls),
+            out.append((name, per_page, db_per_page, statistics.median(walls),
                         statistics.median(firsts) if streamed else None))
             return text
 
