@@ -4,6 +4,9 @@ hash) and carries the session's CSRF token.
 The cookie is signed with a key derived from the master key (HMAC), so it holds no secret: the
 master key is never in it, and changing the master key ends every session. It expires after
 `SESSION_MAX_AGE_S`; logout replaces it with an anonymous one.
+
+A key's session holds no rights: what it may see is decided at every page from the key's row
+and its user's role as they are then (site.Gate), so a demotion needs no cookie to change.
 """
 
 from __future__ import annotations
