@@ -95,6 +95,9 @@ def test_every_page(served) -> None:
         listed = ui.get("/ui/keys")
         assert listed.status_code == 200 and "pages-a" in listed.text
         assert "pages-b" in ui.get("/ui/keys", params={"q": "pages-"}).text
+        # a search pages in alias order from an alias position (the Next link's `after`)
+        after_a = ui.get("/ui/keys", params={"q": "pages-", "after": "alias~pages-a"}).text
+        assert "pages-b" in after_a and "pages-a" not in after_a
         only_team = ui.get("/ui/keys", params={"team_id": "t-pages"}).text
         assert "pages-a" in only_team and "pages-b" not in only_team
         assert "pages-a" not in ui.get("/ui/keys", params={"state": "blocked"}).text
@@ -113,6 +116,10 @@ def test_every_page(served) -> None:
         spend_a = sum(r["spend"] for r in rows if r["api_key"] == a["token"])
         [line_a] = [line for line in csv_lines if ",pages-a," in line]
         assert line_a.split(",")[3] == f"{spend_a:.9f}" and line_a.split(",")[5] == "3"
+        # streamed: the dearest key's buckets first, then the other's (one day: one line each)
+        spend_b = sum(r["spend"] for r in rows if r["api_key"] != a["token"])
+        assert [line.split(",")[2] for line in csv_lines[1:]] == (
+            ["pages-a", "pages-b"] if spend_a >= spend_b else ["pages-b", "pages-a"])
 
         logs = ui.get("/ui/logs")
         assert logs.status_code == 200 and logs.text.count('href="/ui/logs/') == 5
