@@ -2,6 +2,7 @@
 is charged to one component, then turned into µs per request with the CPU the run measured.
 
     python -m bench.profile --backends sqlite postgres --modes json stream --duration 10
+    python -m bench.profile --backends postgres+redis --modes json --payers   # + every level
 
 Needs py-spy in the virtual environment (`pip install py-spy`: it samples a running process
 from outside, without changing it) and, preferably, wrk. Prints one table per backend and
@@ -30,7 +31,7 @@ import httpx
 import yaml
 
 from bench import loadgen
-from bench.run import MASTER, _body
+from bench.run import MASTER, _body, _payers_key
 from bench.run_support import CLK_TCK, database, free_port, process, tree
 
 # (component, a path fragment that marks its frames), innermost match wins; order breaks ties
@@ -137,8 +138,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 def profile(args: argparse.Namespace, backend: str, mode: str, tmp: Path,
-            mock_port: int, py_spy: str) -> Profile:
-    """The gateway on `backend`, a key with a budget and limits (too high to bind)."""
+            mock_port: int, py_spy: str) -> list[Profile]:
+    """The gateway on `backend`, a key with a budget and limits (too high to bind); with
+    `--payers` also, in the same process, a key paid for at every level (bench.run's
+    `payers` target: its team, member, organization and an end user), profiled after it."""
     cfg = tmp / "config.yaml"
     cfg.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench-model", "litellm_params": {
         "model": "openai/bench-model", "api_base": f"http://127.0.0.1:{mock_port}/v1",
@@ -156,21 +159,26 @@ def profile(args: argparse.Namespace, backend: str, mode: str, tmp: Path,
                 "models": ["bench-model"], "max_budget": 1_000_000,
                 "rpm_limit": 2_000_000_000, "tpm_limit": 2_000_000_000},
                 headers={"Authorization": f"Bearer {MASTER}"}).json()["key"]
-            return sample(args, backend, mode, pid, f"http://127.0.0.1:{port}", key, tmp,
-                          py_spy)
+            base = f"http://127.0.0.1:{port}"
+            out = [sample(args, backend, mode, pid, base, key, tmp, py_spy)]
+            if args.payers:
+                out.append(sample(args, f"{backend}/payers", mode, pid, base,
+                                  _payers_key(base), tmp, py_spy, end_user="bench-end-user"))
+            return out
 
 
 def sample(args: argparse.Namespace, target: str, mode: str, pid: int, base: str,
-           key: str | None, tmp: Path, py_spy: str) -> Profile:
-    """Drive `base` (c=args.concurrency) while py-spy samples `pid`."""
+           key: str | None, tmp: Path, py_spy: str, end_user: str | None = None) -> Profile:
+    """Drive `base` (c=args.concurrency) while py-spy samples `pid`; requests name
+    `end_user` as the body's `user` when given."""
     headers = {"Content-Type": "application/json"}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
-    load = loadgen.Load(f"{base}/v1/chat/completions", _body(mode == "stream"), headers,
-                        args.concurrency, args.duration)
+    load = loadgen.Load(f"{base}/v1/chat/completions", _body(mode == "stream", end_user),
+                        headers, args.concurrency, args.duration)
     loadgen.run(loadgen.Load(load.url, load.body, load.headers, load.concurrency, 1.0),
                 prefer_wrk=True)                     # warm up
-    out = tmp / f"{target}-{mode}.txt"
+    out = tmp / f"{target.replace('/', '-')}-{mode}.txt"
     spy = subprocess.Popen([py_spy, "record", "-p", str(pid), "--rate", str(args.rate),
                             "--format", "raw", "-o", str(out), "--nonblocking",
                             "-d", str(int(args.duration) + 1)]
@@ -216,15 +224,17 @@ def side_by_side(profiles: list[Profile]) -> str:
     names = sorted({n for p in profiles for n in p.shares},
                    key=lambda n: -max(us(p, n) for p in profiles))
     threads = sorted({t for p in profiles for t in p.threads_us if t != "main"})
+    width = max(10, *(len(p.backend) + 2 for p in profiles))
     head = f"{'µs CPU per request, ' + profiles[0].mode + ' c=' + str(profiles[0].concurrency):<40}"
-    lines = [head + "".join(f"{p.backend:>10}" for p in profiles)]
+    lines = [head + "".join(f"{p.backend:>{width}}" for p in profiles)]
     for name in names:
-        lines.append(f"{name:<40}" + "".join(f"{us(p, name):>10.0f}" for p in profiles))
+        lines.append(f"{name:<40}" + "".join(f"{us(p, name):>{width}.0f}" for p in profiles))
     for thread in threads:
         lines.append(f"{'other threads (' + thread + ')':<40}"
-                     + "".join(f"{p.threads_us.get(thread, 0.0):>10.0f}" for p in profiles))
+                     + "".join(f"{p.threads_us.get(thread, 0.0):>{width}.0f}"
+                               for p in profiles))
     lines.append(f"{'total (/proc)':<40}"
-                 + "".join(f"{p.cpu_us_per_req:>10.0f}" for p in profiles))
+                 + "".join(f"{p.cpu_us_per_req:>{width}.0f}" for p in profiles))
     return "\n".join(lines)
 
 
@@ -242,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12, help="also list the top leaf frames")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--raw", type=Path, help="keep py-spy's collapsed stacks here")
+    parser.add_argument("--payers", action="store_true",
+                        help="also profile a key paid for at every level (team, member, "
+                             "organization, end user) on each backend's gateway: column "
+                             "'<backend>/payers'")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -263,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
                                    f"http://127.0.0.1:{bare_port}", None, tmp, py_spy)]
                 print(render(profiles[0], args.top), flush=True)
                 for backend in args.backends:
-                    profiles.append(profile(args, backend, mode, tmp, mock_port, py_spy))
-                    print(render(profiles[-1], args.top), flush=True)
+                    for measured in profile(args, backend, mode, tmp, mock_port, py_spy):
+                        profiles.append(measured)
+                        print(render(measured, args.top), flush=True)
                 print(side_by_side(profiles), flush=True)
     return 0
 

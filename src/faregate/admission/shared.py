@@ -35,6 +35,17 @@ from faregate.admission.demand import (
     ratelimit_headers,
 )
 from faregate.admission.local import LocalAdmission
+from faregate.admission.redis_wire import (
+    Parts,
+    PayerPart,
+    Pipeline,
+    admit_call,
+    command,
+    packed_sha,
+    payer_keys,
+    prefix_of,
+    settle_call,
+)
 from faregate.admission.refusals import budget_exceeded, rate_limited
 from faregate.errors import GatewayError, ServiceUnavailable
 from faregate.records import KeyRecord
@@ -43,7 +54,8 @@ log = logging.getLogger("faregate.redis")
 
 # KEYS: per payer, 5 (budget, resv, resv_amount, parallel, version), then the windows.
 # ARGV: request id, least, most, lease ms, payer count; per payer 5 (max budget or -1,
-# parallel limit or -1, version, roll_from, roll_to); per window 3 (limit, cost, tokens?).
+# parallel limit or -1, version, roll_from, roll_to); per window 2 (limit, cost). Packed by
+# redis_wire.admit_call.
 # roll_from = -1 when the payer has no budget_duration; else the period end this call may roll
 # past (0: none proposed yet) and roll_to its successor, computed in Python (one calendar for
 # every store). Nothing is written unless the request is admitted: a period due is rolled in
@@ -73,24 +85,49 @@ for p = 1, n do
   end
 end
 
-local heads = {}
+-- A window: one-second buckets (field: the second, value: its amount) and 't' their total,
+-- 'o' the oldest bucket's second, 'n' the newest's. Buckets leave as they age past 60 s,
+-- visited once each (not every bucket on every call). The pruned state is written only with
+-- an admission (below), as everything else.
+local heads, windows = {}, {}
 for i = 1, #KEYS - 5 * n do
   local counter = KEYS[5 * n + i]
-  local a = w0 + (i - 1) * 3
+  local a = w0 + (i - 1) * 2
   local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local fields = redis.call('HGETALL', counter)
-  local used, oldest = 0, sec
-  for f = 1, #fields, 2 do
-    local s = tonumber(fields[f])
-    if s <= sec - 60 then redis.call('HDEL', counter, fields[f])
-    else
-      used = used + tonumber(fields[f + 1])
-      if s < oldest then oldest = s end
+  local m = redis.call('HMGET', counter, 't', 'o', 'n')
+  local used, oldest, newest = tonumber(m[1]) or 0, tonumber(m[2]), tonumber(m[3])
+  local gone = {}
+  if newest == nil or oldest == nil then    -- a new counter (or one without its marks)
+    used = 0
+    local fields = redis.call('HGETALL', counter)
+    for f = 1, #fields, 2 do
+      local s = tonumber(fields[f])
+      if s == nil then                      -- 't', 'o', 'n'
+      elseif s <= sec - 60 then gone[#gone + 1] = s
+      else
+        used = used + tonumber(fields[f + 1])
+        if oldest == nil or s < oldest then oldest = s end
+      end
+    end
+  elseif newest <= sec - 60 then            -- every bucket aged out: the counter starts over
+    used, oldest, gone = 0, nil, false
+  elseif oldest <= sec - 60 then
+    local s = oldest
+    oldest = nil
+    while s <= newest do
+      local v = redis.call('HGET', counter, s)
+      if v then
+        if s > sec - 60 then oldest = s; break end
+        used = used - tonumber(v)
+        gone[#gone + 1] = s
+      end
+      s = s + 1
     end
   end
-  local reset = oldest + 60 - sec
+  local reset = (oldest or sec) + 60 - sec
   if used + cost > limit then return {'window', i, used, reset} end
   heads[#heads + 1] = {limit, limit - used - cost, reset}
+  windows[i] = {used, oldest, gone, newest}
 end
 
 local budgeted, due = {}, {}
@@ -98,8 +135,8 @@ for p = 1, n do
   local a = 5 + (p - 1) * 5
   if tonumber(ARGV[a + 1]) >= 0 then
     local b = (p - 1) * 5
-    if redis.call('EXISTS', KEYS[b + 1]) == 0 then return {'init', p} end
     local st = redis.call('HMGET', KEYS[b + 1], 'spend', 'base', 'reset_at')
+    if not st[1] then return {'init', p} end
     local spend, base, reset_at = tonumber(st[1]), tonumber(st[2]), tonumber(st[3])
     local roll_from, roll_to = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
     local rolled = 0
@@ -112,8 +149,10 @@ for p = 1, n do
       end
     end
     local gone = redis.call('ZRANGEBYSCORE', KEYS[b + 2], '-inf', now)
-    for _, r in ipairs(gone) do redis.call('HDEL', KEYS[b + 3], r) end
-    redis.call('ZREMRANGEBYSCORE', KEYS[b + 2], '-inf', now)
+    if #gone > 0 then
+      for _, r in ipairs(gone) do redis.call('HDEL', KEYS[b + 3], r) end
+      redis.call('ZREMRANGEBYSCORE', KEYS[b + 2], '-inf', now)
+    end
     local reserved = 0
     for _, v in ipairs(redis.call('HVALS', KEYS[b + 3])) do reserved = reserved + tonumber(v) end
     budgeted[#budgeted + 1] = {p, spend, base, reset_at, rolled, reserved}
@@ -173,8 +212,14 @@ for _, s in ipairs(budgeted) do
   redis.call('PEXPIRE', KEYS[b + 3], lease_ms * 2)
 end
 for i = 1, #KEYS - 5 * n do
-  redis.call('HINCRBY', KEYS[5 * n + i], sec, tonumber(ARGV[w0 + (i - 1) * 3 + 2]))
-  redis.call('EXPIRE', KEYS[5 * n + i], 120)
+  local counter, w = KEYS[5 * n + i], windows[i]
+  local cost = tonumber(ARGV[w0 + (i - 1) * 2 + 2])
+  if w[3] == false then redis.call('DEL', counter)
+  elseif #w[3] > 0 then redis.call('HDEL', counter, unpack(w[3])) end
+  redis.call('HSET', counter, 't', w[1] + cost, 'o', w[2] or sec, 'n', sec)
+  redis.call('HINCRBY', counter, sec, cost)
+  -- kept 120 s from its newest bucket: set by the first booking of each second
+  if w[4] ~= sec then redis.call('EXPIRE', counter, 120) end
 end
 for p = 1, n do
   if tonumber(ARGV[5 + (p - 1) * 5 + 2]) >= 0 then
@@ -185,8 +230,9 @@ end
 return out
 """
 
+# (An admin change may have set reset_at alone before any state: 'spend' marks the state.)
 _INIT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], 'spend') == 0 then
   redis.call('HSET', KEYS[1], 'spend', ARGV[1], 'base', ARGV[2], 'reset_at', ARGV[3])
 end
 return 1
@@ -208,9 +254,12 @@ end
 for i = 4 * n + 1, #KEYS do
   local delta = tonumber(ARGV[4 + i - 4 * n])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[i], ARGV[3]) == 1 then
-    if redis.call('HINCRBY', KEYS[i], ARGV[3], delta) < 0 then
+    local left = redis.call('HINCRBY', KEYS[i], ARGV[3], delta)
+    if left < 0 then
       redis.call('HSET', KEYS[i], ARGV[3], 0)
+      delta = delta - left
     end
+    redis.call('HINCRBY', KEYS[i], 't', delta)
   end
 end
 return 1
@@ -253,25 +302,12 @@ _MAX_KEY_SPENDS = 100_000
 
 
 def _prefix(payer: Payer) -> str:
-    """A payer's hash tag: a key's token (the names keys have always had, so replicas of an
-    older version share their state during a rollout), else its scope ("team:t1")."""
     return payer.scope[4:] if payer.level == KEY else payer.scope
-
-
-def _prefix_of(scope: str) -> str:
-    return scope[4:] if scope.startswith("key:") else scope
-
-
-def _keys(prefix: str) -> list[str]:
-    # One hash tag per payer: its budget, leases and version live in one cluster slot (a
-    # request's payers and windows do not: see docs/replicas.md, Redis Cluster).
-    return [f"fg:{{{prefix}}}:budget", f"fg:{{{prefix}}}:resv", f"fg:{{{prefix}}}:resv_amount",
-            f"fg:{{{prefix}}}:parallel", f"fg:{{{prefix}}}:version"]
 
 
 def _settle_keys(demand: Demand) -> list[str]:
     """Each payer's budget, leases and slots, as _SETTLE reads them."""
-    return [name for payer in demand.payers for name in _keys(_prefix(payer))[:4]]
+    return [name for payer in demand.payers for name in payer_keys(_prefix(payer))[:4]]
 
 
 def _unbooked_heads(demand: Demand, heads: list[Any]) -> dict[str, str]:
@@ -325,11 +361,15 @@ class RedisAdmission:
             # windows count it twice for a minute), a settlement adds its cost twice: both
             # stricter, never looser.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
+        self._pipeline = Pipeline(self.client.connection_pool)
+        self._parts = Parts()
         self._admit = self.client.register_script(_ADMIT)
         self._init = self.client.register_script(_INIT)
         self._settle = self.client.register_script(_SETTLE)
         self._bump = self.client.register_script(_BUMP)
         self._renew = self.client.register_script(_RENEW)
+        self._admit_sha = packed_sha(self._admit.sha)
+        self._settle_sha = packed_sha(self._settle.sha)
         self._load_key = load_key
         self._load_payer = load_payer
         self._on_period_start = on_period_start
@@ -343,10 +383,11 @@ class RedisAdmission:
         # settlements since; that period's end in ms): the freshest spend an answer can show
         # without a round trip (period_spend).
         self._key_spend: dict[str, tuple[int, int]] = {}
-        # Queued for the next pipeline: settlements (demand, keys, args), then admissions
-        # (keys, args, the caller's answer). One sender sends them in that order.
-        self._pending: list[tuple[Demand, list[str], list[Any]]] = []
-        self._admissions: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
+        # Queued for the next pipeline: settlements (demand, its packed call), then
+        # admissions (the packed call, the caller's answer). One sender sends them in that
+        # order.
+        self._pending: list[tuple[Demand, bytes]] = []
+        self._admissions: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._held: dict[str, Demand] = {}     # request id -> its demand, admitted in Redis
         # Ids whose admission answer was lost, to release -> successful release rounds so far.
@@ -396,23 +437,24 @@ class RedisAdmission:
         if token in self._key_spend:
             spent, reset_ms = self._key_spend[token]
             self._key_spend[token] = (spent + cost, reset_ms)
+        parts = self._parts
         tpm = [w for w in demand.windows if w.tokens]
-        self._pending.append((demand,
-                              _settle_keys(demand) + [f"fg:w:{w.scope}" for w in tpm],
-                              [demand.request_id, cost, admitted.second, len(demand.payers),
-                               *[tokens - w.cost for w in tpm]]))
+        self._pending.append((demand, settle_call(
+            self._settle_sha, demand.request_id.encode(), cost, admitted.second,
+            [parts.payer(p) for p in demand.payers], [parts.window(w)[0] for w in tpm],
+            [tokens - w.cost for w in tpm])))
         self._send_soon()
 
     def _send_soon(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
-    async def _decide(self, keys: list[str], args: list[Any]) -> Any:
+    async def _decide(self, call: bytes) -> Any:
         """One admission script, sent in the next pipeline: after the settlements queued
         before it, with the admissions of other requests waiting meanwhile (one round trip
         for all of them, and this replica's finished requests free their slots first)."""
         answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._admissions.append((keys, args, answer))
+        self._admissions.append((call, answer))
         self._send_soon()
         return await answer
 
@@ -422,17 +464,17 @@ class RedisAdmission:
             while self._pending or self._admissions:
                 await self._send_batch()
         finally:
-            for _, _, answer in self._admissions:     # cancelled (closing): nothing waits on
+            for _, answer in self._admissions:     # cancelled (closing): nothing waits on
                 if not answer.done():
                     answer.set_exception(RedisConnectionError("admission is closing"))
             self._admissions = []
 
     async def _send_batch(self) -> None:
         batch, self._pending = self._pending, []
-        admissions = [a for a in self._admissions if not a[2].done()]     # not cancelled
+        admissions = [a for a in self._admissions if not a[1].done()]     # not cancelled
         self._admissions = []
-        calls = [(self._settle, keys, args) for _, keys, args in batch]
-        calls += [(self._admit, keys, args) for keys, args, _ in admissions]
+        calls = [(self._settle, call) for _, call in batch]
+        calls += [(self._admit, call) for call, _ in admissions]
         try:
             try:
                 results = await self._pipelined(calls)
@@ -441,12 +483,12 @@ class RedisAdmission:
                 # each admission one call timeout, not two.
                 admissions += self._admissions
                 self._admissions = []
-                for _, _, answer in admissions:
+                for _, answer in admissions:
                     if not answer.done():
                         answer.set_exception(type(exc)(*exc.args) if isinstance(exc, RedisError)
                                              else RedisConnectionError(repr(exc)))
                 raise
-            for (_, _, answer), result in zip(admissions, results[len(batch):], strict=True):
+            for (_, answer), result in zip(admissions, results[len(batch):], strict=True):
                 if answer.done():
                     continue
                 if isinstance(result, Exception):
@@ -462,24 +504,21 @@ class RedisAdmission:
                 # that had to open a connection during a hang times out in its handshake):
                 # release their reservations and slots as lost admissions are released, not
                 # when their leases end (they are no longer renewed).
-                self._dirty.update(_prefix(payer) for demand, _, _ in batch
+                self._dirty.update(_prefix(payer) for demand, _ in batch
                                    for payer in demand.payers)
-                for demand, _, _ in batch:
+                for demand, _ in batch:
                     self._lost[demand.request_id] = (demand, 0)
                 if batch:
                     log.warning("redis: could not settle %d requests (%s); their payers' "
                                 "spend will be re-read from the database", len(batch),
                                 type(exc).__name__)
 
-    async def _pipelined(self, calls: list[tuple[AsyncScript, list[str], list[Any]]]
-                         ) -> list[Any]:
-        """Run scripts in one pipeline by their digests, each answer or its ResponseError in
-        order. (redis-py's pipeline would first ask SCRIPT EXISTS: a round trip more.) A
-        Redis that lost its scripts (restarted) gets them loaded and those calls again."""
-        async with self.client.pipeline(transaction=False) as pipe:
-            for script, keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+    async def _pipelined(self, calls: list[tuple[AsyncScript, bytes]]) -> list[Any]:
+        """Run packed script calls (by their digests) in one pipeline, each answer or its
+        ResponseError in order. (redis-py's pipeline would first ask SCRIPT EXISTS: a round
+        trip more.) A Redis that lost its scripts (restarted) gets them loaded and those
+        calls again."""
+        results = await self._pipeline.run([call for _, call in calls])
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
             for script in {calls[i][0] for i in missing}:
@@ -497,14 +536,16 @@ class RedisAdmission:
             if not held and not lost:
                 continue
             lease_ms = int(LEASE_S * 1000)
-            calls: list[tuple[AsyncScript, list[str], list[Any]]] = []
+            calls: list[tuple[AsyncScript, bytes]] = []
             for rid, demand in held:
                 for payer in demand.payers:
-                    names = _keys(_prefix(payer))
-                    calls.append((self._renew, [names[1], names[3], names[2]], [rid, lease_ms]))
+                    names = payer_keys(_prefix(payer))
+                    calls.append((self._renew, command(self._renew.sha,
+                                                       [names[1], names[3], names[2]],
+                                                       [rid, lease_ms])))
             for rid, (demand, _) in lost:
-                calls.append((self._settle, _settle_keys(demand),
-                              [rid, 0, 0, len(demand.payers)]))
+                calls.append((self._settle, command(self._settle.sha, _settle_keys(demand),
+                                                    [rid, 0, 0, len(demand.payers)])))
             try:
                 results = await self._pipelined(calls)
             except RedisError:
@@ -545,11 +586,11 @@ class RedisAdmission:
         return key.spend_nanos
 
     def forget(self, scope: str) -> None:
-        self._key_spend.pop(_prefix_of(scope), None)
+        self._key_spend.pop(prefix_of(scope), None)
         self._fallback.forget(scope)
 
     def change_period(self, scope: str, reset_at: datetime | None) -> None:
-        self._key_spend.pop(_prefix_of(scope), None)
+        self._key_spend.pop(prefix_of(scope), None)
         self._fallback.change_period(scope, reset_at)
 
     async def version(self, token: str) -> str:
@@ -560,7 +601,7 @@ class RedisAdmission:
         """A payer's current version ("key:<token>", "team:<id>", ...); read it before the
         payer's row, so that the row is at least as new."""
         try:
-            version = await self.client.get(_keys(_prefix_of(scope))[4])
+            version = await self.client.get(payer_keys(prefix_of(scope))[4])
             return "0" if version is None else version.decode() if isinstance(version, bytes) \
                 else str(version)
         except RedisError:
@@ -575,7 +616,7 @@ class RedisAdmission:
         """After an admin change to a payer (a team blocked, an organization's budget raised,
         a key updated) hit the database: bump its version, so that every replica's next
         request with it reloads it; `reset_at`: its period's end, if it has one."""
-        names = _keys(_prefix_of(scope))
+        names = payer_keys(prefix_of(scope))
         await self._bump(keys=[names[4]])
         if reset_at is not None:
             await self.client.hset(names[0], "reset_at", _ms(reset_at))
@@ -583,28 +624,24 @@ class RedisAdmission:
     # --- internals
 
     async def _admit_shared(self, demand: Demand) -> Admitted:
-        payers = demand.payers
-        names: list[str] = []
-        args: list[Any] = [demand.request_id, demand.least, demand.most, int(LEASE_S * 1000),
-                           len(payers)]
-        for payer in payers:
-            prefix = _prefix(payer)
-            payer_names = _keys(prefix)
-            if prefix in self._dirty:
-                await self.client.delete(payer_names[0])
-                self._dirty.discard(prefix)
-            names += payer_names
-            args += [-1 if payer.max_budget_nanos is None else payer.max_budget_nanos,
-                     -1 if payer.max_parallel_requests is None
-                     else payer.max_parallel_requests,
-                     payer.version, -1 if payer.budget_duration is None else 0, 0]
-        for w in demand.windows:
-            args += [w.limit, w.cost, int(w.tokens)]
-        names += [f"fg:w:{w.scope}" for w in demand.windows]
+        payers, parts = demand.payers, self._parts
+        wired: list[PayerPart] = [parts.payer(p) for p in payers]
+        if self._dirty:
+            for part in wired:
+                if part.prefix in self._dirty:
+                    await self.client.delete(payer_keys(part.prefix)[0])
+                    self._dirty.discard(part.prefix)
+        windows = [parts.window(w) for w in demand.windows]
+        costs = [w.cost for w in demand.windows]
+        rid = demand.request_id.encode()
+        lease_ms = int(LEASE_S * 1000)
+        rolls: dict[int, bytes] = {}
         deadline = asyncio.get_running_loop().time() + self._wait_timeout_s
         rechecks = 0
         while True:
-            result = await self._decide(names, args)
+            result = await self._decide(admit_call(self._admit_sha, rid, demand.least,
+                                                   demand.most, lease_ms, wired, windows,
+                                                   costs, rolls))
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if verdict == "ok":
                 return self._admitted(demand, result)
@@ -617,8 +654,8 @@ class RedisAdmission:
                 now_ms = int(result[1])
                 for at in range(2, len(result), 2):
                     i, reset_ms = int(result[at]) - 1, int(result[at + 1])
-                    args[8 + 5 * i], args[9 + 5 * i] = reset_ms, _next_reset_ms(
-                        reset_ms, payers[i].budget_duration or "", now_ms)
+                    rolls[i] = wired[i].terms_rolling(reset_ms, _next_reset_ms(
+                        reset_ms, payers[i].budget_duration or "", now_ms))
                 continue
             if verdict == "parallel":
                 if rechecks < _PARALLEL_RECHECKS and self._pending:
@@ -653,7 +690,7 @@ class RedisAdmission:
         # a row without a period end of its own: the one its Payer derived (named budget)
         reset_at = fresh.budget_reset_at or payer.budget_reset_at
         reset_ms = _ms(reset_at) if reset_at else 0
-        await self._init(keys=[_keys(_prefix(payer))[0]],
+        await self._init(keys=[payer_keys(_prefix(payer))[0]],
                          args=[fresh.spend_nanos, fresh.period_base_nanos, reset_ms])
 
     def _admitted(self, demand: Demand, result: list[Any]) -> Admitted:

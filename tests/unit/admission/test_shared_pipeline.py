@@ -62,7 +62,7 @@ async def test_concurrent_admissions_share_round_trips_and_stay_exact(private_re
     pipelined = adm._pipelined
 
     async def counting(calls: list[Any]) -> list[Any]:
-        admissions = sum(1 for script, _, _ in calls if script is adm._admit)
+        admissions = sum(1 for script, _ in calls if script is adm._admit)
         if admissions:                           # not lease renewals
             pipelines.append(admissions)
         return await pipelined(calls)
@@ -95,7 +95,7 @@ async def test_admissions_queued_behind_an_unanswered_pipeline_are_refused_with_
     pipelined = adm._pipelined
 
     async def counting(calls: list[Any]) -> list[Any]:
-        admissions = sum(1 for script, _, _ in calls if script is adm._admit)
+        admissions = sum(1 for script, _ in calls if script is adm._admit)
         if admissions:                           # not lease renewals
             pipelines.append(admissions)
         return await pipelined(calls)
