@@ -215,10 +215,6 @@ class Ctx:
         self.tz = _zone(request.cookies.get(TZ_COOKIE))
 
     @property
-    def is_admin(self) -> bool:
-        return self.session.is_admin
-
-    @property
     def client_address(self) -> str:
         client = self.request.client
         return client.host if client is not None else "unknown"
