@@ -72,9 +72,9 @@ class PayerPart:
     """One payer's packed names and terms, as the admission and settlement scripts read them:
     per payer 5 keys (budget, resv, resv_amount, parallel, version) and 5 arguments (max
     budget or -1, parallel limit or -1, version, roll_from, roll_to); a settlement reads the
-    first 4 keys."""
+    first 4 keys and what admission held on it (1: a reservation, 2: a parallel slot)."""
 
-    __slots__ = ("admit_keys", "budgeted", "payer", "prefix", "settle_keys", "terms")
+    __slots__ = ("admit_keys", "budgeted", "held", "payer", "prefix", "settle_keys", "terms")
 
     def __init__(self, payer: Payer) -> None:
         self.payer = payer
@@ -82,6 +82,8 @@ class PayerPart:
         names = [bulk(name.encode()) for name in payer_keys(self.prefix)]
         self.admit_keys = b"".join(names)
         self.settle_keys = b"".join(names[:4])
+        self.held = number((payer.max_budget_nanos is not None)
+                           + 2 * (payer.max_parallel_requests is not None))
         self.budgeted = payer.budget_duration is not None
         self.terms = self.terms_rolling(0, 0)
 
@@ -147,13 +149,15 @@ def settle_call(sha: bytes, request_id: bytes, cost: int, second: int,
                 payers: Sequence[PayerPart], windows: Sequence[bytes],
                 deltas: Sequence[int]) -> bytes:
     """The settlement script's call: KEYS per payer 4, then the tpm windows' counters; ARGV
-    the request id, cost, the window second, payer count, each window's token delta."""
+    the request id, cost, the window second, payer count, per payer what admission held on
+    it, each window's token delta."""
     n = len(payers)
-    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (7 + 4 * n + 2 * len(windows)), sha,
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (7 + 5 * n + 2 * len(windows)), sha,
              number(4 * n + len(windows))]
     parts += [p.settle_keys for p in payers]
     parts += windows
     parts += [bulk(request_id), number(cost), number(second), number(n)]
+    parts += [p.held for p in payers]
     parts += [number(d) for d in deltas]
     return b"".join(parts)
 

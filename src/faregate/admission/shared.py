@@ -70,10 +70,11 @@ local lease = now + lease_ms
 local n = tonumber(ARGV[5])
 local w0 = 5 + 5 * n
 
+local version_keys = {}
+for p = 1, n do version_keys[p] = KEYS[p * 5] end
+local versions = redis.call('MGET', unpack(version_keys))
 for p = 1, n do
-  if (redis.call('GET', KEYS[p * 5]) or '0') ~= ARGV[5 + (p - 1) * 5 + 3] then
-    return {'stale', p}
-  end
+  if (versions[p] or '0') ~= ARGV[5 + (p - 1) * 5 + 3] then return {'stale', p} end
 end
 
 for p = 1, n do
@@ -239,20 +240,24 @@ return 1
 """
 
 # KEYS: per payer 4 (budget, resv, resv_amount, parallel), then the tpm windows. ARGV: request
-# id, cost, the window second, payer count, then each window's token delta.
+# id, cost, the window second, payer count, per payer what admission held on it (1: a
+# reservation, its budget; 2: a parallel slot; 3: both), then each window's token delta. Spend
+# is added to every payer whose state Redis has, budget or not (a budget set later reads it).
 _SETTLE = """
 local n, cost = tonumber(ARGV[4]), tonumber(ARGV[2])
 for p = 1, n do
-  local b = (p - 1) * 4
-  redis.call('HDEL', KEYS[b + 3], ARGV[1])
-  redis.call('ZREM', KEYS[b + 2], ARGV[1])
-  redis.call('ZREM', KEYS[b + 4], ARGV[1])
-  if cost > 0 and redis.call('EXISTS', KEYS[b + 1]) == 1 then
+  local b, held = (p - 1) * 4, tonumber(ARGV[4 + p])
+  if held % 2 == 1 then
+    redis.call('HDEL', KEYS[b + 3], ARGV[1])
+    redis.call('ZREM', KEYS[b + 2], ARGV[1])
+  end
+  if held >= 2 then redis.call('ZREM', KEYS[b + 4], ARGV[1]) end
+  if cost > 0 and redis.call('HEXISTS', KEYS[b + 1], 'spend') == 1 then
     redis.call('HINCRBY', KEYS[b + 1], 'spend', cost)
   end
 end
 for i = 4 * n + 1, #KEYS do
-  local delta = tonumber(ARGV[4 + i - 4 * n])
+  local delta = tonumber(ARGV[4 + n + i - 4 * n])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[i], ARGV[3]) == 1 then
     local left = redis.call('HINCRBY', KEYS[i], ARGV[3], delta)
     if left < 0 then
@@ -544,8 +549,9 @@ class RedisAdmission:
                                                        [names[1], names[3], names[2]],
                                                        [rid, lease_ms])))
             for rid, (demand, _) in lost:
-                calls.append((self._settle, command(self._settle.sha, _settle_keys(demand),
-                                                    [rid, 0, 0, len(demand.payers)])))
+                calls.append((self._settle, command(
+                    self._settle.sha, _settle_keys(demand),
+                    [rid, 0, 0, len(demand.payers), *[3] * len(demand.payers)])))
             try:
                 results = await self._pipelined(calls)
             except RedisError:

@@ -301,3 +301,21 @@ async def test_a_change_to_a_team_reaches_every_replica_at_once(replicas: Replic
     assert version == "1"
     fresh = replace(team, version=version)
     await replicas.all[2].admit(demand("after", k, fresh))
+
+
+async def test_a_period_set_before_the_payer_had_state_in_redis(replicas: Replicas) -> None:
+    """An admin sets a team's budget_duration before any request of the team reached Redis:
+    its period end is stored alone. The team's state is still initialised from its row, and
+    a settlement before that adds no spend to a state that is not there."""
+    adm = replicas.all[0]
+    reset_at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
+    await adm.payer_changed("team:t1", reset_at)
+    team = payer(TEAM, "t1", 1_000, spend_nanos=300, budget_duration="1d",
+                 budget_reset_at=reset_at, version="1")
+    k = replicas.key(1)
+    stray = await adm.admit(demand("stray", k))             # its key only: the team untouched
+    await adm.settle(replace(stray, demand=demand("stray", k, team)), 50, 0)
+    await replicas.drained()
+    admitted = await asyncio.wait_for(adm.admit(demand("r1", k, team, most=900)), 10)
+    assert admitted.grant == 700
+    assert await spend_of(adm, "team:t1") == 300
