@@ -231,6 +231,21 @@ async def test_a_body_ended_by_closing_is_read_whole_and_the_connection_not_kept
         assert server.connections == 2 and pool_of(session).idle("127.0.0.1", server.port) == 0
 
 
+async def test_a_head_and_body_in_many_small_reads_are_put_together() -> None:
+    async def trickle(request: Request, writer: asyncio.StreamWriter) -> bool:
+        data = answer(extra=b"X-Long: " + b"v" * 300 + b"\r\n")
+        for i in range(0, len(data), 7):
+            writer.write(data[i:i + 7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        return True
+
+    async with raw_server(trickle) as server, lean() as (session, client):
+        d = deployment(server.base, stream_timeout_s=5)
+        assert (await client.send(d, "/chat/completions", CHAT)).body == OK_JSON
+        assert pool_of(session).idle("127.0.0.1", server.port) == 1
+
+
 async def test_an_interim_100_continue_is_skipped() -> None:
     async def continued(request: Request, writer: asyncio.StreamWriter) -> bool:
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + answer())
