@@ -10,15 +10,18 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 import uvloop
+import yaml
 from support import mock_upstream_process
 
+from faregate import config
 from faregate.config import Deployment
-from faregate.errors import UpstreamError
+from faregate.errors import ConfigError, UpstreamError
 from faregate.providers.base import UpstreamSession, pooled_session
 from faregate.providers.http1 import (
     ConnectFailed,
@@ -527,6 +530,45 @@ async def test_a_line_break_in_a_header_is_refused() -> None:
         with pytest.raises(ValueError):
             session.post("http://127.0.0.1:9/v1", data=b"", headers={"x": "a\r\nb: c"},
                          timeout=aiohttp.ClientTimeout(total=1))
+
+
+# the switch back to aiohttp
+
+
+async def test_the_aiohttp_switch_serves_the_same(mock_base: str) -> None:
+    async def cut(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer()[:-10])
+        return False
+
+    client = OpenAICompatible()
+    async with pooled_session(lean=False) as session, raw_server(cut) as server:
+        client.use(session)
+        d = deployment(mock_base)
+        reply = await client.send(d, "/chat/completions", CHAT)
+        assert isinstance(reply.usage, dict) and reply.usage["completion_tokens"] == 4
+        events = b"".join([b async for b in client.stream(d, "/chat/completions", STREAM)])
+        assert events.endswith(b"data: [DONE]\n\n")
+        with pytest.raises(UpstreamError) as caught:
+            await client.send(deployment(server.base), "/chat/completions", CHAT)
+        assert caught.value.code == "upstream_disconnected"
+
+
+@pytest.mark.parametrize(("environ", "general", "chosen"), [
+    ({}, {}, "http1"),
+    ({}, {"upstream_http_client": "aiohttp"}, "aiohttp"),
+    ({"FAREGATE_UPSTREAM_HTTP_CLIENT": "aiohttp"}, {"upstream_http_client": "http1"}, "aiohttp"),
+])
+def test_the_switch_is_read_from_config_and_environment(
+        tmp_path: Path, environ: dict[str, str], general: dict[str, str], chosen: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"model_list": [{"model_name": "m", "litellm_params": {
+        "model": "openai/m", "api_base": "http://127.0.0.1:9/v1", "input_cost_per_token": 0,
+        "output_cost_per_token": 0}}], "general_settings": general}))
+    env = {"FAREGATE_MASTER_KEY": "sk-" + "0" * 40, "FAREGATE_DATA_DIR": str(tmp_path),
+           **environ}
+    assert config.load(env, path).upstream_http_client == chosen
+    with pytest.raises(ConfigError, match="FAREGATE_UPSTREAM_HTTP_CLIENT"):
+        config.load({**env, "FAREGATE_UPSTREAM_HTTP_CLIENT": "httpx"}, path)
 
 
 # the same on uvloop, which `faregate serve` runs on (its transports are not asyncio's classes)
