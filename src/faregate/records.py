@@ -66,6 +66,12 @@ class SpendRow:
     team_id: str | None = None
     organization_id: str | None = None
     end_user: str | None = None
+    # How it went upstream, appended after the payers for the same reason: the upstream calls
+    # made (retries and fallbacks included; None: not recorded, a line written before this
+    # field), and the error it ended with (spend/row_error.py: short, storable, no secrets;
+    # None when it succeeded).
+    attempts: int | None = 1
+    error: str | None = None
 
 
 @dataclass(frozen=True)

@@ -286,11 +286,8 @@ async def test_hour_rollup_downgrades_and_upgrades_again(fresh_url: str) -> None
         await store.close()
     await asyncio.to_thread(command.downgrade, migrate._config(fresh_url), "0009")
     assert "faregate_spend_rollup_hour" not in await on(fresh_url, reflect)
-    store = SqlStorage.from_url(fresh_url)
-    try:
-        await store.write_spend([replace(row, request_id="r2")])
-    finally:
-        await store.close()
+    # at 0009 a row still writes (as that release's ledger wrote it: no attempts or error)
+    await on(fresh_url, lambda conn: insert_rows(conn, [replace(row, request_id="r2")]))
     await asyncio.to_thread(migrate.upgrade, fresh_url)
 
     def hours(conn: Connection) -> list[Any]:
@@ -300,3 +297,54 @@ async def test_hour_rollup_downgrades_and_upgrades_again(fresh_url: str) -> None
 
     assert [tuple(r) for r in await on(fresh_url, hours)] == [("all", "", 60, 2),
                                                               ("model", "m", 60, 2)]
+
+
+def insert_rows(conn: Connection, rows: list[SpendRow]) -> None:
+    """Ledger rows as an older release wrote them: the columns its table has."""
+    table = Table("faregate_spend_logs", MetaData(), autoload_with=conn)
+    conn.execute(table.insert(), [{c.name: getattr(r, c.name) for c in table.columns}
+                                  for r in rows])
+    conn.commit()
+
+
+async def test_row_attempts_and_error_downgrade_and_upgrade_again(fresh_url: str) -> None:
+    """0011 adds attempts and error to the ledger: rows written before it read as not
+    recorded (NULL, not a guessed 1), rows after it keep theirs; down to 0010 the columns go
+    (the other rows, their rollups and triggers stay), and up again they are back, empty."""
+    await asyncio.to_thread(command.upgrade, migrate._config(fresh_url), "0010")
+    at = datetime(2026, 1, 1, 10, 40, tzinfo=UTC)
+    before = SpendRow("r-old", "k" * 64, None, "m", "u", "chat_completion", 1, 2, 30, at, at,
+                      "failure")
+    await on(fresh_url, lambda conn: insert_rows(conn, [before]))
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+    assert await migrate.current_revision(fresh_url) == migrate.head_revision()
+    store = SqlStorage.from_url(fresh_url)
+    after = replace(before, request_id="r-new", attempts=3,
+                    error="upstream_error: The upstream failed with HTTP 503")
+    try:
+        await store.write_spend([after])
+        old, new = await store.report_log("r-old"), await store.report_log("r-new")
+        assert old is not None and (old.attempts, old.error) == (None, None)
+        assert new is not None and (new.attempts, new.error) == (3, after.error)
+    finally:
+        await store.close()
+    await asyncio.to_thread(command.downgrade, migrate._config(fresh_url), "0010")
+    columns = (await on(fresh_url, reflect))["faregate_spend_logs"]["columns"]
+    assert "attempts" not in columns and "error" not in columns
+
+    def sums(conn: Connection) -> list[Any]:
+        return conn.exec_driver_sql(
+            "SELECT level, spend_nanos, requests, failures FROM faregate_spend_rollup_hour "
+            "WHERE level = 'all'").all()
+
+    await on(fresh_url, lambda conn: insert_rows(conn, [replace(before, request_id="r-3")]))
+    assert [tuple(r) for r in await on(fresh_url, sums)] == [("all", 90, 3, 3)]
+    await asyncio.to_thread(migrate.upgrade, fresh_url)
+    assert (await on(fresh_url, reflect))["faregate_spend_logs"] == \
+        reference()["faregate_spend_logs"]
+    store = SqlStorage.from_url(fresh_url)
+    try:
+        again = await store.report_log("r-new")
+        assert again is not None and (again.attempts, again.error) == (None, None)
+    finally:
+        await store.close()

@@ -37,10 +37,13 @@ def test_a_checkpoint_with_payers_round_trips(tmp_path: Path) -> None:
     assert (got["s2"].user_id, got["s2"].team_id, got["s2"].organization_id,
             got["s2"].end_user) == ("u1", "t1", "o1", "c1")
     assert got["s1"].team_id is None
+    # both written before attempts were counted: not recorded, rather than a guessed 1
+    assert (got["s1"].attempts, got["s2"].attempts) == (None, None)
 
 
 def test_lines_of_the_wrong_length_are_skipped(tmp_path: Path) -> None:
-    assert rows(tmp_path / "bad.streams", [OLD_LINE[:-1], [*OLD_LINE, 1, 2, 3, 4, 5]]) == []
+    too_long = [*OLD_LINE, "u", "t", "o", "c", 1, None, "extra"]
+    assert rows(tmp_path / "bad.streams", [OLD_LINE[:-1], too_long]) == []
 
 
 def test_a_stream_checkpoints_its_payers(tmp_path: Path) -> None:
@@ -52,7 +55,7 @@ def test_a_stream_checkpoints_its_payers(tmp_path: Path) -> None:
                             timeout_s=1.0)
     template = SpendRow("s3", "k" * 64, None, "m", "u", "chat_completion", 10, 0, 0, T0, T0,
                         INTERRUPTED, user_id="u1", team_id="t1", organization_id="o1",
-                        end_user="c1")
+                        end_user="c1", attempts=3)
     stream = OpenStream(None, template, deployment)  # type: ignore[arg-type]  # no owner needed
     stream.delivered = 5
     path = tmp_path / "one.streams"
@@ -61,3 +64,4 @@ def test_a_stream_checkpoints_its_payers(tmp_path: Path) -> None:
     assert (row.user_id, row.team_id, row.organization_id, row.end_user) == (
         "u1", "t1", "o1", "c1")
     assert row.completion_tokens == 5 and row.spend_nanos > 0
+    assert (row.attempts, row.error) == (3, None)     # a crash keeps the attempts made

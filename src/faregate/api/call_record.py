@@ -97,4 +97,4 @@ def _log_request(trace: RequestTrace, status: int) -> None:
         "latency_ms": round((perf_counter() - trace.started) * 1000, 3),
         "upstream_ms": None if trace.upstream_s is None else round(trace.upstream_s * 1000, 3),
         "prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
-        "outcome": trace.outcome or None})
+        "outcome": trace.outcome or None, "attempts": trace.attempts, "error": trace.error})

@@ -37,6 +37,8 @@ class Call:
     settled: bool = False
     cache_read: int = 0             # prompt tokens the upstream read from its prompt cache
     cache_write: int = 0            # prompt tokens the upstream wrote to it
+    attempts: int = 1               # upstream calls made for it (retries, fallbacks)
+    error: str | None = None        # what it ended with, as its ledger row keeps it
 
     @property
     def request(self) -> ParsedRequest:

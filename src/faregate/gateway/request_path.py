@@ -48,6 +48,7 @@ from faregate.records import EndUserRecord, SpendRow
 from faregate.spend.checkpoints import INTERRUPTED, OpenStream, StreamCheckpoints
 from faregate.spend.ledger import LedgerWriter
 from faregate.spend.pricing import PromptBound, cost
+from faregate.spend.row_error import row_error
 from faregate.wire.openai_request import CallType, ParsedRequest, end_user_id, parse
 
 log = logging.getLogger("faregate.gateway")
@@ -112,8 +113,8 @@ class Gateway:
         except UpstreamError as exc:
             self._router.failed(call.deployment, exc)
             failure = exc
-        except BaseException:
-            await self.finish(call, 0, 0, "failure")
+        except BaseException as exc:
+            await self.finish(call, 0, 0, "failure", error=exc)
             raise
         return await self._retries.recover(call, raw, path, failure)
 
@@ -200,14 +201,18 @@ class Gateway:
         return Reply(reply.body, headers)
 
     async def finish(self, call: Call, prompt: int, completion: int, status: str,
-                     stream: OpenStream | None = None) -> None:
+                     stream: OpenStream | None = None,
+                     error: BaseException | None = None) -> None:
         """Settle once: the ledger row and the admission's real cost. A relayed `stream`'s
-        checkpoints end with its row."""
+        checkpoints end with its row. `error`: what the request ended with, if it did not
+        succeed (its row keeps a short, storable, redacted text of it)."""
         if call.settled:
             if stream is not None:
                 self._checkpoints.closed(stream)
             return
         call.settled = True
+        if error is not None:
+            call.error = row_error(error, _secrets(call.deployment))
         spend = cost(call.deployment, prompt, completion, call.cache_read, call.cache_write)
         self._ledger.record(self._row(call, prompt, completion, spend, status))
         if stream is not None:
@@ -217,6 +222,7 @@ class Gateway:
         trace = call.ask.trace
         trace.prompt_tokens, trace.completion_tokens = prompt, completion
         trace.spend_nanos, trace.outcome = spend, status
+        trace.attempts, trace.error = call.attempts, call.error
         await self._admission.settle(call.admitted, spend, prompt + completion)
 
     def _payers_of(self, caller: Caller, ask: Ask) -> tuple[Payer, ...]:
@@ -259,7 +265,7 @@ class Gateway:
             prompt_tokens=prompt, completion_tokens=completion, spend_nanos=spend,
             start_time=call.ask.started, end_time=self._now(), status=status,
             user_id=key.user_id, team_id=key.team_id, organization_id=org,
-            end_user=call.request.end_user)
+            end_user=call.request.end_user, attempts=call.attempts, error=call.error)
 
     async def authenticate(self, authorization: str | None, api_key: str | None) -> Caller:
         return await self._auth.caller(authorization, api_key)
@@ -404,6 +410,7 @@ class Gateway:
         # Charged as if cut now: the prompt at its bound, the chunks delivered so far.
         stream = self._checkpoints.open(self._row(call, call.prompt_bound, 0, 0, INTERRUPTED),
                                         call.deployment)
+        failure: GatewayError | None = None
         try:
             if first is not None:
                 yield meter.pass_on(first)
@@ -413,13 +420,14 @@ class Gateway:
                     yield meter.pass_on(block)
                     stream.reached(meter.produced)
         except GatewayError as exc:
+            failure = exc
             if isinstance(exc, UpstreamError):
                 self._router.failed(call.deployment, exc)     # counts towards its cooldown
             yield b"data: " + exc.body() + b"\n\n"
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             meter.broken = True
-            err = UpstreamError(f"The upstream sent a malformed stream event: {exc}")
-            yield b"data: " + err.body() + b"\n\n"
+            failure = UpstreamError(f"The upstream sent a malformed stream event: {exc}")
+            yield b"data: " + failure.body() + b"\n\n"
         finally:
             self._router.end(call.deployment)
             await blocks.aclose()     # closes the upstream response: frees its GPU slot
@@ -437,4 +445,12 @@ class Gateway:
             else:
                 prompt, completion = 0, 0
                 status = "success" if meter.done else "failure"
-            await self.finish(call, prompt, completion, status, stream)
+            await self.finish(call, prompt, completion, status, stream,
+                              failure if status != "success" else None)
+
+
+def _secrets(d: Deployment) -> tuple[str, ...]:
+    """What an upstream's error message must not bring into the ledger: the deployment's key,
+    and its api_base where that carries credentials (user:password@, ?key=)."""
+    key = (d.api_key.reveal(),) if d.api_key is not None else ()
+    return key + ((d.api_base,) if d.api_base != d.shown_base else ())

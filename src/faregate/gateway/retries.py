@@ -30,7 +30,8 @@ class Attempts(Protocol):
 
     async def answer(self, call: Call, raw: bytes, path: str) -> Reply | StreamReply: ...
 
-    async def finish(self, call: Call, prompt: int, completion: int, status: str) -> None: ...
+    async def finish(self, call: Call, prompt: int, completion: int, status: str,
+                     *, error: BaseException | None = None) -> None: ...
 
 
 class Retries:
@@ -77,6 +78,7 @@ class Retries:
                     attempts += 1
                     try:
                         call = await self._attempts.move(call, d, attempts)
+                        call.attempts = attempts
                     except RateLimited as exc:
                         if exc.code in DEPLOYMENT_WINDOWS:
                             attempts -= 1   # no upstream call; another deployment may have room
@@ -95,9 +97,9 @@ class Retries:
                     return reply
                 if not failure.retryable:
                     break
-        except BaseException:
-            await self._attempts.finish(call, 0, 0, "failure")     # cancelled while retrying
+        except BaseException as exc:
+            await self._attempts.finish(call, 0, 0, "failure", error=exc)  # cancelled meanwhile
             raise
-        await self._attempts.finish(call, 0, 0, "failure")
+        await self._attempts.finish(call, 0, 0, "failure", error=failure)
         failure.headers["x-faregate-attempts"] = str(attempts)
         raise failure

@@ -26,7 +26,7 @@ REQUEST_TRACE: ContextVar[RequestTrace | None] = ContextVar("faregate_request_tr
                                                             default=None)
 # Fields a log call may pass with `extra=` that become JSON fields of their own.
 _FIELDS = ("model", "key_alias", "status", "latency_ms", "upstream_ms", "prompt_tokens",
-           "completion_tokens", "outcome")
+           "completion_tokens", "outcome", "attempts", "error")
 _KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_\-]{4,}")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 _BEARER = re.compile(r"(?i)(bearer\s+)\S+")

@@ -28,6 +28,8 @@ class RequestTrace:
     completion_tokens: int = 0
     spend_nanos: int = 0
     outcome: str = ""                       # the ledger row's status, once settled
+    attempts: int = 1                       # upstream calls made (retries, fallbacks)
+    error: str | None = None                # as the ledger row keeps it (no secrets)
 
 
 def sane_client_request_id(value: bytes) -> str | None:

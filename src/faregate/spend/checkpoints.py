@@ -51,6 +51,7 @@ _NEW_LEFT_S = 60.0                # one older than this, unlocked: its maker die
 _OPEN, _CLOSED = "open", "closed"
 _FIELDS = SpendRow.__slots__
 _OLDEST_LINE = _FIELDS.index("status") + 1   # the fields every checkpoint line has had
+_ATTEMPTS_AT = _FIELDS.index("attempts")      # lines shorter than this did not count them
 
 
 class OpenStream:
@@ -81,7 +82,7 @@ class OpenStream:
         return orjson.dumps([_OPEN, t.request_id, t.api_key, t.key_alias, t.model, t.upstream,
                              t.call_type, t.prompt_tokens, self.delivered, spend, t.start_time,
                              now, INTERRUPTED, t.user_id, t.team_id, t.organization_id,
-                             t.end_user], option=orjson.OPT_APPEND_NEWLINE)
+                             t.end_user, t.attempts], option=orjson.OPT_APPEND_NEWLINE)
 
 
 class StreamCheckpoints:
@@ -279,10 +280,12 @@ def _open_rows(path: Path) -> Iterator[SpendRow]:
                 if record[0] == _CLOSED:
                     latest.pop(record[1], None)
                     continue
-                # Lines written before the payer fields (SpendRow's last four) are shorter.
+                # Lines written before the payer fields, or attempts and error, are shorter.
                 if not _OLDEST_LINE <= len(record) - 1 <= len(_FIELDS):
                     raise ValueError(f"{len(record) - 1} fields")
                 fields = dict(zip(_FIELDS, record[1:], strict=False))
+                if len(record) - 1 <= _ATTEMPTS_AT:
+                    fields["attempts"] = None
                 fields["start_time"] = datetime.fromisoformat(fields["start_time"])
                 fields["end_time"] = datetime.fromisoformat(fields["end_time"])
                 row = SpendRow(**fields)

@@ -39,7 +39,7 @@ _FIELDS = [f.name for f in fields(SpendRow)]
 _TEXT_COLUMNS = [(name, getattr(spend_logs.c[name].type, "length", None))
                  for name in ("request_id", "api_key", "key_alias", "model", "upstream",
                               "call_type", "status", "user_id", "team_id", "organization_id",
-                              "end_user")]
+                              "end_user", "error")]
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,7 @@ def _decode(lines: Any) -> Iterator[DeadLetter]:
         try:
             item = json.loads(line)
             row = dict(item["row"])
+            row.setdefault("attempts", None)    # a letter from before attempts were counted
             row["start_time"] = datetime.fromisoformat(row["start_time"])
             row["end_time"] = datetime.fromisoformat(row["end_time"])
             yield DeadLetter(SpendRow(**row), str(item["reason"]), item.get("sqlstate"),

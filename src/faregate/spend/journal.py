@@ -42,6 +42,7 @@ SEGMENT_BYTES = 1 << 20
 _FIELDS = SpendRow.__slots__
 _VALUES = operator.attrgetter(*_FIELDS)     # a row's values in _FIELDS' order, as a tuple
 _OLDEST_LINE = _FIELDS.index("status") + 1   # the fields every journal line has had
+_ATTEMPTS_AT = _FIELDS.index("attempts")      # lines shorter than this did not count them
 
 
 @dataclass(slots=True)
@@ -271,8 +272,11 @@ def _decode_lines(path: Path) -> Iterator[SpendRow]:
                 values = _loads(line)
                 if not _OLDEST_LINE <= len(values) <= len(_FIELDS):
                     raise ValueError(f"{len(values)} fields")
-                # A line written before the payer fields existed is shorter: they default.
+                # A line written before the payer fields existed is shorter: they default;
+                # one written before attempts were counted has them as not recorded (None).
                 fields = dict(zip(_FIELDS, values, strict=False))
+                if len(values) <= _ATTEMPTS_AT:
+                    fields["attempts"] = None
                 fields["start_time"] = datetime.fromisoformat(fields["start_time"])
                 fields["end_time"] = datetime.fromisoformat(fields["end_time"])
                 yield SpendRow(**fields)

@@ -459,9 +459,9 @@ _REPLICA_FORGOTTEN_S = 3600.0
 
 _SPEND_COLUMNS = ("request_id", "api_key", "key_alias", "model", "upstream", "call_type",
                   "prompt_tokens", "completion_tokens", "spend_nanos", "start_time", "end_time",
-                  "status", *PAYER_COLUMNS)
+                  "status", *PAYER_COLUMNS, "attempts", "error")
 _PG_TYPES = ("text", "text", "text", "text", "text", "text", "int", "int", "bigint",
-             "timestamptz", "timestamptz", "text", "text", "text", "text", "text")
+             "timestamptz", "timestamptz", "text", "text", "text", "text", "text", "int", "text")
 
 # One statement: insert what is new, add exactly the new rows' spend to their keys. It answers
 # the spend per key, or (_PG_WRITE_SPEND_NEW_IDS) the new rows' ids, when payers above the keys
@@ -544,7 +544,7 @@ def _json(rows: Sequence[SpendRow], values: list[Any]) -> bytes:
         for row in rows:
             for value in (row.request_id, row.api_key, row.key_alias, row.model, row.upstream,
                           row.call_type, row.status, row.user_id, row.team_id,
-                          row.organization_id, row.end_user):
+                          row.organization_id, row.end_user, row.error):
                 if value is not None:
                     value.encode("utf-8")
         raise
@@ -561,7 +561,7 @@ def _sqlite_plan(rows: Sequence[SpendRow], found: list[Any]) -> tuple[
         (r.request_id, r.api_key, r.key_alias, r.model, r.upstream, r.call_type,
          r.prompt_tokens, r.completion_tokens, r.spend_nanos, _sqlite_time(r.start_time),
          _sqlite_time(r.end_time), r.status, r.user_id, r.team_id, r.organization_id,
-         r.end_user) for r in new])
+         r.end_user, r.attempts, r.error) for r in new])
     amounts = payer_amounts(new)
     steps: list[tuple[str, tuple[object, ...]]] = [
         (_SQLITE_INSERT, (inserted,)), (_SQLITE_ADD, (orjson.dumps(sorted(per_key.items())),)),

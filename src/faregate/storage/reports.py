@@ -187,6 +187,8 @@ class LogRow:
     team_id: str | None
     organization_id: str | None
     end_user: str | None
+    attempts: int | None = None         # upstream calls made; None: a row from before 0011
+    error: str | None = None            # what a request that did not succeed ended with
 
     @property
     def latency_s(self) -> float:

@@ -18,6 +18,8 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+LEDGER_ERROR_CHARS = 400        # faregate_spend_logs.error (spend/row_error.py fills it)
+
 keys = Table(
     "faregate_keys", metadata,
     Column("token", String(64), primary_key=True),
@@ -70,6 +72,10 @@ spend_logs = Table(
     Column("team_id", String(256), nullable=True),
     Column("organization_id", String(256), nullable=True),
     Column("end_user", String(256), nullable=True),
+    # upstream calls made (retries, fallbacks); NULL on rows written before migration 0011
+    Column("attempts", Integer, nullable=True),
+    # what a request that did not succeed ended with (spend/row_error.py); NULL on success
+    Column("error", String(LEDGER_ERROR_CHARS), nullable=True),
     Index("ix_spend_logs_api_key_start", "api_key", "start_time"),
     Index("ix_spend_logs_start_id", "start_time", "request_id"),
     Index("ix_spend_logs_user_start", "user_id", "start_time"),

@@ -90,8 +90,8 @@ async def detail(ctx: Ctx) -> Response:
 
 def _deployment_now(ctx: Ctx, row: LogRow) -> DeploymentHealth | None:
     """The state, on this process and now, of the deployment a failed row names (its
-    upstream is `<api base>#<upstream model>`): the nearest thing to the request's error the
-    gateway keeps, since the ledger stores neither attempts nor error text."""
+    upstream is `<api base>#<upstream model>`): beside the row's own error, whether that
+    deployment is failing still."""
     router = ctx.services.router
     ids = [d.deployment_id for d in router.entries() if d.model_name == row.model
            and f"{d.shown_base}#{d.upstream_model}" == row.upstream]
