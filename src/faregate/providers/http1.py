@@ -9,7 +9,8 @@ TLS, proxies and anything unusual stay with aiohttp (base.UpstreamSession routes
 The rules it keeps:
 - a pool per (host, port): idle connections are reused newest first, at most `max_idle` are
   kept per host, and one idle for `keepalive_s` is closed; the number in use is not bounded
-  (as the aiohttp pool it replaces, `limit=0`);
+  (as the aiohttp pool it replaces, `limit=0`); a host's addresses are looked up at most once
+  per `dns_ttl_s` (60 s, as aiohttp's `ttl_dns_cache`), and tried in order;
 - a connection goes back to the pool only after its answer was read to the end and the
   upstream allowed keep-alive; every other way out (an error, a timeout, a cancelled or
   abandoned read, an answer framed by closing the connection) closes it;
@@ -266,9 +267,13 @@ def _expire(waiter: asyncio.Future[None]) -> None:
 class Http1Pool:
     """Keep-alive connections per (host, port); see the module's docstring for the rules."""
 
-    def __init__(self, *, max_idle: int = 128, keepalive_s: float = 30.0) -> None:
+    def __init__(self, *, max_idle: int = 128, keepalive_s: float = 30.0,
+                 dns_ttl_s: float = 60.0) -> None:
         self.max_idle = max_idle
         self.keepalive_s = keepalive_s
+        self.dns_ttl_s = dns_ttl_s
+        self._resolved: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self.lookups = 0            # name lookups made, for tests and the curious
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._sweep: asyncio.TimerHandle | None = None
@@ -307,13 +312,39 @@ class Http1Pool:
         conn = _Connection(loop, self._forget)
         try:
             async with asyncio.timeout_at(when if when < math.inf else None):
-                await loop.create_connection(lambda: conn, target.host, target.port)
+                failure: OSError | None = None
+                for address in await self._addresses(loop, target):
+                    try:
+                        await loop.create_connection(lambda: conn, address, target.port)
+                        break
+                    except OSError as exc:
+                        failure = exc
+                else:
+                    self._resolved.pop((target.host, target.port), None)
+                    raise failure or OSError(f"{target.host} has no address")
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") \
                 from exc
         self._open.add(conn)
         self.connects += 1
         return conn
+
+    async def _addresses(self, loop: asyncio.AbstractEventLoop, target: Target) -> list[str]:
+        """`target.host`'s addresses, resolved at most once per `dns_ttl_s` (as aiohttp's
+        ttl_dns_cache): a burst of new connections, or new ones after the upstream closed the
+        idle ones, costs no lookup each."""
+        key = (target.host, target.port)
+        cached = self._resolved.get(key)
+        now = loop.time()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        self.lookups += 1
+        if len(self._resolved) >= 1024:
+            self._resolved.clear()
+        self._resolved[key] = (now + self.dns_ttl_s, addresses)
+        return addresses
 
     def _release(self, conn: _Connection, target: Target) -> None:
         if not conn.reusable() or self.closed:

@@ -483,6 +483,24 @@ async def test_connection_close_is_honoured() -> None:
         assert pool_of(session).open_connections == 0
 
 
+@pytest.mark.parametrize(("dns_ttl_s", "lookups"), [(60.0, 1), (0.0, 3)])
+async def test_a_name_is_looked_up_once_per_ttl(dns_ttl_s: float, lookups: int) -> None:
+    async def answer_and_close(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer(extra=b"Connection: close\r\n"))
+        return True
+
+    async with raw_server(answer_and_close) as server:
+        session = UpstreamSession(aiohttp.ClientSession(), Http1Pool(dns_ttl_s=dns_ttl_s))
+        client = OpenAICompatible()
+        client.use(session)
+        async with session:
+            # localhost may name ::1 first, where nothing listens: the next address is tried
+            d = deployment(f"http://localhost:{server.port}/v1")
+            for _ in range(3):
+                assert (await client.send(d, "/chat/completions", CHAT)).body == OK_JSON
+            assert pool_of(session).connects == 3 and pool_of(session).lookups == lookups
+
+
 async def test_idle_connections_close_after_keepalive() -> None:
     async with raw_server(answer_ok) as server, lean(keepalive_s=0.1) as (session, client):
         await client.send(deployment(server.base), "/chat/completions", CHAT)
