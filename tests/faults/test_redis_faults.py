@@ -120,7 +120,9 @@ def test_redis_stopped_mid_load_fails_closed_and_recovers(
         await asyncio.sleep(5.0)
         await asyncio.to_thread(redis_server.start)       # same port, empty: keys re-read
         load = await during
-        after = await on_both(gateways, key, 40, 4, pace_s=0.0)
+        # Paced over ~6 s: a stale pooled connection once cost a stray 503 4.4 s after the
+        # recovery (issue 13, also found); none may come.
+        after = await on_both(gateways, key, 100, 4, pace_s=0.12)
         for gw in gateways:
             await wait_until_written(gw.base_url)
         return load, after
