@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 from collections import Counter
@@ -36,7 +37,9 @@ from support import (
 from faregate import config
 from faregate.app import Faregate
 from faregate.records import SpendRow
+from faregate.spend.row_error import ERROR_CHARS, MESSAGE_CHARS
 from faregate.storage import migrate
+from faregate.storage.reports import LogRow
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 SHARED_REDIS = os.environ.get("FAREGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -147,6 +150,14 @@ async def ledger_rows(gw: RunningGateway, key: str) -> list[dict[str, Any]]:
     return rows
 
 
+async def stored(gw: RunningGateway, request_id: str) -> LogRow:
+    """The request's ledger row as the UI reads it (attempts and error are not in
+    /spend/logs: LiteLLM's SpendLogs shape has no such fields)."""
+    row = await gw.app.storage.report_log(request_id)
+    assert row is not None, request_id
+    return row
+
+
 def price(prompt: int, completion: int, times: float = 1) -> float:
     return (prompt * PRICE_IN + completion * PRICE_OUT) * times
 
@@ -206,6 +217,8 @@ async def test_a_failing_deployment_is_retried_on_another_and_cools_down(
     assert {r["status"] for r in rows} == {"success"}
     assert {r["api_base"] for r in rows} == {f"{mock_upstream}#qwen-local"}
     assert sum(r["spend"] for r in rows) == pytest.approx(6 * price(PROMPT_TOKENS, 4))
+    kept = [await stored(gw, h["x-request-id"]) for _, h in answers]
+    assert [(r.attempts, r.error) for r in kept] == [(2, None)] + [(1, None)] * 5
     if fault is not None:
         await mock_stats(flaky, requests=1)
 
@@ -227,6 +240,8 @@ async def test_a_fallback_model_answers_after_the_primarys_retries_at_its_own_pr
     assert (row["model"], row["status"], row["request_id"]) == \
         ("backup", "success", headers["x-request-id"])
     assert row["spend"] == pytest.approx(price(PROMPT_TOKENS, 4, times=3))
+    kept = await stored(gw, headers["x-request-id"])
+    assert (kept.attempts, kept.error) == (4, None)
 
 
 async def test_a_fallback_the_key_may_not_use_is_skipped(start: Start,
@@ -245,6 +260,10 @@ async def test_a_fallback_the_key_may_not_use_is_skipped(start: Start,
     [row] = await ledger_rows(gw, key)
     assert (row["model"], row["status"], row["spend"]) == ("primary", "failure", 0)
     assert row["request_id"] == error.response.headers["x-request-id"]
+    # the row keeps what the caller got: its type/code, the start of its message
+    kept = await stored(gw, row["request_id"])
+    assert kept.attempts == 3
+    assert kept.error == f"upstream_error: {error.body['message']}"[:ERROR_CHARS]  # type: ignore[index]
 
 
 @pytest.mark.parametrize("admission", ["local", "redis"])
@@ -284,6 +303,12 @@ async def test_a_429_from_the_upstream_is_retried_then_reaches_the_caller(
     assert health.cooling_down                  # a 429 cools a deployment down at once
     rows = await ledger_rows(gw, key)
     assert [(r["status"], r["spend"]) for r in rows] == [("failure", 0)] * 2
+    for r in rows:
+        kept = await stored(gw, r["request_id"])
+        assert kept.attempts == 3
+        assert kept.error is not None and kept.error.startswith(
+            "rate_limit_error/upstream_rate_limited: The upstream for model 'limited' is "
+            "rate limiting")
 
 
 @pytest.mark.parametrize("status", [400, 404, 413, 422])
@@ -416,6 +441,9 @@ async def test_a_stream_that_breaks_midway_is_charged_for_what_it_produced(
     assert (row["status"], row["completion_tokens"]) == ("partial", 3)
     assert row["spend"] == pytest.approx(price(row["prompt_tokens"], 3))
     assert row["spend"] < price(row["prompt_tokens"], 10)
+    kept = await stored(gw, row["request_id"])
+    assert kept.attempts == 1
+    assert kept.error is not None and "dropped the connection" in kept.error
 
 
 async def test_a_client_that_leaves_mid_stream_frees_the_upstream_and_pays_for_what_it_got(
@@ -452,3 +480,66 @@ async def test_an_upstream_retry_after_cools_the_deployment_that_long_and_reache
         assert caught.value.response.headers["retry-after"] == "42"
     [health] = gw.app.router.health()
     assert health.cooling_down and 40 < health.cooldown_left_s <= 42   # not cooldown_time's 1 s
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(status: int, body: bytes) -> AsyncIterator[str]:
+    """An upstream at 127.0.0.1 that answers every request with `status` and `body` (its
+    /v1 URL): bytes no mock would send."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 %d Oops\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\nConnection: close\r\n\r\n"
+                         % (status, len(body)) + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_upstream_error_body_is_kept_short_storable_and_without_secrets(
+        start: Start, db_url: str) -> None:
+    """An upstream's error message with NUL, line breaks, the deployment's own api_key, a
+    bearer token and 100,000 more characters: the request's row keeps a bounded, storable
+    text without either secret (Postgres would refuse the NUL: the row would be a dead
+    letter), and its attempts (one retry)."""
+    api_key = "sk-upstream-" + "k" * 24
+    other = "tok_" + "b" * 30
+    message = (f"overloaded\u0000 for key {api_key}\nAuthorization: Bearer {other}\n"
+               + "x" * 100_000)
+    body = json.dumps({"error": {"message": message, "type": "server_error"}}).encode()
+    async with raw_upstream(500, body) as url:
+        gw = await start([deployment("raw", "raw-model", url, api_key=api_key)],
+                         {"num_retries": 1}, database_url=db_url)
+        key = await gw.new_key(models=["raw"], max_budget=1)
+        with pytest.raises(openai.InternalServerError) as caught:
+            await ask(gw.sdk(key), "raw", False)
+    assert caught.value.response.headers["x-faregate-attempts"] == "2"
+    [row] = await ledger_rows(gw, key)
+    assert row["status"] == "failure"               # stored as is: no dead letter
+    kept = await stored(gw, row["request_id"])
+    assert kept.attempts == 2
+    assert kept.error is not None
+    assert kept.error.startswith("upstream_error: The upstream for model 'raw' failed with "
+                                 "HTTP 500: overloaded\ufffd for key [redacted] "
+                                 "Authorization: [redacted] xxx")
+    assert len(kept.error) == len("upstream_error: ") + MESSAGE_CHARS <= ERROR_CHARS
+    assert api_key not in kept.error and other not in kept.error
+    assert "\x00" not in kept.error and kept.error.isprintable()
+    assert gw.app.ledger.dead_lettered == 0
