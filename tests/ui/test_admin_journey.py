@@ -227,8 +227,8 @@ def test_times_in_the_viewers_zone(browser, gateway: str) -> None:
 
 
 def test_a_failed_requests_detail(page, gateway: str) -> None:
-    """The ledger keeps no attempts or error text: the page says so, what the status means,
-    and the failing deployment's state and last error on this process now."""
+    """The request's own attempts and error as its ledger row keeps them, what the status
+    means, and the failing deployment's state and last error on this process now."""
     with admin(gateway) as api:
         made = api.post("/model/new", json={"model_name": "ui-broken", "litellm_params": {
             "model": "openai/qwen-local", "api_base": "http://127.0.0.1:9/v1",
@@ -240,6 +240,7 @@ def test_a_failed_requests_detail(page, gateway: str) -> None:
                                        messages=[{"role": "user", "content": "hi"}])
     assert failed.value.status_code == 502, failed.value.response.text
     request_id = failed.value.response.headers["x-request-id"]     # the ledger's id
+    attempts = failed.value.response.headers["x-faregate-attempts"]
     login(page)
     for _ in range(40):             # the ledger writes rows in batches
         if page.goto(f"/ui/logs/{request_id}").status == 200:
@@ -247,8 +248,12 @@ def test_a_failed_requests_detail(page, gateway: str) -> None:
         page.wait_for_timeout(250)
     expect(page.get_by_role("heading", name=f"Request {request_id}")).to_be_visible()
     expect(page.locator("#status-means")).to_contain_text("nothing is charged")
-    expect(page.locator("#attempts")).to_contain_text("not recorded")
+    expect(page.locator("#attempts")).to_contain_text(attempts)
+    expect(page.locator("#attempts")).not_to_contain_text("not recorded")
     error = page.locator("#upstream-error")
+    # what the caller got: type/code, then the start of the message
+    expect(error).to_contain_text("upstream_error/upstream_unreachable: Cannot reach the "
+                                  "upstream for model 'ui-broken' at http://127.0.0.1:9/v1")
     expect(error).to_contain_text("this deployment now")
     expect(error).to_contain_text("last error")
     expect(page.locator("dl.facts")).to_contain_text("127.0.0.1:9")
