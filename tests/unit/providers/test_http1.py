@@ -517,7 +517,24 @@ async def test_a_closed_pool_refuses() -> None:
     with pytest.raises(ConnectFailed):
         async with exchange:
             pass
-    assert issubclass(Disconnected, Exception)
+
+
+async def test_the_pool_on_its_own_raises_disconnected_for_a_cut_body() -> None:
+    async def cut(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer()[:-10])
+        return False
+
+    async with raw_server(cut) as server:
+        pool = Http1Pool()
+        target = Target("127.0.0.1", server.port,
+                        b"POST /v1 HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        head = target.head + b"Content-Length: 0\r\n\r\n"
+        async with pool.post(target, head, b"", 5, None, None) as answered:
+            assert answered.status == 200 and answered.headers["content-length"]
+            with pytest.raises(Disconnected):
+                await answered.read()
+        await pool.close()
+        assert server.requests[0].head.startswith(b"POST /v1 HTTP/1.1\r\n")
 
 
 # which client carries a URL
