@@ -295,7 +295,9 @@ async def test_access_lines_are_json_with_the_request_id(observed: RunningGatewa
     assert line["model"] == "qwen-local" and line["key_alias"] == "svc"
     assert line["latency_ms"] > 0 and line["prompt_tokens"] > 0
     assert line["outcome"] == "success"
+    assert line["attempts"] == 1 and "error" not in line      # as its ledger row
     assert by_id[denied.headers["x-request-id"]]["status"] == 401
+    assert by_id[denied.headers["x-request-id"]]["attempts"] == 0    # no upstream call
 
 
 async def test_access_lines_are_off_unless_asked_for(start: Start,

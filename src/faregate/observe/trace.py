@@ -28,7 +28,7 @@ class RequestTrace:
     completion_tokens: int = 0
     spend_nanos: int = 0
     outcome: str = ""                       # the ledger row's status, once settled
-    attempts: int = 1                       # upstream calls made (retries, fallbacks)
+    attempts: int = 0                       # upstream calls made (0: refused before any)
     error: str | None = None                # as the ledger row keeps it (no secrets)
 
 
