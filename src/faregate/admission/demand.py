@@ -64,6 +64,20 @@ class Payer:
     tpm_limit: int | None = None
     version: str = "0"                      # when loaded (shared admission checks it)
     alias: str | None = None                # a key's alias, for its refusal
+    # Above the key, its rpm window (a request costs 1 in it), and its tpm window's name and
+    # owner: made once with the payer (which lives as long as its key's cache entry), not per
+    # request. (A key's own windows are named per deployment and model: _windows.)
+    rpm_window: Window | None = field(default=None, init=False, compare=False, repr=False)
+    tpm_scope: str = field(default="", init=False, compare=False, repr=False)
+    owner: str = field(default="", init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        owner = f"{self.level} {self.name}"
+        object.__setattr__(self, "owner", owner)
+        object.__setattr__(self, "tpm_scope", f"{self.scope}:tpm")
+        if self.rpm_limit is not None:
+            object.__setattr__(self, "rpm_window", Window(
+                f"{self.scope}:rpm", False, self.rpm_limit, 1, "rpm_limit", owner))
 
     @property
     def period_spend_nanos(self) -> int:
@@ -177,14 +191,11 @@ def _windows(key: KeyRecord, d: Deployment, tokens: int) -> tuple[Window, ...]:
 
 def _payer_windows(payer: Payer, tokens: int) -> tuple[Window, ...]:
     """A payer above the key's own rpm/tpm windows, counted under its scope."""
-    owner = f"{payer.level} {payer.name}"
-    out: tuple[Window, ...] = ()
-    if payer.rpm_limit is not None:
-        out += (Window(f"{payer.scope}:rpm", False, payer.rpm_limit, 1, "rpm_limit", owner),)
-    if payer.tpm_limit is not None:
-        out += (Window(f"{payer.scope}:tpm", True, payer.tpm_limit, tokens, "tpm_limit",
-                       owner),)
-    return out
+    rpm = payer.rpm_window
+    if payer.tpm_limit is None:
+        return () if rpm is None else (rpm,)
+    tpm = Window(payer.tpm_scope, True, payer.tpm_limit, tokens, "tpm_limit", payer.owner)
+    return (tpm,) if rpm is None else (rpm, tpm)
 
 
 class StaleKey(Exception):
