@@ -220,3 +220,34 @@ async def test_a_bad_end_user_id_is_dead_lettered_and_every_level_adds_up(
     for copy in (written[f"bad-{n}"] for n in range(len(bad_ids))):
         customer = await storage.get_end_user(copy["end_user"])
         assert customer is not None and customer.spend_nanos == 1000
+
+
+async def test_a_row_whose_error_cannot_be_stored_keeps_its_attempts_and_a_storable_error(
+        storage: SqlStorage, db_url: str, tmp_path: Path) -> None:
+    """Should an unstorable error text reach the ledger (row_error's rules bypassed), the row
+    is dead-lettered like any other: the copy keeps the attempts and an escaped error cut to
+    the column, and the letter keeps both as recorded."""
+    spool = tmp_path / "journal"
+    writer = LedgerWriter(storage, 60, SpendJournal(spool))
+    errors = ["upstream_error: x\ud800y"]
+    if db_url.startswith("postgres"):
+        errors += ["upstream_error: x\x00y", "e" * 1000]
+    bad = [replace(row(f"err-{n}", spend=50 + n), status="failure", attempts=3, error=e)
+           for n, e in enumerate(errors)]
+    writer.record(row("fine", spend=7))
+    for r in bad:
+        writer.record(r)
+    await asyncio.wait_for(writer.close(), 30)
+    rows = await ledger_rows(storage, KEY_A)
+    assert set(rows) == {"fine", *(r.request_id for r in bad)}
+    for r in bad:
+        copy = await storage.report_log(r.request_id)
+        assert copy is not None and copy.status == DEAD_LETTER_STATUS
+        assert copy.attempts == 3
+        assert copy.error is not None and len(copy.error) <= 400
+        assert "\x00" not in copy.error
+        copy.error.encode("utf-8")
+    letters = {d.row.request_id: d.row for d in DeadLetters(spool).read()}
+    assert {k: (v.attempts, v.error) for k, v in letters.items()} == {
+        r.request_id: (3, r.error) for r in bad}
+    assert await key_spend(storage, KEY_A) == 7 + sum(r.spend_nanos for r in bad)
