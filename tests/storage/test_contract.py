@@ -242,7 +242,8 @@ async def test_write_spend_row_fields_round_trip(storage: SqlStorage) -> None:
     await storage.insert_key(key(1))
     original = row("req-xyz", token(1), 77, key_alias="al", model="qwen", upstream="http://u#q",
                    call_type="text_completion", prompt_tokens=123, completion_tokens=456,
-                   status="partial")
+                   status="partial", attempts=2,
+                   error="upstream_error/upstream_disconnected: dropped the connection")
     await storage.write_spend([original])
     (got,) = await storage.spend_logs(SpendQuery(request_id="req-xyz"))
     assert got == {
@@ -250,7 +251,8 @@ async def test_write_spend_row_fields_round_trip(storage: SqlStorage) -> None:
         "upstream": "http://u#q", "call_type": "text_completion", "prompt_tokens": 123,
         "completion_tokens": 456, "spend_nanos": 77, "start_time": original.start_time,
         "end_time": original.end_time, "status": "partial", "user_id": None,
-        "team_id": None, "organization_id": None, "end_user": None}
+        "team_id": None, "organization_id": None, "end_user": None, "attempts": 2,
+        "error": original.error}
     assert is_utc(got["start_time"]) and is_utc(got["end_time"])
 
 
