@@ -40,6 +40,7 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 ANTHROPIC_API_BASE = "https://api.anthropic.com"
 # The width of every stored model name: the ledger's `model`, the models table's `model_name`.
 MODEL_NAME_CHARS = 256
+UPSTREAM_CHARS = 511        # faregate_spend_logs.upstream is 512 with the '#' between
 MIN_SALT_KEY_CHARS = 16
 
 
@@ -449,7 +450,7 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     name = entry.get("model_name")
     if not isinstance(name, str) or not name:
         raise ConfigError(f"{where}.model_name must be a non-empty string")
-    _check_model_name(name, where)
+    _check_stored_text(name, f"{where}.model_name", MODEL_NAME_CHARS)
     where = f"{where} ({name})"
     params = _mapping(entry.get("litellm_params"), f"{where}.litellm_params")
     info = _mapping(entry.get("model_info"), f"{where}.model_info")
@@ -478,6 +479,10 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
                               "models (e.g. os.environ/ANTHROPIC_API_KEY)")
     if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.litellm_params.api_base must be an http(s) URL")
+    # The ledger's `upstream` column holds "<api_base>#<model>"; both must be storable text.
+    _check_stored_text(model, f"{where}.litellm_params.model", UPSTREAM_CHARS)
+    _check_stored_text(api_base, f"{where}.litellm_params.api_base",
+                       UPSTREAM_CHARS - len(upstream_model))
 
     prices = {}
     for setting in ("input_cost_per_token", "output_cost_per_token"):
@@ -534,22 +539,22 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
     )
 
 
-def _check_model_name(name: str, where: str) -> None:
-    """A model_name is stored (every ledger row's `model`, the models table): the rule the
-    admin API applies to what it stores (wire/storable.py), here at start-up. The name is not
-    echoed: it is what is wrong."""
-    if len(name) > MODEL_NAME_CHARS:
-        raise ConfigError(f"{where}.model_name is {len(name)} characters long; at most "
-                          f"{MODEL_NAME_CHARS} are stored with every request: shorten it")
-    if "\x00" in name:
-        raise ConfigError(f"{where}.model_name contains a NUL character (U+0000), which the "
-                          "database cannot store; remove it")
+def _check_stored_text(text: str, field: str, max_chars: int) -> None:
+    """A config value that every ledger row stores (model_name as `model`, api_base and
+    litellm_params.model as `upstream`): the rule the admin API applies to what it stores
+    (wire/storable.py), here at start-up, so that no call can write a row the database refuses.
+    The value is not echoed: it is what is wrong."""
+    if len(text) > max_chars:
+        raise ConfigError(f"{field} is {len(text)} characters long; at most {max_chars} are "
+                          "stored with every request: shorten it")
+    if "\x00" in text:
+        raise ConfigError(f"{field} contains a NUL character (U+0000), which the database "
+                          "cannot store; remove it")
     try:
-        name.encode()
+        text.encode()
     except UnicodeEncodeError as exc:
-        raise ConfigError(f"{where}.model_name contains a lone surrogate "
-                          f"(U+{ord(name[exc.start]):04X}), which is not valid Unicode text; "
-                          "write the name as UTF-8 text") from None
+        raise ConfigError(f"{field} contains a lone surrogate (U+{ord(text[exc.start]):04X}), "
+                          "which is not valid Unicode text; write it as UTF-8 text") from None
 
 
 def _access_groups(value: Any, where: str) -> tuple[str, ...]:

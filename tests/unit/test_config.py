@@ -241,6 +241,25 @@ def test_model_names_are_held_to_the_storable_rule(tmp_path: Path) -> None:
     assert longest.deployments[0].model_name == "y" * 256
 
 
+def test_upstream_text_is_held_to_the_storable_rule(tmp_path: Path) -> None:
+    """litellm_params.model and api_base are stored with every call (the ledger's upstream,
+    "<api_base>#<model>", VARCHAR(512)): a NUL, a lone surrogate or a pair too long to store is
+    a start-up error naming the field; before, each call's row went to the dead letters."""
+    cases = {
+        'model: "openai/x\\0y"': r"litellm_params\.model contains a NUL character",
+        'model: "openai/x\\udc80"': r"litellm_params\.model contains a lone surrogate",
+        'api_base: "http://up:8000/v1\\0"': r"litellm_params\.api_base contains a NUL",
+        f"api_base: http://up/{'p' * 494}":
+            r"litellm_params\.api_base is 504 characters long; at most 503",
+    }
+    for params, pattern in cases.items():
+        with pytest.raises(ConfigError, match=pattern):
+            load(env(tmp_path, FAREGATE_MASTER_KEY=MASTER), write(tmp_path, model_config(params)))
+    longest = f"api_base: http://up/{'p' * 493}"        # 503 characters: 512 with '#up-model'
+    config = load(env(tmp_path, FAREGATE_MASTER_KEY=MASTER), write(tmp_path, model_config(longest)))
+    assert len(config.deployments[0].api_base) == 503
+
+
 def test_second_model_is_named_in_errors(tmp_path: Path) -> None:
     text = model_config() + (
         "  - model_name: second\n"
