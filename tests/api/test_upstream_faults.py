@@ -278,7 +278,8 @@ async def test_a_fallback_the_budget_cannot_cover_is_skipped(start: Start, mock_
     key = await gw.new_key(models=["primary", "backup", "cheap"], max_budget=0.00015)
     with pytest.raises(openai.InternalServerError) as caught:
         await ask(gw.sdk(key), "primary", False)
-    assert caught.value.response.headers["x-faregate-attempts"] == "2"
+    # one upstream call: the fallback it could not afford was never called
+    assert caught.value.response.headers["x-faregate-attempts"] == "1"
     # Nothing stays reserved by the failed request: the next one is admitted (a leak would
     # keep it waiting, then refuse it).
     text, _ = await ask(gw.sdk(key), "cheap", False)
@@ -287,6 +288,7 @@ async def test_a_fallback_the_budget_cannot_cover_is_skipped(start: Start, mock_
     assert sorted((r["model"], r["status"]) for r in rows) == [("cheap", "success"),
                                                                ("primary", "failure")]
     assert [r["spend"] for r in rows if r["model"] == "primary"] == [0]
+    assert (await stored(gw, caught.value.response.headers["x-request-id"])).attempts == 1
 
 
 async def test_a_429_from_the_upstream_is_retried_then_reaches_the_caller(

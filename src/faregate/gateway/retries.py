@@ -75,17 +75,16 @@ class Retries:
                     if d.deployment_id in tried:
                         await asyncio.sleep(self._router.backoff_s(retry))
                     tried.add(d.deployment_id)
-                    attempts += 1
                     try:
-                        call = await self._attempts.move(call, d, attempts)
-                        call.attempts = attempts
+                        call = await self._attempts.move(call, d, attempts + 1)
                     except RateLimited as exc:
                         if exc.code in DEPLOYMENT_WINDOWS:
-                            attempts -= 1   # no upstream call; another deployment may have room
-                            continue
+                            continue        # no upstream call; another deployment may have room
                         break
                     except GatewayError:
-                        break               # not affordable or not allowed now: next fallback
+                        break               # not affordable or not allowed now: no call made
+                    attempts += 1           # counted once it goes upstream, as its row counts
+                    call.attempts = attempts
                     try:
                         reply = await self._attempts.answer(call, raw, path)
                     except UpstreamError as exc:
