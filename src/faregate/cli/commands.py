@@ -32,9 +32,7 @@ from faregate.mocks import openai_server as mock
 from faregate.observe import logs
 from faregate.spend import dead_letters
 from faregate.spend.dead_letters import DeadLetters
-from faregate.storage import migrate
 from faregate.storage.database import SqlStorage
-from faregate.storage.health import is_outage, outage_reason
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,9 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         if args.command == "migrate":
-            migrate.upgrade(config.load_database_url(os.environ, args.config))
-            print(f"faregate: schema is at revision {migrate.head_revision()}")
-            return 0
+            url = config.load_database_url(os.environ, args.config)
+            status, said = _schema_step(url, "upgrade")
+            if status == _SCHEMA_OUTAGE_EXIT:
+                print(f"faregate: database {_redacted(url)} cannot serve: {said}",
+                      file=sys.stderr)
+            elif said:
+                print(said, flush=True)
+            return status
         if args.command == "rotate-salt-key":
             return _rotate_salt_key(args)
         if args.command == "dead-letters":
@@ -135,7 +138,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1 and settings.demo_mock:
         raise ConfigError("--workers > 1 needs a --config; the demo runs one worker")
     if not args.no_migrate:
-        _migrate_once_reachable(settings)
+        status = _migrate_once_reachable(settings)
+        if status != 0:
+            return status
     if args.workers > 1:
         return _supervise(args)
     with _demo_upstream(settings) as settings:
@@ -161,24 +166,35 @@ def _serve(args: argparse.Namespace) -> int:
 _START_RETRY_MAX_S = 30.0
 
 
-def _migrate_once_reachable(settings: config.Settings) -> None:
+# The schema step runs in a child process (storage/schema_step.py), so that Alembic and the
+# migration scripts never load into a serving process (~11-14 MB of RSS per worker, kept for
+# its life). Its interface, repeated here since importing it would load them:
+_SCHEMA_STEP = "faregate.storage.schema_step"
+_SCHEMA_URL_ENV = "FAREGATE_SCHEMA_URL"
+_SCHEMA_OUTAGE_EXIT = 75
+
+
+def _schema_step(url: str, step: str) -> tuple[int, str]:
+    """Run `step` ("upgrade" or "check") on `url` in a child process: (its exit status, what
+    it printed on stdout). Its stderr (errors, a traceback) goes straight to ours."""
+    done = subprocess.run([sys.executable, "-m", _SCHEMA_STEP, step], stdout=subprocess.PIPE,
+                          text=True, env={**os.environ, _SCHEMA_URL_ENV: url}, check=False)
+    return done.returncode, done.stdout.strip()
+
+
+def _migrate_once_reachable(settings: config.Settings) -> int:
     """Migrate (or check the schema) at start; while the database cannot serve (down, starting,
     refusing connections, out of connections), say so in one line and retry with backoff, 1 s
-    doubling to 30 s, until it can or the process is stopped (SIGTERM, SIGINT)."""
+    doubling to 30 s, until it can or the process is stopped (SIGTERM, SIGINT). Returns the
+    step's exit status: 0, or the failure the step has already reported on stderr."""
     delay = 1.0
+    step = "check" if settings.disable_schema_update else "upgrade"
     while True:
-        try:
-            if settings.disable_schema_update:
-                migrate.require_current(settings.database_url)
-            else:
-                migrate.upgrade(settings.database_url)
-            return
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            print(f"faregate: database {_redacted(settings.database_url)} cannot serve yet "
-                  f"({outage_reason(exc)}); retrying in {delay:.0f}s", file=sys.stderr,
-                  flush=True)
+        status, said = _schema_step(settings.database_url, step)
+        if status != _SCHEMA_OUTAGE_EXIT:
+            return status
+        print(f"faregate: database {_redacted(settings.database_url)} cannot serve yet "
+              f"({said}); retrying in {delay:.0f}s", file=sys.stderr, flush=True)
         time.sleep(delay)
         delay = min(delay * 2, _START_RETRY_MAX_S)
 
