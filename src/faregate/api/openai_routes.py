@@ -122,6 +122,19 @@ async def _wrong_method(allow: str, scope: Scope, receive: Any, send: Any) -> No
     await send_error(send, MethodNotAllowed(scope["method"], scope["path"], allow))
 
 
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+async def _send_block(send: Any, held: bytes, block: bytes) -> bytes:
+    """Send `held` (a block that ended the stream, yet more came) and `block` in one write,
+    or hold them if `block` ends the stream; returns what is held now."""
+    block = held + block if held else block
+    if block.endswith(_DONE_EVENT):
+        return block
+    await send({"type": "http.response.body", "body": block, "more_body": True})
+    return b""
+
+
 async def send_stream(reply: StreamReply, receive: Any, send: Any) -> None:
     """Relay events until the stream ends or the client leaves; a departure cancels upstream.
 
@@ -144,12 +157,14 @@ async def send_stream(reply: StreamReply, receive: Any, send: Any) -> None:
     try:
         await send({"type": "http.response.start", "status": 200,
                     "headers": SSE_HEADERS + reply.headers})
-        if reply.head:
-            await send({"type": "http.response.body", "body": reply.head, "more_body": True})
+        # A block that ends with OpenAI's [DONE] is held until the relay has ended (next
+        # step: it settles and closes the upstream's answer, which ends with that block) and
+        # goes out with the response's end in one write instead of two.
+        held = await _send_block(send, b"", reply.head) if reply.head else b""
         async for block in reply.events:
-            await send({"type": "http.response.body", "body": block, "more_body": True})
+            held = await _send_block(send, held, block)
         finishing = True
-        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.body", "body": held})
     except asyncio.CancelledError:
         if not left:
             raise
