@@ -92,7 +92,7 @@ async def held_in_redis(url: str, key: str) -> tuple[int, int]:
     client = aioredis.Redis.from_url(url)
     try:
         slots = await client.zcard(f"fg:{{{token}}}:parallel")
-        reservations = await client.hlen(f"fg:{{{token}}}:resv_amount")
+        reservations = await client.hlen(f"fg:{{{token}}}:held")
     finally:
         await client.aclose()
     return int(slots), int(reservations)

@@ -30,10 +30,15 @@ def prefix_of(scope: str) -> str:
 
 
 def payer_keys(prefix: str) -> list[str]:
-    """A payer's budget, reservations (leases, amounts), parallel slots and version. One hash
-    tag per payer: they live in one cluster slot (a request's payers and windows do not: see
-    docs/replicas.md, Redis Cluster)."""
-    return [f"fg:{{{prefix}}}:budget", f"fg:{{{prefix}}}:resv", f"fg:{{{prefix}}}:resv_amount",
+    """A payer's budget, reservations (`leases`: request id -> its lease's end; `held`: request
+    id -> its amount, and '=' their running sum), parallel slots and version. One hash tag per
+    payer: they live in one cluster slot (a request's payers and windows do not: see
+    docs/replicas.md, Redis Cluster).
+
+    (`resv`/`resv_amount` held the reservations of versions that summed every open one on each
+    admission, without the running sum: replicas of such a version and of this one do not see
+    each other's reservations during a rollout. Budget spend, slots and versions are shared.)"""
+    return [f"fg:{{{prefix}}}:budget", f"fg:{{{prefix}}}:leases", f"fg:{{{prefix}}}:held",
             f"fg:{{{prefix}}}:parallel", f"fg:{{{prefix}}}:version"]
 
 
@@ -70,7 +75,7 @@ def command(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
 
 class PayerPart:
     """One payer's packed names and terms, as the admission and settlement scripts read them:
-    per payer 5 keys (budget, resv, resv_amount, parallel, version) and 5 arguments (max
+    per payer 5 keys (budget, leases, held, parallel, version) and 5 arguments (max
     budget or -1, parallel limit or -1, version, roll_from, roll_to); a settlement reads the
     first 4 keys and what admission held on it (1: a reservation, 2: a parallel slot)."""
 

@@ -52,7 +52,7 @@ from faregate.records import KeyRecord
 
 log = logging.getLogger("faregate.redis")
 
-# KEYS: per payer, 5 (budget, resv, resv_amount, parallel, version), then the windows.
+# KEYS: per payer, 5 (budget, leases, held, parallel, version), then the windows.
 # ARGV: request id, least, most, lease ms, payer count; per payer 5 (max budget or -1,
 # parallel limit or -1, version, roll_from, roll_to); per window 2 (limit, cost). Packed by
 # redis_wire.admit_call.
@@ -149,13 +149,21 @@ for p = 1, n do
         base, reset_at, rolled = spend, roll_to, 1
       end
     end
+    -- open reservations: their running sum (field '='), less those whose lease ended
+    local reserved
     local gone = redis.call('ZRANGEBYSCORE', KEYS[b + 2], '-inf', now)
     if #gone > 0 then
-      for _, r in ipairs(gone) do redis.call('HDEL', KEYS[b + 3], r) end
+      local freed = 0
+      for _, v in ipairs(redis.call('HMGET', KEYS[b + 3], unpack(gone))) do
+        freed = freed + (tonumber(v) or 0)
+      end
+      redis.call('HDEL', KEYS[b + 3], unpack(gone))
       redis.call('ZREMRANGEBYSCORE', KEYS[b + 2], '-inf', now)
+      reserved = redis.call('HINCRBY', KEYS[b + 3], '=', -freed)
+      if reserved <= 0 then redis.call('HDEL', KEYS[b + 3], '='); reserved = 0 end
+    else
+      reserved = tonumber(redis.call('HGET', KEYS[b + 3], '=')) or 0
     end
-    local reserved = 0
-    for _, v in ipairs(redis.call('HVALS', KEYS[b + 3])) do reserved = reserved + tonumber(v) end
     budgeted[#budgeted + 1] = {p, spend, base, reset_at, rolled, reserved}
   end
 end
@@ -207,7 +215,9 @@ for _, s in ipairs(budgeted) do
     redis.call('HSET', KEYS[b + 1], 'base', s[3], 'reset_at', s[4])
     out[#out + 1] = s[1]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
   end
-  redis.call('HSET', KEYS[b + 3], rid, grant)
+  -- (an id booked twice, a call sent again on a fresh connection, holds both: exact still)
+  redis.call('HINCRBY', KEYS[b + 3], rid, grant)
+  redis.call('HINCRBY', KEYS[b + 3], '=', grant)
   redis.call('ZADD', KEYS[b + 2], lease, rid)
   redis.call('PEXPIRE', KEYS[b + 2], lease_ms * 2)
   redis.call('PEXPIRE', KEYS[b + 3], lease_ms * 2)
@@ -239,7 +249,7 @@ end
 return 1
 """
 
-# KEYS: per payer 4 (budget, resv, resv_amount, parallel), then the tpm windows. ARGV: request
+# KEYS: per payer 4 (budget, leases, held, parallel), then the tpm windows. ARGV: request
 # id, cost, the window second, payer count, per payer what admission held on it (1: a
 # reservation, its budget; 2: a parallel slot; 3: both), then each window's token delta. Spend
 # is added to every payer whose state Redis has, budget or not (a budget set later reads it).
@@ -247,8 +257,14 @@ _SETTLE = """
 local n, cost = tonumber(ARGV[4]), tonumber(ARGV[2])
 for p = 1, n do
   local b, held = (p - 1) * 4, tonumber(ARGV[4 + p])
-  if held % 2 == 1 then
-    redis.call('HDEL', KEYS[b + 3], ARGV[1])
+  if held % 2 == 1 then       -- its reservation leaves the running sum (once: it may be gone)
+    local amount = redis.call('HGET', KEYS[b + 3], ARGV[1])
+    if amount then
+      redis.call('HDEL', KEYS[b + 3], ARGV[1])
+      if redis.call('HINCRBY', KEYS[b + 3], '=', -tonumber(amount)) <= 0 then
+        redis.call('HDEL', KEYS[b + 3], '=')
+      end
+    end
     redis.call('ZREM', KEYS[b + 2], ARGV[1])
   end
   if held >= 2 then redis.call('ZREM', KEYS[b + 4], ARGV[1]) end

@@ -38,7 +38,7 @@ async def slots_taken(adm: RedisAdmission) -> int:
 
 async def wait_until_free(adm: RedisAdmission, within_s: float) -> float:
     start = time.monotonic()
-    while await slots_taken(adm) or await adm.client.hlen(f"fg:{{{KEY.token}}}:resv_amount"):
+    while await slots_taken(adm) or await adm.client.hlen(f"fg:{{{KEY.token}}}:held"):
         assert time.monotonic() - start < within_s, "slot or reservation still held"
         await asyncio.sleep(0.05)
     return time.monotonic() - start

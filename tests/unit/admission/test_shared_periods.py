@@ -49,7 +49,7 @@ async def redis_admission():
                          "fail_closed", local, 1)
     yield adm, key, started, stored
     await adm.client.delete(*[f"fg:{{{token}}}:{n}" for n in
-                              ("budget", "resv", "resv_amount", "parallel", "version")])
+                              ("budget", "leases", "held", "parallel", "version")])
     await adm.close()
 
 

@@ -32,7 +32,7 @@ def admission(url: str) -> RedisAdmission:
 async def held(adm: RedisAdmission) -> tuple[int, int, int]:
     """(slots, reservations, spend) of the key in Redis."""
     slots = await adm.client.zcard(f"fg:{{{KEY.token}}}:parallel")
-    resv = await adm.client.hlen(f"fg:{{{KEY.token}}}:resv_amount")
+    resv = await adm.client.zcard(f"fg:{{{KEY.token}}}:leases")
     spend = await adm.client.hget(f"fg:{{{KEY.token}}}:budget", "spend")
     return int(slots), int(resv), int(spend or 0)
 
