@@ -433,7 +433,16 @@ def _deployments(model_list: Any, env: _Env) -> tuple[Deployment, ...]:
 
 
 def _deployment(entry: Any, index: int, env: _Env) -> Deployment:
-    return _parse_deployment(entry, f"model_list[{index}]", str(index), env)
+    where = f"model_list[{index}]"
+    deployment = _parse_deployment(entry, where, str(index), env)
+    # Every call's ledger row names the upstream "<api_base>#<model>" (the rule /model/new
+    # applies in catalog/stored_models.py): both must be storable text of bounded width.
+    where = f"{where} ({deployment.model_name})"
+    _check_stored_text(deployment.upstream_model, f"{where}.litellm_params.model",
+                       UPSTREAM_CHARS)
+    _check_stored_text(deployment.shown_base, f"{where}.litellm_params.api_base",
+                       UPSTREAM_CHARS - len(deployment.upstream_model))
+    return deployment
 
 
 def deployment_from_entry(entry: Any, where: str, id_suffix: str,
@@ -479,10 +488,6 @@ def _parse_deployment(entry: Any, where: str, id_suffix: str, env: _Env) -> Depl
                               "models (e.g. os.environ/ANTHROPIC_API_KEY)")
     if not isinstance(api_base, str) or not api_base.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.litellm_params.api_base must be an http(s) URL")
-    # The ledger's `upstream` column holds "<api_base>#<model>"; both must be storable text.
-    _check_stored_text(model, f"{where}.litellm_params.model", UPSTREAM_CHARS)
-    _check_stored_text(api_base, f"{where}.litellm_params.api_base",
-                       UPSTREAM_CHARS - len(upstream_model))
 
     prices = {}
     for setting in ("input_cost_per_token", "output_cost_per_token"):

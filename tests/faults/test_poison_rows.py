@@ -1,12 +1,14 @@
 """A spend row Postgres refuses for its content, in real processes (issue 13, finding 2).
 
-The edge refuses every unstorable value a caller sends (tests/api/test_unstorable_input.py), so
-the poison here comes from the operator: config.yaml names an upstream model with a NUL in it,
-and every ledger row of a call to it carries that NUL in its `upstream` column (22021 on
-Postgres). Before the fix the writer retried such a row forever, in order: no later row of any
-key reached the database, a restart replayed the same failure, and readiness said healthy.
-Now each one is dead-lettered with a storable copy counted, every other row flows, readiness
-(still 200) and /metrics count them, and `faregate dead-letters` lists and resolves them.
+The edge refuses every unstorable value a caller sends (tests/api/test_unstorable_input.py) and
+start-up every unstorable model in config.yaml (tests/unit/test_config.py), so the poison here
+is the database's own: a CHECK constraint added to the ledger table refuses the rows of calls to
+one upstream (23514, as a trigger, a narrower column or a LATIN1 database would refuse other
+content), and lets their dead-letter copies in. Before the fix the writer retried such a row
+forever, in order: no later row of any key reached the database, a restart replayed the same
+failure, and readiness said healthy. Now each one is dead-lettered with a storable copy
+counted, every other row flows, readiness (still 200) and /metrics count them, and
+`faregate dead-letters` lists and resolves them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 from faults.conftest import model, new_database, new_key, start
 from faults.harness import (
@@ -40,14 +43,29 @@ def dead_letters(action: str, config: Path, env: dict[str, str], *extra: str
                           timeout=60, check=False)
 
 
+def refuse_poisoned_rows(db: str) -> None:
+    """The ledger table refuses a call to the poisoned upstream, but not its dead-letter copy."""
+    async def alter() -> None:
+        conn = await asyncpg.connect(db)
+        try:
+            await conn.execute(
+                "ALTER TABLE faregate_spend_logs ADD CONSTRAINT faults_poison CHECK "
+                "(status = 'dead_letter' OR upstream NOT LIKE '%#poison-up')")
+        finally:
+            await conn.close()
+
+    asyncio.run(alter())
+
+
 def test_rows_postgres_refuses_are_dead_lettered_and_every_other_row_flows(
         private_pg: PrivatePostgres, fault_mock: str, tmp_path: Path,
         fault_table: FaultTable) -> None:
     db = new_database(private_pg)
     models = [model("qwen-local", fault_mock),
-              model("poisoned", fault_mock, upstream_model="x\x00y")]
+              model("poisoned", fault_mock, upstream_model="poison-up")]
     gw = start(tmp_path, db, models)
     try:
+        refuse_poisoned_rows(db)
         key = new_key(gw.base_url, max_budget=1)
         bystander = new_key(gw.base_url, max_budget=1)     # never calls the poisoned model
 
@@ -70,7 +88,7 @@ def test_rows_postgres_refuses_are_dead_lettered_and_every_other_row_flows(
     finally:
         stop(gw.proc)
     dead = {rid for rid, (_, status, _) in ledger.rows.items() if status == "dead_letter"}
-    check_and_record(fault_table, f"poison rows: NUL in a configured upstream model, "
+    check_and_record(fault_table, f"poison rows: the ledger table refuses one upstream's rows, "
                      f"{POISONED} of {2 * POISONED} calls", load, ledger,
                      load.ids(lambda o: o.status == 200),
                      f"{len(dead)} dead-lettered (storable copies counted); readiness 200, "
