@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from faregate.admission import periods
 from faregate.admission.demand import (
@@ -306,6 +307,12 @@ return 1
 # replica under a 300-request burst; while Redis hangs, each refusal takes this long.
 CALL_TIMEOUT_S = 2.0
 CONNECT_TIMEOUT_S = 0.5
+# After a call timed out (Redis hangs), admissions are refused (or fall back) at once instead
+# of each waiting CALL_TIMEOUT_S: one PING at a time, every PROBE_EVERY_S, each waiting at most
+# PROBE_TIMEOUT_S, checks Redis; the first answer lets admissions through again. (A refused
+# connection already fails at once, and a restarted Redis is used again by the next call.)
+PROBE_EVERY_S = 0.5
+PROBE_TIMEOUT_S = 0.5
 # A reservation is a lease this short, renewed every RENEW_S while its request is in flight:
 # a replica that dies (or loses an answer) strands nothing for longer than LEASE_S.
 LEASE_S = 30.0
@@ -383,6 +390,10 @@ class RedisAdmission:
             # stricter, never looser.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
         self._pipeline = Pipeline(self.client.connection_pool)
+        # Its own connection: a hung Redis's pooled ones wait their call timeout.
+        self._probe_client = aioredis.Redis.from_url(
+            url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S,
+            max_connections=1)
         self._parts = Parts()
         self._admit = self.client.register_script(_ADMIT)
         self._init = self.client.register_script(_INIT)
@@ -414,13 +425,21 @@ class RedisAdmission:
         # Ids whose admission answer was lost, to release -> successful release rounds so far.
         self._lost: dict[str, tuple[Demand, int]] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._initialising: dict[str, asyncio.Future[None]] = {}    # by payer prefix
+        self._scripts_loaded = False
         self.healthy = True
+        # The timeout that stopped admissions until a probe answers (None: Redis answers).
+        self._hung: RedisTimeoutError | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self.probes = 0                        # probes sent (tests count them)
 
     # --- the admission protocol
 
     async def admit(self, demand: Demand) -> Admitted:
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._keep_leases())
+        if self._hung is not None:
+            return await self._degraded(demand, self._hung)     # Redis hangs: no call
         try:
             admitted = await self._admit_shared(demand)
         except (GatewayError, StaleKey):
@@ -429,6 +448,7 @@ class RedisAdmission:
             # The script may have reserved before its answer was lost: release that id as
             # soon as Redis answers again, rather than when its lease ends.
             self._lost[demand.request_id] = (demand, 0)
+            self._timed_out(exc)
             return await self._degraded(demand, exc)
         except BaseException:
             # Cancelled (or failed) while a script was on its way: it may run, now or when a
@@ -498,6 +518,13 @@ class RedisAdmission:
         calls += [(self._admit, call) for call, _ in admissions]
         try:
             try:
+                if not self._scripts_loaded:
+                    # Loaded before the first pipeline: a NOSCRIPT answer is sent again after
+                    # the rest of its pipeline, so the first settlements would run after the
+                    # admissions queued behind them (refused by slots they were freeing).
+                    for script in (self._settle, self._admit):
+                        await self.client.script_load(script.script)
+                    self._scripts_loaded = True
                 results = await self._pipelined(calls)
             except BaseException as exc:
                 # Those that queued meanwhile would wait behind this one: a hung Redis costs
@@ -520,6 +547,7 @@ class RedisAdmission:
             if failed:
                 raise failed[0]
         except RedisError as exc:
+                self._timed_out(exc)
                 # The spend is in the ledger: re-read these payers' spend from the database
                 # once Redis answers again. The settlements may never have been sent (a flush
                 # that had to open a connection during a hang times out in its handshake):
@@ -587,12 +615,35 @@ class RedisAdmission:
                 else:
                     self._lost[rid] = (demand, rounds + 1)
 
+    def _timed_out(self, exc: RedisError) -> None:
+        """A call timed out: stop sending admissions until a probe answers."""
+        if isinstance(exc, RedisTimeoutError) and self._hung is None:
+            self._hung = exc
+            if self._prober is None or self._prober.done():
+                self._prober = asyncio.get_running_loop().create_task(self._probe())
+
+    async def _probe(self) -> None:
+        """PING every PROBE_EVERY_S (one at a time, on its own connection) until Redis
+        answers; then admissions call it again."""
+        while self._hung is not None:
+            await asyncio.sleep(PROBE_EVERY_S)
+            self.probes += 1
+            try:
+                await self._probe_client.ping()
+            except (RedisError, OSError):
+                continue
+            self._hung = None
+            self._recovered()
+
     async def close(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
         if self._renewer is not None:
             self._renewer.cancel()
         if self._flusher is not None:
             await self._flusher
         await self.client.aclose()
+        await self._probe_client.aclose()
 
     def period_spend(self, key: KeyRecord) -> int:
         """The newer of the key's row and what this replica last read in Redis (spend only
@@ -622,6 +673,8 @@ class RedisAdmission:
     async def payer_version(self, scope: str) -> str:
         """A payer's current version ("key:<token>", "team:<id>", ...); read it before the
         payer's row, so that the row is at least as new."""
+        if self._hung is not None:
+            return "?"                       # Redis hangs: the admission refuses (or falls back)
         try:
             version = await self.client.get(payer_keys(prefix_of(scope))[4])
             return "0" if version is None else version.decode() if isinstance(version, bytes) \
@@ -651,8 +704,12 @@ class RedisAdmission:
         if self._dirty:
             for part in wired:
                 if part.prefix in self._dirty:
-                    await self.client.delete(payer_keys(part.prefix)[0])
-                    self._dirty.discard(part.prefix)
+                    self._dirty.discard(part.prefix)     # one admission deletes it, not all
+                    try:
+                        await self.client.delete(payer_keys(part.prefix)[0])
+                    except BaseException:
+                        self._dirty.add(part.prefix)
+                        raise
         windows = [parts.window(w) for w in demand.windows]
         costs = [w.cost for w in demand.windows]
         rid = demand.request_id.encode()
@@ -699,7 +756,18 @@ class RedisAdmission:
             await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
 
     async def _initialise(self, payer: Payer) -> None:
-        """A payer's budget state in Redis, from its database row (not a cached copy)."""
+        """A payer's budget state in Redis, from its database row (not a cached copy): once
+        for all the admissions that found it missing at once (a cold burst would otherwise
+        take a pooled connection, and a database read, each)."""
+        prefix = _prefix(payer)
+        running = self._initialising.get(prefix)
+        if running is None:
+            running = asyncio.ensure_future(self._initialise_now(payer))
+            self._initialising[prefix] = running
+            running.add_done_callback(lambda _: self._initialising.pop(prefix, None))
+        await asyncio.shield(running)
+
+    async def _initialise_now(self, payer: Payer) -> None:
         fresh: Payer | KeyRecord | None
         if payer.level == KEY:
             fresh = await self._load_key(payer.scope[4:])

@@ -44,6 +44,15 @@ async def wait_until_free(adm: RedisAdmission, within_s: float) -> float:
     return time.monotonic() - start
 
 
+async def probed_again(adm: RedisAdmission) -> None:
+    """After a timeout, admissions wait for a probe to see Redis answer (every 0.5 s)."""
+    for _ in range(100):
+        if adm._hung is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no probe saw Redis answer within 5 s")
+
+
 async def test_a_request_in_flight_keeps_its_slot_by_renewal(private_redis, monkeypatch) -> None:
     monkeypatch.setattr(shared, "LEASE_S", 1.0)
     monkeypatch.setattr(shared, "RENEW_S", 0.2)
@@ -75,6 +84,7 @@ async def test_an_answer_lost_in_a_hang_is_released_after_it(private_redis,
         os.kill(proc.pid, signal.SIGCONT)
         await asyncio.sleep(0.3)
         assert await wait_until_free(adm, within_s=3.0) < 3.0
+        await probed_again(adm)
         # The slot is free again for the next request.
         admitted = await adm.admit(Demand("after", KEY, least=10, most=100))
         await adm.settle(admitted, 1, 0)
@@ -127,6 +137,7 @@ async def test_a_settlement_lost_in_a_hang_is_released_after_it(private_redis,
         await adm._flusher                       # it timed out: nothing was sent
         os.kill(proc.pid, signal.SIGCONT)
         assert await wait_until_free(adm, within_s=3.0) < 3.0
+        await probed_again(adm)
         admitted = await adm.admit(Demand("after", KEY, least=10, most=100))
         await adm.settle(admitted, 1, 0)
     finally:
