@@ -96,8 +96,9 @@ for i = 1, #KEYS - 5 * n do
   local counter = KEYS[5 * n + i]
   local a = w0 + (i - 1) * 2
   local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local m = redis.call('HMGET', counter, 't', 'o', 'n')
+  local m = redis.call('HMGET', counter, 't', 'o', 'n', sec)
   local used, oldest, newest = tonumber(m[1]) or 0, tonumber(m[2]), tonumber(m[3])
+  local bucket = tonumber(m[4]) or 0
   local gone = {}
   if newest == nil or oldest == nil then    -- a new counter (or one without its marks)
     used = 0
@@ -129,7 +130,7 @@ for i = 1, #KEYS - 5 * n do
   local reset = (oldest or sec) + 60 - sec
   if used + cost > limit then return {'window', i, used, reset} end
   heads[#heads + 1] = {limit, limit - used - cost, reset}
-  windows[i] = {used, oldest, gone, newest}
+  windows[i] = {used, oldest, gone, newest, bucket}
 end
 
 local budgeted, due = {}, {}
@@ -151,7 +152,7 @@ for p = 1, n do
       end
     end
     -- open reservations: their running sum (field '='), less those whose lease ended
-    local reserved
+    -- and '@' the second its keys' expiry was last pushed, and this id's amount if booked
     local gone = redis.call('ZRANGEBYSCORE', KEYS[b + 2], '-inf', now)
     if #gone > 0 then
       local freed = 0
@@ -160,12 +161,13 @@ for p = 1, n do
       end
       redis.call('HDEL', KEYS[b + 3], unpack(gone))
       redis.call('ZREMRANGEBYSCORE', KEYS[b + 2], '-inf', now)
-      reserved = redis.call('HINCRBY', KEYS[b + 3], '=', -freed)
-      if reserved <= 0 then redis.call('HDEL', KEYS[b + 3], '='); reserved = 0 end
-    else
-      reserved = tonumber(redis.call('HGET', KEYS[b + 3], '=')) or 0
+      if redis.call('HINCRBY', KEYS[b + 3], '=', -freed) <= 0 then
+        redis.call('HDEL', KEYS[b + 3], '=', '@')
+      end
     end
-    budgeted[#budgeted + 1] = {p, spend, base, reset_at, rolled, reserved}
+    local h = redis.call('HMGET', KEYS[b + 3], '=', '@', rid)
+    budgeted[#budgeted + 1] = {p, spend, base, reset_at, rolled, tonumber(h[1]) or 0,
+                               tonumber(h[2]), tonumber(h[3]) or 0}
   end
 end
 if #due > 0 then
@@ -217,19 +219,21 @@ for _, s in ipairs(budgeted) do
     out[#out + 1] = s[1]; out[#out + 1] = s[3]; out[#out + 1] = s[4]
   end
   -- (an id booked twice, a call sent again on a fresh connection, holds both: exact still)
-  redis.call('HINCRBY', KEYS[b + 3], rid, grant)
-  redis.call('HINCRBY', KEYS[b + 3], '=', grant)
   redis.call('ZADD', KEYS[b + 2], lease, rid)
-  redis.call('PEXPIRE', KEYS[b + 2], lease_ms * 2)
-  redis.call('PEXPIRE', KEYS[b + 3], lease_ms * 2)
+  if s[7] == sec then
+    redis.call('HSET', KEYS[b + 3], rid, s[8] + grant, '=', s[6] + grant)
+  else                       -- the keys outlive their newest lease: pushed once a second
+    redis.call('HSET', KEYS[b + 3], rid, s[8] + grant, '=', s[6] + grant, '@', sec)
+    redis.call('PEXPIRE', KEYS[b + 2], lease_ms * 2)
+    redis.call('PEXPIRE', KEYS[b + 3], lease_ms * 2)
+  end
 end
 for i = 1, #KEYS - 5 * n do
   local counter, w = KEYS[5 * n + i], windows[i]
   local cost = tonumber(ARGV[w0 + (i - 1) * 2 + 2])
   if w[3] == false then redis.call('DEL', counter)
   elseif #w[3] > 0 then redis.call('HDEL', counter, unpack(w[3])) end
-  redis.call('HSET', counter, 't', w[1] + cost, 'o', w[2] or sec, 'n', sec)
-  redis.call('HINCRBY', counter, sec, cost)
+  redis.call('HSET', counter, 't', w[1] + cost, 'o', w[2] or sec, 'n', sec, sec, w[5] + cost)
   -- kept 120 s from its newest bucket: set by the first booking of each second
   if w[4] ~= sec then redis.call('EXPIRE', counter, 120) end
 end
@@ -263,7 +267,7 @@ for p = 1, n do
     if amount then
       redis.call('HDEL', KEYS[b + 3], ARGV[1])
       if redis.call('HINCRBY', KEYS[b + 3], '=', -tonumber(amount)) <= 0 then
-        redis.call('HDEL', KEYS[b + 3], '=')
+        redis.call('HDEL', KEYS[b + 3], '=', '@')
       end
     end
     redis.call('ZREM', KEYS[b + 2], ARGV[1])
@@ -275,13 +279,13 @@ for p = 1, n do
 end
 for i = 4 * n + 1, #KEYS do
   local delta = tonumber(ARGV[4 + n + i - 4 * n])
-  if delta ~= 0 and redis.call('HEXISTS', KEYS[i], ARGV[3]) == 1 then
-    local left = redis.call('HINCRBY', KEYS[i], ARGV[3], delta)
-    if left < 0 then
-      redis.call('HSET', KEYS[i], ARGV[3], 0)
-      delta = delta - left
+  if delta ~= 0 then
+    local m = redis.call('HMGET', KEYS[i], ARGV[3], 't')
+    if m[1] then             -- its bucket is still in the window
+      local left = tonumber(m[1]) + delta
+      if left < 0 then delta, left = delta - left, 0 end
+      redis.call('HSET', KEYS[i], ARGV[3], left, 't', (tonumber(m[2]) or 0) + delta)
     end
-    redis.call('HINCRBY', KEYS[i], 't', delta)
   end
 end
 return 1

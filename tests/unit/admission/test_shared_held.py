@@ -39,6 +39,7 @@ async def held(adm: RedisAdmission, prefix: str) -> tuple[int, dict[str, int]]:
     """(the running sum, the open reservations' amounts by id)."""
     raw = await adm.client.hgetall(f"fg:{{{prefix}}}:held")
     amounts = {k.decode(): int(v) for k, v in raw.items()}
+    amounts.pop("@", None)                  # the second its expiry was last pushed
     return amounts.pop("=", 0), amounts
 
 
@@ -129,7 +130,7 @@ async def test_the_running_sum_matches_the_open_amounts_under_concurrency(privat
             for _ in range(20):
                 for prefix in (KEY.token, "team:held"):
                     raw = await watcher.hgetall(f"fg:{{{prefix}}}:held")     # one command
-                    amounts = {k: int(v) for k, v in raw.items()}
+                    amounts = {k: int(v) for k, v in raw.items() if k != b"@"}
                     assert amounts.pop(b"=", 0) == sum(amounts.values())
                 await asyncio.sleep(0.005)
 
@@ -142,3 +143,21 @@ async def test_the_running_sum_matches_the_open_amounts_under_concurrency(privat
         await a.close()
         await b.close()
         await watcher.aclose()
+
+
+async def test_an_id_booked_twice_holds_both_and_its_keys_expire(private_redis) -> None:
+    """A call sent again on a fresh connection after Redis ran it books its id twice: the sum
+    holds both and one release frees both. The keys carry a TTL (a dead replica's go)."""
+    adm = admission(private_redis[0])
+    try:
+        d = demand("twice", most=300)
+        await adm._admit_shared(d)
+        admitted = await adm._admit_shared(d)
+        assert await held(adm, "team:held") == (600, {"twice": 600})
+        for name in ("held", "leases"):
+            assert 0 < await adm.client.pttl(f"fg:{{team:held}}:{name}") <= 2 * 30_000
+        await adm.settle(admitted, 0, 0)
+        await drained(adm)
+        assert await held(adm, "team:held") == (0, {})
+    finally:
+        await adm.close()

@@ -111,8 +111,9 @@ async def reserved_on(adm: RedisAdmission, prefix: str) -> int:
     """Open reservations on the payer (its running sum '=' is no reservation; it is gone
     with the last one)."""
     held = await adm.client.hgetall(f"fg:{{{prefix}}}:held")
-    assert (b"=" in held) == (len(held) > 1), held
-    return len(held) - (b"=" in held)
+    marks = (b"=" in held) + (b"@" in held)       # the sum, the second of its expiry's push
+    assert (b"=" in held) == (len(held) > marks), held
+    return len(held) - marks
 
 
 async def burst(group: Replicas, demands: list[Demand], seed: int = 0) -> tuple[int, int]:
