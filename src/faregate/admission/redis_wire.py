@@ -73,6 +73,10 @@ def command(sha: str, keys: Sequence[Any], args: Sequence[Any]) -> bytes:
                      *(bulk(_encode(v)) for v in keys), *(bulk(_encode(v)) for v in args)])
 
 
+_ONE = _TOKENS = number(1)       # a request window's cost; a window's kind
+_REQUESTS = number(0)
+
+
 class PayerPart:
     """One payer's packed names and terms, as the admission and settlement scripts read them:
     per payer 5 keys (budget, leases, held, parallel, version) and 5 arguments (max
@@ -109,7 +113,7 @@ class Parts:
 
     def __init__(self) -> None:
         self._payers: dict[int, PayerPart] = {}
-        self._windows: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._windows: dict[tuple[str, int, bool], tuple[bytes, bytes]] = {}
 
     def payer(self, payer: Payer) -> PayerPart:
         part = self._payers.get(id(payer))
@@ -121,23 +125,26 @@ class Parts:
 
     def window(self, window: Window) -> tuple[bytes, bytes]:
         """(its counter's name, its limit), packed."""
-        found = self._windows.get((window.scope, window.limit))
+        at = (window.scope, window.limit, window.tokens)
+        found = self._windows.get(at)
         if found is None:
             if len(self._windows) >= MAX_PARTS:
                 self._windows.clear()
-            found = self._windows[(window.scope, window.limit)] = (
-                bulk(window_key(window.scope).encode()), number(window.limit))
+            found = self._windows[at] = (bulk(window_key(window.scope).encode()),
+                                         number(window.limit))
         return found
 
 
 def admit_call(sha: bytes, request_id: bytes, least: int, most: int, lease_ms: int,
                payers: Sequence[PayerPart], windows: Sequence[tuple[bytes, bytes]],
-               costs: Sequence[int], rolls: dict[int, bytes] | None = None) -> bytes:
+               costs: Sequence[int], kinds: Sequence[bool],
+               rolls: dict[int, bytes] | None = None) -> bytes:
     """The admission script's call: KEYS per payer 5, then the windows' counters; ARGV the
     request id, least, most, lease ms, payer count, per payer its 5 terms (`rolls`: by payer
-    index, terms that propose a period's roll), per window its limit and the request's cost."""
+    index, terms that propose a period's roll), per window its limit, the request's cost and
+    its kind (0 requests, 1 tokens)."""
     n, w = len(payers), len(windows)
-    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (8 + 10 * n + 3 * w), sha, number(5 * n + w)]
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (8 + 10 * n + 4 * w), sha, number(5 * n + w)]
     parts += [p.admit_keys for p in payers]
     parts += [name for name, _ in windows]
     parts += [bulk(request_id), number(least), number(most), number(lease_ms), number(n)]
@@ -145,8 +152,8 @@ def admit_call(sha: bytes, request_id: bytes, least: int, most: int, lease_ms: i
         parts += [rolls.get(i, p.terms) for i, p in enumerate(payers)]
     else:
         parts += [p.terms for p in payers]
-    for (_, limit), cost in zip(windows, costs, strict=True):
-        parts += (limit, number(cost))
+    for (_, limit), cost, tokens in zip(windows, costs, kinds, strict=True):
+        parts += (limit, _ONE if cost == 1 else number(cost), _TOKENS if tokens else _REQUESTS)
     return b"".join(parts)
 
 

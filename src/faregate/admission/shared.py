@@ -55,7 +55,8 @@ log = logging.getLogger("faregate.redis")
 
 # KEYS: per payer, 5 (budget, leases, held, parallel, version), then the windows.
 # ARGV: request id, least, most, lease ms, payer count; per payer 5 (max budget or -1,
-# parallel limit or -1, version, roll_from, roll_to); per window 2 (limit, cost). Packed by
+# parallel limit or -1, version, roll_from, roll_to); per window 3 (limit, cost, kind: 0
+# requests, 1 tokens). Packed by
 # redis_wire.admit_call.
 # roll_from = -1 when the payer has no budget_duration; else the period end this call may roll
 # past (0: none proposed yet) and roll_to its successor, computed in Python (one calendar for
@@ -70,6 +71,15 @@ local lease_ms = tonumber(ARGV[4])
 local lease = now + lease_ms
 local n = tonumber(ARGV[5])
 local w0 = 5 + 5 * n
+
+-- (limit, remaining, reset) of the tightest requests window, then tokens window (-1, 0, 0: none)
+local function heads(out, by_kind)
+  for _, kind in ipairs({'0', '1'}) do
+    local h = by_kind[kind] or {-1, 0, 0}
+    out[#out + 1] = h[1]; out[#out + 1] = h[2]; out[#out + 1] = h[3]
+  end
+  return out
+end
 
 local version_keys = {}
 for p = 1, n do version_keys[p] = KEYS[p * 5] end
@@ -91,11 +101,13 @@ end
 -- 'o' the oldest bucket's second, 'n' the newest's. Buckets leave as they age past 60 s,
 -- visited once each (not every bucket on every call). The pruned state is written only with
 -- an admission (below), as everything else.
-local heads, windows = {}, {}
+-- By kind ('0' requests, '1' tokens): the tightest window after this request (its answer's
+-- x-ratelimit-*), and before it (a refusal's: nothing was booked).
+local tight, free, windows = {}, {}, {}
 for i = 1, #KEYS - 5 * n do
   local counter = KEYS[5 * n + i]
-  local a = w0 + (i - 1) * 2
-  local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local a = w0 + (i - 1) * 3
+  local limit, cost, kind = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
   local m = redis.call('HMGET', counter, 't', 'o', 'n', sec)
   local used, oldest, newest = tonumber(m[1]) or 0, tonumber(m[2]), tonumber(m[3])
   local bucket = tonumber(m[4]) or 0
@@ -129,7 +141,10 @@ for i = 1, #KEYS - 5 * n do
   end
   local reset = (oldest or sec) + 60 - sec
   if used + cost > limit then return {'window', i, used, reset} end
-  heads[#heads + 1] = {limit, limit - used - cost, reset}
+  local left = limit - used - cost
+  local t, f = tight[kind], free[kind]
+  if t == nil or left < t[2] then tight[kind] = {limit, left, reset} end
+  if f == nil or left + cost < f[2] then free[kind] = {limit, left + cost, reset} end
   windows[i] = {used, oldest, gone, newest, bucket}
 end
 
@@ -197,11 +212,7 @@ for _, s in ipairs(budgeted) do
   end
 end
 if waiting ~= nil then
-  -- a refusal also tells the windows' state (x-ratelimit-* of the 429)
-  for _, h in ipairs(heads) do
-    waiting[#waiting + 1] = h[1]; waiting[#waiting + 1] = h[2]; waiting[#waiting + 1] = h[3]
-  end
-  return waiting
+  return heads(waiting, free)    -- a refusal also tells the windows' state (its 429's)
 end
 
 -- The key's spend this period as read here (-1: no budget, no spend kept): its answers'
@@ -211,7 +222,7 @@ for _, s in ipairs(budgeted) do
   if s[1] == 1 then key_spent, key_reset = s[2] - s[3], s[4] end
 end
 local out = {'ok', grant, sec, key_spent, key_reset}
-for _, h in ipairs(heads) do out[#out + 1] = h[1]; out[#out + 1] = h[2]; out[#out + 1] = h[3] end
+heads(out, tight)
 for _, s in ipairs(budgeted) do
   local b = (s[1] - 1) * 5
   if s[5] == 1 then
@@ -230,7 +241,7 @@ for _, s in ipairs(budgeted) do
 end
 for i = 1, #KEYS - 5 * n do
   local counter, w = KEYS[5 * n + i], windows[i]
-  local cost = tonumber(ARGV[w0 + (i - 1) * 2 + 2])
+  local cost = tonumber(ARGV[w0 + (i - 1) * 3 + 2])
   if w[3] == false then redis.call('DEL', counter)
   elseif #w[3] > 0 then redis.call('HDEL', counter, unpack(w[3])) end
   redis.call('HSET', counter, 't', w[1] + cost, 'o', w[2] or sec, 'n', sec, sec, w[5] + cost)
@@ -342,17 +353,13 @@ def _settle_keys(demand: Demand) -> list[str]:
     return [name for payer in demand.payers for name in payer_keys(_prefix(payer))[:4]]
 
 
-def _unbooked_heads(demand: Demand, heads: list[Any]) -> dict[str, str]:
-    """x-ratelimit-* of a refused request: the script's (limit, remaining after this request,
-    reset) per window, with the request's cost given back (nothing was booked)."""
-    tightest: dict[bool, tuple[int, int, int]] = {}
-    for i, window in enumerate(demand.windows):
-        limit, remaining, reset = (int(v) for v in heads[3 * i:3 * i + 3])
-        values = (limit, remaining + window.cost, reset)
-        if window.tokens not in tightest or values[1] < tightest[window.tokens][1]:
-            tightest[window.tokens] = values
-    return {name.decode(): value.decode() for name, value in
-            ratelimit_headers(tightest.get(False), tightest.get(True))}
+def _heads(values: list[Any]) -> list[tuple[bytes, bytes]]:
+    """x-ratelimit-* from the script's tightest (limit, remaining, reset) of the requests
+    windows, then the tokens windows (limit -1: none of that kind)."""
+    requests = tuple(int(v) for v in values[0:3])
+    tokens = tuple(int(v) for v in values[3:6])
+    return ratelimit_headers(requests if requests[0] >= 0 else None,     # type: ignore[arg-type]
+                             tokens if tokens[0] >= 0 else None)         # type: ignore[arg-type]
 
 
 def _next_reset_ms(reset_ms: int, duration: str, now_ms: int) -> int:
@@ -716,6 +723,7 @@ class RedisAdmission:
                         raise
         windows = [parts.window(w) for w in demand.windows]
         costs = [w.cost for w in demand.windows]
+        kinds = [w.tokens for w in demand.windows]
         rid = demand.request_id.encode()
         lease_ms = int(LEASE_S * 1000)
         rolls: dict[int, bytes] = {}
@@ -724,7 +732,7 @@ class RedisAdmission:
         while True:
             result = await self._decide(admit_call(self._admit_sha, rid, demand.least,
                                                    demand.most, lease_ms, wired, windows,
-                                                   costs, rolls))
+                                                   costs, kinds, rolls))
             verdict = result[0].decode() if isinstance(result[0], bytes) else result[0]
             if verdict == "ok":
                 return self._admitted(demand, result)
@@ -755,7 +763,8 @@ class RedisAdmission:
             spent, reserved, may_wait = int(result[2]), int(result[3]), int(result[4])
             if not may_wait or asyncio.get_running_loop().time() >= deadline:
                 refused = budget_exceeded(payer, spent, reserved, demand.least)
-                refused.headers.update(_unbooked_heads(demand, result[5:]))
+                refused.headers.update({name.decode(): value.decode()
+                                        for name, value in _heads(result[5:11])})
                 raise refused
             await asyncio.sleep(_POLL_S)      # settlements on other replicas may make room
 
@@ -793,16 +802,10 @@ class RedisAdmission:
             if len(self._key_spend) >= _MAX_KEY_SPENDS:
                 self._key_spend.clear()     # a bound on memory: the next answers read again
             self._key_spend[demand.payers[0].scope[4:]] = (int(result[3]), int(result[4]))
-        heads: dict[bool, tuple[int, int, int]] = {}
-        for i, window in enumerate(demand.windows):
-            values = (int(result[5 + 3 * i]), int(result[6 + 3 * i]), int(result[7 + 3 * i]))
-            if window.tokens not in heads or values[1] < heads[window.tokens][1]:
-                heads[window.tokens] = values
-        for at in range(5 + 3 * len(demand.windows), len(result), 3):     # periods rolled
+        for at in range(11, len(result), 3):     # periods rolled
             payer = demand.payers[int(result[at]) - 1]
             self._on_period_start(payer.scope, int(result[at + 1]), _at(int(result[at + 2])))
-        return Admitted(demand, grant, second,
-                        ratelimit_headers(heads.get(False), heads.get(True)))
+        return Admitted(demand, grant, second, _heads(result[5:11]))
 
     async def _degraded(self, demand: Demand, exc: Exception) -> Admitted:
         if self.healthy:
