@@ -230,6 +230,9 @@ def _compare(args: argparse.Namespace, backend: str, workers: int, stream: bool,
                 cpu_us = (cpu_seconds(measured_pid) - cpu_before) / result.requests * 1e6
                 rss = rss_mb(measured_pid)
             measured[name].append((result, cpu_us, rss))
+            print(f"bench: {backend} {'stream' if stream else 'json'} c={concurrency} "
+                  f"{name}: p99 {result.p99_ms:.1f} ms"
+                  + ("" if cpu_us is None else f", cpu {cpu_us:.0f} µs"), flush=True)
     rows = []
     for name, runs in measured.items():
         rows.append(Row(
