@@ -93,6 +93,20 @@ async def drive(url: str, target: str, requests: int, concurrency: int,
     return Measured(target, done, spent / done * 1e6, redis_spent / done * 1e6)
 
 
+def _commandstats(server: redis.Redis, requests: int) -> str:
+    """Per request (`requests`: the round's, its warm-up included): the scripts' redis.call
+    count, EVALSHA's time and the commands' own time inside it."""
+    stats = server.info("commandstats")
+    done = max(1, requests)
+    evalsha = stats.get("cmdstat_evalsha", {"calls": 0, "usec": 0})
+    inner = [v for k, v in stats.items() if k.startswith("cmdstat_") and k not in (
+        "cmdstat_evalsha", "cmdstat_info", "cmdstat_config|resetstat", "cmdstat_script|load",
+        "cmdstat_hello", "cmdstat_client|setinfo", "cmdstat_ping")]
+    return (f"{sum(v['calls'] for v in inner) / done:.1f} redis.call, evalsha "
+            f"{evalsha['usec'] / done:.1f} µs, of which commands "
+            f"{sum(v['usec'] for v in inner) / done:.1f} µs (per request, INFO commandstats)")
+
+
 def _redis_cpu(server: redis.Redis) -> float:
     info = server.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -104,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--commandstats", action="store_true",
+                        help="also print Redis's INFO commandstats per request of each target's "
+                             "last round: the scripts' calls and their own time")
     args = parser.parse_args(argv)
     port = free_port()
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
@@ -118,10 +135,14 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
         url = f"redis://127.0.0.1:{port}/0"
         results: dict[str, list[Measured]] = {"key": [], "payers": []}
+        stats: dict[str, str] = {}
         for _ in range(args.rounds):         # alternate, so drift hits both alike
             for target in results:
+                server.config_resetstat()
                 results[target].append(asyncio.run(drive(url, target, args.requests,
                                                          args.concurrency, server)))
+                stats[target] = _commandstats(
+                    server, results[target][-1].requests + 50 * args.concurrency)
         print(f"{'target':<8}{'requests':>10}{'python µs':>11}{'redis µs':>10}   (median of "
               f"{args.rounds}, c={args.concurrency})")
         medians = {}
@@ -134,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         (kp, kr), (pp, pr) = medians["key"], medians["payers"]
         print(f"payers over key: python +{pp - kp:.1f} µs ({pp / kp - 1:+.0%}), "
               f"redis +{pr - kr:.1f} µs ({pr / kr - 1:+.0%})")
+        if args.commandstats:
+            for target, line in stats.items():
+                print(f"{target:<8}{line}")
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=10)
