@@ -57,6 +57,7 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("faregate.spend.checkpoints", "(faregate/spend/checkpoints.py"),
     ("faregate.spend (pricing, holds)", "(faregate/spend/"),
     ("faregate.observe (metrics, trace)", "(faregate/observe/"),
+    ("faregate.providers.http1 (upstream client)", "(faregate/providers/http1.py"),
     ("faregate.providers", "(faregate/providers/"),
     ("faregate.wire (parse)", "(faregate/wire/"),
     ("faregate.catalog (routing)", "(faregate/catalog/"),
