@@ -323,8 +323,12 @@ class Http1Pool:
                     self._resolved.pop((target.host, target.port), None)
                     raise failure or OSError(f"{target.host} has no address")
         except OSError as exc:
+            conn.close()        # the deadline may pass after the connect: never leak its socket
             raise ConnectFailed(f"cannot connect to {target.host}:{target.port}: {exc}") \
                 from exc
+        except BaseException:
+            conn.close()        # cancelled (the caller left) after the connect, likewise
+            raise
         self._open.add(conn)
         self.connects += 1
         return conn
