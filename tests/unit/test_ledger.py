@@ -122,6 +122,36 @@ async def test_background_writer_and_close(storage: SqlStorage, spool: Path) -> 
     assert await key_spend(storage, KEY_A) == sum(range(20)) == await row_sum(storage, KEY_A)
 
 
+async def test_steady_traffic_is_written_once_per_interval_not_back_to_back(
+        storage: SqlStorage, spool: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows keep arriving while a write runs: the writer takes them at its next round, so
+    the database sees one transaction (and the journal one segment) per interval, not one
+    per write's duration (which at c=1 was a transaction every ~15 ms)."""
+    writes = 0
+    write_rows = storage.write_spend_rows
+
+    async def counted(rows: list[SpendRow]) -> SpendWritten:
+        nonlocal writes
+        writes += 1
+        return await write_rows(rows)
+
+    monkeypatch.setattr(storage, "write_spend_rows", counted)
+    writer = LedgerWriter(storage, 0.2, SpendJournal(spool))
+    await writer.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for i in range(300):                       # below MAX_BATCH: only the timer wakes it
+            writer.record(row(f"r{i}", spend=1, i=i))
+            await asyncio.sleep(0.004)
+        elapsed = loop.time() - started
+        assert writes <= elapsed / 0.2 + 2, (writes, elapsed)
+    finally:
+        await close(writer)
+    assert writer.written == 300
+    assert await key_spend(storage, KEY_A) == 300 == await row_sum(storage, KEY_A)
+
+
 async def test_a_full_batch_wakes_the_writer(storage: SqlStorage, spool: Path) -> None:
     writer = LedgerWriter(storage, 3600, SpendJournal(spool))   # the timer alone would never fire
     await writer.start()

@@ -137,6 +137,15 @@ class LedgerWriter:
         while self._journal.unsealed or self._sealed or self._periods:
             await self._write_some()
 
+    async def _write_due(self) -> None:
+        """One round of the background writer: the rows recorded by now, after any segment
+        still waiting before them. Rows recorded meanwhile wait for the next round: under
+        steady traffic `flush` would never run out of rows and write back to back (at c=1,
+        a transaction and a segment file every ~15 ms instead of every interval)."""
+        await self._write_some()
+        while self._sealed:
+            await self._write_some()
+
     async def close(self, retry_s: float = 0.0) -> None:
         """Stop the writer, then write what is left, trying for up to `retry_s` while the
         database refuses. If it still cannot take it, the rows stay on disk (fsync'd) for the
@@ -210,7 +219,7 @@ class LedgerWriter:
                 await asyncio.to_thread(self._sync_all)
                 continue
             try:
-                await self.flush()
+                await self._write_due()
                 delay = self._interval
             except Exception as exc:
                 if self._health is not None and is_outage(exc):

@@ -50,8 +50,7 @@ async def release(adm: RedisAdmission, rid: str) -> None:
 
 
 async def drained(adm: RedisAdmission) -> None:
-    if adm._flusher is not None:
-        await adm._flusher
+    await adm.drain()
 
 
 async def test_settling_releases_from_the_running_sum_once(private_redis) -> None:

@@ -79,8 +79,7 @@ class Replicas:
 
     async def drained(self) -> None:
         for adm in self.all:
-            if adm._flusher is not None:
-                await adm._flusher
+            await adm.drain()
 
     async def close(self) -> None:
         for adm in self.all:

@@ -71,8 +71,7 @@ async def test_a_due_month_rolls_to_the_calendar_end(redis_admission) -> None:
     assert int(raw) == int(reset_at.timestamp() * 1000)
     await adm.settle(admitted, 5, 0)
     await adm.settle(admitted, 5, 0)            # settling twice settles once
-    if adm._flusher is not None:
-        await adm._flusher
+    await adm.drain()
     assert int(await adm.client.hget(f"fg:{{{key.token}}}:budget", "spend")) == 705
 
 

@@ -46,8 +46,7 @@ async def test_scripts_that_redis_lost_are_loaded_again(private_redis) -> None:
         second = await adm.admit(Demand("second", KEY, least=10, most=100))
         assert await held(adm) == (1, 1, 7)
         await adm.settle(second, 5, 0)
-        assert adm._flusher is not None
-        await adm._flusher
+        await adm.drain()
         assert await held(adm) == (0, 0, 12)
     finally:
         await adm.close()
@@ -80,8 +79,7 @@ async def test_concurrent_admissions_share_round_trips_and_stay_exact(private_re
         assert max(pipelines) > 1                # several decided in one round trip
         for a in admitted:
             await adm.settle(a, 1, 0)
-        assert adm._flusher is not None
-        await adm._flusher
+        await adm.drain()
         assert (await held(adm))[:2] == (1, 1)  # only 'warm' is still held
     finally:
         await adm.close()
@@ -103,8 +101,7 @@ async def test_admissions_queued_behind_an_unanswered_pipeline_are_refused_with_
     try:
         warm = await adm.admit(Demand("warm", KEY, least=1, most=10))
         await adm.settle(warm, 1, 0)
-        assert adm._flusher is not None
-        await adm._flusher
+        await adm.drain()
         monkeypatch.setattr(adm, "_pipelined", counting)
         os.kill(proc.pid, signal.SIGSTOP)
         first = asyncio.create_task(adm.admit(Demand("first", KEY, least=1, most=10)))
@@ -116,4 +113,41 @@ async def test_admissions_queued_behind_an_unanswered_pipeline_are_refused_with_
         assert pipelines == [1]                  # refused with the first, never sent
     finally:
         os.kill(proc.pid, signal.SIGCONT)
+        await adm.close()
+
+
+async def test_a_settlement_rides_with_the_next_admission_or_goes_alone_soon(
+        private_redis, monkeypatch) -> None:
+    """A client that sends its next request at once: the previous request's settlement and
+    the new admission share one round trip (settlement first, so its slot is free for the
+    admission). With no admission coming, the settlement goes by itself within a few ms."""
+    adm = admission(private_redis[0])
+    pipelines: list[tuple[str, ...]] = []
+    pipelined = adm._pipelined
+
+    async def recorded(calls: list[Any]) -> list[Any]:
+        pipelines.append(tuple("admit" if script is adm._admit else "settle"
+                               for script, _ in calls))
+        return await pipelined(calls)
+
+    monkeypatch.setattr(adm, "_pipelined", recorded)
+    try:
+        slots = KEY.max_parallel_requests
+        assert slots is not None
+        admitted = [await adm.admit(Demand(f"busy{i}", KEY, least=1, most=10))
+                    for i in range(slots)]
+        del pipelines[:]
+        await adm.settle(admitted[0], 2, 0)      # the slot it frees is needed by the next
+        nxt = await adm.admit(Demand("next", KEY, least=1, most=10))
+        assert pipelines == [("settle", "admit")]
+        await adm.settle(nxt, 3, 0)
+        async with asyncio.timeout(5):           # no drain(): the timer sends it
+            while (await held(adm))[2] != 5:
+                await asyncio.sleep(0.01)
+        assert pipelines[1:] == [("settle",)]
+        for a in admitted[1:]:
+            await adm.settle(a, 0, 0)
+        await adm.drain()
+        assert await held(adm) == (0, 0, 5)
+    finally:
         await adm.close()

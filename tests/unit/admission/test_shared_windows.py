@@ -103,14 +103,13 @@ async def test_settled_tokens_come_back_to_the_total(private_redis: tuple[str, o
     try:
         first = await adm.admit(Demand("a", KEY, 0, 0, (tpm,)))
         await adm.settle(first, 0, 10)           # 60 reserved, 10 used
-        assert adm._flusher is not None
-        await adm._flusher
+        await adm.drain()
         assert await buckets(adm, tpm) == (10, 10)
         second = await adm.admit(Demand("b", KEY, 0, 0, (tpm,)))     # 10 + 60 fit 100
         with pytest.raises(RateLimited):
             await adm.admit(Demand("c", KEY, 0, 0, (tpm,)))          # 70 + 60 do not
         await adm.settle(second, 0, 200)         # more than reserved: counted in full
-        await adm._flusher
+        await adm.drain()
         assert await buckets(adm, tpm) == (210, 210)
     finally:
         await adm.close()
@@ -140,8 +139,7 @@ async def test_a_settlement_takes_no_bucket_below_zero_nor_the_total(
         await adm.client.hset(window_key(tpm.scope), str(first.second), 5)
         await adm.client.hset(window_key(tpm.scope), "t", 5)
         await adm.settle(first, 0, 0)            # -60 on a bucket of 5: it stops at 0
-        assert adm._flusher is not None
-        await adm._flusher
+        await adm.drain()
         assert await buckets(adm, tpm) == (0, 0)
     finally:
         await adm.close()
