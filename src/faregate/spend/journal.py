@@ -83,6 +83,9 @@ class SpendJournal:
         # The next segment, made ahead off the event loop (`prepare`): creating a file can
         # wait for the file system's journal, as long as another process's fsync takes.
         self._spare: tuple[Path, int, mmap.mmap] | None = None
+        # Sealed segments' maps, let go of by `prepare` (unmapping a segment's pages costs
+        # as much as mapping them: off the event loop too).
+        self._retired: list[mmap.mmap] = []
         self._open_segment()
 
     @property
@@ -128,13 +131,18 @@ class SpendJournal:
         if not self._rows:
             return None
         fd, path, rows = self._fd, self._path, self._rows
-        self._unmap()       # its pages stay in the page cache, dirty until written back
+        if self._map is not None:   # its pages stay in the page cache, dirty until written back
+            self._retired.append(self._map)
+            self._map = None
         self._open_segment()
         return Segment(path, fd, rows)
 
     def prepare(self) -> None:
         """Make the next segment now, so that `seal` only switches to it (blocking: call it
         from a thread, from the one task that seals)."""
+        retired, self._retired = self._retired, []
+        for room in retired:
+            room.close()
         if self._spare is None:
             self._spare = self._new_segment()
 
@@ -178,6 +186,9 @@ class SpendJournal:
         """At exit: an empty current segment is removed; one with rows stays for a replay."""
         if self._fd < 0:
             return
+        retired, self._retired = self._retired, []
+        for room in retired:
+            room.close()
         if self._spare is not None:
             path, fd, room = self._spare
             self._spare = None
