@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faregate.accounts.budgets import BudgetAdmin
 from faregate.accounts.changes import PayerChanges
@@ -23,7 +23,6 @@ from faregate.admission.budgets import Budgets
 from faregate.admission.demand import Admission
 from faregate.admission.local import LocalAdmission
 from faregate.admission.payer_rows import PayerRows
-from faregate.admission.shared import RedisAdmission
 from faregate.admission.sole import SoleAdmission
 from faregate.api.admin_auth import Roles
 from faregate.api.admin_routes import build_admin_app
@@ -65,6 +64,9 @@ from faregate.storage.replicas import ReplicaHeartbeat
 from faregate.ui.pages import all_routes
 from faregate.ui.site import UiServices, build_ui
 
+if TYPE_CHECKING:
+    from faregate.admission.shared import RedisAdmission
+
 log = logging.getLogger("faregate")
 
 # How long a request may wait for other requests' reservations on its key to settle.
@@ -104,7 +106,10 @@ class Faregate:
         self.redis: RedisAdmission | None = None
         if settings.redis_url:
             # Replicas: admission is decided in Redis; Postgres stays the source of truth.
-            # Its key loader waits for spend rows left behind to reach the database.
+            # Its key loader waits for spend rows left behind to reach the database. (Imported
+            # here: the Redis client is ~6 MB of every worker's memory, for nothing without.)
+            from faregate.admission.shared import RedisAdmission
+
             self.redis = RedisAdmission(settings.redis_url,
                                         lambda token: self.directory.read_settled(token),
                                         self.ledger.record_period, BUDGET_WAIT_S,
