@@ -100,6 +100,11 @@ def run(args: argparse.Namespace) -> list[Row]:
                               f"http://127.0.0.1:{bare_port}/v1/chat/completions", bare_pid)
             for backend in args.backends:
                 for workers in args.workers:
+                    if workers > 1 and not backend.endswith("+redis"):
+                        # faregate refuses to start so: workers share limits through Redis.
+                        print(f"bench: {backend} with {workers} workers skipped: more than "
+                              "one worker needs REDIS_URL", flush=True)
+                        continue
                     rows += _run_backend(args, backend, workers, targets, mock_port, tmp, env)
             if "litellm" in args.peer:
                 rows += _run_litellm(args, targets, mock_port, tmp, env)
