@@ -404,7 +404,7 @@ class RedisAdmission:
             # windows count it twice for a minute), a settlement adds its cost twice: both
             # stricter, never looser.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
-        self._pipeline = Pipeline(self.client.connection_pool)
+        self._pipeline = Pipeline(self.client.connection_pool, CALL_TIMEOUT_S, CONNECT_TIMEOUT_S)
         # Its own connection: a hung Redis's pooled ones wait their call timeout.
         self._probe_client = aioredis.Redis.from_url(
             url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S,
@@ -669,6 +669,7 @@ class RedisAdmission:
         if self._renewer is not None:
             self._renewer.cancel()
         await self.drain()
+        await self._pipeline.close()
         await self.client.aclose()
         await self._probe_client.aclose()
 
