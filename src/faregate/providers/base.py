@@ -106,10 +106,9 @@ class UpstreamSession:
             target = self._target(url)
         if target is None or self.lean is None:
             return self.aiohttp.post(url, data=data, headers=headers, timeout=timeout)
-        lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
-        if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
-            raise ValueError("a header name or value holds a line break")
-        head = b"%s%sContent-Length: %d\r\n\r\n" % (target.head, lines.encode(), len(data))
+        lines = headers.http1_lines() if type(headers) is UpstreamHeaders \
+            else _http1_lines(headers)
+        head = b"%s%sContent-Length: %d\r\n\r\n" % (target.head, lines, len(data))
         connect = timeout.sock_connect if timeout.connect is None else timeout.connect
         return self.lean.post(target, head, data, timeout.total, timeout.sock_read, connect)
 
@@ -134,6 +133,32 @@ class UpstreamSession:
 
 
 _UNSEEN = Target("", 0, b"")
+
+
+class UpstreamHeaders(dict[str, str]):
+    """A deployment's request headers as a client prepares them once (in PerDeployment's
+    build): the lean client's header lines are encoded and checked on first use and kept, not
+    redone per request. Not to be changed once used."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        super().__init__(headers)
+        self._lines: bytes | None = None
+
+    def http1_lines(self) -> bytes:
+        lines = self._lines
+        if lines is None:
+            lines = self._lines = _http1_lines(self)
+        return lines
+
+
+def _http1_lines(headers: Mapping[str, str]) -> bytes:
+    """`headers` as HTTP/1.1 header lines; ValueError if one would break a line."""
+    lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+    if lines.count("\n") != len(headers) or lines.count("\r") != len(headers):
+        raise ValueError("a header name or value holds a line break")
+    return lines.encode()
 
 
 def _lean_target(url: str) -> Target | None:

@@ -92,6 +92,8 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
         self._active = False
         self._begin()
 
@@ -229,16 +231,33 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self, when: float) -> None:
         """Until the parser has more to show (or the connection ends); TimeoutError at `when`
-        (the loop's clock)."""
+        (the loop's clock). Waits with the same `when` (a stream's under a fixed deadline)
+        share one timer, armed at the first and cancelled when the exchange ends."""
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_at(when, _expire, waiter) if when < math.inf else None
+        if when != self._timer_at or self._timer is None:
+            self._disarm()
+            if when < math.inf:
+                self._timer = self._loop.call_at(when, self._expire)
+                self._timer_at = when
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _expire(self) -> None:
+        # Between waits, nobody is failed here: the next wait re-arms at the passed `when`
+        # and fails on the loop's next turn.
+        self._timer = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -252,16 +271,13 @@ class _Connection(asyncio.Protocol):
         """The exchange is over: the connection idles in the pool (the caller's decision)."""
         self._active = False
         self.chunks = []
+        self._disarm()
 
     def close(self) -> None:
         self._active = False
+        self._disarm()
         if self.transport is not None and not self.closed:
             self.transport.close()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 class Http1Pool:

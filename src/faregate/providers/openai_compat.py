@@ -20,6 +20,7 @@ from faregate.errors import UpstreamError
 from faregate.providers.base import (
     CONNECTION_ERRORS,
     PerDeployment,
+    UpstreamHeaders,
     UpstreamReply,
     UpstreamSession,
     connection_failure,
@@ -29,7 +30,7 @@ from faregate.providers.base import (
     with_retry_after,
 )
 
-Prepared = tuple[dict[str, str], aiohttp.ClientTimeout, aiohttp.ClientTimeout]
+Prepared = tuple[UpstreamHeaders, aiohttp.ClientTimeout, aiohttp.ClientTimeout]
 
 
 def _prepared(d: Deployment) -> Prepared:
@@ -38,7 +39,7 @@ def _prepared(d: Deployment) -> Prepared:
     if d.api_key is not None:
         headers["Authorization"] = "Bearer " + d.api_key.reveal()
     # stream_timeout bounds each wait for a stream's next bytes (the first included).
-    return (headers, aiohttp.ClientTimeout(total=d.timeout_s),
+    return (UpstreamHeaders(headers), aiohttp.ClientTimeout(total=d.timeout_s),
             aiohttp.ClientTimeout(total=d.timeout_s, sock_read=d.stream_timeout_s))
 
 

@@ -369,6 +369,42 @@ async def test_timeout_bounds_a_whole_answer() -> None:
         assert caught.value.code == "upstream_timeout"
 
 
+async def test_timeout_bounds_a_whole_stream_whose_events_keep_coming() -> None:
+    """Each wait for the next event is short, the stream as a whole is not: the deadline of
+    the first wait still holds at the later ones."""
+    async def events(request: Request, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n")
+        for _ in range(1000):
+            writer.write(b"f\r\ndata: {\"a\":1}\n\n\r\n")
+            await writer.drain()        # raises once the client has gone
+            await asyncio.sleep(0.02)
+        return True
+
+    async with raw_server(events) as server, lean() as (session, client):
+        blocks = []
+        with pytest.raises(UpstreamError) as caught:
+            async for block in client.stream(deployment(server.base, timeout_s=0.3),
+                                             "/chat/completions", STREAM):
+                blocks.append(block)
+        assert caught.value.code == "upstream_timeout" and len(blocks) > 1
+        await until(lambda: pool_of(session).open_connections == 0)
+
+
+async def test_a_kept_connection_does_not_keep_the_last_answers_deadline() -> None:
+    async def slow_second(request: Request, writer: asyncio.StreamWriter) -> bool:
+        if request.number == 1:
+            await asyncio.sleep(0.4)    # past the first request's whole timeout
+        writer.write(answer())
+        return True
+
+    async with raw_server(slow_second) as server, lean() as (_, client):
+        await client.send(deployment(server.base, timeout_s=0.2), "/chat/completions", CHAT)
+        reply = await client.send(deployment(server.base, timeout_s=30), "/chat/completions",
+                                  CHAT)
+        assert reply.body == OK_JSON and server.connections == 1
+
+
 async def test_an_unknown_content_encoding_is_refused() -> None:
     async def brotli(request: Request, writer: asyncio.StreamWriter) -> bool:
         writer.write(answer(b"xx", extra=b"Content-Encoding: br\r\n"))
