@@ -77,3 +77,37 @@ def test_seal_switches_to_the_segment_prepared_ahead_and_close_removes_an_unused
     journal.close()                                  # keeps row 2, drops the spare
     (path,) = tmp_path.glob("*.spend")
     assert list(_decode_lines(path)) == [row(2)]
+
+
+def faults_appending(journal: SpendJournal, rows: list[SpendRow]) -> int:
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for r in rows:
+        journal.append(r)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.parametrize("populated", [True, False])
+def test_appending_into_a_prepared_segment_takes_no_page_fault(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, populated: bool) -> None:
+    """The segment `prepare` makes (in a thread) has every page faulted in for writing, so the
+    event loop's copies into it do not fault (on ext4 a fault may wait for the file system's
+    journal). Needs MADV_POPULATE_WRITE (Linux >= 5.14). The unpopulated case shows the
+    measure sees the faults: ~one per 4 KB page."""
+    import os
+    if tuple(int(p) for p in os.uname().release.split(".")[:2]) < (5, 14):
+        pytest.skip("MADV_POPULATE_WRITE needs Linux 5.14")
+    if not populated:
+        monkeypatch.setattr(journal_module, "_populate", lambda room: None)
+    journal = SpendJournal(tmp_path)
+    journal.append(row(0))
+    assert journal.seal() is not None
+    journal.prepare()
+    journal.append(row(1))                          # the first one switches to the spare
+    rows = [row(i) for i in range(2, 2002)]        # ~0.35 MB of lines: ~90 pages
+    faults = faults_appending(journal, rows)
+    if populated:
+        assert faults < 15, faults
+    else:
+        assert faults > 60, faults
+    journal.close()
