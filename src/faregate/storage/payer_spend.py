@@ -147,14 +147,12 @@ async def add_payer_spend_postgres(conn: Any, amounts: PayerAmounts) -> None:
 
 def _sqlite_statements(level: _Level) -> tuple[str, ...]:
     ids = level.id_columns
-    match = " AND ".join(f"json_extract(value, '$[{i}]') = {level.table}.{c}"
-                         for i, c in enumerate(ids))
-    listed = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(ids)))
-    target = ids[0] if len(ids) == 1 else f"({', '.join(ids)})"
+    # a join: one lookup per amount (a subquery per payer read the whole array each time)
+    listed = ", ".join(f"json_extract(value, '$[{i}]') AS id{i}" for i in range(len(ids)))
+    match = " AND ".join(f"{level.table}.{c} = a.id{i}" for i, c in enumerate(ids))
     add = (
-        f"UPDATE {level.table} SET spend_nanos = spend_nanos + (SELECT "
-        f"json_extract(value, '$[{len(ids)}]') FROM json_each(?1) WHERE {match}) "
-        f"WHERE {target} IN (SELECT {listed} FROM json_each(?1))")
+        f"UPDATE {level.table} SET spend_nanos = spend_nanos + a.amount FROM (SELECT {listed}, "
+        f"json_extract(value, '$[{len(ids)}]') AS amount FROM json_each(?1)) AS a WHERE {match}")
     if not level.created_on_first_row:
         return (add,)
     made = (

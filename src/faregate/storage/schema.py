@@ -89,8 +89,9 @@ spend_logs = Table(
 )
 
 # Each level's sums per 15-minute UTC bucket (level: all, model, key, team, user, org,
-# end_user; id '' for all), kept equal to the ledger rows by triggers (migration 0007), so the
-# UI's aggregates read thousands of rows instead of millions (storage/reports.py).
+# end_user; id '' for all), kept equal to the ledger rows (migration 0007; since 0012 SQLite's
+# inserts by write_spend itself, storage/spend_rollup.py), so the UI's aggregates read
+# thousands of rows instead of millions (storage/reports.py).
 spend_rollup = Table(
     "faregate_spend_rollup", metadata,
     Column("level", String(16), primary_key=True),
