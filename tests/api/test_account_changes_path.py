@@ -98,3 +98,22 @@ async def test_a_change_on_one_replica_is_seen_by_the_other(
     status, body = await post(b, key, chat())
     assert status == 401, body
     assert body["error"]["code"] == "organization_blocked"     # type: ignore[index]
+
+
+async def test_an_admin_change_with_redis_unreachable_is_a_503_and_is_saved(
+        db_url: str, mock_upstream: str, tmp_path: Path) -> None:
+    """Replicas learn of an admin change through Redis. With Redis unreachable the change is
+    still saved (the database is the source of truth) and the caller gets a 503
+    redis_unavailable saying so, not a 500."""
+    from support import free_port
+    cfg = write_config(tmp_path / "config.yaml", mock_upstream)
+    settings = config.load({**os.environ, **env_for(db_url, tmp_path),
+                            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, cfg)
+    async with serve(Faregate.from_settings(settings)) as gw:
+        answer = await gw.admin("POST", "/customer/new", json={"user_id": "c-redis-down"})
+        assert answer.status_code == 503, answer.text
+        error = answer.json()["error"]
+        assert error["code"] == "redis_unavailable"
+        assert "saved" in error["message"]
+        info = await gw.admin("GET", "/customer/info", params={"end_user_id": "c-redis-down"})
+        assert info.status_code == 200, info.text

@@ -720,9 +720,19 @@ class RedisAdmission:
         a key updated) hit the database: bump its version, so that every replica's next
         request with it reloads it; `reset_at`: its period's end, if it has one."""
         names = payer_keys(prefix_of(scope))
-        await self._bump(keys=[names[4]])
-        if reset_at is not None:
-            await self.client.hset(names[0], "reset_at", _ms(reset_at))
+        try:
+            await self._bump(keys=[names[4]])
+            if reset_at is not None:
+                await self.client.hset(names[0], "reset_at", _ms(reset_at))
+        except RedisError as exc:
+            # The change is in the database already: say so, with a 503 rather than a 500
+            # (seen under load as a connect timeout in /customer/new).
+            raise ServiceUnavailable(
+                f"Redis is unreachable ({type(exc).__name__}): the change is saved in the "
+                "database, but other replicas may go on with their cached copy of "
+                f"{scope.split(':', 1)[0]} {prefix_of(scope)[:80]} until it expires "
+                "(key_cache_ttl_s) or the next change reaches Redis",
+                code="redis_unavailable") from exc
 
     # --- internals
 
