@@ -1,14 +1,14 @@
 """The UI's reads (issue 16): overview, usage, logs, the keys page and the payers' lists, each
 one or two SQL statements that cost the same at any table size.
 
-Money is integer nano-dollars, as in the ledger. Sums over time come from
-faregate_spend_rollup (each level's sums per 15-minute UTC bucket, kept equal to the ledger
-rows in their own transaction: on Postgres by statement triggers, migration 0007; on SQLite by
-the ledger's batched write, storage/spend_rollup.py, migration 0012), never from loading
-rows: a month of one level is at most 2,880 buckets per id. Every time zone in use is a whole
-number of quarter hours from UTC, so a day or an hour in the viewer's zone is a whole number of buckets, and a
-row at 23:30 UTC lands on the next day in Asia/Tokyo. Lists are keyset pages, newest first:
-a page costs one index range whatever its depth, and rows that share a timestamp are ordered by
+Money is integer nano-dollars, as in the ledger. Sums over time come from faregate_spend_rollup
+(each level's sums per 15-minute UTC bucket, kept equal to the ledger rows in their own
+transaction: on Postgres by statement triggers, migration 0007; on SQLite by the ledger's
+batched write, storage/spend_rollup.py, migration 0012), never from loading rows: a month of
+one level is at most 2,880 buckets per id. Every time zone in use is a whole number of quarter
+hours from UTC, so a day or an hour in the viewer's zone is a whole number of buckets, and a
+row at 23:30 UTC lands on the next day in Asia/Tokyo. Lists are keyset pages, newest first: a
+page costs one index range whatever its depth, and rows that share a timestamp are ordered by
 their id, so paging neither skips nor repeats them.
 
 What the numbers mean: `spend_nanos` is what the rows charged; `requests` counts ledger rows
