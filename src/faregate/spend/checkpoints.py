@@ -5,9 +5,14 @@ A stream's spend row is recorded when the stream ends; a process killed while st
 never records theirs. So the row each open stream would be charged *now* (the prompt at its
 bound, the chunks delivered so far, status `interrupted`) goes to this process's checkpoint
 file at its first delivered event, then every `every_chunks` chunks or every `every_s` seconds,
-whichever comes first; a `closed` record follows the stream's real row. Each checkpoint is one
-`os.write` (a tick writes all of its streams in one), never an fsync: the page cache outlives
-the process, as for the journal's current segment.
+whichever comes first; a `closed` record follows the stream's real row. Records are copied into
+the file through a shared memory map, as the journal's rows are: in the page cache when the copy
+returns (the page cache outlives the process), never an fsync, and no system call on the stream's
+path (an `os.write` per record cost ~5-9 µs of CPU and, as it lets go of the GIL, often waited
+~20-40 µs for the ledger's thread). The file is made `room` bytes long up front (allocated, so a
+full disk shows at its making, as an error, not as a fault on a later copy); one that fills up
+goes on with `os.write` until the next tick compacts it. Readers stop at the zeros after the
+last record.
 
 A process that finds a checkpoint file whose owner died (its flock is free: the journal's rule)
 adopts it: one row per stream that was still open, from its latest checkpoint. The ledger
@@ -25,6 +30,7 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import mmap
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -88,17 +94,20 @@ class OpenStream:
 class StreamCheckpoints:
     def __init__(self, directory: Path, now: Callable[[], datetime], *,
                  every_chunks: int = EVERY_CHUNKS, every_s: float = EVERY_S,
-                 compact_bytes: int = COMPACT_BYTES) -> None:
+                 compact_bytes: int = COMPACT_BYTES, room: int | None = None) -> None:
         self._dir = directory
         self._dir.mkdir(parents=True, exist_ok=True)
         self._now = now
         self._every_chunks = every_chunks
         self._every_s = every_s
         self._compact_bytes = compact_bytes
+        # Mapped room, by default twice the compaction point: a tick finds the file past that
+        # point before it is full (at ~380 bytes a stream, 1 MiB is ~2,700 streams a second).
+        self._room = 2 * compact_bytes if room is None else room
         self._name = f"{os.getpid()}-{os.urandom(4).hex()}"
         self._path = self._dir / f"{self._name}{_SUFFIX}"
         self._new = self._dir / f"{self._name}{_NEW}"
-        self._fd = _create_locked(self._new)
+        self._fd, self._map = _create_locked(self._new, b"", self._room)
         os.rename(self._new, self._path)
         self._size = 0
         self._open: dict[str, OpenStream] = {}
@@ -167,9 +176,11 @@ class StreamCheckpoints:
             return
         if self._open:
             self.tick()
+            self._unmap()
             log.warning("%d streams still open at exit; their progress stays in %s for the "
                         "next start to charge", len(self._open), self._path.name)
         else:
+            self._unmap()
             self._path.unlink(missing_ok=True)
         os.close(self._fd)
         self._fd = -1
@@ -216,34 +227,74 @@ class StreamCheckpoints:
         stream.written = True
 
     def _write(self, data: bytes) -> None:
-        os.write(self._fd, data)
-        self._size += len(data)
+        end = self._size + len(data)
+        if self._map is not None and end <= len(self._map):
+            self._map[self._size:end] = data
+        else:
+            self._unmap()                   # full: on by write() until the next compaction
+            os.write(self._fd, data)
+        self._size = end
+
+    def _unmap(self) -> None:
+        """Let go of the map and cut the unused room off the file (writes go on at its end)."""
+        if self._map is None:
+            return
+        self._map.close()
+        self._map = None
+        os.ftruncate(self._fd, self._size)
 
     def _compact(self, now: datetime) -> None:
         """Rewrite the file with one record per open stream; a live owner's lock is on the new
         file before it takes the name."""
-        fd = _create_locked(self._new)
+        data = b"".join(s.record(now) for s in self._open.values() if s.written)
+        fd, room = _create_locked(self._new, data, max(self._room, 2 * len(data)))
         try:
-            data = b"".join(s.record(now) for s in self._open.values() if s.written)
-            os.write(fd, data)
             os.replace(self._new, self._path)
         except BaseException:
             self._new.unlink(missing_ok=True)
+            if room is not None:
+                room.close()
             os.close(fd)
             raise
+        if self._map is not None:
+            self._map.close()
         os.close(self._fd)
-        self._fd, self._size = fd, len(data)
+        self._fd, self._map, self._size = fd, room, len(data)
         for stream in self._open.values():
             if stream.written:
                 self._saved(stream)
 
 
-def _create_locked(path: Path) -> int:
-    """A new file at `path` (a `_NEW` name, which adopters leave alone for a minute), locked;
-    the caller renames it into place, so that adopters never see it unlocked."""
+def _create_locked(path: Path, content: bytes, room: int) -> tuple[int, mmap.mmap | None]:
+    """A new file at `path` (a `_NEW` name, which adopters leave alone for a minute), locked,
+    holding `content`, and its map of `room` bytes (None where the room could not be made;
+    then records go by write()); the caller renames it into place, so that adopters never see
+    it unlocked."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if room <= len(content):
+            os.write(fd, content)
+            return fd, None
+        # Mapped through a second descriptor: the map keeps its own copy of it, which must
+        # not hold the lock (a lock lives as long as any descriptor of the open file).
+        mapped = os.open(path, os.O_RDWR)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.posix_fallocate(mapped, 0, room)
+        room_map = mmap.mmap(mapped, room)
+    except OSError as exc:
+        # A full disk, or a file system without fallocate: slower, not less safe.
+        log.warning("stream checkpoints: no mapped room (%s); records go by write()", exc)
+        os.ftruncate(fd, 0)
+        os.write(fd, content)
+        return fd, None
+    finally:
+        os.close(mapped)
+    room_map[:len(content)] = content
+    return fd, room_map
 
 
 def _age_s(path: Path) -> float:
@@ -275,6 +326,11 @@ def _open_rows(path: Path) -> Iterator[SpendRow]:
     latest: dict[str, SpendRow] = {}
     with path.open("rb") as lines:
         for number, line in enumerate(lines, 1):
+            # A mapped file's unused room is zeros (and a record cut by a crash is followed
+            # by them): they are no record.
+            line = line.strip(b"\0")
+            if not line:
+                continue
             try:
                 record = orjson.loads(line)
                 if record[0] == _CLOSED:
