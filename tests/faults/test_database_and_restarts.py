@@ -165,8 +165,9 @@ def test_sigkill_mid_load_then_restart_replays_what_was_on_disk(
     # sends): at the kill, every row is on disk only.
     general = {"proxy_batch_write_at": 60}
     gw = start(tmp_path, db, models, general)
-    key = new_key(gw.base_url, max_budget=100)
     try:
+        key = new_key(gw.base_url, max_budget=100)
+
         async def scenario() -> Load:
             task = asyncio.create_task(drive(gw.base_url, key,
                                              [chat(f"q{i}") for i in range(450)], 8,
