@@ -30,6 +30,7 @@ class Outcome:
     finished: bool = False          # a stream that reached [DONE]
     at: float = 0.0                 # monotonic time it ended
     usage: tuple[int, int] | None = None   # (prompt, completion) tokens the client was told
+    code: str | None = None         # a refusal's error code (its body's error.code)
 
 
 @dataclass
@@ -42,6 +43,12 @@ class Load:
 
     def failures(self) -> dict[str, int]:
         counts = collections.Counter(str(o.status) for o in self.outcomes if o.status != 200)
+        return dict(sorted(counts.items()))
+
+    def codes(self) -> dict[str, int]:
+        """Refusals by status and error code ("503 redis_unavailable"): for messages."""
+        counts = collections.Counter(f"{o.status} {o.code}" for o in self.outcomes
+                                     if o.status != 200)
         return dict(sorted(counts.items()))
 
     def ids(self, predicate: Callable[[Outcome], bool]) -> set[str]:
@@ -81,6 +88,8 @@ async def _one(http: httpx.AsyncClient, body: dict[str, Any],
             outcome = Outcome(resp.status_code, resp.headers.get("x-request-id"))
             if resp.status_code == 200:
                 outcome.usage = _usage(orjson.loads(resp.content).get("usage"))
+            else:
+                outcome.code = _error_code(resp.content)
             return outcome
         async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
             outcome = Outcome(resp.status_code, resp.headers.get("x-request-id"))
@@ -94,6 +103,14 @@ async def _one(http: httpx.AsyncClient, body: dict[str, Any],
             return outcome
     except httpx.HTTPError as exc:
         return Outcome(type(exc).__name__, None)
+
+
+def _error_code(content: bytes) -> str | None:
+    try:
+        error = orjson.loads(content).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return error.get("code") if isinstance(error, dict) else None
 
 
 async def _read_events(resp: httpx.Response, outcome: Outcome,
