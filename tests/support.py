@@ -131,3 +131,8 @@ def fresh_pg_database(prefix: str = "faregate_test") -> Iterator[str]:
         yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
         in_thread(asyncio.run, pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def token(n: int) -> str:
+    """A key token (64 hex characters, as a key's SHA-256) numbered n."""
+    return f"{n:064x}"

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from alembic import command
 from sqlalchemy import select
+from support import token
 
 from faregate.records import SpendRow
 from faregate.storage import migrate
@@ -43,10 +44,6 @@ async def storage(db_url: str, request: pytest.FixtureRequest) -> AsyncIterator[
         yield store
     finally:
         await store.close()
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 def rows(prefix: str, count: int) -> list[SpendRow]:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from support import token
 
 from faregate.records import KeyRecord, SpendRow, StoredModel
 from faregate.storage.database import (
@@ -20,10 +21,6 @@ from faregate.storage.schema import keys
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 BIG = 5 * 10**15                 # $5M in nanos: needs a BIGINT
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 def key(n: int, **fields: object) -> KeyRecord:

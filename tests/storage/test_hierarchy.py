@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from support import token
 
 from faregate.records import (
     BudgetRecord,
@@ -44,10 +45,6 @@ async def storage(db_url: str) -> AsyncIterator[SqlStorage]:
         yield store
     finally:
         await store.close()
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 def key(n: int, **fields: Any) -> KeyRecord:

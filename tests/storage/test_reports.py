@@ -15,7 +15,7 @@ import pytest
 from alembic import command
 from sqlalchemy import MetaData, Table, func, select
 from sqlalchemy.engine import Connection
-from support import fresh_pg_database
+from support import fresh_pg_database, token
 
 from faregate.records import KeyRecord, SpendRow, TeamRecord, UserRecord
 from faregate.storage import migrate
@@ -42,10 +42,6 @@ async def storage(db_url: str) -> AsyncIterator[SqlStorage]:
         yield store
     finally:
         await store.close()
-
-
-def token(n: int) -> str:
-    return f"{n:064x}"
 
 
 def key(n: int, created: datetime = T0, **fields: Any) -> KeyRecord:

@@ -38,7 +38,8 @@ log = logging.getLogger("faregate.journal")
 
 _SUFFIX = ".spend"
 # The room mapped for a segment's rows (~3,300 rows; a flush interval holds far fewer, and
-# MAX_BATCH rows wake the writer): sparse on disk, so only what is written takes space.
+# MAX_BATCH rows wake the writer): sparse on disk, its pages populated in the page cache up
+# front (`_populate`) and deleted with the segment, normally before they are written back.
 SEGMENT_BYTES = 1 << 20
 _MADV_POPULATE_WRITE = 23        # Linux >= 5.14; not in Python 3.11's mmap module
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -144,9 +145,7 @@ class SpendJournal:
     def prepare(self) -> None:
         """Make the next segment now, so that `seal` only switches to it (blocking: call it
         from a thread, from the one task that seals)."""
-        retired, self._retired = self._retired, []
-        for room in retired:
-            room.close()
+        self._let_go_retired()
         if self._spare is None:
             self._spare = self._new_segment()
 
@@ -190,9 +189,7 @@ class SpendJournal:
         """At exit: an empty current segment is removed; one with rows stays for a replay."""
         if self._fd < 0:
             return
-        retired, self._retired = self._retired, []
-        for room in retired:
-            room.close()
+        self._let_go_retired()
         if self._spare is not None:
             path, fd, room = self._spare
             self._spare = None
@@ -220,6 +217,11 @@ class SpendJournal:
         room = mmap.mmap(fd, SEGMENT_BYTES)
         _populate(room)
         return path, fd, room
+
+    def _let_go_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for room in retired:
+            room.close()
 
     def _unmap(self, truncate_at: int | None = None) -> None:
         """Let go of the current segment's map; `truncate_at`: also cut the unused room off
